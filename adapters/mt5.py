@@ -1,0 +1,437 @@
+"""MetaTrader 5 tick feed: the pull loop done right.
+
+* ``initialize`` (with login, password, server) once; ``login`` again only when the terminal
+  reports another account. A lost terminal (``terminal_info()`` is ``None`` or an IPC error) is
+  shut down and re-initialised with exponential backoff.
+* ``symbol_select(symbol, True)`` for every symbol, then ``copy_ticks_from`` with a
+  timezone-aware UTC ``datetime`` and ``COPY_TICKS_ALL``. ``copy_ticks_range`` fills a second
+  that holds more ticks than one ``batch``.
+* Incremental, with no gap and no duplicate: a per-symbol cursor ``(time_msc, n)`` remembers the
+  newest millisecond published and how many ticks of that millisecond were published. The next
+  poll asks from that millisecond's second again (the terminal resolves ``date_from`` to whole
+  seconds) and skips what it has already seen, so several ticks in one millisecond arriving in
+  different polls are neither lost nor repeated. ``seq`` is the tick's index within its
+  millisecond; ids derive from (venue, account, symbol, time, seq), so a restarted feed
+  republishes identical ids. :func:`resume_cursors` rebuilds the cursors from the last tick on
+  each subject in JetStream, so a restart continues exactly where the stream ends.
+* Every tick field is kept: bid, ask, last, volume, volume_real, flags, time_msc (as ts_event).
+  MT5 stamps ticks in the broker's server time; ``server_time_offset_s`` converts to UTC.
+* Heartbeat every ``heartbeat_s`` with the lag (now - newest tick) and ``stale``/``connected``.
+* Alerts: ``login_failed`` (initialize/login refused), ``terminal_disconnected``
+  (``terminal_info().connected`` is false, or the terminal is gone), ``no_ticks`` (no tick for
+  ``no_tick_alert_s`` while the symbol is in its trading session; a closed market, by the
+  session table or ``trade_mode == SYMBOL_TRADE_MODE_DISABLED``, raises nothing). Each is resolved
+  by an ``info`` alert with ``resolved=True`` when it is over.
+
+The MetaTrader5 package exists only for Windows and keeps one terminal connection per process,
+so one process runs one terminal; two accounts (e.g. a raw-data and an orders account) run as two
+processes with venues ``mt5-<name>`` and therefore separate subjects. Calls into the terminal are
+blocking IPC; they run on one dedicated worker thread per feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+
+from adapters.alerts import AlertLatch, HeartbeatClock
+from adapters.files import tick_id
+from schemas.events import Event, Tick
+from tapeline.feed_config import Mt5TerminalConfig
+
+log = structlog.get_logger("tapeline.feed")
+T = TypeVar("T")
+
+# terminal IPC failures (last_error codes): the terminal is gone, re-initialise
+_IPC_ERRORS = {-10000, -10001, -10002, -10003, -10004, -10005}
+_AUTH_FAILED = -6
+SYMBOL_TRADE_MODE_DISABLED = 0
+
+
+class Mt5Unavailable(RuntimeError):
+    """The MetaTrader5 package cannot be used here."""
+
+
+def load_mt5_module() -> Any:
+    """Import MetaTrader5 or explain why it cannot be used."""
+    try:
+        import MetaTrader5  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise Mt5Unavailable(
+            "the MetaTrader5 package is not installed. It exists only for Windows (64-bit Python) "
+            "and needs a running MetaTrader 5 terminal: on Windows run `pip install MetaTrader5` "
+            "(or install tapeline there, which pulls it in via its platform marker). On Linux/macOS, "
+            "run the MT5 feed on a Windows host that publishes to the same NATS, or use `tapeline feed ibkr|files|sim`."
+        ) from None
+    return MetaTrader5
+
+
+# ------------------------------------------------------------------ trading sessions
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SPAN = re.compile(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Weekly trading windows in UTC: (weekday 0=Mon, start minute, end minute)."""
+
+    windows: tuple[tuple[int, int, int], ...]
+
+    def is_open(self, ts_ns: int) -> bool:
+        dt = datetime.fromtimestamp(ts_ns / 1e9, UTC)
+        minute = dt.hour * 60 + dt.minute
+        return any(d == dt.weekday() and a <= minute < b for d, a, b in self.windows)
+
+
+def parse_session(spec: str) -> Session:
+    """``"mon-fri 00:00-24:00"``, ``"mon-fri 13:30-20:00; sun 22:00-24:00"``, ``"always"``.
+
+    Parts separated by ``;``: a day or day range, then one or more ``HH:MM-HH:MM`` spans (comma
+    separated), UTC. ``"always"`` is every minute of the week.
+    """
+    spec = spec.strip().lower()
+    if spec == "always":
+        return Session(tuple((d, 0, 1440) for d in range(7)))
+    windows: list[tuple[int, int, int]] = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        days_text, _, spans_text = part.partition(" ")
+        a, _, b = days_text.partition("-")
+        if a not in _DAYS or (b and b not in _DAYS):
+            raise ValueError(f"session {part!r}: days must be like 'mon' or 'mon-fri'")
+        first, last = _DAYS.index(a), _DAYS.index(b or a)
+        days = list(range(first, last + 1)) if first <= last else [*range(first, 7), *range(0, last + 1)]
+        spans = [s.strip() for s in spans_text.split(",") if s.strip()]
+        if not spans:
+            raise ValueError(f"session {part!r}: add a time span such as '09:30-16:00'")
+        for span in spans:
+            m = _SPAN.fullmatch(span)
+            if not m:
+                raise ValueError(f"session {part!r}: {span!r} is not HH:MM-HH:MM")
+            h1, m1, h2, m2 = (int(x) for x in m.groups())
+            start, end = h1 * 60 + m1, h2 * 60 + m2
+            if not (0 <= start < end <= 1440 and m1 < 60 and m2 < 60):
+                raise ValueError(f"session {part!r}: {span!r} must run forwards within 00:00-24:00")
+            windows.extend((d, start, end) for d in days)
+    if not windows:
+        raise ValueError("empty session; use e.g. 'mon-fri 00:00-24:00' or 'always'")
+    return Session(tuple(windows))
+
+
+# ------------------------------------------------------------------ cursors
+
+
+@dataclass(frozen=True, slots=True)
+class TickCursor:
+    """Newest published millisecond (terminal time, ms) and how many ticks of it were published."""
+
+    msc: int
+    count: int
+
+
+async def resume_cursors(
+    nc: Any, prefix: str, venue: str, symbols: list[str], *, server_time_offset_s: int = 0
+) -> dict[str, TickCursor]:
+    """Cursors from the last tick stored on each symbol's subject (empty for a symbol with none)."""
+    import base64
+
+    from bus.jetstream import JetStreamApi, JetStreamError
+    from schemas.codec import decode
+    from schemas.subjects import MD, encode_token
+
+    api = JetStreamApi(nc)
+    out: dict[str, TickCursor] = {}
+    for sym in symbols:
+        subject = f"{prefix}.md.tick.{encode_token(venue)}.{encode_token(sym)}"
+        try:
+            reply = await api.call(f"STREAM.MSG.GET.{MD.stream(prefix)}", {"last_by_subj": subject})
+        except JetStreamError:
+            continue  # nothing stored for this symbol yet
+        data = base64.b64decode(reply["message"].get("data") or b"")
+        ticks = [e for e in decode(data).events if isinstance(e, Tick)]
+        if ticks:
+            t = max(ticks, key=lambda x: (x.ts_event, x.seq))
+            out[sym] = TickCursor(t.ts_event // 1_000_000 + server_time_offset_s * 1000, t.seq + 1)
+    return out
+
+
+# ------------------------------------------------------------------ the feed
+
+
+class Mt5Feed:
+    """One MT5 terminal's ticks, heartbeats and alerts (the feed protocol).
+
+    ``mt5``: the MetaTrader5 module, or a stand-in with the same functions (tests inject one);
+    ``None`` imports the real one at start and fails with a clear message where it cannot exist.
+    ``password``: defaults to the environment variable ``cfg.password_var``; never logged.
+    ``resume``: cursors from :func:`resume_cursors`; symbols without one start at now - backfill_s.
+    """
+
+    def __init__(
+        self,
+        cfg: Mt5TerminalConfig,
+        *,
+        mt5: Any = None,
+        password: str | None = None,
+        resume: Mapping[str, TickCursor] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        from adapters.mt5 import parse_session as _ps
+
+        self.cfg = cfg
+        self.name = cfg.venue
+        self.venue = cfg.venue
+        self.account = str(cfg.login) if cfg.login else ""
+        self._mt5 = mt5
+        self._password = password if password is not None else os.environ.get(cfg.password_var, "")
+        self.cursors: dict[str, TickCursor] = dict(resume or {})
+        self.clock = clock
+        self.sessions = {s: _ps(cfg.sessions.get(s, cfg.default_session)) for s in cfg.symbols}
+        self.latch = AlertLatch(self.name, clock)
+        self.hb = HeartbeatClock(self.name, cfg.heartbeat_s, clock)
+        self.offset_ms = cfg.server_time_offset_s * 1000
+        self.initialized = False
+        self.connected = False
+        self.last_tick_ns: dict[str, int] = {}
+        self.started_ns = 0
+        self.published = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mt5-{cfg.name}")
+        self._backoff = cfg.reconnect_initial_s
+        self._retry_at = 0
+
+    def __repr__(self) -> str:
+        return f"Mt5Feed(venue={self.venue!r}, login={self.cfg.login}, server={self.cfg.server!r})"
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kw))
+
+    def _error(self) -> tuple[int, str]:
+        err = self._mt5.last_error()
+        return int(err[0]), str(err[1])
+
+    # -------------------------------------------------------------- connection
+
+    async def _connect(self) -> list[Event]:
+        """initialize (+ login) once; alerts on failure. Sets ``initialized``."""
+        m = self._mt5
+        kw: dict[str, Any] = {"timeout": self.cfg.timeout_ms, "portable": self.cfg.portable}
+        if self.cfg.path:
+            kw["path"] = self.cfg.path
+        if self.cfg.login:
+            kw |= {"login": self.cfg.login, "password": self._password, "server": self.cfg.server}
+        ok = await self._call(m.initialize, **kw)
+        if not ok:
+            code, text = self._error()
+            await self._call(m.shutdown)
+            kind = "login_failed" if code == _AUTH_FAILED else "terminal_disconnected"
+            log.error("mt5 initialize failed", feed=self.name, code=code, error=text, login=self.cfg.login)
+            return list(self.latch.raise_(kind, f"MT5 initialize failed for login {self.cfg.login}: {code} {text}"))
+        if self.cfg.login:
+            acc = await self._call(m.account_info)
+            if acc is None or int(getattr(acc, "login", 0)) != self.cfg.login:
+                ok = await self._call(
+                    m.login, self.cfg.login, password=self._password, server=self.cfg.server, timeout=self.cfg.timeout_ms
+                )
+                if not ok:
+                    code, text = self._error()
+                    await self._call(m.shutdown)
+                    log.error("mt5 login failed", feed=self.name, code=code, error=text, login=self.cfg.login)
+                    return list(self.latch.raise_("login_failed", f"MT5 login {self.cfg.login} failed: {code} {text}"))
+        out: list[Event] = list(self.latch.resolve("login_failed", "MT5 login succeeded"))
+        for sym in self.cfg.symbols:
+            if not await self._call(m.symbol_select, sym, True):
+                code, text = self._error()
+                out += self.latch.raise_(
+                    "symbol_unavailable", f"symbol_select({sym}) failed: {code} {text}", severity="warning", symbol=sym
+                )
+        self.initialized = True
+        self._backoff = self.cfg.reconnect_initial_s
+        log.info("mt5 connected", feed=self.name, login=self.cfg.login, symbols=len(self.cfg.symbols))
+        return out
+
+    async def _drop(self) -> None:
+        """Forget the terminal after IPC loss; the next loop re-initialises after a backoff."""
+        if self.initialized:
+            await self._call(self._mt5.shutdown)
+        self.initialized = False
+        self.connected = False
+        self._retry_at = self.clock() + int(self._backoff * 1e9)
+        self._backoff = min(self._backoff * 2, self.cfg.reconnect_max_s)
+
+    async def _check_terminal(self) -> list[Event]:
+        info = await self._call(self._mt5.terminal_info)
+        if info is None:
+            code, text = self._error()
+            await self._drop()
+            return self.latch.raise_("terminal_disconnected", f"MT5 terminal lost: {code} {text}")
+        if not bool(info.connected):
+            self.connected = False
+            return self.latch.raise_(
+                "terminal_disconnected", "MT5 terminal is not connected to the trade server (terminal_info().connected)"
+            )
+        self.connected = True
+        return self.latch.resolve("terminal_disconnected", "MT5 terminal connected again")
+
+    # -------------------------------------------------------------- ticks
+
+    def _start_cursor(self, sym: str) -> TickCursor:
+        cur = self.cursors.get(sym)
+        if cur is None:
+            start_ms = (self.clock() - int(self.cfg.backfill_s * 1e9)) // 1_000_000
+            cur = TickCursor(start_ms + self.offset_ms, 0)
+            self.cursors[sym] = cur
+        return cur
+
+    async def _fetch(self, sym: str, cur: TickCursor) -> Any:
+        m = self._mt5
+        from_dt = datetime.fromtimestamp(cur.msc / 1000, UTC)
+        arr = await self._call(m.copy_ticks_from, sym, from_dt, self.cfg.batch, m.COPY_TICKS_ALL)
+        if arr is not None and len(arr) >= self.cfg.batch and int(arr[-1]["time_msc"]) // 1000 == cur.msc // 1000:
+            # one second holds more than a batch: take that whole second by range
+            sec = cur.msc // 1000
+            arr = await self._call(
+                m.copy_ticks_range,
+                sym,
+                datetime.fromtimestamp(sec, UTC),
+                datetime.fromtimestamp(sec + 1, UTC),
+                m.COPY_TICKS_ALL,
+            )
+        return arr
+
+    def _convert(self, sym: str, cur: TickCursor, arr: Any) -> tuple[list[Tick], TickCursor]:
+        """New ticks after ``cur`` (skipping the ones already seen) and the advanced cursor."""
+        out: list[Tick] = []
+        now = time.time_ns()
+        msc_col = arr["time_msc"]
+        prev_msc, seq = cur.msc, cur.count - 1
+        seen_at_cursor = 0
+        for i in range(len(arr)):
+            msc = int(msc_col[i])
+            if msc < cur.msc:
+                continue
+            if msc == cur.msc:
+                seen_at_cursor += 1
+                if seen_at_cursor <= cur.count:
+                    continue
+            if msc == prev_msc:
+                seq += 1
+            else:
+                prev_msc, seq = msc, 0
+            r = arr[i]
+            ts = (msc - self.offset_ms) * 1_000_000
+            out.append(
+                Tick(
+                    event_id=tick_id(self.venue, sym, ts, seq, self.account),
+                    ts_event=ts,
+                    ts_init=now,
+                    source=self.venue,
+                    venue=self.venue,
+                    symbol=sym,
+                    account=self.account,
+                    bid=float(r["bid"]),
+                    ask=float(r["ask"]),
+                    last=float(r["last"]),
+                    volume=float(r["volume"]),
+                    volume_real=float(r["volume_real"]),
+                    flags=int(r["flags"]),
+                    seq=seq,
+                )
+            )
+        if not out:
+            return out, cur
+        return out, TickCursor(prev_msc, seq + 1)
+
+    async def _poll_symbol(self, sym: str) -> tuple[list[Event], bool]:
+        """New ticks of one symbol; False if the terminal was lost."""
+        events: list[Event] = []
+        for _ in range(1000):  # drain a backlog, batch by batch
+            cur = self._start_cursor(sym)
+            arr = await self._fetch(sym, cur)
+            if arr is None:
+                code, text = self._error()
+                if code in _IPC_ERRORS:
+                    await self._drop()
+                    events += self.latch.raise_("terminal_disconnected", f"MT5 terminal lost: {code} {text}")
+                    return events, False
+                log.warning("copy_ticks_from failed", feed=self.name, symbol=sym, code=code, error=text)
+                return events, True
+            ticks, new = self._convert(sym, cur, arr)
+            self.cursors[sym] = new
+            if ticks:
+                events.extend(ticks)
+                self.last_tick_ns[sym] = ticks[-1].ts_event
+                self.hb.saw(len(ticks), ticks[-1].ts_event)
+            if len(arr) < self.cfg.batch or not ticks:
+                break
+        return events, True
+
+    async def _session_checks(self) -> list[Event]:
+        out: list[Event] = []
+        now = self.clock()
+        limit = int(self.cfg.no_tick_alert_s * 1e9)
+        for sym in self.cfg.symbols:
+            open_ = self.sessions[sym].is_open(now)
+            if open_:
+                info = await self._call(self._mt5.symbol_info, sym)
+                if info is not None and int(getattr(info, "trade_mode", 4)) == SYMBOL_TRADE_MODE_DISABLED:
+                    open_ = False
+            if not open_:
+                out += self.latch.resolve("no_ticks", f"{sym}: market closed", symbol=sym)
+                continue
+            last = max(self.last_tick_ns.get(sym, 0), self.started_ns)
+            if now - last > limit:
+                out += self.latch.raise_(
+                    "no_ticks",
+                    f"{sym}: no tick for {(now - last) / 1e9:.0f}s during its trading session",
+                    severity="warning",
+                    symbol=sym,
+                )
+            else:
+                out += self.latch.resolve("no_ticks", f"{sym}: ticks again", symbol=sym)
+        return out
+
+    # -------------------------------------------------------------- loop
+
+    async def stream(self) -> AsyncIterator[list[Event]]:
+        if self._mt5 is None:
+            self._mt5 = load_mt5_module()
+        self.started_ns = self.clock()
+        try:
+            while True:
+                events: list[Event] = []
+                if not self.initialized and self.clock() >= self._retry_at:
+                    events += await self._connect()
+                    if not self.initialized:
+                        self._retry_at = self.clock() + int(self._backoff * 1e9)
+                        self._backoff = min(self._backoff * 2, self.cfg.reconnect_max_s)
+                if self.initialized:
+                    events += await self._check_terminal()
+                if self.initialized and self.connected:
+                    for sym in self.cfg.symbols:
+                        got, alive = await self._poll_symbol(sym)
+                        events += got
+                        if not alive:
+                            break
+                    if self.initialized:
+                        events += await self._session_checks()
+                if self.hb.due():
+                    stale = not (self.initialized and self.connected)
+                    events.append(self.hb.beat(connected=not stale, stale=stale, symbols=len(self.cfg.symbols)))
+                if events:
+                    self.published += len(events)
+                    yield events
+                await asyncio.sleep(min(self.cfg.poll_interval_s, self.hb.seconds_to_next() + 0.001))
+        finally:
+            if self.initialized:
+                await self._call(self._mt5.shutdown)
+            self._pool.shutdown(wait=False)

@@ -1,0 +1,74 @@
+"""Runs a feed into the bus: the one way an adapter's events reach JetStream.
+
+A feed is anything with ``name`` and ``stream()``, an async iterator of event lists. Ticks can be
+published one event per message or grouped per subject into batch messages (DESIGN §6).
+If the feed raises, an alert event says so before the error propagates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import structlog
+
+from bus.publisher import Publisher
+from schemas.events import Alert, Event, Tick
+from schemas.ids import new_event_id
+
+log = structlog.get_logger("tapeline.feed")
+
+
+class Feed(Protocol):
+    @property
+    def name(self) -> str: ...
+    def stream(self) -> AsyncIterator[Sequence[Event]]: ...
+
+
+class FeedStats:
+    def __init__(self) -> None:
+        self.events = 0
+        self.messages = 0
+
+
+def feed_alert(feed: str, kind: str, message: str, *, severity: str = "critical", resolved: bool = False) -> Alert:
+    now = time.time_ns()
+    return Alert(
+        event_id=new_event_id(now), ts_event=now, ts_init=now, source=feed, severity=severity,  # type: ignore[arg-type]
+        kind=kind, key=f"{feed}:{kind}", message=message, resolved=resolved, feed=feed,
+    )
+
+
+async def publish_events(publisher: Publisher, events: Sequence[Event], *, batch_ticks: bool) -> int:
+    """Publish; with ``batch_ticks`` ticks of one subject share a message. Returns messages sent."""
+    if not batch_ticks:
+        await publisher.publish(events)
+        return len(events)
+    groups: dict[str, list[Event]] = defaultdict(list)
+    others: list[Event] = []
+    for ev in events:
+        if isinstance(ev, Tick):
+            groups[ev.subject(publisher.prefix)].append(ev)
+        else:
+            others.append(ev)
+    for group in groups.values():
+        await publisher.publish_batch(group)
+    if others:
+        await publisher.publish(others)
+    return len(groups) + len(others)
+
+
+async def run_feed(feed: Feed, publisher: Publisher, *, batch_ticks: bool = False, stats: FeedStats | None = None) -> FeedStats:
+    stats = stats or FeedStats()
+    try:
+        async for events in feed.stream():
+            if events:
+                stats.messages += await publish_events(publisher, events, batch_ticks=batch_ticks)
+                stats.events += len(events)
+    except Exception as exc:
+        log.error("feed failed", feed=feed.name, error=repr(exc))
+        await publisher.publish([feed_alert(feed.name, "feed_failed", f"{type(exc).__name__}: {exc}")])
+        raise
+    return stats

@@ -1,0 +1,46 @@
+"""Prometheus metrics of message flow. Labels are bounded: handler/consumer/projection names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_PUBLISHED = Counter(
+    "tapeline_events_published_total", "Events acknowledged by JetStream, by publisher role", ["role"]
+)
+EVENTS_DUPLICATE = Counter(
+    "tapeline_events_duplicate_total", "Publishes JetStream dropped as duplicates (same event id)", ["role"]
+)
+EVENTS_CONSUMED = Counter("tapeline_events_consumed_total", "Events processed, by consumer", ["consumer"])
+EVENTS_FAILED = Counter(
+    "tapeline_events_failed_total", "Messages that failed, by consumer and outcome (retry|dead)", ["consumer", "outcome"]
+)
+EVENTS_SKIPPED = Counter(
+    "tapeline_events_skipped_total", "Events of an unknown (future) schema version, skipped", ["consumer"]
+)
+BATCH_SECONDS = Histogram(
+    "tapeline_handler_batch_seconds",
+    "Time to process one pulled batch, output published or committed, by consumer",
+    ["consumer"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENT_LATENCY = Histogram(
+    "tapeline_event_latency_seconds",
+    "Time from an event being recorded (ts_init) to being processed, by consumer",
+    ["consumer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_PENDING = Gauge(
+    "tapeline_consumer_pending_messages", "Messages in the stream not yet delivered to the consumer", ["consumer"]
+)
+PROJECTION_CHECKPOINT = Gauge(
+    "tapeline_projection_checkpoint_sequence", "Last stream sequence committed by a projection", ["projection", "stream"]
+)
+PROJECTION_LAG = Gauge(
+    "tapeline_projection_lag_messages", "Stream messages not yet committed by a projection", ["projection", "stream"]
+)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose ``/metrics``; port 0 disables it."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,174 @@
+"""The one way to publish: windowed core publishes with a reply inbox (DESIGN §6).
+
+Each message carries ``Nats-Msg-Id`` = event id, so a retry or a re-run is de-duplicated by
+JetStream. Up to ``window`` messages are in flight; acks arrive on one wildcard inbox and are
+counted in a callback. ``publish`` returns only when every message is stored, so callers can
+ack their inputs safely afterwards. Unacked messages are re-sent (same id) after a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED
+from schemas.codec import encode
+from schemas.events import Event
+
+
+class PublishError(RuntimeError):
+    """JetStream refused or never acknowledged some messages."""
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+
+
+class _Out(msgspec.Struct):
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    group: _Group
+
+
+class _Group:
+    __slots__ = ("remaining", "done", "errors", "stored", "duplicates", "seqs")
+
+    def __init__(self, n: int) -> None:
+        self.remaining = n
+        self.done = asyncio.get_running_loop().create_future()
+        self.errors: list[str] = []
+        self.stored = 0
+        self.duplicates = 0
+        self.seqs: list[int] = []
+        if n == 0:
+            self.done.set_result(None)
+
+
+class PublishResult(msgspec.Struct, frozen=True):
+    stored: int
+    duplicates: int
+    seqs: list[int]
+
+
+def headers_for(event: Event, count: int = 1) -> dict[str, str]:
+    h = {
+        "Nats-Msg-Id": event.event_id if count == 1 else f"{event.event_id}+{count}",
+        "Content-Type": "application/json",
+        "Tapeline-Type": event.tag,
+    }
+    if event.correlation_id:
+        h["Correlation-Id"] = event.correlation_id
+    if event.causation_id:
+        h["Causation-Id"] = event.causation_id
+    if count > 1:
+        h["Tapeline-Count"] = str(count)
+    return h
+
+
+class Publisher:
+    def __init__(
+        self, nc: Client, prefix: str, *, role: str = "tapeline", window: int = 4096, ack_timeout: float = 5.0,
+        max_attempts: int = 5,
+    ) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.role = role
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.max_attempts = max_attempts
+        self._slots = asyncio.Semaphore(window)
+        self._inflight: dict[str, _Out] = {}
+        self._next = 0
+        self._inbox = ""
+        self._sub: object = None
+
+    async def start(self) -> Publisher:
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            self._sub = None
+
+    async def _on_ack(self, msg: Msg) -> None:
+        out = self._inflight.pop(msg.subject, None)
+        if out is None:
+            return  # a late ack for a message we already re-sent and counted
+        self._slots.release()
+        g = out.group
+        if msg.headers and msg.headers.get("Status") == "503":
+            g.errors.append(f"{out.subject}: no stream captures this subject (provision first)")
+        else:
+            ack = _ack_decoder.decode(msg.data)
+            if ack.error:
+                g.errors.append(f"{out.subject}: {ack.error.get('description')}")
+            elif ack.duplicate:
+                g.duplicates += 1
+            else:
+                g.stored += 1
+            g.seqs.append(ack.seq)
+        g.remaining -= 1
+        if g.remaining == 0 and not g.done.done():
+            g.done.set_result(None)
+
+    async def _send(self, out: _Out) -> None:
+        await self._slots.acquire()
+        self._next += 1
+        reply = f"{self._inbox}.{self._next}"
+        self._inflight[reply] = out
+        await self.nc.publish(out.subject, out.payload, reply=reply, headers=out.headers)
+
+    async def publish(self, events: Sequence[Event], *, extra_headers: dict[str, str] | None = None) -> PublishResult:
+        """Publish each event as its own message; wait until JetStream has stored all of them."""
+        group = _Group(len(events))
+        for ev in events:
+            headers = headers_for(ev)
+            if extra_headers:
+                headers |= extra_headers
+            await self._send(_Out(ev.subject(self.prefix), encode(ev), headers, group))
+        return await self._wait(group)
+
+    async def publish_batch(self, events: Sequence[Event]) -> PublishResult:
+        """Publish many events of one subject as one message (a JSON array; ids kept per event)."""
+        if not events:
+            return PublishResult(0, 0, [])
+        group = _Group(1)
+        first = events[0]
+        await self._send(_Out(first.subject(self.prefix), encode(events), headers_for(first, len(events)), group))
+        return await self._wait(group)
+
+    async def _wait(self, group: _Group) -> PublishResult:
+        for _attempt in range(self.max_attempts):
+            try:
+                await asyncio.wait_for(asyncio.shield(group.done), self.ack_timeout)
+                break
+            except TimeoutError:
+                await self._resend(group)
+        else:
+            raise PublishError(f"{group.remaining} message(s) not acknowledged after {self.max_attempts} attempts")
+        if group.errors:
+            raise PublishError("; ".join(group.errors[:5]))
+        EVENTS_PUBLISHED.labels(self.role).inc(group.stored)
+        if group.duplicates:
+            EVENTS_DUPLICATE.labels(self.role).inc(group.duplicates)
+        return PublishResult(group.stored, group.duplicates, group.seqs)
+
+    async def _resend(self, group: _Group) -> None:
+        stale = [(reply, out) for reply, out in self._inflight.items() if out.group is group]
+        for reply, out in stale:
+            del self._inflight[reply]
+            self._slots.release()
+            await self._send(out)

@@ -1,0 +1,339 @@
+"""The one way to consume: a durable pull consumer, batched, acked only after the work is done.
+
+A *sink* does the work for a batch (a handler publishes its outputs, a projection commits its
+rows). The runtime owns everything around it: decoding, unknown versions, retries with a
+growing delay, dead letters with stream sequence and reason, acks, metrics, and a graceful drain.
+
+Ack policies: ``explicit`` (handlers; each message acked, nak'd or terminated on its own) and
+``all`` (projections; the batch commits atomically, so acking its last message acks it all and
+any failure retries the whole batch; the projection's checkpoint skips what it already has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+
+from bus.consumer import Delivery, PullLoop
+from bus.jetstream import JetStreamApi
+from bus.metrics import (
+    BATCH_SECONDS,
+    CONSUMER_PENDING,
+    EVENT_LATENCY,
+    EVENTS_CONSUMED,
+    EVENTS_FAILED,
+    EVENTS_SKIPPED,
+)
+from bus.publisher import Publisher
+from bus.topology import AckPolicy, durable_config
+from schemas.codec import MalformedEvent, decode
+from schemas.events import AnyEvent, DeadLetter, Event
+from schemas.ids import derive_event_id
+
+log = structlog.get_logger("tapeline.bus")
+
+
+def _parse_time(s: str) -> datetime:
+    """RFC 3339 from the server (nanosecond fractions) to an aware datetime."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?", s)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {s!r}")
+    frac = (m.group(2) or "0")[:6].ljust(6, "0")
+    return datetime.strptime(f"{m.group(1)}.{frac}", "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+
+
+class Received(NamedTuple):
+    delivery: Delivery
+    events: list[AnyEvent]
+
+
+class Failure(NamedTuple):
+    reason: str
+    retry: bool  # False: poison, dead-letter at once
+
+
+class Sink(Protocol):
+    """Does the work for one batch. Returns failures by batch index; raising retries all."""
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
+
+
+def dead_letter(d: Delivery, stream: str, consumer: str, reason: str) -> DeadLetter:
+    now = time.time_ns()
+    return DeadLetter(
+        event_id=derive_event_id(d.ts_ns, "dead_letter", stream, d.stream_seq, consumer),
+        ts_event=d.ts_ns,
+        ts_init=now,
+        source=consumer,
+        stream=stream,
+        stream_seq=d.stream_seq,
+        subject_of_message=d.subject,
+        consumer=consumer,
+        reason=reason[:2000],
+        deliveries=d.deliveries,
+        payload=d.data[:4096].decode("utf-8", errors="replace"),
+    )
+
+
+class ConsumerRuntime:
+    def __init__(
+        self,
+        nc: Client,
+        publisher: Publisher,
+        *,
+        stream: str,
+        durable: str | None,
+        filter_subjects: Sequence[str],
+        sink: Sink,
+        ack_policy: AckPolicy = "explicit",
+        batch: int = 1000,
+        max_deliver: int = 5,
+        backoff_s: float = 0.5,
+        ack_wait_s: float = 30.0,
+        expires_s: float = 1.0,
+        start_seq: int = 1,
+        publish_dead_letters: bool = True,
+        warmup: Reaction | None = None,
+        warmup_s: float = 0.0,
+    ) -> None:
+        self.nc = nc
+        self.publisher = publisher
+        self.stream = stream
+        self.durable = durable or f"replay_{stream.lower()}"
+        self.ephemeral = durable is None
+        self.start_seq = start_seq
+        self.publish_dead_letters = publish_dead_letters
+        self.warmup = warmup
+        self.warmup_s = warmup_s
+        self.warmed = 0
+        self.filter_subjects = list(filter_subjects)
+        self.sink = sink
+        self.ack_policy = ack_policy
+        self.max_deliver = max_deliver
+        self.backoff_s = backoff_s
+        self.ack_wait_s = ack_wait_s
+        self.loop = PullLoop(nc, stream, self.durable, batch=batch, expires_s=expires_s)
+        self._stopping = asyncio.Event()
+        self.processed = 0
+        self.dead = 0
+        self.skipped = 0
+        self.idle = asyncio.Event()  # set whenever a pull comes back empty
+
+    async def ensure_consumer(self) -> None:
+        api = JetStreamApi(self.nc)
+        if self.ephemeral:  # replay: from start_seq, no acks, removed by the server when idle
+            self.loop.consumer = await api.create_ordered_consumer(
+                self.stream,
+                {
+                    "deliver_policy": "by_start_sequence",
+                    "opt_start_seq": self.start_seq,
+                    "ack_policy": "none",
+                    "filter_subjects": self.filter_subjects,
+                    "inactive_threshold": 30 * 1_000_000_000,
+                    "mem_storage": True,
+                    "replay_policy": "instant",
+                },
+            )
+            return
+        cfg = durable_config(
+            self.durable,
+            self.filter_subjects,
+            ack_policy=self.ack_policy,
+            max_deliver=self.max_deliver,
+            ack_wait_s=self.ack_wait_s,
+        )
+        await api.ensure_consumer(self.stream, cfg)
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand (and any already requested), then return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.ensure_consumer()
+        if self.warmup is not None and self.warmup_s > 0:
+            await self._warm_up(self.warmup)
+        await self.loop.start()
+        try:
+            while True:
+                batch = await self.loop.next_batch()
+                if batch:
+                    self.idle.clear()
+                    await self._handle(batch)
+                else:
+                    self.idle.set()
+                if self._stopping.is_set() and self.loop._next is None:
+                    break
+        finally:
+            await self.loop.stop()
+            if self.ephemeral:
+                await JetStreamApi(self.nc).delete_consumer(self.stream, self.loop.consumer)
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        started = time.perf_counter()
+        received: list[Received] = []
+        where: list[int] = []  # index in batch of each received entry
+        outcome: dict[int, Failure] = {}
+        for i, d in enumerate(batch):
+            try:
+                decoded = decode(d.data)
+            except MalformedEvent as exc:
+                outcome[i] = Failure(f"undecodable: {exc}", retry=False)
+                continue
+            if decoded.skipped:
+                self.skipped += len(decoded.skipped)
+                EVENTS_SKIPPED.labels(self.durable).inc(len(decoded.skipped))
+                log.warning("skipped unknown schema version", consumer=self.durable, seq=d.stream_seq, events=decoded.skipped)
+            received.append(Received(d, decoded.events))
+            where.append(i)
+        try:
+            failures = await self.sink.process(received)
+        except Exception as exc:  # the whole batch is retried
+            log.warning("batch failed, will retry", consumer=self.durable, error=repr(exc), size=len(batch))
+            failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
+        for j, f in failures.items():
+            outcome[where[j]] = f
+
+        retry_all = self.ack_policy == "all" and any(f.retry for f in outcome.values())
+        letters: list[Event] = []
+        for i, f in outcome.items():
+            d = batch[i]
+            if not f.retry or d.deliveries >= self.max_deliver:
+                reason = f.reason if not f.retry else f"failed {d.deliveries} times; last error: {f.reason}"
+                letters.append(dead_letter(d, self.stream, self.durable, reason))
+        if letters and self.publish_dead_letters:
+            await self.publisher.publish(letters)  # before any ack, so a crash loses no dead letter
+            self.dead += len(letters)
+            EVENTS_FAILED.labels(self.durable, "dead").inc(len(letters))
+            for ev in letters:
+                log.error("dead letter", consumer=self.durable, seq=ev.stream_seq, reason=ev.reason)  # type: ignore[attr-defined]
+
+        if self.ack_policy == "none":
+            pass
+        elif retry_all:
+            EVENTS_FAILED.labels(self.durable, "retry").inc(len(batch))
+            for d in batch:
+                await self.loop.nak(d, self._delay(d))
+        elif self.ack_policy == "all":
+            await self.loop.ack(batch[-1])
+        else:
+            for i, d in enumerate(batch):
+                f = outcome.get(i)
+                if f is None:
+                    await self.loop.ack(d)
+                elif not f.retry or d.deliveries >= self.max_deliver:
+                    await self.loop.term(d, f.reason)
+                else:
+                    EVENTS_FAILED.labels(self.durable, "retry").inc()
+                    await self.loop.nak(d, self._delay(d))
+        n_ok = len(batch) - len(outcome)
+        self.processed += n_ok
+        EVENTS_CONSUMED.labels(self.durable).inc(n_ok)
+        CONSUMER_PENDING.labels(self.durable).set(batch[-1].pending)
+        BATCH_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+        if received and received[-1].events:
+            EVENT_LATENCY.labels(self.durable).observe(max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9))
+
+    async def _warm_up(self, reaction: Reaction) -> None:
+        """Rebuild a stateful handler after a restart: replay the input it already acked, discard outputs."""
+        api = JetStreamApi(self.nc)
+        info = await api.consumer_info(self.stream, self.durable)
+        floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
+        active = ((info or {}).get("ack_floor") or {}).get("last_active")
+        if floor == 0 or not active:
+            return
+        start = _parse_time(str(active)) - timedelta(seconds=self.warmup_s)
+        name = await api.create_ordered_consumer(
+            self.stream,
+            {
+                "deliver_policy": "by_start_time",
+                "opt_start_time": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "ack_policy": "none",
+                "filter_subjects": self.filter_subjects,
+                "inactive_threshold": 30 * 1_000_000_000,
+                "mem_storage": True,
+            },
+        )
+        loop = PullLoop(self.nc, self.stream, name, batch=2000, expires_s=0.5)
+        await loop.start()
+        try:
+            while True:
+                batch = await loop.next_batch()
+                for d in batch:
+                    if d.stream_seq > floor:
+                        return
+                    try:
+                        for ev in decode(d.data).events:
+                            reaction.handle(ev)
+                            self.warmed += 1
+                    except Exception as exc:  # already dead-lettered when first seen
+                        log.debug("warm-up skipped a message", seq=d.stream_seq, error=repr(exc))
+                    if d.stream_seq == floor:
+                        return
+                if not batch:
+                    return
+        finally:
+            await loop.stop()
+            await api.delete_consumer(self.stream, name)
+            log.info("handler warmed up", consumer=self.durable, events=self.warmed, upto=floor)
+
+    def _delay(self, d: Delivery) -> float:
+        return float(min(self.backoff_s * 2 ** (d.deliveries - 1), 60.0))
+
+
+class Reaction(Protocol):
+    """What bus needs of a handler (see ``handlers.base.Handler``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    def handle(self, event: AnyEvent) -> Sequence[Event]: ...
+
+
+class ReactionSink:
+    """Runs a handler over a batch; outputs get deterministic ids and are published before acks."""
+
+    def __init__(self, reaction: Reaction, publisher: Publisher) -> None:
+        self.reaction = reaction
+        self.publisher = publisher
+        self.emitted = 0
+
+    def outputs(self, event: AnyEvent) -> list[Event]:
+        r = self.reaction
+        now = time.time_ns()
+        out: list[Event] = []
+        for i, ev in enumerate(r.handle(event)):
+            out.append(
+                msgspec.structs.replace(
+                    ev,
+                    event_id=derive_event_id(ev.ts_event, r.name, r.version, event.event_id, i),
+                    ts_init=now,
+                    source=ev.source or r.name,
+                    causation_id=event.event_id,
+                    correlation_id=event.correlation_id or event.event_id,
+                )
+            )
+        return out
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        failures: dict[int, Failure] = {}
+        pending: list[Event] = []
+        for j, rec in enumerate(batch):
+            try:
+                for ev in rec.events:
+                    pending.extend(self.outputs(ev))
+            except Exception as exc:  # a handler bug or bad data: retry, then dead-letter
+                log.warning("handler failed", handler=self.reaction.name, seq=rec.delivery.stream_seq, error=repr(exc))
+                failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
+        if pending:
+            await self.publisher.publish(pending)
+            self.emitted += len(pending)
+        return failures

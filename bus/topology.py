@@ -1,0 +1,121 @@
+"""Declarative streams, durable consumers and the decisions KV bucket (DESIGN §3).
+
+Everything is derived from the subject prefix, so another prefix is an isolated namespace.
+The decisions bucket is a JetStream KV whose stream *sources* the decision stream through a
+subject transform: it fills itself, and recreating it rebuilds it from the source of truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from nats.aio.client import Client
+
+from bus.jetstream import JetStreamApi
+from schemas.subjects import DECISION, FAMILIES, StreamFamily, decisions_bucket
+
+NS = 1_000_000_000
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-family retention. Market data ages out; records never expire."""
+
+    md_max_age_s: int = 30 * 24 * 3600
+    md_max_bytes: int = -1
+    duplicate_window_s: int = 120
+    record_duplicate_window_s: int = 3600
+    replicas: int = 1
+    sync_always_records: bool = False  # documented for production; embedded default stays fast
+
+
+def stream_config(family: StreamFamily, prefix: str, r: Retention) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": family.stream(prefix),
+        "subjects": [family.subjects(prefix)],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": r.replicas,
+        "allow_direct": True,
+    }
+    if family.record:
+        cfg |= {
+            "max_age": 0,
+            "discard": "new",
+            "deny_delete": True,
+            "deny_purge": True,
+            "duplicate_window": r.record_duplicate_window_s * NS,
+        }
+    else:
+        cfg |= {
+            "max_age": r.md_max_age_s * NS,
+            "max_bytes": r.md_max_bytes,
+            "discard": "old",
+            "duplicate_window": r.duplicate_window_s * NS,
+        }
+    return cfg
+
+
+def decisions_kv_config(prefix: str, r: Retention) -> dict[str, Any]:
+    bucket = decisions_bucket(prefix)
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": r.replicas,
+        "max_msgs_per_subject": 5,
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": True,
+        "max_age": 0,
+        "duplicate_window": 120 * NS,
+        "sources": [
+            {
+                "name": DECISION.stream(prefix),
+                "subject_transforms": [
+                    {"src": f"{prefix}.decision.*", "dest": f"$KV.{bucket}.{{{{wildcard(1)}}}}"}
+                ],
+            }
+        ],
+    }
+
+
+AckPolicy = Literal["explicit", "all", "none"]
+
+
+def durable_config(
+    durable: str,
+    filter_subjects: list[str],
+    *,
+    ack_policy: AckPolicy = "explicit",
+    max_deliver: int = 5,
+    ack_wait_s: float = 30.0,
+    max_ack_pending: int = 50_000,
+) -> dict[str, Any]:
+    return {
+        "durable_name": durable,
+        "deliver_policy": "all",
+        "ack_policy": ack_policy,
+        "ack_wait": int(ack_wait_s * NS),
+        "max_deliver": max_deliver,
+        "max_ack_pending": max_ack_pending,
+        "max_waiting": 512,
+        "replay_policy": "instant",
+        "filter_subjects": filter_subjects,
+        "inactive_threshold": 0,
+    }
+
+
+async def provision(nc: Client, prefix: str, retention: Retention | None = None) -> dict[str, str]:
+    """Apply every stream and the KV bucket; returns what happened to each. Safe to run always."""
+    r = retention or Retention()
+    api = JetStreamApi(nc)
+    done: dict[str, str] = {}
+    for fam in FAMILIES:
+        cfg = stream_config(fam, prefix, r)
+        done[cfg["name"]] = await api.ensure_stream(cfg)
+    kv = decisions_kv_config(prefix, r)
+    done[kv["name"]] = await api.ensure_stream(kv)
+    return done

@@ -1,0 +1,81 @@
+"""Decision synthesis: the latest signal of each agent for a symbol -> a versioned envelope.
+
+ensemble = sum(w * strength * confidence) / sum(w * confidence) over fresh signals;
+BUY above ``threshold``, SELL below ``-threshold``, HOLD between. Confidence is the weighted mean
+confidence scaled by how much the agents agree. Signals older than ``max_age_s`` (event time)
+no longer vote.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from handlers.base import Handler, draft
+from schemas.events import AgentSignal, AnyEvent, DecisionEnvelope, Event, Signal, Synthesis, Target
+
+DEFAULT_WEIGHTS = {"momentum": 1.0, "sentiment": 1.0}
+
+
+class DecisionSynthesis(Handler):
+    name = "decision"
+    version = 1
+
+    def __init__(
+        self,
+        weights: dict[str, float] | None = None,
+        threshold: float = 0.25,
+        max_age_s: float = 3 * 86400,
+        exchange: str = "",
+        asset_class: str = "equity",
+    ) -> None:
+        self.weights = weights or DEFAULT_WEIGHTS
+        self.threshold = threshold
+        self.max_age_ns = int(max_age_s * 1e9)
+        self.exchange = exchange
+        self.asset_class = asset_class
+        self.subjects = ("intel.signal.>",)
+        self.warmup_s = 3600.0
+        self._latest: dict[str, dict[str, Signal]] = {}
+
+    def handle(self, event: AnyEvent) -> list[Event]:
+        if not isinstance(event, Signal):
+            return []
+        started = time.perf_counter()
+        by_agent = self._latest.setdefault(event.symbol, {})
+        by_agent[event.agent] = event
+        fresh = [s for s in by_agent.values() if event.ts_event - s.ts_event <= self.max_age_ns]
+        num = den = conf_sum = w_sum = 0.0
+        for s in fresh:
+            w = self.weights.get(s.agent, 0.5)
+            num += w * s.strength * s.confidence
+            den += w * s.confidence
+            conf_sum += w * s.confidence
+            w_sum += w
+        score = num / den if den > 0 else 0.0
+        signs = {1 if s.strength > 0 else -1 for s in fresh if s.direction != "NEUTRAL"}
+        agreement = 1.0 if len(signs) <= 1 else 0.5
+        confidence = (conf_sum / w_sum if w_sum else 0.0) * agreement
+        verdict = "BUY" if score > self.threshold else "SELL" if score < -self.threshold else "HOLD"
+        votes = ", ".join(f"{s.agent} {s.direction.lower()} ({s.strength:+.2f})" for s in fresh)
+        reasoning = f"{verdict}: ensemble {score:+.2f} from {votes}; threshold ±{self.threshold:.2f}"
+        trade_date = datetime.fromtimestamp(event.ts_event / 1e9, UTC).date().isoformat()
+        return [
+            draft(
+                DecisionEnvelope,
+                ts_event=event.ts_event,
+                target=Target(ticker=event.symbol, trade_date=trade_date, exchange=self.exchange, asset_class=self.asset_class),
+                synthesis=Synthesis(
+                    verdict=verdict, confidence=round(confidence, 6), ensemble_score=round(score, 6), reasoning=reasoning
+                ),
+                agent_signals=[
+                    AgentSignal(
+                        agent=s.agent, domain=s.domain, signal=s.direction, confidence=s.confidence,
+                        summary=s.summary, key_factors=s.key_factors,
+                    )
+                    for s in fresh
+                ],
+                source_metrics={"agents": float(len(fresh)), **{f"{s.agent}_strength": s.strength for s in fresh}},
+                phase_timings={"synthesis_ms": round((time.perf_counter() - started) * 1000, 4)},
+            )
+        ]

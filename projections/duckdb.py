@@ -1,0 +1,156 @@
+"""DuckDB projections: rows and their checkpoint in one transaction (DESIGN §5).
+
+One writer per file (DuckDB's rule): the projector process owns the connection; readers go
+through its query service (see ``projections.query``) or open a read-only copy when it is down.
+Commits run in a worker thread on a per-stream cursor, so the event loop keeps pulling and
+decoding while DuckDB writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from bus.metrics import PROJECTION_CHECKPOINT, PROJECTION_LAG
+from bus.runtime import Failure, Received
+from projections.table import Row, Table, View
+from projections.tables import TABLES, VIEWS
+from schemas.subjects import StreamFamily
+
+CHECKPOINTS = "_checkpoints"
+
+
+class ProjectionDb:
+    """A DuckDB file holding a set of tables, views and their checkpoints."""
+
+    def __init__(self, path: Path, tables: tuple[Table, ...] = TABLES, views: tuple[View, ...] = VIEWS,
+                 name: str = "main") -> None:  # fmt: skip
+        self.path = path
+        self.name = name
+        self.tables = tables
+        self.views = views
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(path))
+        self._create()
+
+    def _create(self) -> None:
+        c = self.con
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (projection VARCHAR, stream VARCHAR, last_seq BIGINT, "
+            "events BIGINT, updated_ns BIGINT, PRIMARY KEY (projection, stream))"
+        )
+        for t in self.tables:
+            empty = t.to_arrow([])
+            c.register("_empty", empty)
+            c.execute(f"CREATE TABLE IF NOT EXISTS {t.name} AS SELECT * FROM _empty LIMIT 0")
+            c.unregister("_empty")
+        for v in self.views:
+            c.execute(f"CREATE OR REPLACE VIEW {v.name} AS {v.sql}")
+
+    def checkpoint(self, stream: str) -> int:
+        row = self.con.execute(
+            f"SELECT last_seq FROM {CHECKPOINTS} WHERE projection = ? AND stream = ?", [self.name, stream]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def checkpoints(self) -> dict[str, int]:
+        rows = self.con.execute(f"SELECT stream, last_seq FROM {CHECKPOINTS} WHERE projection = ?", [self.name])
+        return {str(s): int(q) for s, q in rows.fetchall()}
+
+    def commit(self, stream: str, rows: dict[str, list[Row]], last_seq: int, events: int, cur: Any = None) -> None:
+        """Insert every table's rows as Arrow and advance the checkpoint, atomically."""
+        c = cur or self.con
+        by_name = {t.name: t for t in self.tables}
+        c.execute("BEGIN TRANSACTION")
+        try:
+            for name, table_rows in rows.items():
+                if table_rows:
+                    arrow = by_name[name].to_arrow(table_rows)
+                    c.register("_batch", arrow)
+                    c.execute(f"INSERT INTO {name} SELECT * FROM _batch")
+                    c.unregister("_batch")
+            c.execute(
+                f"INSERT INTO {CHECKPOINTS} VALUES (?, ?, ?, ?, ?) ON CONFLICT (projection, stream) DO UPDATE SET "
+                "last_seq = excluded.last_seq, events = _checkpoints.events + excluded.events, "
+                "updated_ns = excluded.updated_ns",
+                [self.name, stream, last_seq, events, time.time_ns()],
+            )
+            c.execute("COMMIT")
+        except Exception:
+            c.execute("ROLLBACK")
+            raise
+
+    def content_hashes(self, upto: dict[str, int] | None = None) -> dict[str, str]:
+        """``count:sum-of-row-hashes`` per table, optionally only rows with seq <= the stream's bound."""
+        out: dict[str, str] = {}
+        for t in self.tables:
+            stream = t.family.key
+            where = f"WHERE seq <= {int(upto[stream])}" if upto is not None and stream in upto else ""
+            n, h = self.con.execute(
+                f"SELECT count(*), coalesce(sum(hash(r)::HUGEINT), 0) % 18446744073709551616 "
+                f"FROM (SELECT * FROM {t.name} {where}) r"
+            ).fetchone() or (0, 0)
+            out[t.name] = f"{n}:{int(h):016x}"
+        return out
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class ProjectionSink:
+    """The consumer-runtime sink for one stream family into a :class:`ProjectionDb`."""
+
+    def __init__(self, db: ProjectionDb, family: StreamFamily, stream: str, *, until_ns: int | None = None,
+                 stop_at_seq: int | None = None) -> None:  # fmt: skip
+        self.db = db
+        self.family = family
+        self.stream = stream
+        self.until_ns = until_ns
+        self.stop_at_seq = stop_at_seq
+        self.tables = [t for t in db.tables if t.family == family]
+        self.by_type: dict[type, list[Table]] = defaultdict(list)
+        for t in self.tables:
+            for et in t.events:
+                self.by_type[et].append(t)
+        self.last_seq = db.checkpoint(stream)
+        self.cursor = db.con.cursor()
+        self.events = 0
+        self.done = asyncio.Event()
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        rows: dict[str, list[Row]] = {t.name: [] for t in self.tables}
+        failures: dict[int, Failure] = {}
+        last = self.last_seq
+        n = 0
+        for j, rec in enumerate(batch):
+            d = rec.delivery
+            if d.stream_seq <= self.last_seq:
+                continue  # already committed (a redelivery after a crash between commit and ack)
+            if (self.until_ns is not None and d.ts_ns > self.until_ns) or (
+                self.stop_at_seq is not None and d.stream_seq > self.stop_at_seq
+            ):
+                self.done.set()
+                break
+            try:
+                for e in rec.events:
+                    for t in self.by_type.get(type(e), ()):
+                        rows[t.name].extend(t.rows(e, d.stream_seq))
+                    n += 1
+            except Exception as exc:  # a row that cannot be built is poison: dead-letter it, keep going
+                failures[j] = Failure(f"projection row failed: {type(exc).__name__}: {exc}", retry=False)
+            last = d.stream_seq
+        if last > self.last_seq:
+            await asyncio.to_thread(self.db.commit, self.stream, rows, last, n, self.cursor)
+            self.last_seq = last
+            self.events += n
+        if batch:
+            PROJECTION_CHECKPOINT.labels(self.db.name, self.stream).set(self.last_seq)
+            PROJECTION_LAG.labels(self.db.name, self.stream).set(batch[-1].delivery.pending)
+            if self.stop_at_seq is not None and self.last_seq >= self.stop_at_seq:
+                self.done.set()
+        return failures

@@ -1,0 +1,60 @@
+"""Every event type, its subject, versions and upcasters. Imports nothing of ours."""
+
+from schemas.codec import Decoded, MalformedEvent, decode, encode, upcaster
+from schemas.events import (
+    CURRENT_VERSION,
+    EVENT_TYPES,
+    AgentSignal,
+    Alert,
+    AnyEvent,
+    Bar,
+    CircuitBreakerResumed,
+    CircuitBreakerTripped,
+    ClockTick,
+    DeadLetter,
+    DecisionEnvelope,
+    Direction,
+    Enrichment,
+    Event,
+    Heartbeat,
+    LlmCall,
+    ModelDeployed,
+    NewsItem,
+    OrderAccepted,
+    OrderCancelled,
+    OrderFilled,
+    OrderIntent,
+    OrderRejected,
+    OrderSubmitted,
+    PlanItem,
+    RebalancePlan,
+    RiskCheck,
+    SentimentScore,
+    Signal,
+    Synthesis,
+    Target,
+    Tick,
+    Verdict,
+)
+from schemas.ids import derive_event_id, new_event_id
+from schemas.subjects import (
+    FAMILIES,
+    StreamFamily,
+    decisions_bucket,
+    decode_token,
+    encode_token,
+    family_of,
+    validate_prefix,
+)
+
+__all__ = [
+    "CURRENT_VERSION", "EVENT_TYPES", "FAMILIES", "AgentSignal", "Alert", "AnyEvent", "Bar",
+    "CircuitBreakerResumed", "CircuitBreakerTripped", "ClockTick", "DeadLetter",
+    "DecisionEnvelope", "Decoded", "Direction", "Enrichment", "Event", "Heartbeat", "LlmCall",
+    "MalformedEvent", "ModelDeployed", "NewsItem", "OrderAccepted", "OrderCancelled",
+    "OrderFilled", "OrderIntent", "OrderRejected", "OrderSubmitted", "PlanItem",
+    "RebalancePlan", "RiskCheck", "SentimentScore", "Signal", "StreamFamily", "Synthesis",
+    "Target", "Tick", "Verdict", "decisions_bucket", "decode", "decode_token",
+    "derive_event_id", "encode", "encode_token", "family_of", "new_event_id", "upcaster",
+    "validate_prefix",
+]  # fmt: skip

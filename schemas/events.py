@@ -1,0 +1,474 @@
+"""The event catalogue: one frozen, keyword-only msgspec Struct per event, one tagged union.
+
+Every event carries the common fields of DESIGN §2 and knows its subject. Evolution follows
+msgspec's rules (new fields get defaults, no field changes type); a breaking change bumps the
+class's ``version`` default and registers an upcaster in :mod:`schemas.codec`.
+Prices are floats in the instrument's quote currency; times are UNIX nanoseconds (UTC).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+from schemas.subjects import encode_token
+
+Direction = Literal["BULLISH", "BEARISH", "NEUTRAL"]
+Verdict = Literal["BUY", "HOLD", "SELL"]
+Side = Literal["BUY", "SELL"]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event has. ``event_id`` doubles as the JetStream ``Nats-Msg-Id``."""
+
+    event_id: str
+    ts_event: int
+    ts_init: int
+    source: str
+    correlation_id: str = ""
+    causation_id: str = ""
+    version: int = 1
+
+    family: ClassVar[str]
+
+    def subject(self, prefix: str) -> str:
+        """The subject this event is published on under ``prefix``."""
+        raise NotImplementedError
+
+    @property
+    def tag(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- market data
+
+
+class Tick(Event, frozen=True, kw_only=True, tag="tick"):
+    """One quote or trade update, with every field MT5 and IBKR deliver.
+
+    ``seq`` orders ticks that share a millisecond; with venue, account, symbol and time it makes
+    the tick's deterministic id, so a restarted feed republishes the same ids.
+    """
+
+    family: ClassVar[str] = "md"
+    venue: str
+    symbol: str
+    account: str = ""
+    bid: float = 0.0
+    ask: float = 0.0
+    last: float = 0.0
+    volume: float = 0.0
+    volume_real: float = 0.0
+    flags: int = 0
+    seq: int = 0
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.md.tick.{encode_token(self.venue)}.{encode_token(self.symbol)}"
+
+    @property
+    def price(self) -> float:
+        """Trade price if there is one, else the mid quote."""
+        if self.last > 0:
+            return self.last
+        if self.bid > 0 and self.ask > 0:
+            return (self.bid + self.ask) / 2
+        return self.bid or self.ask
+
+
+class Bar(Event, frozen=True, kw_only=True, tag="bar"):
+    """An OHLCV bar; ``ts_event`` is the bar's close time (``start_ns + interval``)."""
+
+    family: ClassVar[str] = "md"
+    symbol: str
+    interval: str
+    start_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+    ticks: int = 0
+    venue: str = ""
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.md.bar.{self.interval}.{encode_token(self.symbol)}"
+
+
+# ---------------------------------------------------------------- ops
+
+
+class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
+    """A feed is alive; ``lag_ns`` is now minus the newest tick time, ``stale`` while disconnected."""
+
+    family: ClassVar[str] = "ops"
+    feed: str
+    interval_s: float
+    lag_ns: int = 0
+    stale: bool = False
+    connected: bool = True
+    symbols: int = 0
+    events_since_last: int = 0
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.ops.heartbeat.{encode_token(self.feed)}"
+
+
+class Alert(Event, frozen=True, kw_only=True, tag="alert"):
+    """Something a human should know. ``key`` groups an alert with its later ``resolved`` one."""
+
+    family: ClassVar[str] = "ops"
+    severity: Severity
+    kind: str
+    key: str
+    message: str
+    resolved: bool = False
+    feed: str = ""
+    symbol: str = ""
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.ops.alert.{self.severity}"
+
+
+class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
+    """A message a consumer could not process: where it is in its stream, and why."""
+
+    family: ClassVar[str] = "ops"
+    stream: str
+    stream_seq: int
+    subject_of_message: str
+    consumer: str
+    reason: str
+    deliveries: int = 1
+    payload: str = ""  # the message body, truncated to 4 KiB, decoded with replacement
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.ops.deadletter.{encode_token(self.stream.lower())}"
+
+
+class ModelDeployed(Event, frozen=True, kw_only=True, tag="model_deployed"):
+    """A model version became the live one (atomic swap); replay uses the version recorded here."""
+
+    family: ClassVar[str] = "ops"
+    model: str
+    model_version: str
+    sha256: str
+    path: str = ""
+    previous_version: str = ""
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.ops.model.{encode_token(self.model)}"
+
+
+class ClockTick(Event, frozen=True, kw_only=True, tag="clock_tick"):
+    """A schedule fired (e.g. the weekly rebalance); time enters the system only as an event."""
+
+    family: ClassVar[str] = "ops"
+    schedule: str
+    scheduled_ns: int
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.ops.clock.{encode_token(self.schedule)}"
+
+
+# ---------------------------------------------------------------- news and intelligence
+
+
+class NewsItem(Event, frozen=True, kw_only=True, tag="news_item"):
+    """An article or headline. Version 2 replaced v1's single ``ticker`` with ``tickers``."""
+
+    family: ClassVar[str] = "news"
+    version: int = 2
+    provider: str
+    article_id: str
+    title: str
+    tickers: list[str] = []
+    summary: str = ""
+    url: str = ""
+    published_ns: int = 0
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.news.{encode_token(self.provider)}"
+
+
+class LlmCall(Event, frozen=True, kw_only=True, tag="llm_call"):
+    """One LLM request and its raw reply, recorded so replay never calls a provider again."""
+
+    family: ClassVar[str] = "intel"
+    provider: str
+    model: str
+    prompt_version: str
+    variant: str = "A"
+    request_hash: str
+    news_id: str = ""
+    response_text: str = ""
+    error: str = ""
+    latency_ms: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.intel.llm.{encode_token(self.provider)}"
+
+
+class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
+    """A validated ``{ticker, score, relevance, impact}`` (each score in [-1, 1])."""
+
+    family: ClassVar[str] = "intel"
+    ticker: str
+    score: float
+    relevance: float
+    impact: float
+    news_id: str
+    llm_call_id: str = ""
+    prompt_version: str = ""
+    variant: str = "A"
+    model: str = ""
+    neutral_fallback: bool = False
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.intel.sentiment.{encode_token(self.ticker)}"
+
+
+class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
+    """Features of a symbol at a bar: numeric features, market phase, confidence, nudges."""
+
+    family: ClassVar[str] = "intel"
+    symbol: str
+    interval: str
+    features: dict[str, float] = {}
+    phase: str = ""
+    confidence: float = 0.0
+    nudges: list[str] = []
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.intel.enrichment.{encode_token(self.symbol)}"
+
+
+class Signal(Event, frozen=True, kw_only=True, tag="signal"):
+    """One agent's view of a symbol; ``strength`` in [-1, 1], ``confidence`` in [0, 1]."""
+
+    family: ClassVar[str] = "intel"
+    symbol: str
+    agent: str
+    domain: str
+    direction: Direction
+    strength: float
+    confidence: float
+    summary: str = ""
+    key_factors: list[str] = []
+    metrics: dict[str, float] = {}
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.intel.signal.{encode_token(self.symbol)}"
+
+
+# ---------------------------------------------------------------- decisions
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    ticker: str
+    trade_date: str  # ISO date (UTC) of the decision
+    exchange: str = ""
+    asset_class: str = "equity"
+
+
+class Synthesis(msgspec.Struct, frozen=True, kw_only=True):
+    verdict: Verdict
+    confidence: float  # 0..1
+    ensemble_score: float  # -1..1
+    reasoning: str = ""
+
+
+class AgentSignal(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    domain: str
+    signal: Direction
+    confidence: float
+    summary: str = ""
+    key_factors: list[str] = []
+
+
+class DecisionEnvelope(Event, frozen=True, kw_only=True, tag="decision"):
+    """The versioned verdict on a symbol; the latest per symbol is also in the decisions KV bucket."""
+
+    family: ClassVar[str] = "decision"
+    target: Target
+    synthesis: Synthesis
+    agent_signals: list[AgentSignal] = []
+    source_metrics: dict[str, float] = {}
+    phase_timings: dict[str, float] = {}  # milliseconds per phase
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.decision.{encode_token(self.target.ticker)}"
+
+
+# ---------------------------------------------------------------- orders
+
+
+class _OrderEvent(Event, frozen=True, kw_only=True):
+    family: ClassVar[str] = "order"
+    _stage: ClassVar[str] = ""
+    account: str
+    symbol: str
+    client_order_id: str
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.order.{self._stage}.{encode_token(self.account)}.{encode_token(self.symbol)}"
+
+
+class OrderIntent(_OrderEvent, frozen=True, kw_only=True, tag="order_intent"):
+    """What we want to trade; ``client_order_id`` derives from the decision, one broker order per intent."""
+
+    _stage: ClassVar[str] = "intent"
+    side: Side
+    quantity: float
+    order_type: Literal["MARKET", "LIMIT"] = "MARKET"
+    limit_price: float = 0.0
+    decision_id: str = ""
+    reason: str = ""
+
+
+class OrderSubmitted(_OrderEvent, frozen=True, kw_only=True, tag="order_submitted"):
+    _stage: ClassVar[str] = "submitted"
+    broker: str
+
+
+class OrderAccepted(_OrderEvent, frozen=True, kw_only=True, tag="order_accepted"):
+    _stage: ClassVar[str] = "accepted"
+    broker: str
+    broker_order_id: str
+
+
+class OrderRejected(_OrderEvent, frozen=True, kw_only=True, tag="order_rejected"):
+    _stage: ClassVar[str] = "rejected"
+    broker: str
+    reason: str
+
+
+class OrderFilled(_OrderEvent, frozen=True, kw_only=True, tag="order_filled"):
+    _stage: ClassVar[str] = "filled"
+    broker: str
+    fill_id: str
+    side: Side
+    quantity: float
+    price: float
+    commission: float = 0.0
+
+
+class OrderCancelled(_OrderEvent, frozen=True, kw_only=True, tag="order_cancelled"):
+    _stage: ClassVar[str] = "cancelled"
+    broker: str
+    reason: str = ""
+
+
+# ---------------------------------------------------------------- risk and portfolio
+
+
+class RiskCheck(Event, frozen=True, kw_only=True, tag="risk_check"):
+    """A pre-trade or portfolio check (Expected Shortfall, correlation, exposure...)."""
+
+    family: ClassVar[str] = "risk"
+    check: str
+    symbol: str = ""
+    account: str = ""
+    passed: bool
+    value: float = 0.0
+    limit: float = 0.0
+    detail: str = ""
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.risk.check.{encode_token(self.check)}"
+
+
+class CircuitBreakerTripped(Event, frozen=True, kw_only=True, tag="breaker_tripped"):
+    """Trading halted for ``scope`` until a human resumes it."""
+
+    family: ClassVar[str] = "risk"
+    breaker: str
+    scope: str = "all"
+    reason: str
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.risk.breaker.{encode_token(self.breaker)}"
+
+
+class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resumed"):
+    """Manual resume; ``operator`` is who did it."""
+
+    family: ClassVar[str] = "risk"
+    breaker: str
+    scope: str = "all"
+    operator: str
+    note: str = ""
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.risk.breaker.{encode_token(self.breaker)}"
+
+
+class PlanItem(msgspec.Struct, frozen=True, kw_only=True):
+    symbol: str
+    action: Verdict
+    target_weight: float
+    current_weight: float
+    delta_quantity: float
+    momentum: float = 0.0
+    sentiment: float = 0.0
+
+
+class RebalancePlan(Event, frozen=True, kw_only=True, tag="rebalance_plan"):
+    """The weekly rebalance: momentum + weighted sentiment -> actions -> delta quantities."""
+
+    family: ClassVar[str] = "risk"
+    account: str
+    items: list[PlanItem] = []
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.risk.rebalance.{encode_token(self.account)}"
+
+
+AnyEvent = (
+    Tick
+    | Bar
+    | Heartbeat
+    | Alert
+    | DeadLetter
+    | ModelDeployed
+    | ClockTick
+    | NewsItem
+    | LlmCall
+    | SentimentScore
+    | Enrichment
+    | Signal
+    | DecisionEnvelope
+    | OrderIntent
+    | OrderSubmitted
+    | OrderAccepted
+    | OrderRejected
+    | OrderFilled
+    | OrderCancelled
+    | RiskCheck
+    | CircuitBreakerTripped
+    | CircuitBreakerResumed
+    | RebalancePlan
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    Tick, Bar, Heartbeat, Alert, DeadLetter, ModelDeployed, ClockTick, NewsItem, LlmCall,
+    SentimentScore, Enrichment, Signal, DecisionEnvelope, OrderIntent, OrderSubmitted,
+    OrderAccepted, OrderRejected, OrderFilled, OrderCancelled, RiskCheck,
+    CircuitBreakerTripped, CircuitBreakerResumed, RebalancePlan,
+)  # fmt: skip
+
+BY_TAG: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in EVENT_TYPES}  # type: ignore[misc]
+
+
+def _default_version(cls: type[Event]) -> int:
+    for f in msgspec.structs.fields(cls):
+        if f.name == "version":
+            return int(f.default)
+    raise TypeError(f"{cls.__name__} has no version field")
+
+
+CURRENT_VERSION: dict[str, int] = {tag: _default_version(t) for tag, t in BY_TAG.items()}

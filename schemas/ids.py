@@ -1,0 +1,36 @@
+"""Event ids: 26-character, time-sortable strings (base32hex of 48-bit ms + 80 bits).
+
+base32hex keeps byte order, so ids sort by time as strings. New external events get random
+low bits; derived events get a hash of their cause, so a handler that runs twice on the same
+input produces the same id and JetStream's Nats-Msg-Id de-duplication drops the copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+
+
+def _encode(ms: int, low: bytes) -> str:
+    raw = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + low
+    return base64.b32hexencode(raw).decode("ascii")[:26]
+
+
+def new_event_id(ts_ns: int | None = None) -> str:
+    """A fresh id for an event that enters the system from outside."""
+    ns = time.time_ns() if ts_ns is None else ts_ns
+    return _encode(ns // 1_000_000, os.urandom(10))
+
+
+def derive_event_id(ts_ns: int, *parts: object) -> str:
+    """A deterministic id: same parts (and time) give the same id, everywhere, every time."""
+    key = "\x1f".join(str(p) for p in parts).encode()
+    return _encode(ts_ns // 1_000_000, hashlib.blake2b(key, digest_size=10).digest())
+
+
+def id_time_ms(event_id: str) -> int:
+    """The millisecond timestamp encoded in an id."""
+    raw = base64.b32hexdecode(event_id + "======")
+    return int.from_bytes(raw[:6], "big")

@@ -1,0 +1,137 @@
+"""Which processes run: handlers and projections wired onto the bus for one prefix.
+
+``roles`` selects what this process runs ("handlers", "projector"), so the same code serves the
+all-in-one demo and separate processes that fail, lag and scale independently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from nats.aio.client import Client
+
+from bus.publisher import Publisher
+from bus.runtime import ConsumerRuntime, ReactionSink
+from bus.topology import Retention, provision
+from handlers.bars import BarAggregator
+from handlers.base import Handler
+from handlers.decision import DecisionSynthesis
+from handlers.momentum import MomentumSignal
+from projections.duckdb import ProjectionDb, ProjectionSink
+from projections.query import QueryService
+from schemas.subjects import FAMILIES, StreamFamily
+from tapeline.config import HandlersConfig
+
+log = structlog.get_logger("tapeline")
+ROLES = ("handlers", "projector")
+
+
+def build_handlers(cfg: HandlersConfig) -> list[Handler]:
+    return [
+        BarAggregator(cfg.bar_intervals),
+        MomentumSignal(window=cfg.momentum_window, interval=cfg.momentum_interval),
+        DecisionSynthesis(weights=cfg.decision_weights, threshold=cfg.decision_threshold),
+    ]
+
+
+def _by_family(subjects: Sequence[str]) -> dict[StreamFamily, list[str]]:
+    out: dict[StreamFamily, list[str]] = defaultdict(list)
+    for s in subjects:
+        head = s.split(".", 1)[0]
+        fam = next((f for f in FAMILIES if f.key == head), None)
+        if fam is None:
+            raise ValueError(f"subject {s!r} is in no stream family")
+        out[fam].append(s)
+    return out
+
+
+def handler_runtimes(nc: Client, publisher: Publisher, prefix: str, handler: Handler) -> list[ConsumerRuntime]:
+    sink = ReactionSink(handler, publisher)
+    runtimes = []
+    for fam, subjects in _by_family(handler.subjects).items():
+        runtimes.append(
+            ConsumerRuntime(
+                nc, publisher, stream=fam.stream(prefix), durable=f"h_{handler.name}_{fam.key}",
+                filter_subjects=[f"{prefix}.{s}" for s in subjects], sink=sink, ack_policy="explicit",
+                batch=1000, warmup=handler if handler.warmup_s else None, warmup_s=handler.warmup_s,
+            )
+        )  # fmt: skip
+    return runtimes
+
+
+def projection_runtimes(nc: Client, publisher: Publisher, prefix: str, db: ProjectionDb, *, durable: bool = True,
+                        until_ns: int | None = None, stop_at: dict[str, int] | None = None,
+                        ) -> list[tuple[ConsumerRuntime, ProjectionSink]]:  # fmt: skip
+    out = []
+    for fam in {t.family for t in db.tables}:
+        stream = fam.stream(prefix)
+        sink = ProjectionSink(db, fam, stream, until_ns=until_ns, stop_at_seq=(stop_at or {}).get(fam.key))
+        rt = ConsumerRuntime(
+            nc, publisher, stream=stream, durable=f"proj_{db.name}_{fam.key}" if durable else None,
+            filter_subjects=[fam.subjects(prefix)], sink=sink, ack_policy="all" if durable else "none",
+            batch=5000, start_seq=sink.last_seq + 1, publish_dead_letters=durable,
+        )  # fmt: skip
+        out.append((rt, sink))
+    return out
+
+
+class Pipeline:
+    """Start/stop a set of consumer runtimes as asyncio tasks, with a graceful drain."""
+
+    def __init__(self, nc: Client, prefix: str, *, handlers: HandlersConfig, db_path: Path,
+                 roles: Sequence[str] = ROLES, retention: Retention | None = None) -> None:  # fmt: skip
+        bad = set(roles) - set(ROLES)
+        if bad:
+            raise ValueError(f"unknown role(s) {sorted(bad)}: choose from {ROLES}")
+        self.nc = nc
+        self.prefix = prefix
+        self.handlers_cfg = handlers
+        self.db_path = db_path
+        self.roles = tuple(roles)
+        self.retention = retention
+        self.runtimes: list[ConsumerRuntime] = []
+        self.sinks: list[ProjectionSink] = []
+        self.handlers: list[Handler] = []
+        self.db: ProjectionDb | None = None
+        self.query: QueryService | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.publisher = Publisher(nc, prefix, role="pipeline")
+
+    async def start(self) -> None:
+        await provision(self.nc, self.prefix, self.retention)
+        await self.publisher.start()
+        if "handlers" in self.roles:
+            self.handlers = build_handlers(self.handlers_cfg)
+            for h in self.handlers:
+                self.runtimes += handler_runtimes(self.nc, self.publisher, self.prefix, h)
+        if "projector" in self.roles:
+            self.db = ProjectionDb(self.db_path)
+            for rt, sink in projection_runtimes(self.nc, self.publisher, self.prefix, self.db):
+                self.runtimes.append(rt)
+                self.sinks.append(sink)
+            self.query = QueryService(self.nc, self.prefix, self.db.con)
+            await self.query.start()
+        self._tasks = [asyncio.create_task(rt.run(), name=rt.durable) for rt in self.runtimes]
+        log.info("pipeline started", prefix=self.prefix, roles=self.roles, consumers=[r.durable for r in self.runtimes])
+
+    async def wait(self) -> None:
+        """Until a runtime fails (re-raised) or all stop."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception():
+                raise t.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        for rt in self.runtimes:
+            rt.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.query:
+            await self.query.stop()
+        await self.publisher.close()
+        if self.db:
+            self.db.close()
+        log.info("pipeline stopped", prefix=self.prefix)
