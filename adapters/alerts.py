@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from schemas.events import Alert, ClockTick, Heartbeat, Severity
+from schemas.events import Alert, ClockTick, Event, Heartbeat, Severity
 from schemas.ids import derive_event_id, new_event_id
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class AlertLatch:
         self.clock = clock
         self.open: dict[tuple[str, str], int] = {}  # (kind, symbol) -> since (ns)
 
-    def raise_(self, kind: str, message: str, *, severity: Severity = "critical", symbol: str = "") -> list[Alert]:
+    def raise_(self, kind: str, message: str, *, severity: Severity = "critical", symbol: str = "") -> list[Event]:
         if (kind, symbol) in self.open:
             return []
         now = self.clock()
@@ -82,7 +82,7 @@ class AlertLatch:
         log.warning("alert", feed=self.feed, kind=kind, symbol=symbol, message=message)
         return [make_alert(self.feed, kind, message, severity=severity, symbol=symbol, now_ns=now)]
 
-    def resolve(self, kind: str, message: str, *, symbol: str = "") -> list[Alert]:
+    def resolve(self, kind: str, message: str, *, symbol: str = "") -> list[Event]:
         since = self.open.pop((kind, symbol), None)
         if since is None:
             return []

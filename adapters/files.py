@@ -422,7 +422,7 @@ class FileSource:
 
 def default_sources(data_dir: Path | None = None) -> list[FileSource]:
     """The real sample files under ``../shared/data`` (or ``data_dir``)."""
-    d = data_dir or Path("..") / "shared" / "data"
+    d = data_dir or _shared_data()
     return [
         FileSource(d / "bars" / "nvda-daily-1999-2014.csv", "NVDA", "bars", "1d"),
         FileSource(d / "bars" / "orcl-daily-1995-2014.csv", "ORCL", "bars", "1d"),
@@ -430,6 +430,16 @@ def default_sources(data_dir: Path | None = None) -> list[FileSource]:
         FileSource(d / "ticks" / "index-future-ticks-2015-09-23.csv", "INDEXFUT", "ticks"),
         FileSource(d / "ticks" / "fx-bidask-2010-03-02.csv", "FX", "ticks"),
     ]
+
+
+def _shared_data() -> Path:
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return beside if beside.exists() else Path("..") / "shared" / "data"
+
+
+def default_file_feed(data_dir: Path | None = None) -> FileFeed:
+    """The demo's ``--files`` feed: every sample file under ``../shared/data``."""
+    return FileFeed(data_dir=data_dir)
 
 
 def read_source(src: FileSource, *, venue: str = "file") -> ImportResult:

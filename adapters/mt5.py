@@ -185,8 +185,6 @@ class Mt5Feed:
         resume: Mapping[str, TickCursor] | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        from adapters.mt5 import parse_session as _ps
-
         self.cfg = cfg
         self.name = cfg.venue
         self.venue = cfg.venue
@@ -195,13 +193,14 @@ class Mt5Feed:
         self._password = password if password is not None else os.environ.get(cfg.password_var, "")
         self.cursors: dict[str, TickCursor] = dict(resume or {})
         self.clock = clock
-        self.sessions = {s: _ps(cfg.sessions.get(s, cfg.default_session)) for s in cfg.symbols}
+        self.sessions = {s: parse_session(cfg.sessions.get(s, cfg.default_session)) for s in cfg.symbols}
         self.latch = AlertLatch(self.name, clock)
         self.hb = HeartbeatClock(self.name, cfg.heartbeat_s, clock)
         self.offset_ms = cfg.server_time_offset_s * 1000
         self.initialized = False
         self.connected = False
-        self.last_tick_ns: dict[str, int] = {}
+        self.last_tick_ns: dict[str, int] = {}  # newest tick time per symbol (UTC ns)
+        self.last_rx_ns: dict[str, int] = {}  # when (our clock) ticks last arrived per symbol
         self.started_ns = 0
         self.published = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mt5-{cfg.name}")
@@ -240,7 +239,11 @@ class Mt5Feed:
             acc = await self._call(m.account_info)
             if acc is None or int(getattr(acc, "login", 0)) != self.cfg.login:
                 ok = await self._call(
-                    m.login, self.cfg.login, password=self._password, server=self.cfg.server, timeout=self.cfg.timeout_ms
+                    m.login,
+                    self.cfg.login,
+                    password=self._password,
+                    server=self.cfg.server,
+                    timeout=self.cfg.timeout_ms,
                 )
                 if not ok:
                     code, text = self._error()
@@ -370,6 +373,7 @@ class Mt5Feed:
             if ticks:
                 events.extend(ticks)
                 self.last_tick_ns[sym] = ticks[-1].ts_event
+                self.last_rx_ns[sym] = self.clock()
                 self.hb.saw(len(ticks), ticks[-1].ts_event)
             if len(arr) < self.cfg.batch or not ticks:
                 break
@@ -388,7 +392,7 @@ class Mt5Feed:
             if not open_:
                 out += self.latch.resolve("no_ticks", f"{sym}: market closed", symbol=sym)
                 continue
-            last = max(self.last_tick_ns.get(sym, 0), self.started_ns)
+            last = max(self.last_rx_ns.get(sym, 0), self.started_ns)
             if now - last > limit:
                 out += self.latch.raise_(
                     "no_ticks",

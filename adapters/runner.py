@@ -36,8 +36,16 @@ class FeedStats:
 def feed_alert(feed: str, kind: str, message: str, *, severity: str = "critical", resolved: bool = False) -> Alert:
     now = time.time_ns()
     return Alert(
-        event_id=new_event_id(now), ts_event=now, ts_init=now, source=feed, severity=severity,  # type: ignore[arg-type]
-        kind=kind, key=f"{feed}:{kind}", message=message, resolved=resolved, feed=feed,
+        event_id=new_event_id(now),
+        ts_event=now,
+        ts_init=now,
+        source=feed,
+        severity=severity,  # type: ignore[arg-type]
+        kind=kind,
+        key=f"{feed}:{kind}",
+        message=message,
+        resolved=resolved,
+        feed=feed,
     )
 
 
@@ -60,7 +68,9 @@ async def publish_events(publisher: Publisher, events: Sequence[Event], *, batch
     return len(groups) + len(others)
 
 
-async def run_feed(feed: Feed, publisher: Publisher, *, batch_ticks: bool = False, stats: FeedStats | None = None) -> FeedStats:
+async def run_feed(
+    feed: Feed, publisher: Publisher, *, batch_ticks: bool = False, stats: FeedStats | None = None
+) -> FeedStats:
     stats = stats or FeedStats()
     try:
         async for events in feed.stream():

@@ -50,7 +50,12 @@ class SimFeed:
         self.rng = random.Random(seed)
         self.now = start_ns
         self.syms = [
-            _Sym(s, price=self.rng.uniform(20, 500), vol=self.rng.uniform(0.0002, 0.0008), spread_bp=self.rng.uniform(1, 8))
+            _Sym(
+                s,
+                price=self.rng.uniform(20, 500),
+                vol=self.rng.uniform(0.0002, 0.0008),
+                spread_bp=self.rng.uniform(1, 8),
+            )
             for s in symbols
         ]
         self._last: dict[str, tuple[int, int]] = {}  # symbol -> (ms, seq within that ms)

@@ -43,7 +43,8 @@ class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     def __repr__(self) -> str:  # never print secrets
-        return f"NatsSettings(url={self.url!r}, user={self.user!r}, auth={'yes' if self.password or self.token or self.creds_file else 'no'})"
+        auth = "yes" if self.password or self.token or self.creds_file else "no"
+        return f"NatsSettings(url={self.url!r}, user={self.user!r}, auth={auth})"
 
 
 def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:

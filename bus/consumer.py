@@ -1,13 +1,17 @@
 """Our own pull loop over ``$JS.API.CONSUMER.MSG.NEXT`` (DESIGN §6: ~4x the client's fetch).
 
-Batch requests go to a private inbox; messages are collected in a callback. The next request is
-sent as soon as the previous one completes, so the server fills batch N+1 while we process N.
+Credit-based, like nats.go's ``Consume``: pull requests for ``batch`` messages stay open for
+``expires_s``; the server streams messages into them as they arrive. We hand whatever has
+arrived to the caller at once (no waiting for a batch to fill) and send a new request whenever
+the open credit drops below half a batch, so the server is always filling the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
@@ -41,72 +45,77 @@ def parse_delivery(msg: Msg) -> Delivery:
     return Delivery(msg.subject, msg.data, msg.headers, msg.reply, int(s), int(d), int(p), int(ts))
 
 
-@dataclass(slots=True)
-class _Request:
-    want: int
-    got: list[Delivery] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class PullLoop:
-    """Pull batches from one consumer of one stream."""
+    """Pull from one consumer of one stream."""
 
-    def __init__(self, nc: Client, stream: str, consumer: str, *, batch: int = 1000, expires_s: float = 1.0):
+    def __init__(
+        self, nc: Client, stream: str, consumer: str, *, batch: int = 1000, expires_s: float = 1.0, idle_s: float = 0.25
+    ) -> None:
         self.nc = nc
         self.stream = stream
         self.consumer = consumer
         self.batch = batch
         self.expires_s = expires_s
+        self.idle_s = idle_s
         self._inbox = ""
         self._sub: object = None
-        self._reqs: dict[str, _Request] = {}
+        self._open: OrderedDict[str, int] = OrderedDict()  # request inbox -> messages still owed
         self._n = 0
-        self._next: tuple[str, _Request] | None = None
+        self._buf: list[Delivery] = []
+        self._arrived = asyncio.Event()
+        self.stopping = False
+
+    @property
+    def credit(self) -> int:
+        return sum(self._open.values())
+
+    def drained(self) -> bool:
+        """Stopping, nothing buffered and no request still open."""
+        return self.stopping and not self._buf and not self._open
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            self._sub = None
+        sub, self._sub = self._sub, None
+        if sub is not None and not self.nc.is_closed:
+            await sub.unsubscribe()  # type: ignore[attr-defined]
 
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:  # a status on the request's own inbox: 404/408 expired, 409 conflict, 100 heartbeat
-            req = self._reqs.get(msg.subject)
-            if req is not None and (msg.headers or {}).get("Status", "") != "100":
-                req.done.set()
+            if (msg.headers or {}).get("Status", "") != "100":
+                self._open.pop(msg.subject, None)
+                self._arrived.set()
             return
         # Messages carry their stream subject, not the inbox; the server fills requests in order.
-        for req in self._reqs.values():
-            if not req.done.is_set():
-                req.got.append(parse_delivery(msg))
-                if len(req.got) >= req.want:
-                    req.done.set()
-                return
+        if self._open:
+            oldest = next(iter(self._open))
+            self._open[oldest] -= 1
+            if self._open[oldest] <= 0:
+                del self._open[oldest]
+        self._buf.append(parse_delivery(msg))
+        self._arrived.set()
 
-    async def _request(self) -> tuple[str, _Request]:
+    async def _top_up(self) -> None:
+        if self.stopping or self.credit > self.batch // 2:
+            return
         self._n += 1
         reply = f"{self._inbox}.{self._n}"
-        req = _Request(self.batch)
-        self._reqs[reply] = req
+        self._open[reply] = self.batch
         body = _enc.encode({"batch": self.batch, "expires": int(self.expires_s * NS)})
         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", body, reply=reply)
-        return reply, req
 
     async def next_batch(self) -> list[Delivery]:
-        """The next batch (possibly empty after ``expires_s`` with nothing to deliver)."""
-        reply, req = self._next or await self._request()
-        self._next = None
-        try:
-            await asyncio.wait_for(req.done.wait(), self.expires_s + 5)
-        except TimeoutError:
-            pass  # lost request (e.g. reconnect): whatever arrived is still valid
-        self._reqs.pop(reply, None)
-        if len(req.got) >= req.want:
-            self._next = await self._request()  # pipeline: server fills the next while we work
-        return req.got
+        """What has arrived (up to ``batch``), or an empty list after ``idle_s`` with nothing."""
+        await self._top_up()
+        if not self._buf:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), self.idle_s)
+        out, self._buf = self._buf[: self.batch], self._buf[self.batch :]
+        await self._top_up()
+        return out
 
     async def ack(self, d: Delivery) -> None:
         await self.nc.publish(d.reply, b"+ACK")

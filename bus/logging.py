@@ -19,7 +19,9 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*processors, structlog.processors.format_exc_info, renderer] if as_json else [*processors, renderer],
+        processors=[*processors, structlog.processors.format_exc_info, renderer]
+        if as_json
+        else [*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

@@ -12,7 +12,9 @@ EVENTS_DUPLICATE = Counter(
 )
 EVENTS_CONSUMED = Counter("tapeline_events_consumed_total", "Events processed, by consumer", ["consumer"])
 EVENTS_FAILED = Counter(
-    "tapeline_events_failed_total", "Messages that failed, by consumer and outcome (retry|dead)", ["consumer", "outcome"]
+    "tapeline_events_failed_total",
+    "Messages that failed, by consumer and outcome (retry|dead)",
+    ["consumer", "outcome"],
 )
 EVENTS_SKIPPED = Counter(
     "tapeline_events_skipped_total", "Events of an unknown (future) schema version, skipped", ["consumer"]
@@ -33,7 +35,9 @@ CONSUMER_PENDING = Gauge(
     "tapeline_consumer_pending_messages", "Messages in the stream not yet delivered to the consumer", ["consumer"]
 )
 PROJECTION_CHECKPOINT = Gauge(
-    "tapeline_projection_checkpoint_sequence", "Last stream sequence committed by a projection", ["projection", "stream"]
+    "tapeline_projection_checkpoint_sequence",
+    "Last stream sequence committed by a projection",
+    ["projection", "stream"],
 )
 PROJECTION_LAG = Gauge(
     "tapeline_projection_lag_messages", "Stream messages not yet committed by a projection", ["projection", "stream"]

@@ -42,7 +42,7 @@ class _Out(msgspec.Struct):
 
 
 class _Group:
-    __slots__ = ("remaining", "done", "errors", "stored", "duplicates", "seqs")
+    __slots__ = ("done", "duplicates", "errors", "remaining", "seqs", "stored")
 
     def __init__(self, n: int) -> None:
         self.remaining = n
@@ -78,7 +78,13 @@ def headers_for(event: Event, count: int = 1) -> dict[str, str]:
 
 class Publisher:
     def __init__(
-        self, nc: Client, prefix: str, *, role: str = "tapeline", window: int = 4096, ack_timeout: float = 5.0,
+        self,
+        nc: Client,
+        prefix: str,
+        *,
+        role: str = "tapeline",
+        window: int = 4096,
+        ack_timeout: float = 5.0,
         max_attempts: int = 5,
     ) -> None:
         self.nc = nc

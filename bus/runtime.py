@@ -5,8 +5,14 @@ rows). The runtime owns everything around it: decoding, unknown versions, retrie
 growing delay, dead letters with stream sequence and reason, acks, metrics, and a graceful drain.
 
 Ack policies: ``explicit`` (handlers; each message acked, nak'd or terminated on its own) and
-``all`` (projections; the batch commits atomically, so acking its last message acks it all and
-any failure retries the whole batch; the projection's checkpoint skips what it already has).
+``all`` (projections; the batch commits atomically, so acking its last message acks it all; a
+failed commit is retried in place, never nak'd, so sequences are applied strictly in order).
+
+Order after a crash: JetStream redelivers a dead process's unacked messages only after
+``ack_wait``, *after* newer ones. Consumers that need stream order (projections, stateful
+handlers) therefore re-create their durable on start at the position they trust: the
+projection's committed checkpoint + 1, or the handler's ack floor + 1 (after warm-up). Re-done
+work republishes the same deterministic ids, which JetStream de-duplicates.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import structlog
@@ -103,6 +109,7 @@ class ConsumerRuntime:
         publish_dead_letters: bool = True,
         warmup: Reaction | None = None,
         warmup_s: float = 0.0,
+        ordered: bool = False,
     ) -> None:
         self.nc = nc
         self.publisher = publisher
@@ -113,6 +120,8 @@ class ConsumerRuntime:
         self.publish_dead_letters = publish_dead_letters
         self.warmup = warmup
         self.warmup_s = warmup_s
+        self.ordered = ordered or ack_policy == "all"
+        self.resume_floor = 0
         self.warmed = 0
         self.filter_subjects = list(filter_subjects)
         self.sink = sink
@@ -143,23 +152,36 @@ class ConsumerRuntime:
                 },
             )
             return
+        start: int | None = None
+        if self.ordered:
+            if self.ack_policy == "all":
+                start = self.start_seq  # the projection's checkpoint + 1
+            else:
+                info = await api.consumer_info(self.stream, self.durable)
+                self.resume_floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
+                start = self.resume_floor + 1 if info else None
+            await api.delete_consumer(self.stream, self.durable)
         cfg = durable_config(
             self.durable,
             self.filter_subjects,
             ack_policy=self.ack_policy,
             max_deliver=self.max_deliver,
             ack_wait_s=self.ack_wait_s,
+            start_seq=start,
         )
         await api.ensure_consumer(self.stream, cfg)
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand (and any already requested), then return."""
         self._stopping.set()
+        self.loop.stopping = True
 
     async def run(self) -> None:
+        api = JetStreamApi(self.nc)
+        before = await api.consumer_info(self.stream, self.durable) if self.warmup is not None else None
+        if self.warmup is not None and self.warmup_s > 0 and before:
+            await self._warm_up(self.warmup, before)
         await self.ensure_consumer()
-        if self.warmup is not None and self.warmup_s > 0:
-            await self._warm_up(self.warmup)
         await self.loop.start()
         try:
             while True:
@@ -169,7 +191,7 @@ class ConsumerRuntime:
                     await self._handle(batch)
                 else:
                     self.idle.set()
-                if self._stopping.is_set() and self.loop._next is None:
+                if self.loop.drained():
                     break
         finally:
             await self.loop.stop()
@@ -190,18 +212,28 @@ class ConsumerRuntime:
             if decoded.skipped:
                 self.skipped += len(decoded.skipped)
                 EVENTS_SKIPPED.labels(self.durable).inc(len(decoded.skipped))
-                log.warning("skipped unknown schema version", consumer=self.durable, seq=d.stream_seq, events=decoded.skipped)
+                log.warning(
+                    "skipped unknown schema version", consumer=self.durable, seq=d.stream_seq, events=decoded.skipped
+                )
             received.append(Received(d, decoded.events))
             where.append(i)
-        try:
-            failures = await self.sink.process(received)
-        except Exception as exc:  # the whole batch is retried
-            log.warning("batch failed, will retry", consumer=self.durable, error=repr(exc), size=len(batch))
-            failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
+        attempt = 0
+        while True:
+            try:
+                failures = await self.sink.process(received)
+                break
+            except Exception as exc:
+                log.warning("batch failed", consumer=self.durable, error=repr(exc), size=len(batch), attempt=attempt)
+                if self.ack_policy != "all":  # each message is nak'd and comes back on its own
+                    failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
+                    break
+                attempt += 1  # in order or not at all: retry in place, give up by crashing
+                if attempt >= self.max_deliver:
+                    raise
+                await asyncio.sleep(self.backoff_s * 2**attempt)
         for j, f in failures.items():
-            outcome[where[j]] = f
+            outcome[where[j]] = f if self.ack_policy != "all" else Failure(f.reason, retry=False)
 
-        retry_all = self.ack_policy == "all" and any(f.retry for f in outcome.values())
         letters: list[Event] = []
         for i, f in outcome.items():
             d = batch[i]
@@ -217,19 +249,15 @@ class ConsumerRuntime:
 
         if self.ack_policy == "none":
             pass
-        elif retry_all:
-            EVENTS_FAILED.labels(self.durable, "retry").inc(len(batch))
-            for d in batch:
-                await self.loop.nak(d, self._delay(d))
         elif self.ack_policy == "all":
             await self.loop.ack(batch[-1])
         else:
             for i, d in enumerate(batch):
-                f = outcome.get(i)
-                if f is None:
+                fail = outcome.get(i)
+                if fail is None:
                     await self.loop.ack(d)
-                elif not f.retry or d.deliveries >= self.max_deliver:
-                    await self.loop.term(d, f.reason)
+                elif not fail.retry or d.deliveries >= self.max_deliver:
+                    await self.loop.term(d, fail.reason)
                 else:
                     EVENTS_FAILED.labels(self.durable, "retry").inc()
                     await self.loop.nak(d, self._delay(d))
@@ -239,12 +267,13 @@ class ConsumerRuntime:
         CONSUMER_PENDING.labels(self.durable).set(batch[-1].pending)
         BATCH_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
         if received and received[-1].events:
-            EVENT_LATENCY.labels(self.durable).observe(max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9))
+            EVENT_LATENCY.labels(self.durable).observe(
+                max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9)
+            )
 
-    async def _warm_up(self, reaction: Reaction) -> None:
+    async def _warm_up(self, reaction: Reaction, info: dict[str, Any]) -> None:
         """Rebuild a stateful handler after a restart: replay the input it already acked, discard outputs."""
         api = JetStreamApi(self.nc)
-        info = await api.consumer_info(self.stream, self.durable)
         floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
         active = ((info or {}).get("ack_floor") or {}).get("last_active")
         if floor == 0 or not active:
@@ -261,7 +290,7 @@ class ConsumerRuntime:
                 "mem_storage": True,
             },
         )
-        loop = PullLoop(self.nc, self.stream, name, batch=2000, expires_s=0.5)
+        loop = PullLoop(self.nc, self.stream, name, batch=2000, expires_s=1.0, idle_s=0.5)
         await loop.start()
         try:
             while True:

@@ -40,8 +40,9 @@ def find_nats_server() -> str:
 class EmbeddedNats:
     """A child nats-server with JetStream, its store under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, sync_always: bool = False, log_file: Path | None = None):
+    def __init__(self, data_dir: Path, *, port: int = -1, sync_always: bool = False, log_file: Path | None = None):
         self.data_dir = data_dir
+        self.port = port
         self.sync_always = sync_always
         self.log_file = log_file or data_dir / "nats-server.log"
         self.url = ""
@@ -53,7 +54,7 @@ class EmbeddedNats:
         sync = "\n  sync_interval: always" if self.sync_always else ""
         return (
             "server_name: tapeline_embedded\n"
-            "host: 127.0.0.1\nport: -1\n"
+            f"host: 127.0.0.1\nport: {self.port}\n"
             "http: 127.0.0.1:-1\n"
             f'ports_file_dir: "{self.data_dir}"\n'
             "max_payload: 8MB\n"
@@ -117,7 +118,5 @@ class EmbeddedNats:
         self.start()
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

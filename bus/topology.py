@@ -74,9 +74,7 @@ def decisions_kv_config(prefix: str, r: Retention) -> dict[str, Any]:
         "sources": [
             {
                 "name": DECISION.stream(prefix),
-                "subject_transforms": [
-                    {"src": f"{prefix}.decision.*", "dest": f"$KV.{bucket}.{{{{wildcard(1)}}}}"}
-                ],
+                "subject_transforms": [{"src": f"{prefix}.decision.*", "dest": f"$KV.{bucket}.{{{{wildcard(1)}}}}"}],
             }
         ],
     }
@@ -93,10 +91,14 @@ def durable_config(
     max_deliver: int = 5,
     ack_wait_s: float = 30.0,
     max_ack_pending: int = 50_000,
+    start_seq: int | None = None,
 ) -> dict[str, Any]:
+    start: dict[str, Any] = (
+        {"deliver_policy": "by_start_sequence", "opt_start_seq": start_seq} if start_seq else {"deliver_policy": "all"}
+    )
     return {
         "durable_name": durable,
-        "deliver_policy": "all",
+        **start,
         "ack_policy": ack_policy,
         "ack_wait": int(ack_wait_s * NS),
         "max_deliver": max_deliver,

@@ -13,7 +13,7 @@ from schemas.events import AnyEvent, Bar, Event, Tick
 
 
 class _Open:
-    __slots__ = ("start", "open", "high", "low", "close", "volume", "ticks", "venue")
+    __slots__ = ("close", "high", "low", "open", "start", "ticks", "venue", "volume")
 
     def __init__(self, start: int, price: float, volume: float, venue: str) -> None:
         self.start = start

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from handlers.base import Handler, draft
-from schemas.events import AgentSignal, AnyEvent, DecisionEnvelope, Event, Signal, Synthesis, Target
+from schemas.events import AgentSignal, AnyEvent, DecisionEnvelope, Event, Signal, Synthesis, Target, Verdict
 
 DEFAULT_WEIGHTS = {"momentum": 1.0, "sentiment": 1.0}
 
@@ -56,7 +56,7 @@ class DecisionSynthesis(Handler):
         signs = {1 if s.strength > 0 else -1 for s in fresh if s.direction != "NEUTRAL"}
         agreement = 1.0 if len(signs) <= 1 else 0.5
         confidence = (conf_sum / w_sum if w_sum else 0.0) * agreement
-        verdict = "BUY" if score > self.threshold else "SELL" if score < -self.threshold else "HOLD"
+        verdict: Verdict = "BUY" if score > self.threshold else "SELL" if score < -self.threshold else "HOLD"
         votes = ", ".join(f"{s.agent} {s.direction.lower()} ({s.strength:+.2f})" for s in fresh)
         reasoning = f"{verdict}: ensemble {score:+.2f} from {votes}; threshold ±{self.threshold:.2f}"
         trade_date = datetime.fromtimestamp(event.ts_event / 1e9, UTC).date().isoformat()
@@ -64,14 +64,23 @@ class DecisionSynthesis(Handler):
             draft(
                 DecisionEnvelope,
                 ts_event=event.ts_event,
-                target=Target(ticker=event.symbol, trade_date=trade_date, exchange=self.exchange, asset_class=self.asset_class),
+                target=Target(
+                    ticker=event.symbol, trade_date=trade_date, exchange=self.exchange, asset_class=self.asset_class
+                ),
                 synthesis=Synthesis(
-                    verdict=verdict, confidence=round(confidence, 6), ensemble_score=round(score, 6), reasoning=reasoning
+                    verdict=verdict,
+                    confidence=round(confidence, 6),
+                    ensemble_score=round(score, 6),
+                    reasoning=reasoning,
                 ),
                 agent_signals=[
                     AgentSignal(
-                        agent=s.agent, domain=s.domain, signal=s.direction, confidence=s.confidence,
-                        summary=s.summary, key_factors=s.key_factors,
+                        agent=s.agent,
+                        domain=s.domain,
+                        signal=s.direction,
+                        confidence=s.confidence,
+                        summary=s.summary,
+                        key_factors=s.key_factors,
                     )
                     for s in fresh
                 ],

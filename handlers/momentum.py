@@ -7,6 +7,7 @@ Uses bar closes as delivered (for daily files: the unadjusted Close, see adapter
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 
@@ -36,7 +37,7 @@ class MomentumSignal(Handler):
         if len(closes) <= self.window:
             return []
         c = list(closes)
-        rets = [math.log(b / a) for a, b in zip(c, c[1:], strict=False)]
+        rets = [math.log(b / a) for a, b in itertools.pairwise(c)]
         mean = sum(rets) / len(rets)
         sigma = math.sqrt(sum((r - mean) ** 2 for r in rets) / max(1, len(rets) - 1))
         total = math.log(c[-1] / c[0])

@@ -25,11 +25,21 @@ from schemas.subjects import StreamFamily
 CHECKPOINTS = "_checkpoints"
 
 
+def hash_sql(table: str, upto_seq: int | None = None) -> str:
+    """Order-independent content hash: row count and the sum (mod 2^64) of DuckDB row hashes."""
+    where = f"WHERE seq <= {int(upto_seq)}" if upto_seq is not None else ""
+    return (
+        "SELECT count(*), coalesce(sum(hash(r)::HUGEINT), 0) % 18446744073709551616 "
+        f"FROM (SELECT * FROM {table} {where}) r"
+    )
+
+
 class ProjectionDb:
     """A DuckDB file holding a set of tables, views and their checkpoints."""
 
-    def __init__(self, path: Path, tables: tuple[Table, ...] = TABLES, views: tuple[View, ...] = VIEWS,
-                 name: str = "main") -> None:  # fmt: skip
+    def __init__(
+        self, path: Path, tables: tuple[Table, ...] = TABLES, views: tuple[View, ...] = VIEWS, name: str = "main"
+    ) -> None:
         self.path = path
         self.name = name
         self.tables = tables
@@ -85,16 +95,16 @@ class ProjectionDb:
             c.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def table_names(tables: tuple[Table, ...] = TABLES) -> list[tuple[str, str]]:
+        return [(t.name, t.family.key) for t in tables]
+
     def content_hashes(self, upto: dict[str, int] | None = None) -> dict[str, str]:
         """``count:sum-of-row-hashes`` per table, optionally only rows with seq <= the stream's bound."""
         out: dict[str, str] = {}
         for t in self.tables:
-            stream = t.family.key
-            where = f"WHERE seq <= {int(upto[stream])}" if upto is not None and stream in upto else ""
-            n, h = self.con.execute(
-                f"SELECT count(*), coalesce(sum(hash(r)::HUGEINT), 0) % 18446744073709551616 "
-                f"FROM (SELECT * FROM {t.name} {where}) r"
-            ).fetchone() or (0, 0)
+            bound = upto.get(t.family.key) if upto is not None else None
+            n, h = self.con.execute(hash_sql(t.name, bound)).fetchone() or (0, 0)
             out[t.name] = f"{n}:{int(h):016x}"
         return out
 
@@ -105,8 +115,15 @@ class ProjectionDb:
 class ProjectionSink:
     """The consumer-runtime sink for one stream family into a :class:`ProjectionDb`."""
 
-    def __init__(self, db: ProjectionDb, family: StreamFamily, stream: str, *, until_ns: int | None = None,
-                 stop_at_seq: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        db: ProjectionDb,
+        family: StreamFamily,
+        stream: str,
+        *,
+        until_ns: int | None = None,
+        stop_at_seq: int | None = None,
+    ) -> None:
         self.db = db
         self.family = family
         self.stream = stream

@@ -93,6 +93,6 @@ class QueryService:
         await msg.respond(msgspec.json.encode(result))
 
 
-async def query_remote(nc: Client, prefix: str, sql: str, timeout: float = 30.0) -> QueryResult:
+async def query_remote(nc: Client, prefix: str, sql: str, timeout: float = 30.0) -> QueryResult:  # noqa: ASYNC109
     msg = await nc.request(query_subject(prefix), sql.encode(), timeout=timeout)
     return msgspec.json.decode(msg.data, type=QueryResult)

@@ -36,7 +36,7 @@ class Table:
             raise ValueError(f"table {self.name}: the first column must be 'seq' (the stream sequence)")
 
     def to_arrow(self, rows: list[Row]) -> pa.Table:
-        cols = list(zip(*rows, strict=True)) if rows else [[] for _ in self.columns]
+        cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [() for _ in self.columns]
         return pa.Table.from_arrays(
             [pa.array(c, type=t) for c, (_, t) in zip(cols, self.columns, strict=True)], schema=self.schema
         )

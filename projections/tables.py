@@ -32,169 +32,489 @@ def _common(e: ev.Event, seq: int) -> Row:
 COMMON = (("seq", I64), ("event_id", S), ("ts_event", TS), ("ts_init", TS), ("source", S))
 
 
-
 TICKS = Table(
-    "ticks", MD, (ev.Tick,),
-    (*COMMON, ("venue", S), ("account", S), ("symbol", S), ("bid", F64), ("ask", F64), ("last", F64),
-     ("volume", F64), ("volume_real", F64), ("flags", I64), ("tick_seq", I64)),
-    lambda e, s: [(*_common(e, s), e.venue, e.account, e.symbol, e.bid, e.ask, e.last, e.volume, e.volume_real,
-                   e.flags, e.seq)],
+    "ticks",
+    MD,
+    (ev.Tick,),
+    (
+        *COMMON,
+        ("venue", S),
+        ("account", S),
+        ("symbol", S),
+        ("bid", F64),
+        ("ask", F64),
+        ("last", F64),
+        ("volume", F64),
+        ("volume_real", F64),
+        ("flags", I64),
+        ("tick_seq", I64),
+    ),
+    lambda e, s: [
+        (*_common(e, s), e.venue, e.account, e.symbol, e.bid, e.ask, e.last, e.volume, e.volume_real, e.flags, e.seq)
+    ],
     "Every tick as delivered (bid/ask/last/volume/flags).",
-)  # fmt: skip
+)
 BARS = Table(
-    "bars", MD, (ev.Bar,),
-    (*COMMON, ("symbol", S), ("interval", S), ("start", TS), ("open", F64), ("high", F64), ("low", F64),
-     ("close", F64), ("volume", F64), ("ticks", I64), ("venue", S)),
-    lambda e, s: [(*_common(e, s), e.symbol, e.interval, e.start_ns, e.open, e.high, e.low, e.close, e.volume,
-                   e.ticks, e.venue)],
+    "bars",
+    MD,
+    (ev.Bar,),
+    (
+        *COMMON,
+        ("symbol", S),
+        ("interval", S),
+        ("start", TS),
+        ("open", F64),
+        ("high", F64),
+        ("low", F64),
+        ("close", F64),
+        ("volume", F64),
+        ("ticks", I64),
+        ("venue", S),
+    ),
+    lambda e, s: [
+        (*_common(e, s), e.symbol, e.interval, e.start_ns, e.open, e.high, e.low, e.close, e.volume, e.ticks, e.venue)
+    ],
     "OHLCV bars; ts_event is the bar close.",
-)  # fmt: skip
+)
 NEWS_T = Table(
-    "news", NEWS, (ev.NewsItem,),
-    (*COMMON, ("provider", S), ("article_id", S), ("title", S), ("tickers", LS), ("summary", S), ("url", S),
-     ("published", TS)),
+    "news",
+    NEWS,
+    (ev.NewsItem,),
+    (
+        *COMMON,
+        ("provider", S),
+        ("article_id", S),
+        ("title", S),
+        ("tickers", LS),
+        ("summary", S),
+        ("url", S),
+        ("published", TS),
+    ),
     lambda e, s: [(*_common(e, s), e.provider, e.article_id, e.title, e.tickers, e.summary, e.url, e.published_ns)],
     "News items from every provider.",
-)  # fmt: skip
+)
 LLM_CALLS = Table(
-    "llm_calls", INTEL, (ev.LlmCall,),
-    (*COMMON, ("provider", S), ("model", S), ("prompt_version", S), ("variant", S), ("request_hash", S),
-     ("news_id", S), ("response_text", S), ("error", S), ("latency_ms", F64), ("input_tokens", I64),
-     ("output_tokens", I64)),
-    lambda e, s: [(*_common(e, s), e.provider, e.model, e.prompt_version, e.variant, e.request_hash, e.news_id,
-                   e.response_text, e.error, e.latency_ms, e.input_tokens, e.output_tokens)],
+    "llm_calls",
+    INTEL,
+    (ev.LlmCall,),
+    (
+        *COMMON,
+        ("provider", S),
+        ("model", S),
+        ("prompt_version", S),
+        ("variant", S),
+        ("request_hash", S),
+        ("news_id", S),
+        ("response_text", S),
+        ("error", S),
+        ("latency_ms", F64),
+        ("input_tokens", I64),
+        ("output_tokens", I64),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.provider,
+            e.model,
+            e.prompt_version,
+            e.variant,
+            e.request_hash,
+            e.news_id,
+            e.response_text,
+            e.error,
+            e.latency_ms,
+            e.input_tokens,
+            e.output_tokens,
+        )
+    ],
     "Every LLM request and raw reply (what replay reuses).",
-)  # fmt: skip
+)
 SENTIMENT = Table(
-    "sentiment", INTEL, (ev.SentimentScore,),
-    (*COMMON, ("ticker", S), ("score", F64), ("relevance", F64), ("impact", F64), ("news_id", S),
-     ("llm_call_id", S), ("prompt_version", S), ("variant", S), ("model", S), ("neutral_fallback", B)),
-    lambda e, s: [(*_common(e, s), e.ticker, e.score, e.relevance, e.impact, e.news_id, e.llm_call_id,
-                   e.prompt_version, e.variant, e.model, e.neutral_fallback)],
+    "sentiment",
+    INTEL,
+    (ev.SentimentScore,),
+    (
+        *COMMON,
+        ("ticker", S),
+        ("score", F64),
+        ("relevance", F64),
+        ("impact", F64),
+        ("news_id", S),
+        ("llm_call_id", S),
+        ("prompt_version", S),
+        ("variant", S),
+        ("model", S),
+        ("neutral_fallback", B),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.ticker,
+            e.score,
+            e.relevance,
+            e.impact,
+            e.news_id,
+            e.llm_call_id,
+            e.prompt_version,
+            e.variant,
+            e.model,
+            e.neutral_fallback,
+        )
+    ],
     "Validated sentiment scores per ticker and article.",
-)  # fmt: skip
+)
 ENRICHMENTS = Table(
-    "enrichments", INTEL, (ev.Enrichment,),
-    (*COMMON, ("symbol", S), ("interval", S), ("features_json", S), ("phase", S), ("confidence", F64),
-     ("nudges", LS)),
+    "enrichments",
+    INTEL,
+    (ev.Enrichment,),
+    (*COMMON, ("symbol", S), ("interval", S), ("features_json", S), ("phase", S), ("confidence", F64), ("nudges", LS)),
     lambda e, s: [(*_common(e, s), e.symbol, e.interval, _j(e.features), e.phase, e.confidence, e.nudges)],
     "Features, market phase, confidence and nudges per symbol and bar.",
-)  # fmt: skip
+)
 SIGNALS = Table(
-    "signals", INTEL, (ev.Signal,),
-    (*COMMON, ("causation_id", S), ("symbol", S), ("agent", S), ("domain", S), ("direction", S),
-     ("strength", F64), ("confidence", F64), ("summary", S), ("key_factors", LS), ("metrics_json", S)),
-    lambda e, s: [(*_common(e, s), e.causation_id, e.symbol, e.agent, e.domain, e.direction, e.strength,
-                   e.confidence, e.summary, e.key_factors, _j(e.metrics))],
+    "signals",
+    INTEL,
+    (ev.Signal,),
+    (
+        *COMMON,
+        ("causation_id", S),
+        ("symbol", S),
+        ("agent", S),
+        ("domain", S),
+        ("direction", S),
+        ("strength", F64),
+        ("confidence", F64),
+        ("summary", S),
+        ("key_factors", LS),
+        ("metrics_json", S),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.causation_id,
+            e.symbol,
+            e.agent,
+            e.domain,
+            e.direction,
+            e.strength,
+            e.confidence,
+            e.summary,
+            e.key_factors,
+            _j(e.metrics),
+        )
+    ],
     "Agent signals (momentum, sentiment, ...).",
-)  # fmt: skip
+)
 
 
 def _decision_rows(e: ev.DecisionEnvelope, s: int) -> Iterable[Row]:
     t, y = e.target, e.synthesis
-    return [(*_common(e, s), e.causation_id, e.version, t.ticker, t.trade_date, t.exchange, t.asset_class, y.verdict,
-             y.confidence, y.ensemble_score, y.reasoning, _j(e.source_metrics), _j(e.phase_timings))]  # fmt: skip
+    return [
+        (
+            *_common(e, s),
+            e.causation_id,
+            e.version,
+            t.ticker,
+            t.trade_date,
+            t.exchange,
+            t.asset_class,
+            y.verdict,
+            y.confidence,
+            y.ensemble_score,
+            y.reasoning,
+            _j(e.source_metrics),
+            _j(e.phase_timings),
+        )
+    ]
 
 
 DECISIONS = Table(
-    "decisions", DECISION, (ev.DecisionEnvelope,),
-    (*COMMON, ("causation_id", S), ("envelope_version", I64), ("ticker", S), ("trade_date", S), ("exchange", S),
-     ("asset_class", S), ("verdict", S), ("confidence", F64), ("ensemble_score", F64), ("reasoning", S),
-     ("source_metrics_json", S), ("phase_timings_json", S)),
+    "decisions",
+    DECISION,
+    (ev.DecisionEnvelope,),
+    (
+        *COMMON,
+        ("causation_id", S),
+        ("envelope_version", I64),
+        ("ticker", S),
+        ("trade_date", S),
+        ("exchange", S),
+        ("asset_class", S),
+        ("verdict", S),
+        ("confidence", F64),
+        ("ensemble_score", F64),
+        ("reasoning", S),
+        ("source_metrics_json", S),
+        ("phase_timings_json", S),
+    ),
     _decision_rows,
     "One row per decision envelope.",
-)  # fmt: skip
+)
 DECISION_SIGNALS = Table(
-    "decision_signals", DECISION, (ev.DecisionEnvelope,),
-    (("seq", I64), ("decision_id", S), ("ticker", S), ("ts_event", TS), ("agent", S), ("domain", S),
-     ("signal", S), ("confidence", F64), ("summary", S), ("key_factors", LS)),
-    lambda e, s: [(s, e.event_id, e.target.ticker, e.ts_event, a.agent, a.domain, a.signal, a.confidence,
-                   a.summary, a.key_factors) for a in e.agent_signals],
+    "decision_signals",
+    DECISION,
+    (ev.DecisionEnvelope,),
+    (
+        ("seq", I64),
+        ("decision_id", S),
+        ("ticker", S),
+        ("ts_event", TS),
+        ("agent", S),
+        ("domain", S),
+        ("signal", S),
+        ("confidence", F64),
+        ("summary", S),
+        ("key_factors", LS),
+    ),
+    lambda e, s: [
+        (
+            s,
+            e.event_id,
+            e.target.ticker,
+            e.ts_event,
+            a.agent,
+            a.domain,
+            a.signal,
+            a.confidence,
+            a.summary,
+            a.key_factors,
+        )
+        for a in e.agent_signals
+    ],
     "The agent signals inside each decision, one row each.",
-)  # fmt: skip
+)
 
-_ORDER_COLS = (*COMMON, ("stage", S), ("account", S), ("symbol", S), ("client_order_id", S), ("broker", S),
-               ("broker_order_id", S), ("side", S), ("quantity", F64), ("order_type", S), ("limit_price", F64),
-               ("decision_id", S), ("reason", S))  # fmt: skip
+_ORDER_COLS = (
+    *COMMON,
+    ("stage", S),
+    ("account", S),
+    ("symbol", S),
+    ("client_order_id", S),
+    ("broker", S),
+    ("broker_order_id", S),
+    ("side", S),
+    ("quantity", F64),
+    ("order_type", S),
+    ("limit_price", F64),
+    ("decision_id", S),
+    ("reason", S),
+)
 
 
 def _order_rows(e: ev.Event, s: int) -> Iterable[Row]:
     g = getattr
-    return [(*_common(e, s), e.tag.removeprefix("order_"), g(e, "account"), g(e, "symbol"), g(e, "client_order_id"),
-             g(e, "broker", ""), g(e, "broker_order_id", ""), g(e, "side", ""), g(e, "quantity", 0.0),
-             g(e, "order_type", ""), g(e, "limit_price", 0.0), g(e, "decision_id", ""), g(e, "reason", ""))]  # fmt: skip
+    return [
+        (
+            *_common(e, s),
+            e.tag.removeprefix("order_"),
+            g(e, "account"),
+            g(e, "symbol"),
+            g(e, "client_order_id"),
+            g(e, "broker", ""),
+            g(e, "broker_order_id", ""),
+            g(e, "side", ""),
+            g(e, "quantity", 0.0),
+            g(e, "order_type", ""),
+            g(e, "limit_price", 0.0),
+            g(e, "decision_id", ""),
+            g(e, "reason", ""),
+        )
+    ]
 
 
 ORDERS = Table(
-    "orders", ORDER,
+    "orders",
+    ORDER,
     (ev.OrderIntent, ev.OrderSubmitted, ev.OrderAccepted, ev.OrderRejected, ev.OrderCancelled),
-    _ORDER_COLS, _order_rows,
+    _ORDER_COLS,
+    _order_rows,
     "Order lifecycle: intent, submitted, accepted, rejected, cancelled (one row per event).",
-)  # fmt: skip
+)
 FILLS = Table(
-    "fills", ORDER, (ev.OrderFilled,),
-    (*COMMON, ("account", S), ("symbol", S), ("client_order_id", S), ("broker", S), ("fill_id", S), ("side", S),
-     ("quantity", F64), ("price", F64), ("commission", F64)),
-    lambda e, s: [(*_common(e, s), e.account, e.symbol, e.client_order_id, e.broker, e.fill_id, e.side, e.quantity,
-                   e.price, e.commission)],
+    "fills",
+    ORDER,
+    (ev.OrderFilled,),
+    (
+        *COMMON,
+        ("account", S),
+        ("symbol", S),
+        ("client_order_id", S),
+        ("broker", S),
+        ("fill_id", S),
+        ("side", S),
+        ("quantity", F64),
+        ("price", F64),
+        ("commission", F64),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.account,
+            e.symbol,
+            e.client_order_id,
+            e.broker,
+            e.fill_id,
+            e.side,
+            e.quantity,
+            e.price,
+            e.commission,
+        )
+    ],
     "Executions.",
-)  # fmt: skip
+)
 RISK_CHECKS = Table(
-    "risk_checks", RISK, (ev.RiskCheck,),
-    (*COMMON, ("check_name", S), ("symbol", S), ("account", S), ("passed", B), ("value", F64), ("limit_value", F64),
-     ("detail", S)),
+    "risk_checks",
+    RISK,
+    (ev.RiskCheck,),
+    (
+        *COMMON,
+        ("check_name", S),
+        ("symbol", S),
+        ("account", S),
+        ("passed", B),
+        ("value", F64),
+        ("limit_value", F64),
+        ("detail", S),
+    ),
     lambda e, s: [(*_common(e, s), e.check, e.symbol, e.account, e.passed, e.value, e.limit, e.detail)],
     "Risk checks (Expected Shortfall, correlation, exposure).",
-)  # fmt: skip
+)
 BREAKERS = Table(
-    "circuit_breakers", RISK, (ev.CircuitBreakerTripped, ev.CircuitBreakerResumed),
+    "circuit_breakers",
+    RISK,
+    (ev.CircuitBreakerTripped, ev.CircuitBreakerResumed),
     (*COMMON, ("breaker", S), ("scope", S), ("state", S), ("reason", S), ("operator", S)),
-    lambda e, s: [(*_common(e, s), e.breaker, e.scope, "tripped" if isinstance(e, ev.CircuitBreakerTripped)
-                   else "resumed", getattr(e, "reason", getattr(e, "note", "")), getattr(e, "operator", ""))],
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.breaker,
+            e.scope,
+            "tripped" if isinstance(e, ev.CircuitBreakerTripped) else "resumed",
+            getattr(e, "reason", getattr(e, "note", "")),
+            getattr(e, "operator", ""),
+        )
+    ],
     "Circuit breaker trips and manual resumes.",
-)  # fmt: skip
+)
 REBALANCE = Table(
-    "rebalance_items", RISK, (ev.RebalancePlan,),
-    (("seq", I64), ("plan_id", S), ("ts_event", TS), ("account", S), ("symbol", S), ("action", S),
-     ("target_weight", F64), ("current_weight", F64), ("delta_quantity", F64), ("momentum", F64), ("sentiment", F64)),
-    lambda e, s: [(s, e.event_id, e.ts_event, e.account, i.symbol, i.action, i.target_weight, i.current_weight,
-                   i.delta_quantity, i.momentum, i.sentiment) for i in e.items],
+    "rebalance_items",
+    RISK,
+    (ev.RebalancePlan,),
+    (
+        ("seq", I64),
+        ("plan_id", S),
+        ("ts_event", TS),
+        ("account", S),
+        ("symbol", S),
+        ("action", S),
+        ("target_weight", F64),
+        ("current_weight", F64),
+        ("delta_quantity", F64),
+        ("momentum", F64),
+        ("sentiment", F64),
+    ),
+    lambda e, s: [
+        (
+            s,
+            e.event_id,
+            e.ts_event,
+            e.account,
+            i.symbol,
+            i.action,
+            i.target_weight,
+            i.current_weight,
+            i.delta_quantity,
+            i.momentum,
+            i.sentiment,
+        )
+        for i in e.items
+    ],
     "Weekly rebalance plans, one row per item.",
-)  # fmt: skip
+)
 HEARTBEATS = Table(
-    "heartbeats", OPS, (ev.Heartbeat,),
-    (*COMMON, ("feed", S), ("interval_s", F64), ("lag_ms", F64), ("stale", B), ("connected", B), ("symbols", I64),
-     ("events_since_last", I64)),
-    lambda e, s: [(*_common(e, s), e.feed, e.interval_s, e.lag_ns / 1e6, e.stale, e.connected, e.symbols,
-                   e.events_since_last)],
+    "heartbeats",
+    OPS,
+    (ev.Heartbeat,),
+    (
+        *COMMON,
+        ("feed", S),
+        ("interval_s", F64),
+        ("lag_ms", F64),
+        ("stale", B),
+        ("connected", B),
+        ("symbols", I64),
+        ("events_since_last", I64),
+    ),
+    lambda e, s: [
+        (*_common(e, s), e.feed, e.interval_s, e.lag_ns / 1e6, e.stale, e.connected, e.symbols, e.events_since_last)
+    ],
     "Feed heartbeats with lag and staleness.",
-)  # fmt: skip
+)
 ALERTS = Table(
-    "alerts", OPS, (ev.Alert,),
-    (*COMMON, ("severity", S), ("kind", S), ("alert_key", S), ("message", S), ("resolved", B), ("feed", S),
-     ("symbol", S)),
+    "alerts",
+    OPS,
+    (ev.Alert,),
+    (
+        *COMMON,
+        ("severity", S),
+        ("kind", S),
+        ("alert_key", S),
+        ("message", S),
+        ("resolved", B),
+        ("feed", S),
+        ("symbol", S),
+    ),
     lambda e, s: [(*_common(e, s), e.severity, e.kind, e.key, e.message, e.resolved, e.feed, e.symbol)],
     "Alerts and their resolutions.",
-)  # fmt: skip
+)
 DEAD_LETTERS = Table(
-    "dead_letters", OPS, (ev.DeadLetter,),
-    (*COMMON, ("stream", S), ("stream_seq", I64), ("subject", S), ("consumer", S), ("reason", S),
-     ("deliveries", I64), ("payload", S)),
-    lambda e, s: [(*_common(e, s), e.stream, e.stream_seq, e.subject_of_message, e.consumer, e.reason, e.deliveries,
-                   e.payload)],
+    "dead_letters",
+    OPS,
+    (ev.DeadLetter,),
+    (
+        *COMMON,
+        ("stream", S),
+        ("stream_seq", I64),
+        ("subject", S),
+        ("consumer", S),
+        ("reason", S),
+        ("deliveries", I64),
+        ("payload", S),
+    ),
+    lambda e, s: [
+        (*_common(e, s), e.stream, e.stream_seq, e.subject_of_message, e.consumer, e.reason, e.deliveries, e.payload)
+    ],
     "Messages a consumer could not process: stream, sequence and reason.",
-)  # fmt: skip
+)
 MODELS = Table(
-    "model_deployments", OPS, (ev.ModelDeployed,),
+    "model_deployments",
+    OPS,
+    (ev.ModelDeployed,),
     (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S)),
     lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version)],
     "Model versions as they went live.",
-)  # fmt: skip
+)
 
 TABLES: tuple[Table, ...] = (
-    TICKS, BARS, NEWS_T, LLM_CALLS, SENTIMENT, ENRICHMENTS, SIGNALS, DECISIONS, DECISION_SIGNALS, ORDERS, FILLS,
-    RISK_CHECKS, BREAKERS, REBALANCE, HEARTBEATS, ALERTS, DEAD_LETTERS, MODELS,
-)  # fmt: skip
+    TICKS,
+    BARS,
+    NEWS_T,
+    LLM_CALLS,
+    SENTIMENT,
+    ENRICHMENTS,
+    SIGNALS,
+    DECISIONS,
+    DECISION_SIGNALS,
+    ORDERS,
+    FILLS,
+    RISK_CHECKS,
+    BREAKERS,
+    REBALANCE,
+    HEARTBEATS,
+    ALERTS,
+    DEAD_LETTERS,
+    MODELS,
+)
 
 VIEWS: tuple[View, ...] = (
     View(

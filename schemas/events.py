@@ -455,11 +455,30 @@ AnyEvent = (
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
-    Tick, Bar, Heartbeat, Alert, DeadLetter, ModelDeployed, ClockTick, NewsItem, LlmCall,
-    SentimentScore, Enrichment, Signal, DecisionEnvelope, OrderIntent, OrderSubmitted,
-    OrderAccepted, OrderRejected, OrderFilled, OrderCancelled, RiskCheck,
-    CircuitBreakerTripped, CircuitBreakerResumed, RebalancePlan,
-)  # fmt: skip
+    Tick,
+    Bar,
+    Heartbeat,
+    Alert,
+    DeadLetter,
+    ModelDeployed,
+    ClockTick,
+    NewsItem,
+    LlmCall,
+    SentimentScore,
+    Enrichment,
+    Signal,
+    DecisionEnvelope,
+    OrderIntent,
+    OrderSubmitted,
+    OrderAccepted,
+    OrderRejected,
+    OrderFilled,
+    OrderCancelled,
+    RiskCheck,
+    CircuitBreakerTripped,
+    CircuitBreakerResumed,
+    RebalancePlan,
+)
 
 BY_TAG: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in EVENT_TYPES}  # type: ignore[misc]
 

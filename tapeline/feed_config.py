@@ -204,7 +204,8 @@ def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
     for i, c in enumerate(ib.contracts):
         if c.volume_multiplier is not None and c.volume_multiplier <= 0:
             raise FeedConfigError(
-                f"feeds.ibkr.contracts[{i}].volume_multiplier: must be > 0; 100 for US stocks in round lots, 1 otherwise"
+                f"feeds.ibkr.contracts[{i}].volume_multiplier: must be > 0; "
+                "100 for US stocks in round lots, 1 otherwise"
             )
     for i, s in enumerate(cfg.files.sources):
         try:

@@ -55,26 +55,48 @@ def handler_runtimes(nc: Client, publisher: Publisher, prefix: str, handler: Han
     for fam, subjects in _by_family(handler.subjects).items():
         runtimes.append(
             ConsumerRuntime(
-                nc, publisher, stream=fam.stream(prefix), durable=f"h_{handler.name}_{fam.key}",
-                filter_subjects=[f"{prefix}.{s}" for s in subjects], sink=sink, ack_policy="explicit",
-                batch=1000, warmup=handler if handler.warmup_s else None, warmup_s=handler.warmup_s,
+                nc,
+                publisher,
+                stream=fam.stream(prefix),
+                durable=f"h_{handler.name}_{fam.key}",
+                filter_subjects=[f"{prefix}.{s}" for s in subjects],
+                sink=sink,
+                ack_policy="explicit",
+                batch=1000,
+                warmup=handler if handler.warmup_s else None,
+                warmup_s=handler.warmup_s,
+                ordered=handler.warmup_s > 0,
             )
-        )  # fmt: skip
+        )
     return runtimes
 
 
-def projection_runtimes(nc: Client, publisher: Publisher, prefix: str, db: ProjectionDb, *, durable: bool = True,
-                        until_ns: int | None = None, stop_at: dict[str, int] | None = None,
-                        ) -> list[tuple[ConsumerRuntime, ProjectionSink]]:  # fmt: skip
+def projection_runtimes(
+    nc: Client,
+    publisher: Publisher,
+    prefix: str,
+    db: ProjectionDb,
+    *,
+    durable: bool = True,
+    until_ns: int | None = None,
+    stop_at: dict[str, int] | None = None,
+) -> list[tuple[ConsumerRuntime, ProjectionSink]]:
     out = []
     for fam in {t.family for t in db.tables}:
         stream = fam.stream(prefix)
         sink = ProjectionSink(db, fam, stream, until_ns=until_ns, stop_at_seq=(stop_at or {}).get(fam.key))
         rt = ConsumerRuntime(
-            nc, publisher, stream=stream, durable=f"proj_{db.name}_{fam.key}" if durable else None,
-            filter_subjects=[fam.subjects(prefix)], sink=sink, ack_policy="all" if durable else "none",
-            batch=5000, start_seq=sink.last_seq + 1, publish_dead_letters=durable,
-        )  # fmt: skip
+            nc,
+            publisher,
+            stream=stream,
+            durable=f"proj_{db.name}_{fam.key}" if durable else None,
+            filter_subjects=[fam.subjects(prefix)],
+            sink=sink,
+            ack_policy="all" if durable else "none",
+            batch=5000,
+            start_seq=sink.last_seq + 1,
+            publish_dead_letters=durable,
+        )
         out.append((rt, sink))
     return out
 
@@ -82,8 +104,16 @@ def projection_runtimes(nc: Client, publisher: Publisher, prefix: str, db: Proje
 class Pipeline:
     """Start/stop a set of consumer runtimes as asyncio tasks, with a graceful drain."""
 
-    def __init__(self, nc: Client, prefix: str, *, handlers: HandlersConfig, db_path: Path,
-                 roles: Sequence[str] = ROLES, retention: Retention | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        nc: Client,
+        prefix: str,
+        *,
+        handlers: HandlersConfig,
+        db_path: Path,
+        roles: Sequence[str] = ROLES,
+        retention: Retention | None = None,
+    ) -> None:
         bad = set(roles) - set(ROLES)
         if bad:
             raise ValueError(f"unknown role(s) {sorted(bad)}: choose from {ROLES}")

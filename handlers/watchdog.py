@@ -1,0 +1,101 @@
+"""Heartbeat watchdog: an expected heartbeat per source; silence -> alert, back -> resolved.
+
+A pure handler (DESIGN §4): it reads ``ops.heartbeat.>`` and ``ops.clock.>`` and keeps, per feed,
+the time of its last heartbeat and its interval. Time comes only from events: each heartbeat
+and each :class:`ClockTick` (see ``adapters.alerts.ClockFeed``) advances "now" to its
+``ts_event``, so silence is noticed even when no heartbeat arrives at all, and a replay
+reproduces every alert. A feed is *missing* when nothing came for ``missed_intervals`` of its
+interval (from ``expected``, else the ``interval_s`` its heartbeats announce). Feeds in
+``expected`` that were never seen count from the first event the watchdog saw. A heartbeat
+with ``stale=True`` (the feed is alive but its source is disconnected) raises ``feed_stale``.
+Alerts use ``key = "watchdog:<kind>:<feed>"``; the resolution carries the same key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from handlers.base import Handler, draft
+from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Severity
+
+
+class HeartbeatWatchdog(Handler):
+    name = "watchdog"
+    version = 1
+
+    def __init__(
+        self,
+        expected: Mapping[str, float] | None = None,
+        *,
+        missed_intervals: int = 3,
+        alert_on_stale: bool = True,
+    ) -> None:
+        if missed_intervals < 1:
+            raise ValueError("missed_intervals must be at least 1")
+        self.expected = dict(expected or {})
+        self.missed = missed_intervals
+        self.alert_on_stale = alert_on_stale
+        self.subjects = ("ops.heartbeat.>", "ops.clock.>")
+        longest = max([*self.expected.values(), 60.0])
+        self.warmup_s = longest * (missed_intervals + 1)
+        self.last: dict[str, tuple[int, float]] = {}  # feed -> (last heartbeat ns, interval s)
+        self.missing: set[str] = set()
+        self.stale: set[str] = set()
+        self.origin: int | None = None
+        self.now = 0
+
+    def _alert(self, kind: str, feed: str, message: str, *, severity: Severity, resolved: bool) -> Alert:
+        return draft(
+            Alert,
+            ts_event=self.now,
+            severity=severity,
+            kind=kind,
+            key=f"watchdog:{kind}:{feed}",
+            message=message,
+            resolved=resolved,
+            feed=feed,
+            source="watchdog",
+        )
+
+    def handle(self, event: AnyEvent) -> list[Event]:
+        if not isinstance(event, Heartbeat | ClockTick):
+            return []
+        self.now = max(self.now, event.ts_event)
+        if self.origin is None:
+            self.origin = event.ts_event
+        out: list[Event] = []
+        if isinstance(event, Heartbeat):
+            feed = event.feed
+            self.last[feed] = (event.ts_event, self.expected.get(feed, event.interval_s))
+            if feed in self.missing:
+                self.missing.discard(feed)
+                out.append(self._alert("heartbeat_missing", feed, f"{feed}: heartbeats are back",
+                                       severity="info", resolved=True))  # fmt: skip
+            if self.alert_on_stale:
+                if event.stale and feed not in self.stale:
+                    self.stale.add(feed)
+                    out.append(self._alert("feed_stale", feed, f"{feed}: data is stale (source disconnected)",
+                                           severity="warning", resolved=False))  # fmt: skip
+                elif not event.stale and feed in self.stale:
+                    self.stale.discard(feed)
+                    out.append(self._alert("feed_stale", feed, f"{feed}: data is fresh again",
+                                           severity="info", resolved=True))  # fmt: skip
+        out += self._check()
+        return out
+
+    def _check(self) -> list[Event]:
+        out: list[Event] = []
+        feeds = {f: v for f, v in self.last.items()}
+        for f, iv in self.expected.items():
+            feeds.setdefault(f, (self.origin or 0, iv))
+        for feed, (seen, iv) in sorted(feeds.items()):
+            if feed in self.missing:
+                continue
+            silent = self.now - seen
+            if silent > self.missed * iv * 1e9:
+                self.missing.add(feed)
+                never = feed not in self.last
+                what = "no heartbeat yet" if never else f"no heartbeat for {silent / 1e9:.1f}s"
+                out.append(self._alert("heartbeat_missing", feed, f"{feed}: {what} (expected every {iv:g}s)",
+                                       severity="critical", resolved=False))  # fmt: skip
+        return out

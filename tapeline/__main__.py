@@ -1,0 +1,3 @@
+from tapeline.cli import main
+
+main()

@@ -1,0 +1,504 @@
+"""The ``tapeline`` command: demo, up, status, replay, query, decisions, schemas, feed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from adapters.runner import FeedStats, run_feed
+from adapters.sim import SimFeed
+from bus.jetstream import JetStreamApi
+from bus.logging import configure_logging
+from bus.metrics import serve_metrics
+from bus.publisher import Publisher
+from bus.server import EmbeddedNats
+from projections.query import QueryError, QueryResult, query_file, query_remote
+from replay.rebuild import verify
+from schemas.codec import decode
+from schemas.events import DecisionEnvelope
+from schemas.export import export_json_schemas
+from schemas.subjects import FAMILIES, decisions_bucket, encode_token
+from tapeline.config import ConfigError, Settings, load_settings
+from tapeline.pipeline import ROLES, Pipeline
+from tapeline.session import nats_session, running_embedded
+
+app = typer.Typer(
+    help="Tapeline: an event-sourced trading-intelligence pipeline on NATS JetStream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+schemas_app = typer.Typer(help="Event schemas.")
+app.add_typer(schemas_app, name="schemas")
+console = Console()
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="tapeline.toml")]
+NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (default: TAPELINE_NATS_URL or embedded)")]
+PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="subject prefix (namespace)")]
+
+
+def _settings(config: Path, **overrides: Any) -> Settings:
+    try:
+        s = load_settings(config, **overrides)
+    except ConfigError as e:
+        console.print(f"[red]configuration error:[/] {e}")
+        raise typer.Exit(2) from None
+    configure_logging(s.log_level)
+    return s
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = Path("tapeline.toml"),
+    files: Annotated[
+        bool, typer.Option("--files", help="replay the real files in ../shared/data instead of the simulator")
+    ] = False,
+    ticks: Annotated[int | None, typer.Option(help="simulated ticks")] = None,
+    batch_ticks: Annotated[bool, typer.Option(help="publish ticks in batch messages")] = False,
+    keep: Annotated[bool, typer.Option(help="keep the previous demo's data")] = False,
+) -> None:
+    """Run the whole pipeline on an embedded NATS server; leaves everything in ./.tapeline/."""
+    s = _settings(config)
+    if ticks is not None:
+        s = msgspec.structs.replace(s, sim=msgspec.structs.replace(s.sim, ticks=ticks))
+    if s.data_path.exists() and not keep:
+        shutil.rmtree(s.data_path)
+    server = EmbeddedNats(s.data_path / "nats")
+    url = server.start()
+    serve_metrics(s.metrics_port)
+    try:
+        ok = asyncio.run(_demo(s, url, files=files, batch_ticks=batch_ticks or s.batch_ticks))
+    finally:
+        server.stop()
+    p = s.prefix
+    console.print(
+        f"\n[bold]Everything is in {s.data_path}/[/] (JetStream store, DuckDB projection, logs).\n"
+        "Inspect it:\n"
+        f'  ./dev query "SELECT ticker, verdict, confidence, reasoning FROM latest_decisions"\n'
+        f"  ./dev status                    # streams, consumer lag, checkpoints\n"
+        f"  ./dev decisions NVDA            # latest verdict from the KV bucket\n"
+        f"  ./dev serve --port 4222         # bring the server back, then with the nats CLI:\n"
+        f"      nats -s nats://127.0.0.1:4222 stream ls\n"
+        f"      nats -s nats://127.0.0.1:4222 stream view {p.upper()}_DECISION\n"
+        f"      nats -s nats://127.0.0.1:4222 sub '{p}.decision.>' --last\n"
+        f"      nats -s nats://127.0.0.1:4222 kv get {decisions_bucket(p)} NVDA\n"
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> bool:
+    from bus.connection import NatsSettings, connect
+
+    nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
+    pipeline = Pipeline(nc, s.prefix, handlers=s.handlers, db_path=s.duckdb_path, retention=s.retention)
+    await pipeline.start()
+    publisher = await Publisher(nc, s.prefix, role="feed").start()
+    feed: Any
+    if files:
+        from adapters.files import default_file_feed
+
+        feed = default_file_feed()
+        total = None
+    else:
+        feed = SimFeed(s.sim.symbols, seed=s.sim.seed, ticks=s.sim.ticks, mean_gap_ms=s.sim.mean_gap_ms)
+        total = s.sim.ticks
+    stats = FeedStats()
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    t_feed = progress.add_task("feed → JetStream", total=total, info="")
+    t_proj = progress.add_task("projections", total=None, info="")
+    feed_task = asyncio.create_task(run_feed(feed, publisher, batch_ticks=batch_ticks, stats=stats))
+    api = JetStreamApi(nc)
+    with Live(progress, console=console, refresh_per_second=8):
+        while True:
+            await asyncio.sleep(0.25)
+            counts = {r.durable: r.processed for r in pipeline.runtimes}
+            committed = sum(sink.events for sink in pipeline.sinks)
+            progress.update(
+                t_feed,
+                completed=stats.events,
+                info=f"{stats.events / max(1e-9, time.perf_counter() - started):,.0f} ev/s",
+            )
+            progress.update(
+                t_proj,
+                completed=committed,
+                info=f"bars {counts.get('h_bars_md', 0):,} in · signals {counts.get('h_momentum_md', 0):,} bars read · "
+                f"decisions {counts.get('h_decision_intel', 0):,} signals read",
+            )
+            if feed_task.done():
+                if feed_task.exception():
+                    raise feed_task.exception()  # type: ignore[misc]
+                if await _caught_up(api, pipeline):
+                    break
+    elapsed = time.perf_counter() - started
+    await publisher.close()
+    _summary(pipeline, stats.events, elapsed)
+    await pipeline.stop()
+    console.print("\n[bold]Replay check[/]: rebuilding the DuckDB projection from sequence 1 …")
+    checks, rs = await verify(nc, s.prefix, s.duckdb_path, s.data_path / "replay" / f"verify-{int(time.time())}.duckdb")
+    _print_checks(checks, rs.events, rs.seconds)
+    await nc.drain()
+    return all(c.ok for c in checks)
+
+
+async def _caught_up(api: JetStreamApi, pipeline: Pipeline) -> bool:
+    """Every handler idle with nothing pending, every projection at its stream's last sequence."""
+    if not all(r.idle.is_set() for r in pipeline.runtimes):
+        return False
+    for sink in pipeline.sinks:
+        info = await api.stream_info(sink.stream)
+        if info and int(info["state"]["last_seq"]) > sink.last_seq:
+            return False
+    for rt in pipeline.runtimes:
+        ci = await api.consumer_info(rt.stream, rt.durable)
+        if ci and (ci.get("num_pending") or ci.get("num_ack_pending")):
+            return False
+    return True
+
+
+def _summary(pipeline: Pipeline, fed: int, elapsed: float) -> None:
+    assert pipeline.db is not None
+    con = pipeline.db.con
+    t = Table(title=f"Demo: {fed:,} events fed in {elapsed:.1f}s ({fed / elapsed:,.0f}/s end to end)")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for name in ("ticks", "bars", "signals", "decisions", "decision_signals", "dead_letters"):
+        row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
+        t.add_row(name, f"{row[0] if row else 0:,}")
+    console.print(t)
+    d = Table(title="Latest decision per symbol")
+    for c in ("ticker", "verdict", "confidence", "ensemble", "reasoning"):
+        d.add_column(c)
+    for ticker, verdict, conf, score, why in con.execute(
+        "SELECT ticker, verdict, confidence, ensemble_score, reasoning FROM latest_decisions ORDER BY ticker"
+    ).fetchall():
+        color = {"BUY": "green", "SELL": "red"}.get(verdict, "yellow")
+        d.add_row(ticker, f"[{color}]{verdict}[/]", f"{conf:.2f}", f"{score:+.2f}", why)
+    console.print(d)
+
+
+def _print_checks(checks: list[Any], events: int, seconds: float) -> None:
+    t = Table(title=f"Replay verification: {events:,} events rebuilt in {seconds:.1f}s")
+    for c in ("table", "live", "rebuilt", ""):
+        t.add_column(c)
+    for c in checks:
+        t.add_row(c.table, c.live, c.rebuilt, "[green]✓[/]" if c.ok else "[red]✗ MISMATCH[/]")
+    console.print(t)
+
+
+# ----------------------------------------------------------------------------- up / serve
+
+
+@app.command()
+def up(
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    only: Annotated[list[str] | None, typer.Option("--only", help=f"roles to run: {', '.join(ROLES)}")] = None,
+    prefix: PrefixOpt = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off)")] = None,
+) -> None:
+    """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully)."""
+    s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
+    serve_metrics(s.metrics_port)
+    asyncio.run(_up(s, tuple(only or ROLES)))
+
+
+async def _up(s: Settings, roles: tuple[str, ...]) -> None:
+    async with nats_session(s.nats_url, s.data_path, name="tapeline-up") as (nc, url):
+        try:
+            pipeline = Pipeline(
+                nc, s.prefix, handlers=s.handlers, db_path=s.duckdb_path, roles=roles, retention=s.retention
+            )
+        except ValueError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+        await pipeline.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        console.print(f"[bold]tapeline up[/] on {url} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
+        waiter = asyncio.create_task(pipeline.wait())
+        await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        await pipeline.stop()
+        if waiter.done() and waiter.exception():
+            raise waiter.exception()  # type: ignore[misc]
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = Path("tapeline.toml"),
+    port: Annotated[int, typer.Option(help="client port")] = 4222,
+) -> None:
+    """Run the embedded NATS server on the demo's data (for the nats CLI) until Ctrl-C."""
+    s = _settings(config)
+    server = EmbeddedNats(s.data_path / "nats", port=port)
+    url = server.start()
+    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C to stop")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(config: ConfigOpt = Path("tapeline.toml"), nats: NatsOpt = "", prefix: PrefixOpt = None) -> None:
+    """Streams, message counts, consumer lag and projection checkpoints."""
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    asyncio.run(_status(s))
+
+
+async def _status(s: Settings) -> None:
+    async with nats_session(s.nats_url, s.data_path, name="tapeline-status") as (nc, _):
+        api = JetStreamApi(nc)
+        streams = Table(title=f"Streams ({s.prefix})")
+        for c in ("stream", "messages", "bytes", "first", "last", "consumers"):
+            streams.add_column(c, justify="right" if c != "stream" else "left")
+        consumers = Table(title="Consumers")
+        for c in ("stream", "consumer", "pending", "ack pending", "redelivered", "ack floor"):
+            consumers.add_column(c, justify="right" if c not in ("stream", "consumer") else "left")
+        last_seq: dict[str, int] = {}
+        for fam in FAMILIES:
+            name = fam.stream(s.prefix)
+            info = await api.stream_info(name)
+            if info is None:
+                continue
+            st = info["state"]
+            last_seq[name] = int(st["last_seq"])
+            streams.add_row(
+                name,
+                f"{st['messages']:,}",
+                f"{st['bytes']:,}",
+                str(st["first_seq"]),
+                str(st["last_seq"]),
+                str(st.get("consumer_count", 0)),
+            )
+            for cname in sorted(await api.consumer_names(name)):
+                ci = await api.consumer_info(name, cname)
+                if ci:
+                    consumers.add_row(
+                        name,
+                        cname,
+                        f"{ci['num_pending']:,}",
+                        f"{ci['num_ack_pending']:,}",
+                        f"{ci['num_redelivered']:,}",
+                        str(ci["ack_floor"]["stream_seq"]),
+                    )
+        console.print(streams)
+        console.print(consumers)
+        res = await _query(nc, s, "SELECT stream, last_seq, events, updated_ns FROM _checkpoints ORDER BY stream")
+        cps = Table(title="Projection checkpoints (DuckDB)")
+        for c in ("stream", "checkpoint", "lag", "events", "updated"):
+            cps.add_column(c)
+        for stream, seq, events, updated in res.rows:
+            lag = last_seq.get(str(stream), int(str(seq))) - int(str(seq))
+            when = datetime.fromtimestamp(int(str(updated)) / 1e9, UTC).strftime("%H:%M:%S")
+            cps.add_row(str(stream), str(seq), f"{lag:,}", f"{int(str(events)):,}", when)
+        console.print(cps)
+
+
+async def _query(nc: Any, s: Settings, sql: str) -> QueryResult:
+    try:
+        return await query_remote(nc, s.prefix, sql, timeout=1.5)
+    except Exception:  # no projector answering: read the file
+        try:
+            return await asyncio.to_thread(query_file, s.duckdb_path, sql)
+        except QueryError as e:
+            return QueryResult([], [], error=str(e))
+
+
+# ----------------------------------------------------------------------------- query / replay / decisions
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="a read-only SQL query")],
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """Read-only SQL over the projections, live (through the projector) or from the file."""
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    res = asyncio.run(_query_cmd(s, sql))
+    if res.error:
+        console.print(f"[red]{res.error}[/]")
+        raise typer.Exit(1)
+    if json_out:
+        for row in res.rows:
+            sys.stdout.write(msgspec.json.encode(dict(zip(res.columns, row, strict=True))).decode() + "\n")
+        return
+    t = Table()
+    for c in res.columns:
+        t.add_column(c)
+    for row in res.rows:
+        t.add_row(*(str(v) for v in row))
+    console.print(t)
+    if res.truncated:
+        console.print("[yellow]truncated at 10,000 rows; add LIMIT or use --json[/]")
+
+
+async def _query_cmd(s: Settings, sql: str) -> QueryResult:
+    if not s.nats_url and running_embedded(s.data_path) is None:  # nothing runs: read the file
+        try:
+            return await asyncio.to_thread(query_file, s.duckdb_path, sql)
+        except QueryError as e:
+            return QueryResult([], [], error=str(e))
+    try:
+        async with nats_session(s.nats_url, s.data_path, name="tapeline-query") as (nc, _):
+            return await _query(nc, s, sql)
+    except QueryError as e:
+        return QueryResult([], [], error=str(e))
+
+
+@app.command()
+def replay(
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+    verify_: Annotated[
+        bool, typer.Option("--verify", help="compare per-table hashes with the live projection")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="rebuild into this new DuckDB file")] = None,
+) -> None:
+    """Rebuild the DuckDB projection from sequence 1 into a fresh file; --verify exits 1 on a mismatch."""
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    target = out or s.data_path / "replay" / f"rebuild-{int(time.time())}.duckdb"
+    ok = asyncio.run(_replay(s, target, verify_))
+    if not ok:
+        raise typer.Exit(1)
+
+
+async def _replay(s: Settings, target: Path, check: bool) -> bool:
+    from replay.rebuild import rebuild
+
+    async with nats_session(s.nats_url, s.data_path, name="tapeline-replay") as (nc, _):
+        with Progress(
+            TextColumn("rebuilding"),
+            BarColumn(),
+            TextColumn("{task.completed:,} events"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("rebuild", total=None)
+
+            def tick(n: int) -> None:
+                bar.update(task, completed=n)
+
+            if check:
+                checks, stats = await verify(nc, s.prefix, s.duckdb_path, target, progress=tick)
+            else:
+                stats = await rebuild(nc, s.prefix, target, progress=tick)
+                checks = []
+        console.print(f"rebuilt {stats.events:,} events into {target} in {stats.seconds:.2f}s ({stats.rate:,.0f}/s)")
+        if check:
+            _print_checks(checks, stats.events, stats.seconds)
+            return all(c.ok for c in checks)
+        return True
+
+
+@app.command()
+def decisions(
+    symbol: Annotated[str | None, typer.Argument(help="a symbol, e.g. NVDA (all symbols if omitted)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream new decisions as they are published")] = False,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """The latest verdict per symbol, from the decisions KV bucket; --follow streams new ones."""
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    asyncio.run(_decisions(s, symbol, follow))
+
+
+def _decision_row(t: Table, env: DecisionEnvelope) -> None:
+    y = env.synthesis
+    color = {"BUY": "green", "SELL": "red"}.get(y.verdict, "yellow")
+    when = datetime.fromtimestamp(env.ts_event / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    t.add_row(
+        env.target.ticker,
+        when,
+        f"[{color}]{y.verdict}[/]",
+        f"{y.confidence:.2f}",
+        f"{y.ensemble_score:+.2f}",
+        y.reasoning,
+    )
+
+
+def _decision_table() -> Table:
+    t = Table(title="Decisions")
+    for c in ("ticker", "as of (UTC)", "verdict", "confidence", "ensemble", "reasoning"):
+        t.add_column(c)
+    return t
+
+
+async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
+    from nats.js.errors import KeyNotFoundError, NoKeysError
+
+    async with nats_session(s.nats_url, s.data_path, name="tapeline-decisions") as (nc, _):
+        kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
+        try:
+            keys = [encode_token(symbol)] if symbol else sorted(await kv.keys())
+        except NoKeysError:
+            keys = []
+        t = _decision_table()
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                console.print(f"[yellow]no decision for {symbol} yet[/]")
+                continue
+            for ev in decode(entry.value or b"").events:
+                if isinstance(ev, DecisionEnvelope):
+                    _decision_row(t, ev)
+        console.print(t)
+        if not follow:
+            return
+        subject = f"{s.prefix}.decision.{encode_token(symbol) if symbol else '*'}"
+        console.print(f"following {subject} (Ctrl-C to stop)")
+        sub = await nc.subscribe(subject)
+        try:
+            async for msg in sub.messages:
+                for ev in decode(msg.data).events:
+                    if isinstance(ev, DecisionEnvelope):
+                        row = _decision_table()
+                        _decision_row(row, ev)
+                        console.print(row)
+        except asyncio.CancelledError:
+            pass
+
+
+@schemas_app.command("export")
+def schemas_export(directory: Annotated[Path, typer.Argument(help="output directory")]) -> None:
+    """Write one JSON Schema per event type."""
+    for path in export_json_schemas(directory):
+        console.print(str(path))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,148 @@
+"""``tapeline feed mt5|ibkr|files|sim|auto``: run one feed against a NATS URL.
+
+Each command loads tapeline.toml (validated; a bad value stops with the key and the fix),
+connects, provisions the streams idempotently and runs the feed with ``adapters.runner.run_feed``.
+Secrets come from the environment only (TAPELINE_NATS_*, the MT5 password variable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import typer
+
+from adapters.runner import Feed, run_feed
+from tapeline.config import ConfigError, Settings, load_settings
+from tapeline.feed_config import FeedConfigError, validate_feeds
+
+feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
+log = structlog.get_logger("tapeline.feed")
+
+NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (or TAPELINE_NATS_URL)")]
+ConfigOpt = Annotated[Path, typer.Option("--config", help="tapeline.toml")]
+PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="subject prefix (namespace)")]
+
+
+def _settings(config: Path, prefix: str | None) -> Settings:
+    try:
+        s = load_settings(config, prefix=prefix)
+        validate_feeds(s.feeds)
+    except (ConfigError, FeedConfigError) as e:
+        typer.echo(f"configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+    return s
+
+
+async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
+    from bus.connection import NatsSettings, connect
+    from bus.publisher import Publisher
+    from bus.topology import provision
+
+    nc = await connect(NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}"))
+    try:
+        await provision(nc, settings.prefix, settings.retention)
+        pub = await Publisher(nc, settings.prefix, role=f"feed-{feed.name}").start()
+        try:
+            stats = await run_feed(feed, pub, batch_ticks=settings.batch_ticks)
+            log.info("feed finished", feed=feed.name, events=stats.events, messages=stats.messages)
+        finally:
+            await pub.close()
+    finally:
+        await nc.drain()
+
+
+def _go(settings: Settings, nats_url: str, feed: Feed) -> None:
+    try:
+        asyncio.run(_run(settings, nats_url, feed))
+    except KeyboardInterrupt:
+        pass
+    except ValueError as e:  # e.g. no NATS URL
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+@feed_app.command("mt5")
+def mt5_cmd(
+    nats: NatsOpt = "",
+    config: ConfigOpt = Path("tapeline.toml"),
+    prefix: PrefixOpt = None,
+    terminal: Annotated[str | None, typer.Option("--terminal", help="[[feeds.mt5]] name")] = None,
+) -> None:
+    """MetaTrader 5 ticks of one terminal (Windows only; one terminal per process)."""
+    from adapters.mt5 import Mt5Feed, Mt5Unavailable, load_mt5_module, resume_cursors
+    from adapters.sources import pick_terminal
+
+    s = _settings(config, prefix)
+    try:
+        module = load_mt5_module()
+        term = pick_terminal(s.feeds, terminal)
+    except (Mt5Unavailable, LookupError) as e:
+        typer.echo(f"cannot start the MT5 feed: {e}", err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        from bus.connection import NatsSettings, connect
+
+        nc = await connect(NatsSettings.from_env(nats, name="tapeline-mt5-resume"))
+        try:
+            cursors = await resume_cursors(nc, s.prefix, term.venue, term.symbols,
+                                           server_time_offset_s=term.server_time_offset_s)  # fmt: skip
+        finally:
+            await nc.drain()
+        await _run(s, nats, Mt5Feed(term, mt5=module, resume=cursors))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@feed_app.command("ibkr")
+def ibkr_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
+    """Interactive Brokers quotes/trades (+ warm-up bars, history store when enabled)."""
+    from adapters.history import HistoryFeed, store_from_config
+    from adapters.ibkr import IbkrFeed
+
+    s = _settings(config, prefix)
+    if not s.feeds.ibkr.contracts:
+        typer.echo("configuration error: feeds.ibkr.contracts is empty; add [[feeds.ibkr.contracts]] tables", err=True)
+        raise typer.Exit(2)
+    feed: Any = IbkrFeed(s.feeds.ibkr)
+    if s.feeds.history.enabled:
+        series = [(c.symbol, s.feeds.ibkr.bar_interval) for c in s.feeds.ibkr.contracts]
+        feed = HistoryFeed(feed, store_from_config(s.feeds.history), series, days=s.feeds.history.warmup_days)
+    _go(s, nats, feed)
+
+
+@feed_app.command("files")
+def files_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
+    """Bars and ticks from CSV/Parquet files ([feeds.files]); bad rows are reported as an alert."""
+    from adapters.sources import files_feed
+
+    s = _settings(config, prefix)
+    _go(s, nats, files_feed(s.feeds))
+
+
+@feed_app.command("sim")
+def sim_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
+    """The seeded simulator ([sim])."""
+    from adapters.sim import SimFeed
+
+    s = _settings(config, prefix)
+    _go(s, nats, SimFeed(tuple(s.sim.symbols), seed=s.sim.seed, ticks=s.sim.ticks, mean_gap_ms=s.sim.mean_gap_ms))
+
+
+@feed_app.command("auto")
+def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
+    """The market feed of the active source set ([feeds.sources] active = legacy | live)."""
+    from adapters.sources import market_feed
+
+    s = _settings(config, prefix)
+    try:
+        feed = market_feed(s.feeds)
+    except LookupError as e:
+        typer.echo(f"configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+    _go(s, nats, feed)

@@ -1,0 +1,243 @@
+"""A stand-in for the ``MetaTrader5`` module: the real function names, constants, return shapes,
+``last_error()`` codes and the numpy structured dtype of ticks, serving real recorded ticks.
+
+It mimics the behaviours the feed must cope with: ``date_from`` must be a timezone-aware UTC
+``datetime`` (naive ones are rejected, as MT5 would misread local time) and is resolved to whole
+seconds; ticks become visible over time (``release``); the terminal can lose its trade-server
+connection (``terminal_info().connected`` false) or die (IPC errors); logins can be refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections import namedtuple
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# --- constants with MetaTrader5's names and values
+COPY_TICKS_ALL = -1
+COPY_TICKS_INFO = 1
+COPY_TICKS_TRADE = 2
+TICK_FLAG_BID = 2
+TICK_FLAG_ASK = 4
+TICK_FLAG_LAST = 8
+TICK_FLAG_VOLUME = 16
+TICK_FLAG_BUY = 32
+TICK_FLAG_SELL = 64
+SYMBOL_TRADE_MODE_DISABLED = 0
+SYMBOL_TRADE_MODE_FULL = 4
+RES_S_OK = 1
+RES_E_FAIL = -1
+RES_E_INVALID_PARAMS = -2
+RES_E_NOT_FOUND = -4
+RES_E_AUTH_FAILED = -6
+RES_E_INTERNAL_FAIL_CONNECT = -10004
+RES_E_INTERNAL_FAIL_INIT = -10003
+
+TICK_DTYPE = np.dtype(
+    [
+        ("time", "<i8"),
+        ("bid", "<f8"),
+        ("ask", "<f8"),
+        ("last", "<f8"),
+        ("volume", "<u8"),
+        ("time_msc", "<i8"),
+        ("flags", "<u4"),
+        ("volume_real", "<f8"),
+    ]
+)
+
+TerminalInfo = namedtuple("TerminalInfo", "connected trade_allowed name company path build ping_last")
+AccountInfo = namedtuple("AccountInfo", "login server name currency balance trade_mode")
+SymbolInfo = namedtuple("SymbolInfo", "name visible select trade_mode time bid ask last")
+
+
+def _msc(text: str) -> int:
+    d = datetime.fromisoformat(text) - datetime(1970, 1, 1)
+    return d.days * 86_400_000 + d.seconds * 1000 + d.microseconds // 1000
+
+
+def trade_ticks_from_csv(path: Path) -> np.ndarray:
+    """``Datetime,Open,High,Low,Close,Volume,...`` trades -> MT5 ticks (last, volume, flags)."""
+    rows = []
+    with path.open() as fh:
+        for r in csv.DictReader(fh):
+            msc = _msc(r["Datetime"])
+            vol = int(float(r["Volume"]))
+            rows.append(
+                (msc // 1000, 0.0, 0.0, float(r["Close"]), vol, msc, TICK_FLAG_LAST | TICK_FLAG_VOLUME, float(vol))
+            )
+    return np.array(rows, dtype=TICK_DTYPE)
+
+
+def quote_ticks_from_csv(path: Path) -> np.ndarray:
+    """``TIMESTAMP (dd/mm/yyyy HH:MM:SS),BID,ASK`` quotes -> MT5 ticks (bid, ask, flags)."""
+    rows = []
+    with path.open() as fh:
+        for r in csv.DictReader(fh):
+            d, rest = r["TIMESTAMP"].split(" ")
+            dd, mm, yy = d.split("/")
+            msc = _msc(f"{yy}-{mm}-{dd}T{rest}")
+            rows.append(
+                (msc // 1000, float(r["BID"]), float(r["ASK"]), 0.0, 0, msc, TICK_FLAG_BID | TICK_FLAG_ASK, 0.0)
+            )
+    return np.array(rows, dtype=TICK_DTYPE)
+
+
+class MetaTrader5StandIn:
+    """One terminal. Module-level functions of MetaTrader5 are methods here; constants are attributes."""
+
+    COPY_TICKS_ALL = COPY_TICKS_ALL
+    COPY_TICKS_INFO = COPY_TICKS_INFO
+    COPY_TICKS_TRADE = COPY_TICKS_TRADE
+    TICK_FLAG_BID = TICK_FLAG_BID
+    TICK_FLAG_ASK = TICK_FLAG_ASK
+    TICK_FLAG_LAST = TICK_FLAG_LAST
+    TICK_FLAG_VOLUME = TICK_FLAG_VOLUME
+    TICK_FLAG_BUY = TICK_FLAG_BUY
+    TICK_FLAG_SELL = TICK_FLAG_SELL
+    SYMBOL_TRADE_MODE_DISABLED = SYMBOL_TRADE_MODE_DISABLED
+    SYMBOL_TRADE_MODE_FULL = SYMBOL_TRADE_MODE_FULL
+
+    def __init__(self, ticks: dict[str, np.ndarray], *, login: int = 0, password: str = "", server: str = "") -> None:
+        self._lock = threading.Lock()
+        self.ticks = {s: np.sort(a, order="time_msc", kind="stable") for s, a in ticks.items()}
+        self.visible = {s: 0 for s in ticks}
+        self.account = (login, password, server)
+        self.initialized = False
+        self.logged_in = 0
+        self.connected = True  # terminal <-> trade server
+        self.alive = True  # the terminal process (IPC)
+        self.trade_mode = {s: SYMBOL_TRADE_MODE_FULL for s in ticks}
+        self.selected: set[str] = set()
+        self._error = (RES_S_OK, "Success")
+        self.calls: dict[str, int] = {}
+        self.date_froms: list[datetime] = []
+
+    # --- test controls
+    def release(self, symbol: str, n: int) -> None:
+        with self._lock:
+            self.visible[symbol] = min(len(self.ticks[symbol]), self.visible[symbol] + n)
+
+    def release_all(self) -> None:
+        with self._lock:
+            for s, a in self.ticks.items():
+                self.visible[s] = len(a)
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _ipc_ok(self) -> bool:
+        if not self.alive or not self.initialized:
+            self._error = (RES_E_INTERNAL_FAIL_CONNECT, "IPC send failed")
+            return False
+        return True
+
+    # --- the MetaTrader5 API
+    def last_error(self) -> tuple[int, str]:
+        return self._error
+
+    def initialize(
+        self,
+        path: str | None = None,
+        *,
+        login: int = 0,
+        password: str = "",
+        server: str = "",
+        timeout: int = 60000,
+        portable: bool = False,
+    ) -> bool:
+        self._count("initialize")
+        if not self.alive:
+            self._error = (RES_E_INTERNAL_FAIL_INIT, "IPC initialize failed, MetaTrader 5 x64 not found")
+            return False
+        if login and (login, password, server) != self.account:
+            self._error = (RES_E_AUTH_FAILED, "Terminal: Authorization failed")
+            return False
+        self.initialized = True
+        self.logged_in = login or self.account[0]
+        self._error = (RES_S_OK, "Success")
+        return True
+
+    def login(self, login: int, password: str = "", server: str = "", timeout: int = 60000) -> bool:
+        self._count("login")
+        if not self._ipc_ok():
+            return False
+        if (login, password, server) != self.account:
+            self._error = (RES_E_AUTH_FAILED, "Terminal: Authorization failed")
+            return False
+        self.logged_in = login
+        return True
+
+    def shutdown(self) -> None:
+        self._count("shutdown")
+        self.initialized = False
+        self.selected.clear()
+
+    def terminal_info(self) -> Any:
+        self._count("terminal_info")
+        if not self._ipc_ok():
+            return None
+        return TerminalInfo(self.connected, True, "MetaTrader 5", "Stand-in", "C:\\MT5", 4000, 20000)
+
+    def account_info(self) -> Any:
+        if not self._ipc_ok():
+            return None
+        return AccountInfo(self.logged_in, self.account[2], "stand-in", "USD", 10000.0, 0)
+
+    def symbol_select(self, symbol: str, enable: bool = True) -> bool:
+        self._count("symbol_select")
+        if not self._ipc_ok():
+            return False
+        if symbol not in self.ticks:
+            self._error = (RES_E_NOT_FOUND, f"symbol {symbol} not found")
+            return False
+        self.selected.add(symbol)
+        return True
+
+    def symbol_info(self, symbol: str) -> Any:
+        if not self._ipc_ok() or symbol not in self.ticks:
+            return None
+        return SymbolInfo(symbol, True, symbol in self.selected, self.trade_mode[symbol], 0, 0.0, 0.0, 0.0)
+
+    def _check_date(self, d: Any) -> int | None:
+        if not isinstance(d, datetime) or d.tzinfo is None or d.utcoffset() != timedelta(0):
+            self._error = (RES_E_INVALID_PARAMS, "Invalid arguments: date must be a timezone-aware UTC datetime")
+            return None
+        self.date_froms.append(d)
+        return int(d.timestamp())  # whole seconds, as the terminal resolves it
+
+    def _visible(self, symbol: str) -> np.ndarray | None:
+        if not self._ipc_ok():
+            return None
+        if symbol not in self.selected:
+            self._error = (RES_E_NOT_FOUND, f"symbol {symbol} not selected")
+            return None
+        if not self.connected:
+            return np.array([], dtype=TICK_DTYPE)
+        with self._lock:
+            return self.ticks[symbol][: self.visible[symbol]].copy()
+
+    def copy_ticks_from(self, symbol: str, date_from: Any, count: int, flags: int) -> np.ndarray | None:
+        self._count("copy_ticks_from")
+        sec = self._check_date(date_from)
+        if sec is None or flags not in (COPY_TICKS_ALL, COPY_TICKS_INFO, COPY_TICKS_TRADE):
+            return None
+        a = self._visible(symbol)
+        if a is None:
+            return None
+        return a[a["time_msc"] >= sec * 1000][:count]
+
+    def copy_ticks_range(self, symbol: str, date_from: Any, date_to: Any, flags: int) -> np.ndarray | None:
+        self._count("copy_ticks_range")
+        s1, s2 = self._check_date(date_from), self._check_date(date_to)
+        if s1 is None or s2 is None:
+            return None
+        a = self._visible(symbol)
+        if a is None:
+            return None
+        return a[(a["time_msc"] >= s1 * 1000) & (a["time_msc"] < s2 * 1000)]

@@ -1,0 +1,219 @@
+"""The backbone end to end on a real nats-server and real DuckDB files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pytest
+from nats.aio.client import Client
+
+from adapters.runner import run_feed
+from adapters.sim import SimFeed
+from bus.jetstream import JetStreamApi, JetStreamError
+from bus.publisher import Publisher, PublishError
+from bus.runtime import ConsumerRuntime, ReactionSink
+from handlers.base import Handler, draft
+from schemas import AnyEvent, Event, Signal, Tick, decisions_bucket, new_event_id
+from tapeline.config import HandlersConfig
+from tapeline.pipeline import Pipeline
+from tests.helpers import read_stream, stream_last_seq, wait_until
+
+FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
+
+
+async def caught_up(nc: Client, p: Pipeline) -> bool:
+    for sink in p.sinks:
+        if await stream_last_seq(nc, sink.stream) != sink.last_seq:
+            return False
+    return all(r.idle.is_set() for r in p.runtimes)
+
+
+async def test_provisioning_is_idempotent_and_records_are_protected(nc: Client, provisioned: str) -> None:
+    api = JetStreamApi(nc)
+    from bus.topology import provision
+
+    again = await provision(nc, provisioned)
+    assert set(again.values()) == {"unchanged"}
+    decision = await api.stream_info(f"{provisioned.upper()}_DECISION")
+    assert decision and decision["config"]["deny_purge"] and decision["config"]["discard"] == "new"
+    md = await api.stream_info(f"{provisioned.upper()}_MD")
+    assert md and md["config"]["max_age"] > 0 and not md["config"].get("deny_purge", False)
+    with pytest.raises(JetStreamError, match="purge"):
+        await api.call(f"STREAM.PURGE.{provisioned.upper()}_DECISION")
+
+
+async def test_publisher_deduplicates_by_event_id(publisher: Publisher, nc: Client, provisioned: str) -> None:
+    tick = Tick(event_id=new_event_id(), ts_event=1, ts_init=1, source="t", venue="v", symbol="X", last=1.0)
+    first = await publisher.publish([tick])
+    second = await publisher.publish([tick, tick])
+    assert (first.stored, second.stored, second.duplicates) == (1, 0, 2)
+    assert await stream_last_seq(nc, f"{provisioned.upper()}_MD") == 1
+
+
+async def test_publishing_outside_any_stream_fails_clearly(nc: Client, prefix: str) -> None:
+    pub = await Publisher(nc, prefix, ack_timeout=1.0, max_attempts=1).start()
+    tick = Tick(event_id=new_event_id(), ts_event=1, ts_init=1, source="t", venue="v", symbol="X", last=1.0)
+    with pytest.raises(PublishError, match="no stream captures"):
+        await pub.publish([tick])
+    await pub.close()
+
+
+async def test_malformed_payload_is_dead_lettered_and_nothing_is_lost(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "p.duckdb")
+    await p.start()
+    feed = SimFeed(["NVDA", "ORCL"], ticks=3000, seed=3)
+    ticks = list(feed.generate())
+    await publisher.publish(ticks[:1500])
+    # By hand, as a careless producer would: garbage on a tick subject, in the middle of the flow.
+    bad = await nc.jetstream().publish(f"{provisioned}.md.tick.sim.NVDA", b'{"type":"tick","bid":"oops"}')
+    await publisher.publish(ticks[1500:])
+    await wait_until(lambda: caught_up(nc, p), timeout=60)
+    db = p.db
+    assert db is not None
+    dead = db.con.execute("SELECT stream, stream_seq, reason, consumer FROM dead_letters").fetchall()
+    consumers = {row[3] for row in dead}
+    assert {"h_bars_md", "proj_main_md"} <= consumers
+    assert all(row[0] == f"{provisioned.upper()}_MD" and row[1] == bad.seq for row in dead)
+    assert all(row[2].startswith("undecodable: tick:") and "$.bid" in row[2] for row in dead), dead
+    assert db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (3000, 3000)
+    bars = await read_stream(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>")
+    assert len(bars) > 0 and db.con.execute("SELECT count(*) FROM bars").fetchone() == (len(bars),)
+    await p.stop()
+
+
+async def test_a_client_that_is_not_ours_gets_decisions(nc: Client, provisioned: str, tmp_path: Path) -> None:
+    """Plain nats-py, hand-written JSON on documented subjects, no Tapeline imports used."""
+    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "p.duckdb")
+    await p.start()
+    js = nc.jetstream()
+    sub = await nc.subscribe(f"{provisioned}.decision.ACME")
+    t0 = 1_767_222_000_000_000_000
+    for i in range(12):  # 12 one-second bars, momentum over 3
+        ts = t0 + i * 1_000_000_000
+        tick = {
+            "type": "tick",
+            "event_id": f"foreign-{i:04d}",
+            "ts_event": ts,
+            "ts_init": time.time_ns(),
+            "source": "foreign",
+            "venue": "xnas",
+            "symbol": "ACME",
+            "last": 100 + i * (1 + i % 2),
+            "volume": 10,
+        }
+        await js.publish(
+            f"{provisioned}.md.tick.xnas.ACME",
+            json.dumps(tick).encode(),
+            headers={"Nats-Msg-Id": tick["event_id"], "Content-Type": "application/json"},
+        )
+    msg = await sub.next_msg(timeout=30)
+    await sub.unsubscribe()
+    envelope = json.loads(msg.data)
+    assert envelope["type"] == "decision" and envelope["target"]["ticker"] == "ACME"
+    assert envelope["synthesis"]["verdict"] in {"BUY", "HOLD", "SELL"}
+    assert msg.headers and msg.headers["Tapeline-Type"] == "decision"
+    kv = await js.key_value(decisions_bucket(provisioned))
+
+    async def in_kv() -> bool:
+        try:
+            return (await kv.get("ACME")).value is not None
+        except Exception:
+            return False
+
+    await wait_until(in_kv, timeout=10)
+    latest = json.loads((await kv.get("ACME")).value or b"{}")
+    assert latest["target"]["ticker"] == "ACME" and latest["version"] == 1
+    await p.stop()
+
+
+class _Flaky(Handler):
+    """Fails on one symbol always (poison), on another twice (transient)."""
+
+    name = "flaky"
+    subjects = ("md.tick.>",)
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+
+    def handle(self, event: AnyEvent) -> Sequence[Event]:
+        assert isinstance(event, Tick)
+        n = self.attempts[event.event_id] = self.attempts.get(event.event_id, 0) + 1
+        if event.symbol == "POISON" or (event.symbol == "SHAKY" and n <= 2):
+            raise RuntimeError(f"cannot handle {event.symbol}")
+        return [
+            draft(
+                Signal,
+                ts_event=event.ts_event,
+                symbol=event.symbol,
+                agent="t",
+                domain="t",
+                direction="NEUTRAL",
+                strength=0.0,
+                confidence=0.0,
+            )
+        ]
+
+
+async def test_transient_failures_retry_and_poison_is_dead_lettered(
+    nc: Client, provisioned: str, publisher: Publisher
+) -> None:
+    h = _Flaky()
+    rt = ConsumerRuntime(
+        nc,
+        publisher,
+        stream=f"{provisioned.upper()}_MD",
+        durable="flaky",
+        filter_subjects=[f"{provisioned}.md.tick.>"],
+        sink=ReactionSink(h, publisher),
+        max_deliver=3,
+        backoff_s=0.05,
+    )
+    task = asyncio.create_task(rt.run())
+    ticks = [
+        Tick(event_id=new_event_id(), ts_event=i, ts_init=time.time_ns(), source="t", venue="v", symbol=s, last=1.0)
+        for i, s in enumerate(["OK", "SHAKY", "POISON", "OK"])
+    ]
+    await publisher.publish(ticks)
+
+    async def settled() -> bool:
+        return rt.processed == 3 and rt.dead == 1
+
+    await wait_until(settled, timeout=20)
+    rt.stop()
+    await task
+    signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.>")
+    assert sorted(e.symbol for _, e in signals) == ["OK", "OK", "SHAKY"]  # type: ignore[union-attr]
+    letters = await read_stream(nc, f"{provisioned.upper()}_OPS", f"{provisioned}.ops.deadletter.>")
+    assert len(letters) == 1
+    (_, letter) = letters[0]
+    assert "failed 3 times" in letter.reason and "POISON" in letter.reason  # type: ignore[union-attr]
+    assert h.attempts[ticks[2].event_id] == 3
+
+
+async def test_replay_rebuild_hashes_equal_live(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    from replay.rebuild import verify
+
+    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "live.duckdb")
+    await p.start()
+    await run_feed(SimFeed(["A", "B"], ticks=4000, seed=11), publisher)
+    await wait_until(lambda: caught_up(nc, p), timeout=60)
+    checks, stats = await verify(nc, provisioned, tmp_path / "live.duckdb", tmp_path / "rebuilt.duckdb")
+    assert stats.events > 4000
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+    assert {c.table: c.live.split(":")[0] for c in checks}["ticks"] == "4000"
+    await p.stop()
+    # Tamper with the live projection: verification must now fail on exactly that table.
+    con = duckdb.connect(str(tmp_path / "live.duckdb"))
+    con.execute("DELETE FROM bars WHERE seq = (SELECT max(seq) FROM bars)")
+    con.close()
+    checks, _ = await verify(nc, provisioned, tmp_path / "live.duckdb", tmp_path / "rebuilt2.duckdb")
+    assert [c.table for c in checks if not c.ok] == ["bars"]
