@@ -6,11 +6,57 @@ Secrets (password, token) come only from the environment, never from files we wr
 from __future__ import annotations
 
 import os
+import re
 import ssl
 
 import msgspec
-import nats
 from nats.aio.client import Client
+from nats.errors import ConnectionClosedError
+
+_HEADER_NAME = re.compile(rb"[!-9;-~]+")  # visible ASCII but ':'; what the original accepts, found in C
+
+
+class TapelineClient(Client):
+    """nats-py's client with a faster header parser (same results).
+
+    The stock parser checks every character of every header name in a Python generator; on a
+    consumer that is the largest single cost per message. This one uses a compiled regex.
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            key = name.strip()
+            if _HEADER_NAME.fullmatch(key):
+                out[key.decode("ascii")] = value.strip().decode("utf-8", "replace")
+        return out
+
+    async def publish_prebuilt(self, subject: str, payload: bytes, reply: str, header_block: bytes) -> None:
+        """Publish with a header block built once by the caller (``NATS/1.0\\r\\n...\\r\\n\\r\\n``).
+
+        The publisher builds headers from values it controls (ids, tags), so the per-header
+        validation of ``publish`` is not needed on the hot path.
+        """
+        if self.is_closed:
+            raise ConnectionClosedError
+        hdr_len = len(header_block)
+        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            hdr_len,
+            hdr_len + len(payload),
+            header_block,
+            payload,
+        )
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        await self._send_command(cmd)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
 
 
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,11 +102,12 @@ def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def connect(settings: NatsSettings) -> Client:
+async def connect(settings: NatsSettings) -> TapelineClient:
     """Open a connection that reconnects forever; larger pending buffer for the publish fast path."""
     if not settings.url:
         raise ValueError("no NATS URL: pass --nats URL, set TAPELINE_NATS_URL, or use the embedded server")
-    return await nats.connect(
+    nc = TapelineClient()
+    await nc.connect(
         servers=[u.strip() for u in settings.url.split(",")],
         name=settings.name,
         user=settings.user or None,
@@ -69,7 +116,8 @@ async def connect(settings: NatsSettings) -> Client:
         user_credentials=settings.creds_file or None,
         tls=_tls_context(settings),
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         pending_size=64 * 1024 * 1024,
         flush_timeout=30,
     )
+    return nc

@@ -15,6 +15,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bus.connection import TapelineClient
 from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED
 from schemas.codec import encode
 from schemas.events import Event
@@ -37,7 +38,7 @@ _ack_decoder = msgspec.json.Decoder(_PubAck)
 class _Out(msgspec.Struct):
     subject: str
     payload: bytes
-    headers: dict[str, str]
+    headers: bytes  # a complete NATS header block
     group: _Group
 
 
@@ -61,19 +62,19 @@ class PublishResult(msgspec.Struct, frozen=True):
     seqs: list[int]
 
 
-def headers_for(event: Event, count: int = 1) -> dict[str, str]:
-    h = {
-        "Nats-Msg-Id": event.event_id if count == 1 else f"{event.event_id}+{count}",
-        "Content-Type": "application/json",
-        "Tapeline-Type": event.tag,
-    }
+def headers_for(event: Event, count: int = 1, extra: dict[str, str] | None = None) -> bytes:
+    """The NATS header block: dedup id, content type, event type, correlation and causation."""
+    msg_id = event.event_id if count == 1 else f"{event.event_id}+{count}"
+    h = f"NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\nContent-Type: application/json\r\nTapeline-Type: {event.tag}\r\n"
     if event.correlation_id:
-        h["Correlation-Id"] = event.correlation_id
+        h += f"Correlation-Id: {event.correlation_id}\r\n"
     if event.causation_id:
-        h["Causation-Id"] = event.causation_id
+        h += f"Causation-Id: {event.causation_id}\r\n"
     if count > 1:
-        h["Tapeline-Count"] = str(count)
-    return h
+        h += f"Tapeline-Count: {count}\r\n"
+    for k, v in (extra or {}).items():
+        h += f"{k}: {v}\r\n"
+    return (h + "\r\n").encode()
 
 
 class Publisher:
@@ -87,6 +88,8 @@ class Publisher:
         ack_timeout: float = 5.0,
         max_attempts: int = 5,
     ) -> None:
+        if not isinstance(nc, TapelineClient):
+            raise TypeError("Publisher needs a connection from bus.connection.connect()")
         self.nc = nc
         self.prefix = prefix
         self.role = role
@@ -135,16 +138,13 @@ class Publisher:
         self._next += 1
         reply = f"{self._inbox}.{self._next}"
         self._inflight[reply] = out
-        await self.nc.publish(out.subject, out.payload, reply=reply, headers=out.headers)
+        await self.nc.publish_prebuilt(out.subject, out.payload, reply, out.headers)
 
     async def publish(self, events: Sequence[Event], *, extra_headers: dict[str, str] | None = None) -> PublishResult:
         """Publish each event as its own message; wait until JetStream has stored all of them."""
         group = _Group(len(events))
         for ev in events:
-            headers = headers_for(ev)
-            if extra_headers:
-                headers |= extra_headers
-            await self._send(_Out(ev.subject(self.prefix), encode(ev), headers, group))
+            await self._send(_Out(ev.subject(self.prefix), encode(ev), headers_for(ev, 1, extra_headers), group))
         return await self._wait(group)
 
     async def publish_batch(self, events: Sequence[Event]) -> PublishResult:

@@ -61,7 +61,7 @@ def handler_runtimes(nc: Client, publisher: Publisher, prefix: str, handler: Han
                 durable=f"h_{handler.name}_{fam.key}",
                 filter_subjects=[f"{prefix}.{s}" for s in subjects],
                 sink=sink,
-                ack_policy="explicit",
+                ack_policy="all" if handler.warmup_s > 0 else "explicit",
                 batch=1000,
                 warmup=handler if handler.warmup_s else None,
                 warmup_s=handler.warmup_s,

@@ -1,0 +1,173 @@
+"""End-to-end throughput and tick->decision latency on the simulator.
+
+Processes, as deployed: nats-server (file store), `tapeline up --only projector`,
+`tapeline up --only handlers`, and this script publishing ticks and timing.
+
+* throughput: N ticks published as fast as the publisher goes; events/s = N / (time until the
+  projector's MD checkpoint reaches the last tick). One event per message, then batched.
+* latency: ticks paced at a fixed rate; for each decision, (time it arrives on the decision
+  subject) - (ts_init of the tick that closed its bar). Reported as p50/p99.
+
+Run: .venv/bin/python benchmarks/bench_pipeline.py [--ticks 200000] [--rate 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.runner import publish_events
+from adapters.sim import SimFeed
+from bus.connection import NatsSettings, connect
+from bus.jetstream import JetStreamApi
+from bus.publisher import Publisher
+from bus.server import EmbeddedNats
+from bus.topology import provision
+from schemas.codec import decode
+
+SYMBOLS = ["NVDA", "ORCL", "AAPL", "MSFT", "BRK.B", "AMD", "INTC", "IBM"]
+
+
+def start(role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tapeline", "up", "-c", str(cfg), "--only", role], stdout=f, stderr=subprocess.STDOUT
+        )
+
+
+async def wait_checkpoint(api: JetStreamApi, stream: str, durable: str, target: int, limit_s: float = 600) -> float:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        info = await api.consumer_info(stream, durable)
+        if info and info["ack_floor"]["stream_seq"] >= target:
+            return time.perf_counter()
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"{durable} did not reach {target}")
+
+
+async def throughput(url: str, prefix: str, n: int, batch_ticks: bool) -> dict[str, float]:
+    nc = await connect(NatsSettings(url=url))
+    await provision(nc, prefix)
+    api = JetStreamApi(nc)
+    pub = await Publisher(nc, prefix, role="bench", window=8192).start()
+    feed = SimFeed(SYMBOLS, ticks=n, seed=1, chunk=2000)
+    ticks = list(feed.generate())
+    t0 = time.perf_counter()
+    for i in range(0, n, 2000):
+        await publish_events(pub, ticks[i : i + 2000], batch_ticks=batch_ticks)
+    t_pub = time.perf_counter()
+    stream = f"{prefix.upper()}_MD"
+    info = await api.stream_info(stream)
+    last = int(info["state"]["last_seq"]) if info else 0
+    t_proj = await wait_checkpoint(api, stream, "proj_main_md", last)
+    t_bars = await wait_checkpoint(api, stream, "h_bars_md", last)
+    await pub.close()
+    await nc.drain()
+    return {
+        "publish_eps": n / (t_pub - t0),
+        "e2e_eps": n / (t_proj - t0),
+        "handler_eps": n / (t_bars - t0),
+        "messages": float(last),
+    }
+
+
+async def latency(url: str, prefix: str, rate: int, seconds: float) -> list[float]:
+    nc = await connect(NatsSettings(url=url))
+    await provision(nc, prefix)
+    pub = await Publisher(nc, prefix, role="bench").start()
+    tick_init: dict[str, int] = {}
+    cause: dict[str, str] = {}
+    lat: list[float] = []
+
+    async def on_msg(msg: object) -> None:
+        now = time.time_ns()
+        for ev in decode(msg.data).events:  # type: ignore[attr-defined]
+            cause[ev.event_id] = ev.causation_id
+            if ev.tag == "decision":
+                bar = cause.get(cause.get(ev.causation_id, ""), "")
+                if bar in tick_init:
+                    lat.append((now - tick_init[bar]) / 1e6)
+
+    await nc.subscribe(f"{prefix}.md.bar.>", cb=on_msg)
+    await nc.subscribe(f"{prefix}.intel.signal.>", cb=on_msg)
+    await nc.subscribe(f"{prefix}.decision.>", cb=on_msg)
+    # Event time runs 200x faster than wall time so 1-minute bars close every 0.3 s.
+    feed = SimFeed(SYMBOLS, ticks=int(rate * seconds), seed=2, mean_gap_ms=200_000 / rate / 1)
+    step = max(1, rate // 100)
+    ticks = list(feed.generate())
+    start_t = time.perf_counter()
+    for i in range(0, len(ticks), step):
+        chunk = [msgspec.structs.replace(t, ts_init=time.time_ns()) for t in ticks[i : i + step]]
+        for t in chunk:
+            tick_init[t.event_id] = t.ts_init
+        await pub.publish(chunk)
+        target = start_t + (i + step) / rate
+        await asyncio.sleep(max(0.0, target - time.perf_counter()))
+    await asyncio.sleep(2)
+    await pub.close()
+    await nc.drain()
+    return lat
+
+
+def pct(xs: list[float], q: int) -> float:
+    return statistics.quantiles(xs, n=100)[q - 1] if len(xs) >= 2 else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ticks", type=int, default=200_000)
+    ap.add_argument("--rate", type=int, default=2000, help="ticks/s for the latency run")
+    ap.add_argument("--seconds", type=float, default=15)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        server = EmbeddedNats(tmp / "nats")
+        url = server.start()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            results = {}
+            for name, prefix, batch in [("one event per message", "b1", False), ("batched ticks", "b2", True)]:
+                cfg = tmp / f"{prefix}.toml"
+                cfg.write_text(
+                    f'prefix = "{prefix}"\nnats_url = "{url}"\ndata_dir = "{tmp / prefix}"\nmetrics_port = 0\n'
+                )
+                procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in ("projector", "handlers")]
+                time.sleep(2.5)  # process start-up (imports) is not part of the measurement
+                results[name] = asyncio.run(throughput(url, prefix, args.ticks, batch))
+                for p in procs:
+                    p.terminate()
+                    p.wait()
+            cfg = tmp / "lat.toml"
+            cfg.write_text(f'prefix = "lat"\nnats_url = "{url}"\ndata_dir = "{tmp / "lat"}"\nmetrics_port = 0\n')
+            procs = [start(r, cfg, tmp / f"lat-{r}.log") for r in ("projector", "handlers")]
+            time.sleep(2.5)
+            lat = asyncio.run(latency(url, "lat", args.rate, args.seconds))
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait()
+            server.stop()
+    print(f"end-to-end pipeline, {args.ticks:,} simulated ticks, {len(SYMBOLS)} symbols, 2-core machine")
+    print(f"{'mode':<24}{'publish ev/s':>14}{'→ DuckDB ev/s':>15}{'→ bars ev/s':>13}{'messages':>10}")
+    for name, r in results.items():
+        print(
+            f"{name:<24}{r['publish_eps']:>14,.0f}{r['e2e_eps']:>15,.0f}{r['handler_eps']:>13,.0f}{r['messages']:>10,.0f}"
+        )
+    print(
+        f"tick→decision latency at {args.rate:,} ticks/s: n={len(lat)} "
+        f"p50={pct(lat, 50):.1f} ms  p99={pct(lat, 99):.1f} ms  max={max(lat, default=float('nan')):.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The pinned MiniLM embedder: both backends agree, vectors are reproducible, meaning is found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from projections.embedder import DIM, MODEL_VERSION, WEIGHTS_SHA256, TextEmbedder, onnx_path
+from tests.vector_support import embedder, headlines
+
+QUERY = "stock falls after profit warning"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export per test session, shared by every test file (export takes a few seconds)."""
+    return tmp_path_factory.getbasetemp() / "models"
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(model_cache: Path) -> TextEmbedder:
+    return embedder("onnx", model_cache)
+
+
+@pytest.fixture(scope="session")
+def torch_embedder(model_cache: Path) -> TextEmbedder:
+    return embedder("torch", model_cache)
+
+
+def test_version_is_pinned_to_the_weights(onnx_embedder: TextEmbedder, model_cache: Path) -> None:
+    assert onnx_embedder.version == MODEL_VERSION == f"all-MiniLM-L6-v2@{WEIGHTS_SHA256[:12]}"
+    assert onnx_path(model_cache).is_file()
+    assert onnx_embedder.fingerprint.endswith("/onnx")
+
+
+def test_shape_dtype_and_unit_length(onnx_embedder: TextEmbedder) -> None:
+    v = onnx_embedder.embed(["Nvidia beats estimates", "", "x" * 5000])
+    assert v.shape == (3, DIM) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert onnx_embedder.embed([]).shape == (0, DIM)
+
+
+def test_torch_and_onnx_agree_on_realheadlines(
+    onnx_embedder: TextEmbedder, torch_embedder: TextEmbedder, shared_data: Path
+) -> None:
+    titles = [h["title"] for h in headlines(shared_data)]
+    a = onnx_embedder.embed(titles)
+    b = torch_embedder.embed(titles)
+    cos = (a * b).sum(axis=1)
+    assert cos.min() > 1 - 1e-3, f"worst cosine {cos.min()}"
+
+
+def test_onnx_vectors_do_not_depend_on_batching(onnx_embedder: TextEmbedder, shared_data: Path) -> None:
+    """A rebuild batches events differently; every vector must still come out bit for bit the same."""
+    titles = [h["title"] for h in headlines(shared_data)][:200]
+    whole = onnx_embedder.embed(titles)
+    alone = np.concatenate([onnx_embedder.embed([t]) for t in titles[:40]])
+    odd = np.concatenate([onnx_embedder.embed(titles[i : i + 7]) for i in range(0, 200, 7)])
+    assert np.array_equal(whole[:40], alone)
+    assert np.array_equal(whole, odd)
+
+
+def test_profit_warning_query_finds_the_matchingheadlines(onnx_embedder: TextEmbedder, shared_data: Path) -> None:
+    rows = headlines(shared_data)
+    titles = [h["title"] for h in rows]
+    sims = onnx_embedder.embed(titles) @ onnx_embedder.embed([QUERY])[0]
+    rank = {t: i for i, t in enumerate(np.array(titles)[np.argsort(-sims)])}
+    match = "Weir leads FTSE lower after oil price profits warning"
+    assert rank[match] < 10, f"matching headline ranked {rank[match]} of {len(titles)}"
+    for unrelated in (
+        "Barclays 'bad bank' chief to step down",
+        "Morrisons book second consecutive quarter of sales growth",
+        "Glencore to refinance its short-term debt early, shares rise",
+    ):
+        assert rank[match] < rank[unrelated]
+    top10 = np.argsort(-sims)[:10]
+    assert np.mean([rows[i]["sentiment"] for i in top10]) < np.mean([r["sentiment"] for r in rows]) - 0.2
