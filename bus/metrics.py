@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS_PUBLISHED = Counter(
@@ -44,7 +46,7 @@ PROJECTION_LAG = Gauge(
 )
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose ``/metrics``; port 0 disables it."""
+def serve_metrics(port: int, host: str = "") -> None:
+    """Expose ``/metrics`` on loopback (``TAPELINE_METRICS_HOST`` to widen, e.g. in a container); 0 disables it."""
     if port:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host or os.environ.get("TAPELINE_METRICS_HOST", "127.0.0.1"))

@@ -30,8 +30,9 @@ from replay.rebuild import verify
 from schemas.codec import decode
 from schemas.events import DecisionEnvelope
 from schemas.export import export_json_schemas
-from schemas.subjects import FAMILIES, decisions_bucket, encode_token
+from schemas.subjects import FAMILIES, OPS, decisions_bucket, encode_token
 from tapeline.config import ConfigError, Settings, load_settings
+from tapeline.feeds import feed_app
 from tapeline.pipeline import ROLES, Pipeline
 from tapeline.session import nats_session, running_embedded
 
@@ -42,6 +43,7 @@ app = typer.Typer(
 )
 schemas_app = typer.Typer(help="Event schemas.")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
 console = Console()
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="tapeline.toml")]
@@ -106,7 +108,9 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     from bus.connection import NatsSettings, connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
-    pipeline = Pipeline(nc, s.prefix, handlers=s.handlers, db_path=s.duckdb_path, retention=s.retention)
+    pipeline = Pipeline(
+        nc, s.prefix, handlers=s.handlers, db_path=s.duckdb_path, retention=s.retention, watchdog=s.feeds.watchdog
+    )
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
@@ -230,12 +234,19 @@ async def _up(s: Settings, roles: tuple[str, ...]) -> None:
     async with nats_session(s.nats_url, s.data_path, name="tapeline-up") as (nc, url):
         try:
             pipeline = Pipeline(
-                nc, s.prefix, handlers=s.handlers, db_path=s.duckdb_path, roles=roles, retention=s.retention
+                nc,
+                s.prefix,
+                handlers=s.handlers,
+                db_path=s.duckdb_path,
+                roles=roles,
+                retention=s.retention,
+                watchdog=s.feeds.watchdog,
             )
         except ValueError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2) from None
         await pipeline.start()
+        extras = await _side_processes(nc, s, roles)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -243,9 +254,47 @@ async def _up(s: Settings, roles: tuple[str, ...]) -> None:
         console.print(f"[bold]tapeline up[/] on {url} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
         waiter = asyncio.create_task(pipeline.wait())
         await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        for task in extras:
+            task.cancel()
+        await asyncio.gather(*extras, return_exceptions=True)
         await pipeline.stop()
         if waiter.done() and waiter.exception():
             raise waiter.exception()  # type: ignore[misc]
+
+
+async def _side_processes(nc: Any, s: Settings, roles: tuple[str, ...]) -> list[asyncio.Task[Any]]:
+    """With the handlers: the watchdog's clock, and the webhook notifier when its URL is in the environment."""
+    import os
+
+    from adapters.alerts import AlertNotifierSink, ClockFeed, WebhookNotifier
+    from bus.runtime import ConsumerRuntime
+
+    if "handlers" not in roles:
+        return []
+    publisher = await Publisher(nc, s.prefix, role="ops").start()
+    clock = ClockFeed("watchdog", s.feeds.watchdog.clock_s)
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(run_feed(clock, publisher))]
+    a = s.feeds.alerts
+    url = os.environ.get(a.webhook_url_env, "")
+    if url:
+        notifier = WebhookNotifier(
+            url,
+            retries=a.retries,
+            backoff_s=a.backoff_s,
+            timeout_s=a.timeout_s,
+            min_severity=a.min_severity,
+            username=a.username,
+        )
+        rt = ConsumerRuntime(
+            nc,
+            publisher,
+            stream=OPS.stream(s.prefix),
+            durable="alert_webhook",
+            filter_subjects=[f"{s.prefix}.ops.alert.>"],
+            sink=AlertNotifierSink(notifier),
+        )
+        tasks.append(asyncio.create_task(rt.run()))
+    return tasks
 
 
 @app.command()

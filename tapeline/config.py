@@ -11,7 +11,7 @@ import msgspec
 
 from bus.topology import Retention
 from schemas.subjects import validate_prefix
-from tapeline.feed_config import FeedsConfig
+from tapeline.feed_config import FeedConfigError, FeedsConfig, validate_feeds
 
 
 class ConfigError(ValueError):
@@ -77,6 +77,10 @@ def _check(s: Settings) -> Settings:
         )
     if s.handlers.momentum_window < 2:
         raise ConfigError("handlers.momentum_window: must be at least 2")
+    try:
+        validate_feeds(s.feeds)
+    except FeedConfigError as e:
+        raise ConfigError(str(e)) from None
     return s
 
 

@@ -21,20 +21,24 @@ from handlers.bars import BarAggregator
 from handlers.base import Handler
 from handlers.decision import DecisionSynthesis
 from handlers.momentum import MomentumSignal
+from handlers.watchdog import HeartbeatWatchdog
 from projections.duckdb import ProjectionDb, ProjectionSink
 from projections.query import QueryService
 from schemas.subjects import FAMILIES, StreamFamily
 from tapeline.config import HandlersConfig
+from tapeline.feed_config import WatchdogConfig
 
 log = structlog.get_logger("tapeline")
 ROLES = ("handlers", "projector")
 
 
-def build_handlers(cfg: HandlersConfig) -> list[Handler]:
+def build_handlers(cfg: HandlersConfig, watchdog: WatchdogConfig | None = None) -> list[Handler]:
+    wd = watchdog or WatchdogConfig()
     return [
         BarAggregator(cfg.bar_intervals),
         MomentumSignal(window=cfg.momentum_window, interval=cfg.momentum_interval),
         DecisionSynthesis(weights=cfg.decision_weights, threshold=cfg.decision_threshold),
+        HeartbeatWatchdog(wd.expected, missed_intervals=wd.missed_intervals),
     ]
 
 
@@ -113,6 +117,7 @@ class Pipeline:
         db_path: Path,
         roles: Sequence[str] = ROLES,
         retention: Retention | None = None,
+        watchdog: WatchdogConfig | None = None,
     ) -> None:
         bad = set(roles) - set(ROLES)
         if bad:
@@ -123,6 +128,7 @@ class Pipeline:
         self.db_path = db_path
         self.roles = tuple(roles)
         self.retention = retention
+        self.watchdog = watchdog
         self.runtimes: list[ConsumerRuntime] = []
         self.sinks: list[ProjectionSink] = []
         self.handlers: list[Handler] = []
@@ -135,7 +141,7 @@ class Pipeline:
         await provision(self.nc, self.prefix, self.retention)
         await self.publisher.start()
         if "handlers" in self.roles:
-            self.handlers = build_handlers(self.handlers_cfg)
+            self.handlers = build_handlers(self.handlers_cfg, self.watchdog)
             for h in self.handlers:
                 self.runtimes += handler_runtimes(self.nc, self.publisher, self.prefix, h)
         if "projector" in self.roles:

@@ -42,7 +42,7 @@ def test_shape_dtype_and_unit_length(onnx_embedder: TextEmbedder) -> None:
     assert onnx_embedder.embed([]).shape == (0, DIM)
 
 
-def test_torch_and_onnx_agree_on_realheadlines(
+def test_torch_and_onnx_agree_on_real_headlines(
     onnx_embedder: TextEmbedder, torch_embedder: TextEmbedder, shared_data: Path
 ) -> None:
     titles = [h["title"] for h in headlines(shared_data)]
@@ -62,7 +62,7 @@ def test_onnx_vectors_do_not_depend_on_batching(onnx_embedder: TextEmbedder, sha
     assert np.array_equal(whole, odd)
 
 
-def test_profit_warning_query_finds_the_matchingheadlines(onnx_embedder: TextEmbedder, shared_data: Path) -> None:
+def test_profit_warning_query_finds_the_matching_headlines(onnx_embedder: TextEmbedder, shared_data: Path) -> None:
     rows = headlines(shared_data)
     titles = [h["title"] for h in rows]
     sims = onnx_embedder.embed(titles) @ onnx_embedder.embed([QUERY])[0]

@@ -27,6 +27,7 @@ def headlines(shared_data: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@functools.cache
 def daily_bars(path: Path, symbol: str) -> list[Bar]:
     """Yahoo daily CSV -> Bars closing at the next midnight UTC; ``close`` is the split-adjusted close
     and open/high/low are scaled by the same factor, so returns across splits are real returns."""

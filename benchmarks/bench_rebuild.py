@@ -1,0 +1,54 @@
+"""Rebuild throughput: stream (JetStream file store) -> DuckDB, from sequence 1, into a fresh file.
+
+Publishes N simulated ticks twice, one event per message and batched (500 ticks per message),
+then times `replay.rebuild` for each. Run: .venv/bin/python benchmarks/bench_rebuild.py [--ticks N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.runner import publish_events  # noqa: E402
+from adapters.sim import SimFeed  # noqa: E402
+from bus.connection import NatsSettings, connect  # noqa: E402
+from bus.publisher import Publisher  # noqa: E402
+from bus.server import EmbeddedNats  # noqa: E402
+from bus.topology import provision  # noqa: E402
+from replay.rebuild import rebuild  # noqa: E402
+
+
+async def run(url: str, tmp: Path, n: int) -> list[tuple[str, int, float]]:
+    nc = await connect(NatsSettings(url=url))
+    out = []
+    for name, prefix, batched in [("one event per message", "r1", False), ("batched ticks (500/msg)", "r2", True)]:
+        await provision(nc, prefix)
+        pub = await Publisher(nc, prefix, window=8192).start()
+        ticks = list(SimFeed(["NVDA", "ORCL", "AAPL", "MSFT"], ticks=n, seed=4, chunk=2000).generate())
+        for i in range(0, n, 2000):
+            await publish_events(pub, ticks[i : i + 2000], batch_ticks=batched)
+        await pub.close()
+        stats = await rebuild(nc, prefix, tmp / f"{prefix}.duckdb")
+        out.append((name, stats.events, stats.seconds))
+    await nc.drain()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ticks", type=int, default=300_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d, EmbeddedNats(Path(d) / "nats") as server:
+        results = asyncio.run(run(server.url, Path(d), args.ticks))
+    print(f"rebuild from sequence 1 into a fresh DuckDB file, {args.ticks:,} ticks, 2-core machine")
+    for name, events, secs in results:
+        print(f"{name:<26}{events:>10,} events  {secs:6.2f} s  {events / secs:>10,.0f} events/s")
+
+
+if __name__ == "__main__":
+    main()
