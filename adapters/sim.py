@@ -35,7 +35,7 @@ class SimFeed:
         *,
         seed: int = 7,
         ticks: int = 100_000,
-        start_ns: int = 1_767_222_000_000_000_000,  # 2026-01-01 00:00 UTC
+        start_ns: int = 1_767_225_600_000_000_000,  # 2026-01-01 00:00 UTC
         mean_gap_ms: float = 250.0,
         chunk: int = 500,
         venue: str = "sim",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from projections.embedder import TextEmbedder
+from projections.embedder import Backend, TextEmbedder
 
 HEADLINES = Path(__file__).resolve().parents[2] / "shared" / "data" / "news" / "semeval2017-task5-headlines.json"
 N = 2000
@@ -29,9 +29,10 @@ def main() -> None:
     texts = (titles * (N // len(titles) + 1))[:N]
     results: dict[str, np.ndarray] = {}
     print(f"all-MiniLM-L6-v2, {N} headlines ({len(titles)} unique), batch {BATCH}, best of {REPEATS}")
-    for backend in ("torch", "onnx"):
+    backends: tuple[Backend, ...] = ("torch", "onnx")
+    for backend in backends:
         t0 = time.perf_counter()
-        emb = TextEmbedder(backend, batch_size=BATCH)  # type: ignore[arg-type]
+        emb = TextEmbedder(backend, batch_size=BATCH)
         load = time.perf_counter() - t0
         emb.embed(texts[:BATCH])  # warm-up
         best = float("inf")

@@ -327,6 +327,26 @@ class Reaction(Protocol):
     def handle(self, event: AnyEvent) -> Sequence[Event]: ...
 
 
+def react(reaction: Reaction, event: AnyEvent) -> list[Event]:
+    """Run a handler on one event and stamp identity on its outputs.
+
+    ``event_id`` = hash(handler name, handler version, cause id, output index): a re-run
+    (redelivery, restart, replay) produces the same ids, so JetStream drops the copies.
+    """
+    now = time.time_ns()
+    return [
+        msgspec.structs.replace(
+            ev,
+            event_id=derive_event_id(ev.ts_event, reaction.name, reaction.version, event.event_id, i),
+            ts_init=now,
+            source=ev.source or reaction.name,
+            causation_id=event.event_id,
+            correlation_id=event.correlation_id or event.event_id,
+        )
+        for i, ev in enumerate(reaction.handle(event))
+    ]
+
+
 class ReactionSink:
     """Runs a handler over a batch; outputs get deterministic ids and are published before acks."""
 
@@ -336,21 +356,7 @@ class ReactionSink:
         self.emitted = 0
 
     def outputs(self, event: AnyEvent) -> list[Event]:
-        r = self.reaction
-        now = time.time_ns()
-        out: list[Event] = []
-        for i, ev in enumerate(r.handle(event)):
-            out.append(
-                msgspec.structs.replace(
-                    ev,
-                    event_id=derive_event_id(ev.ts_event, r.name, r.version, event.event_id, i),
-                    ts_init=now,
-                    source=ev.source or r.name,
-                    causation_id=event.event_id,
-                    correlation_id=event.correlation_id or event.event_id,
-                )
-            )
-        return out
+        return react(self.reaction, event)
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         failures: dict[int, Failure] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import sys
@@ -435,17 +436,35 @@ def replay(
         bool, typer.Option("--verify", help="compare per-table hashes with the live projection")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="rebuild into this new DuckDB file")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="point in time (ISO 8601, UTC): state as the system knew it")
+    ] = None,
+    swap: Annotated[bool, typer.Option("--swap", help="replace the live projection with the verified rebuild")] = False,
 ) -> None:
     """Rebuild the DuckDB projection from sequence 1 into a fresh file; --verify exits 1 on a mismatch."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
+    if swap and (until or not verify_):
+        console.print("[red]--swap needs --verify and no --until: only a verified, complete rebuild goes live[/]")
+        raise typer.Exit(2)
+    until_ns = _parse_time(until) if until else None
     target = out or s.data_path / "replay" / f"rebuild-{int(time.time())}.duckdb"
-    ok = asyncio.run(_replay(s, target, verify_))
+    ok = asyncio.run(_replay(s, target, verify_, until_ns, swap))
     if not ok:
         raise typer.Exit(1)
 
 
-async def _replay(s: Settings, target: Path, check: bool) -> bool:
+def _parse_time(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        console.print(f"[red]--until: {text!r} is not ISO 8601, e.g. 2026-01-01T00:30:00[/]")
+        raise typer.Exit(2) from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1e9)
+
+
+async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, swap: bool) -> bool:
     from replay.rebuild import rebuild
+    from tapeline.pipeline import swap_subject
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-replay") as (nc, _):
         with Progress(
@@ -463,13 +482,80 @@ async def _replay(s: Settings, target: Path, check: bool) -> bool:
             if check:
                 checks, stats = await verify(nc, s.prefix, s.duckdb_path, target, progress=tick)
             else:
-                stats = await rebuild(nc, s.prefix, target, progress=tick)
+                stats = await rebuild(nc, s.prefix, target, until_ns=until_ns, progress=tick)
                 checks = []
         console.print(f"rebuilt {stats.events:,} events into {target} in {stats.seconds:.2f}s ({stats.rate:,.0f}/s)")
-        if check:
-            _print_checks(checks, stats.events, stats.seconds)
-            return all(c.ok for c in checks)
-        return True
+        if not check:
+            return True
+        _print_checks(checks, stats.events, stats.seconds)
+        ok = all(c.ok for c in checks)
+        if ok and swap:
+            try:  # a running projector swaps between two batches
+                reply = await nc.request(swap_subject(s.prefix), str(os.path.abspath(target)).encode(), timeout=60)  # noqa: ASYNC240
+                answer = reply.data.decode()
+            except Exception:  # no projector: swap the file ourselves
+                os.replace(target, s.duckdb_path)
+                answer = "ok"
+            if answer != "ok":
+                console.print(f"[red]swap failed: {answer}[/]")
+                return False
+            console.print(f"[green]swapped[/] {s.duckdb_path} ← {target}")
+        return ok
+
+
+@app.command("what-if")
+def what_if_cmd(
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+    name: Annotated[str, typer.Option(help="isolated namespace: outputs go under <prefix>-whatif-<name>")] = "run1",
+    momentum_window: Annotated[int | None, typer.Option(help="bars in the momentum window")] = None,
+    momentum_interval: Annotated[str | None, typer.Option(help="bar interval momentum reads, e.g. 5m")] = None,
+    threshold: Annotated[float | None, typer.Option(help="decision threshold on the ensemble score")] = None,
+    until: Annotated[str | None, typer.Option(help="only inputs recorded up to this time (ISO 8601, UTC)")] = None,
+    show: Annotated[int, typer.Option(help="verdict changes to list")] = 20,
+) -> None:
+    """Replay recorded inputs through another handler configuration and diff the decisions."""
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    h = s.handlers
+    interval = momentum_interval or h.momentum_interval
+    alt = msgspec.structs.replace(
+        h,
+        momentum_window=momentum_window or h.momentum_window,
+        momentum_interval=interval,
+        bar_intervals=sorted({*h.bar_intervals, interval}),
+        decision_threshold=h.decision_threshold if threshold is None else threshold,
+    )
+    target = f"{s.prefix}-whatif-{name}"
+    until_ns = _parse_time(until) if until else None
+    asyncio.run(_what_if(s, alt, target, until_ns, show))
+
+
+async def _what_if(s: Settings, alt: Any, target: str, until_ns: int | None, show: int) -> None:
+    from replay.whatif import what_if
+    from tapeline.pipeline import build_handlers
+
+    async with nats_session(s.nats_url, s.data_path, name="tapeline-whatif") as (nc, _):
+        report = await what_if(nc, s.prefix, target, build_handlers(alt), until_ns=until_ns, progress=console.print)
+    console.print(
+        f"what-if [bold]{target}[/]: {report.inputs:,} recorded inputs → {report.derived:,} derived events "
+        f"in {report.seconds:.1f}s; decisions {report.decisions_recorded:,} recorded vs {report.decisions_what_if:,}"
+    )
+    t = Table(title=f"Verdicts that changed ({len(report.changes):,})")
+    for c in ("symbol", "time (UTC)", "recorded", "what-if"):
+        t.add_column(c)
+    for ch in report.changes[:show]:
+        when = datetime.fromtimestamp(ch.ts_event / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        t.add_row(ch.symbol, when, ch.recorded, ch.what_if)
+    console.print(t)
+    p = Table(title="Decision P&L (unit position per verdict, marked at bar closes)")
+    for c in ("symbol", "recorded", "what-if", "difference"):
+        p.add_column(c, justify="right" if c != "symbol" else "left")
+    for sym in sorted(set(report.pnl_recorded) | set(report.pnl_what_if)):
+        a, b = report.pnl_recorded.get(sym, 0.0), report.pnl_what_if.get(sym, 0.0)
+        p.add_row(sym, f"{a:+.4f}", f"{b:+.4f}", f"{b - a:+.4f}")
+    console.print(p)
+    console.print(f"inspect: tapeline status --prefix {target}; nats sub '{target}.decision.>' --all")
 
 
 @app.command()

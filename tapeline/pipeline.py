@@ -7,12 +7,14 @@ all-in-one demo and separate processes that fail, lag and scale independently.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from bus.publisher import Publisher
 from bus.runtime import ConsumerRuntime, ReactionSink
@@ -105,6 +107,10 @@ def projection_runtimes(
     return out
 
 
+def swap_subject(prefix: str) -> str:
+    return f"{prefix}.svc.swap"
+
+
 class Pipeline:
     """Start/stop a set of consumer runtimes as asyncio tasks, with a graceful drain."""
 
@@ -135,6 +141,8 @@ class Pipeline:
         self.db: ProjectionDb | None = None
         self.query: QueryService | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._projection: list[tuple[ConsumerRuntime, asyncio.Task[None]]] = []
+        self._swap_sub: object = None
         self.publisher = Publisher(nc, prefix, role="pipeline")
 
     async def start(self) -> None:
@@ -144,15 +152,54 @@ class Pipeline:
             self.handlers = build_handlers(self.handlers_cfg, self.watchdog)
             for h in self.handlers:
                 self.runtimes += handler_runtimes(self.nc, self.publisher, self.prefix, h)
-        if "projector" in self.roles:
-            self.db = ProjectionDb(self.db_path)
-            for rt, sink in projection_runtimes(self.nc, self.publisher, self.prefix, self.db):
-                self.runtimes.append(rt)
-                self.sinks.append(sink)
-            self.query = QueryService(self.nc, self.prefix, self.db.con)
-            await self.query.start()
         self._tasks = [asyncio.create_task(rt.run(), name=rt.durable) for rt in self.runtimes]
+        if "projector" in self.roles:
+            self._open_projection()
+            assert self.query is not None
+            await self.query.start()
+            self._swap_sub = await self.nc.subscribe(swap_subject(self.prefix), cb=self._on_swap)
         log.info("pipeline started", prefix=self.prefix, roles=self.roles, consumers=[r.durable for r in self.runtimes])
+
+    def _open_projection(self) -> None:
+        self.db = ProjectionDb(self.db_path)
+        self.sinks = []
+        for rt, sink in projection_runtimes(self.nc, self.publisher, self.prefix, self.db):
+            task = asyncio.create_task(rt.run(), name=rt.durable)
+            self._projection.append((rt, task))
+            self.runtimes.append(rt)
+            self._tasks.append(task)
+            self.sinks.append(sink)
+        if self.query is None:
+            self.query = QueryService(self.nc, self.prefix, self.db.con)
+        self.query.con = self.db.con
+
+    async def _close_projection(self) -> None:
+        for rt, _ in self._projection:
+            rt.stop()
+        await asyncio.gather(*(t for _, t in self._projection), return_exceptions=True)
+        for rt, task in self._projection:
+            self.runtimes.remove(rt)
+            self._tasks.remove(task)
+        self._projection = []
+        if self.db:
+            self.db.close()
+            self.db = None
+
+    async def swap(self, rebuilt: Path) -> None:
+        """Atomically replace the live DuckDB file with a (verified) rebuild and resume from its checkpoints."""
+        if not os.path.exists(rebuilt):  # noqa: ASYNC240 - one stat
+            raise FileNotFoundError(f"no rebuild at {rebuilt}")
+        await self._close_projection()
+        os.replace(rebuilt, self.db_path)  # atomic on one filesystem
+        self._open_projection()
+        log.info("projection swapped", path=str(self.db_path), source=str(rebuilt))
+
+    async def _on_swap(self, msg: Msg) -> None:
+        try:
+            await self.swap(Path(msg.data.decode()))
+            await msg.respond(b"ok")
+        except Exception as e:
+            await msg.respond(f"error: {e}".encode())
 
     async def wait(self) -> None:
         """Until a runtime fails (re-raised) or all stop."""
@@ -162,6 +209,8 @@ class Pipeline:
                 raise t.exception()  # type: ignore[misc]
 
     async def stop(self) -> None:
+        if self._swap_sub is not None:
+            await self._swap_sub.unsubscribe()  # type: ignore[attr-defined]
         for rt in self.runtimes:
             rt.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)

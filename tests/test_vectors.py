@@ -25,7 +25,7 @@ from projections.vectors import (
     search_news,
     similar_situations,
 )
-from schemas.events import Bar, DecisionEnvelope, Event, NewsItem, Synthesis, Target
+from schemas.events import Bar, DecisionEnvelope, Event, NewsItem, Synthesis, Target, Verdict
 from tests.vector_support import DAY_NS, daily_bars, embedder, headlines
 
 
@@ -132,6 +132,11 @@ def test_text_projections_checksum_reproducible_and_search(
 ) -> None:
     base = nvda[1000].ts_event - DAY_NS // 2
     news = _news(shared_data, base)
+    cases: list[tuple[Verdict, str]] = [
+        ("SELL", "Guidance cut and a profit warning; momentum has turned negative."),
+        ("BUY", "Strong earnings beat, raised outlook, and rising volume on breakouts."),
+        ("HOLD", ""),  # no reasoning: no row
+    ]
     decisions = [
         DecisionEnvelope(
             event_id=f"dec-{i}",
@@ -141,13 +146,7 @@ def test_text_projections_checksum_reproducible_and_search(
             target=Target(ticker="NVDA", trade_date="2003-01-01"),
             synthesis=Synthesis(verdict=v, confidence=0.6, ensemble_score=0.1, reasoning=r),
         )
-        for i, (v, r) in enumerate(
-            [
-                ("SELL", "Guidance cut and a profit warning; momentum has turned negative."),
-                ("BUY", "Strong earnings beat, raised outlook, and rising volume on breakouts."),
-                ("HOLD", ""),  # no reasoning: no row
-            ]
-        )
+        for i, (v, r) in enumerate(cases)
     ]
     checks = []
     for name, batch in (("a", 1000), ("b", 97)):  # different batch boundaries, same content
