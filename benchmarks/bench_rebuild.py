@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.runner import publish_events  # noqa: E402
-from adapters.sim import SimFeed  # noqa: E402
-from bus.connection import NatsSettings, connect  # noqa: E402
-from bus.publisher import Publisher  # noqa: E402
-from bus.server import EmbeddedNats  # noqa: E402
-from bus.topology import provision  # noqa: E402
-from replay.rebuild import rebuild  # noqa: E402
+from adapters.runner import publish_events
+from adapters.sim import SimFeed
+from bus.connection import NatsSettings, connect
+from bus.publisher import Publisher
+from bus.server import EmbeddedNats
+from bus.topology import provision
+from replay.rebuild import rebuild
 
 
 async def run(url: str, tmp: Path, n: int) -> list[tuple[str, int, float]]:

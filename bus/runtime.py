@@ -67,7 +67,11 @@ class Failure(NamedTuple):
 
 
 class Sink(Protocol):
-    """Does the work for one batch. Returns failures by batch index; raising retries all."""
+    """Does the work for one batch. Returns failures by batch index; raising retries all.
+
+    A sink may also have ``async idle()`` (called when a pull comes back empty) and
+    ``async close()`` (called once after the last batch), e.g. to commit what it buffers.
+    """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
 
@@ -135,6 +139,7 @@ class ConsumerRuntime:
         self.dead = 0
         self.skipped = 0
         self.idle = asyncio.Event()  # set whenever a pull comes back empty
+        self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
@@ -190,10 +195,16 @@ class ConsumerRuntime:
                     self.idle.clear()
                     await self._handle(batch)
                 else:
+                    on_idle = getattr(self.sink, "idle", None)
+                    if on_idle is not None:
+                        await on_idle()
                     self.idle.set()
                 if self.loop.drained():
                     break
         finally:
+            on_close = getattr(self.sink, "close", None)
+            if on_close is not None:
+                await on_close()
             await self.loop.stop()
             if self.ephemeral:
                 await JetStreamApi(self.nc).delete_consumer(self.stream, self.loop.consumer)
@@ -264,6 +275,7 @@ class ConsumerRuntime:
         n_ok = len(batch) - len(outcome)
         self.processed += n_ok
         EVENTS_CONSUMED.labels(self.durable).inc(n_ok)
+        self.pending = batch[-1].pending
         CONSUMER_PENDING.labels(self.durable).set(batch[-1].pending)
         BATCH_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
         if received and received[-1].events:

@@ -1,9 +1,12 @@
-"""Rebuild projections from the streams, and verify a rebuild against the live projection.
+"""Rebuild projections from the streams, and verify a rebuild against the live projections.
 
-A rebuild reads each stream from sequence 1 with an ephemeral consumer (no acks, nothing
-published) into a fresh DuckDB file. ``until_ns`` gives point-in-time state (stream time = when
-the system knew it). Verification rebuilds up to the live checkpoints and compares per-table
-content hashes of rows at or below them, so it works while the live projector keeps writing.
+A rebuild reads each stream from sequence 1 with ephemeral consumers (no acks, nothing
+published) into a fresh DuckDB file and, optionally, a fresh LanceDB directory. ``until_ns``
+gives point-in-time state (stream time = when the system knew it). Verification rebuilds up
+to the live checkpoints and compares per-table content hashes of rows at or below them (for
+vectors: row count and a checksum of ids, rounded vectors and forward returns), so it works
+while the live DuckDB projector keeps writing; the vector comparison is exact when the live
+vector projection is idle (its forward-return updates land after their rows).
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 
 from bus.jetstream import JetStreamApi
 from bus.publisher import Publisher
+from bus.runtime import ConsumerRuntime
 from projections.duckdb import ProjectionDb, hash_sql
+from projections.embedder import TextEmbedder
 from projections.query import QueryError, query_file, query_remote
-from tapeline.pipeline import projection_runtimes
+from projections.vectors import DECISION_VECTORS, MARKET_STATES, NEWS_VECTORS, VectorStore
+from schemas.subjects import FAMILIES
+from tapeline.pipeline import projection_runtimes, vector_runtimes
+
+VECTOR_TABLES = (MARKET_STATES, NEWS_VECTORS, DECISION_VECTORS)
 
 
 class RebuildStats(msgspec.Struct):
@@ -28,6 +38,7 @@ class RebuildStats(msgspec.Struct):
     events: int
     seconds: float
     checkpoints: dict[str, int]
+    vector_checkpoints: dict[str, int] = {}
 
     @property
     def rate(self) -> float:
@@ -45,8 +56,6 @@ class TableCheck(msgspec.Struct):
 
 
 async def stream_last_seqs(nc: Client, prefix: str, keys: set[str]) -> dict[str, int]:
-    from schemas.subjects import FAMILIES
-
     api = JetStreamApi(nc)
     out: dict[str, int] = {}
     for fam in FAMILIES:
@@ -56,38 +65,60 @@ async def stream_last_seqs(nc: Client, prefix: str, keys: set[str]) -> dict[str,
     return out
 
 
+def _finished(rt: ConsumerRuntime, sink: Any) -> bool:
+    return bool(sink.done.is_set() or (rt.idle.is_set() and not rt.pending))
+
+
 async def rebuild(
     nc: Client,
     prefix: str,
     out_path: Path,
     *,
+    vectors_dir: Path | None = None,
+    embedder: TextEmbedder | None = None,
     until_ns: int | None = None,
     stop_at: dict[str, int] | None = None,
+    vector_stop_at: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RebuildStats:
-    """Rebuild every DuckDB table into ``out_path`` (which must not exist yet)."""
-    if out_path.exists():  # noqa: ASYNC240 - one stat before a long rebuild
-        raise FileExistsError(f"{out_path} exists: a rebuild always starts from an empty file")
+    """Rebuild every DuckDB table into ``out_path`` (and the vectors into ``vectors_dir``), both new."""
+    for p in (out_path, vectors_dir):
+        if p is not None and p.exists():
+            raise FileExistsError(f"{p} exists: a rebuild always starts from scratch")
     started = time.perf_counter()
     db = ProjectionDb(out_path)
     families = {t.family.key for t in db.tables}
     targets = stop_at if stop_at is not None else await stream_last_seqs(nc, prefix, families)
     publisher = await Publisher(nc, prefix, role="replay").start()
-    pairs = [
+    pairs: list[tuple[ConsumerRuntime, Any]] = [
         (rt, sink)
         for rt, sink in projection_runtimes(
             nc, publisher, prefix, db, durable=False, until_ns=until_ns, stop_at=targets
         )
         if targets.get(sink.family.key, 0) > 0
     ]
+    store = None
+    if vectors_dir is not None:
+        store = VectorStore(vectors_dir)
+        pairs += [
+            (rt, sink)
+            for rt, sink in vector_runtimes(
+                nc,
+                publisher,
+                prefix,
+                store,
+                embedder or TextEmbedder(),
+                durable=False,
+                stop_at=vector_stop_at,
+                until_ns=until_ns,
+            )
+            if vector_stop_at is None or vector_stop_at.get(sink.projection.table, 0) > 0
+        ]
     tasks = [asyncio.create_task(rt.run()) for rt, _ in pairs]
     try:
-        while True:
-            done = [s.done.is_set() or (rt.idle.is_set() and s.last_seq >= targets[s.family.key]) for rt, s in pairs]
+        while not all(_finished(rt, s) for rt, s in pairs):
             if progress:
-                progress(sum(s.events for _, s in pairs))
-            if all(done):
-                break
+                progress(sum(getattr(s, "events", 0) for _, s in pairs))
             failed = [t for t in tasks if t.done() and t.exception()]
             if failed:
                 raise failed[0].exception()  # type: ignore[misc]
@@ -97,15 +128,16 @@ async def rebuild(
             rt.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         await publisher.close()
-    stats = RebuildStats(
-        str(out_path), sum(s.events for _, s in pairs), time.perf_counter() - started, db.checkpoints()
-    )
+    events = sum(getattr(s, "events", 0) for _, s in pairs)
+    stats = RebuildStats(str(out_path), events, time.perf_counter() - started, db.checkpoints())
+    if store is not None:
+        stats.vector_checkpoints = {t: store.checkpoint(t).last_seq for t in VECTOR_TABLES}
     db.close()
     return stats
 
 
 async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str, int], dict[str, str], str]:
-    """Checkpoints and hashes of the live projection: from the projector if it runs, else the file."""
+    """Checkpoints and hashes of the live DuckDB projection: from the projector if it runs, else the file."""
     try:
         await query_remote(nc, prefix, "SELECT 1", timeout=1.0)
         remote = True
@@ -119,26 +151,56 @@ async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str
         return res.rows
 
     rows = await q("SELECT stream, last_seq FROM _checkpoints WHERE projection = 'main'")
-    from schemas.subjects import FAMILIES
-
     by_stream = {str(s): int(str(n)) for s, n in rows}
     upto = {f.key: by_stream.get(f.stream(prefix), 0) for f in FAMILIES}
-    db_tables = ProjectionDb.table_names()
     hashes = {}
-    for name, fam in db_tables:
+    for name, fam in ProjectionDb.table_names():
         ((n, h),) = await q(hash_sql(name, upto.get(fam)))
         hashes[name] = f"{n}:{int(str(h)):016x}"
     return upto, hashes, "projector" if remote else "file"
 
 
+def live_vectors(path: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Checkpoint and checksum of each live vector table (LanceDB allows readers beside the writer)."""
+    store = VectorStore(path)
+    cps = {t: store.checkpoint(t).last_seq for t in VECTOR_TABLES}
+    return cps, {t: store.checksum(t, upto_seq=cps[t]) for t in VECTOR_TABLES}
+
+
 async def verify(
-    nc: Client, prefix: str, live_path: Path, out_path: Path, progress: Callable[[int], None] | None = None
+    nc: Client,
+    prefix: str,
+    live_path: Path,
+    out_path: Path,
+    *,
+    live_vectors_dir: Path | None = None,
+    embedder: TextEmbedder | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[TableCheck], RebuildStats]:
     upto, live_hashes, _ = await live_state(nc, prefix, live_path)
-    stats = await rebuild(nc, prefix, out_path, stop_at=upto, progress=progress)
+    vec_cps: dict[str, int] | None = None
+    vec_live: dict[str, str] = {}
+    if live_vectors_dir is not None and live_vectors_dir.exists():  # noqa: ASYNC240
+        vec_cps, vec_live = await asyncio.to_thread(live_vectors, live_vectors_dir)
+    vectors_dir = out_path.with_suffix(".vectors") if vec_cps is not None else None
+    stats = await rebuild(
+        nc,
+        prefix,
+        out_path,
+        stop_at=upto,
+        vectors_dir=vectors_dir,
+        embedder=embedder,
+        vector_stop_at=vec_cps,
+        progress=progress,
+    )
     db = ProjectionDb(out_path)
     try:
         rebuilt = db.content_hashes(upto)
     finally:
         db.close()
-    return [TableCheck(t, live_hashes[t], rebuilt[t]) for t in live_hashes], stats
+    checks = [TableCheck(t, live_hashes[t], rebuilt[t]) for t in live_hashes]
+    if vectors_dir is not None and vec_cps is not None:
+        store = VectorStore(vectors_dir)
+        for t in VECTOR_TABLES:
+            checks.append(TableCheck(f"lancedb:{t}", vec_live[t], store.checksum(t, upto_seq=vec_cps[t])))
+    return checks, stats

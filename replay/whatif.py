@@ -20,13 +20,11 @@ from collections.abc import Callable, Sequence
 import msgspec
 from nats.aio.client import Client
 
-from bus.consumer import PullLoop
-from bus.jetstream import JetStreamApi
 from bus.publisher import Publisher
+from bus.reader import read_stream
 from bus.runtime import react
 from bus.topology import provision
 from handlers.base import Handler
-from schemas.codec import decode
 from schemas.events import AnyEvent, Bar, DecisionEnvelope, Event
 from schemas.subjects import DECISION, INTEL, MD, NEWS, StreamFamily
 
@@ -65,40 +63,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 async def read_events(nc: Client, stream: str, subject: str, until_ns: int | None = None) -> list[AnyEvent]:
-    """Every event on ``subject`` in stream order (stream time <= ``until_ns`` if given)."""
-    api = JetStreamApi(nc)
-    info = await api.stream_info(stream)
-    if not info or not info["state"]["messages"]:
-        return []
-    last = int(info["state"]["last_seq"])
-    name = await api.create_ordered_consumer(
-        stream,
-        {
-            "deliver_policy": "all",
-            "ack_policy": "none",
-            "filter_subjects": [subject],
-            "mem_storage": True,
-            "inactive_threshold": 30_000_000_000,
-        },
-    )
-    loop = PullLoop(nc, stream, name, batch=5000, idle_s=0.5)
-    await loop.start()
-    out: list[AnyEvent] = []
-    try:
-        while True:
-            batch = await loop.next_batch()
-            for d in batch:
-                if until_ns is None or d.ts_ns <= until_ns:
-                    try:
-                        out.extend(decode(d.data).events)
-                    except ValueError:
-                        pass  # recorded as a dead letter when it was first consumed
-            if not batch or batch[-1].stream_seq >= last or batch[-1].pending == 0:
-                break
-    finally:
-        await loop.stop()
-        await api.delete_consumer(stream, name)
-    return out
+    return [e for _, e in await read_stream(nc, stream, subject, until_ns=until_ns)]
 
 
 def run_chain(handlers: Sequence[Handler], inputs: Sequence[AnyEvent], prefix: str) -> list[Event]:

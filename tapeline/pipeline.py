@@ -25,13 +25,15 @@ from handlers.decision import DecisionSynthesis
 from handlers.momentum import MomentumSignal
 from handlers.watchdog import HeartbeatWatchdog
 from projections.duckdb import ProjectionDb, ProjectionSink
+from projections.embedder import TextEmbedder
 from projections.query import QueryService
-from schemas.subjects import FAMILIES, StreamFamily
+from projections.vectors import DecisionVectors, MarketStates, NewsVectors, VectorSink, VectorStore
+from schemas.subjects import DECISION, FAMILIES, MD, NEWS, StreamFamily
 from tapeline.config import HandlersConfig
 from tapeline.feed_config import WatchdogConfig
 
 log = structlog.get_logger("tapeline")
-ROLES = ("handlers", "projector")
+ROLES = ("handlers", "projector", "vectors")
 
 
 def build_handlers(cfg: HandlersConfig, watchdog: WatchdogConfig | None = None) -> list[Handler]:
@@ -111,6 +113,41 @@ def swap_subject(prefix: str) -> str:
     return f"{prefix}.svc.swap"
 
 
+def vector_runtimes(
+    nc: Client,
+    publisher: Publisher,
+    prefix: str,
+    store: VectorStore,
+    embedder: TextEmbedder,
+    *,
+    durable: bool = True,
+    stop_at: dict[str, int] | None = None,
+    until_ns: int | None = None,
+) -> list[tuple[ConsumerRuntime, VectorSink]]:
+    """LanceDB read models: market states from bars, news and decision-reasoning embeddings."""
+    out = []
+    for fam, subject, projection in (
+        (MD, "md.bar.>", MarketStates(store, stream=MD.stream(prefix))),
+        (NEWS, "news.>", NewsVectors(store, embedder, stream=NEWS.stream(prefix))),
+        (DECISION, "decision.>", DecisionVectors(store, embedder, stream=DECISION.stream(prefix))),
+    ):
+        sink = VectorSink(projection, stop_at_seq=(stop_at or {}).get(projection.table), until_ns=until_ns)
+        rt = ConsumerRuntime(
+            nc,
+            publisher,
+            stream=fam.stream(prefix),
+            durable=f"proj_{projection.table}" if durable else None,
+            filter_subjects=[f"{prefix}.{subject}"],
+            sink=sink,
+            ack_policy="all" if durable else "none",
+            batch=5000,
+            start_seq=sink.last_seq + 1,
+            publish_dead_letters=durable,
+        )
+        out.append((rt, sink))
+    return out
+
+
 class Pipeline:
     """Start/stop a set of consumer runtimes as asyncio tasks, with a graceful drain."""
 
@@ -121,7 +158,8 @@ class Pipeline:
         *,
         handlers: HandlersConfig,
         db_path: Path,
-        roles: Sequence[str] = ROLES,
+        roles: Sequence[str] = ("handlers", "projector"),
+        vectors_path: Path | None = None,
         retention: Retention | None = None,
         watchdog: WatchdogConfig | None = None,
     ) -> None:
@@ -132,6 +170,8 @@ class Pipeline:
         self.prefix = prefix
         self.handlers_cfg = handlers
         self.db_path = db_path
+        self.vectors_path = vectors_path or db_path.parent / "vectors"
+        self.vector_sinks: list[VectorSink] = []
         self.roles = tuple(roles)
         self.retention = retention
         self.watchdog = watchdog
@@ -152,6 +192,12 @@ class Pipeline:
             self.handlers = build_handlers(self.handlers_cfg, self.watchdog)
             for h in self.handlers:
                 self.runtimes += handler_runtimes(self.nc, self.publisher, self.prefix, h)
+        if "vectors" in self.roles:
+            store = VectorStore(self.vectors_path)
+            embedder = TextEmbedder()
+            for rt, vsink in vector_runtimes(self.nc, self.publisher, self.prefix, store, embedder):
+                self.runtimes.append(rt)
+                self.vector_sinks.append(vsink)
         self._tasks = [asyncio.create_task(rt.run(), name=rt.durable) for rt in self.runtimes]
         if "projector" in self.roles:
             self._open_projection()

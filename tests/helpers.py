@@ -3,62 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from nats.aio.client import Client
 
-from bus.consumer import PullLoop
 from bus.jetstream import JetStreamApi
-from schemas.codec import decode
+from bus.reader import read_stream
 from schemas.events import AnyEvent
 
 TAPELINE = [sys.executable, "-m", "tapeline"]
 
 
-async def wait_until(cond: Callable[[], Awaitable[bool]], timeout: float = 30.0, every: float = 0.1) -> None:  # noqa: ASYNC109
+async def wait_until(cond: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> None:  # noqa: ASYNC109
+    """Poll ``cond`` (plain or async) until it is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await cond():
+        result = cond()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-async def read_stream(nc: Client, stream: str, subject: str) -> list[tuple[int, AnyEvent]]:
-    """Every (stream sequence, event) on ``subject`` in ``stream``, via an ephemeral consumer."""
-    api = JetStreamApi(nc)
-    info = await api.stream_info(stream)
-    if not info or info["state"]["messages"] == 0:
-        return []
-    name = await api.create_ordered_consumer(
-        stream,
-        {
-            "deliver_policy": "all",
-            "ack_policy": "none",
-            "filter_subjects": [subject],
-            "mem_storage": True,
-            "inactive_threshold": 10_000_000_000,
-        },
-    )
-    loop = PullLoop(nc, stream, name, batch=5000, idle_s=0.3)
-    await loop.start()
-    out: list[tuple[int, AnyEvent]] = []
-    try:
-        while True:
-            batch = await loop.next_batch()
-            if not batch:
-                break
-            for d in batch:
-                out.extend((d.stream_seq, e) for e in decode(d.data).events)
-    finally:
-        await loop.stop()
-        await api.delete_consumer(stream, name)
-    return out
+async def stored(nc: Client, stream: str, subject: str = "") -> list[AnyEvent]:
+    """Every event stored in ``stream`` (optionally under a subject filter), in stream order."""
+    return [e for _, e in await read_stream(nc, stream, subject)]
+
+
+async def wait_stored(
+    nc: Client, stream: str, subject: str, pred: Callable[[list[AnyEvent]], bool], within: float = 5.0
+) -> list[AnyEvent]:
+    """Poll the stream until ``pred`` holds for what is stored; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        evs = await stored(nc, stream, subject)
+        if pred(evs):
+            return evs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"stored events on {subject} never satisfied the condition: {len(evs)} events")
+        await asyncio.sleep(0.05)
 
 
 async def stream_last_seq(nc: Client, stream: str) -> int:

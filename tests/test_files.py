@@ -13,7 +13,7 @@ from adapters.runner import run_feed
 from bus.publisher import Publisher
 from schemas.events import Alert, Bar, Tick
 from schemas.subjects import MD, OPS
-from tests.feedutil import stored
+from tests.helpers import stored
 
 NS = 1_000_000_000
 

@@ -17,7 +17,7 @@ from bus.publisher import Publisher
 from schemas.events import Alert, Bar, Event
 from schemas.subjects import MD, OPS
 from tapeline.feed_config import IbkrConfig, IbkrContractConfig
-from tests.feedutil import stored
+from tests.helpers import stored
 from tests.standins.ib import T0, IBStandIn, minute_bars
 
 

@@ -16,7 +16,7 @@ from bus.publisher import Publisher
 from schemas.events import Alert, Bar, Heartbeat, Tick
 from schemas.subjects import MD, OPS
 from tapeline.feed_config import IbkrConfig, IbkrContractConfig
-from tests.feedutil import stored, wait_stored, wait_until
+from tests.helpers import stored, wait_stored, wait_until
 from tests.standins.ib import T0, IBStandIn, minute_bars
 
 

@@ -16,7 +16,7 @@ from bus.publisher import Publisher
 from schemas.events import Alert, AnyEvent, Heartbeat, Tick
 from schemas.subjects import MD, OPS
 from tapeline.feed_config import Mt5TerminalConfig
-from tests.feedutil import stored, wait_stored, wait_until
+from tests.helpers import stored, wait_stored, wait_until
 from tests.standins.metatrader5 import (
     TICK_DTYPE,
     MetaTrader5StandIn,
@@ -198,7 +198,7 @@ async def test_disconnect_alert_stale_recover(
     await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 3, within=2)
     mt5.release("US500", 200)
     mt5.alive = True
-    await wait_until(lambda: mt5.calls.get("initialize", 0) >= 2 and feed.initialized, within=3)
+    await wait_until(lambda: mt5.calls.get("initialize", 0) >= 2 and feed.initialized, timeout=3)
     evs = await wait_stored(nc, md, f"{provisioned}.md.>", lambda e: len(e) == 135, within=3)
     await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 4, within=2)
     await asyncio.sleep(0.45)

@@ -15,7 +15,7 @@ from handlers.base import draft
 from handlers.watchdog import HeartbeatWatchdog
 from schemas.events import Alert, ClockTick, Event, Heartbeat
 from schemas.subjects import OPS
-from tests.feedutil import wait_stored
+from tests.helpers import wait_stored
 
 S = 1_000_000_000
 
