@@ -110,7 +110,13 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
     pipeline = Pipeline(
-        nc, s.prefix, handlers=s.handlers, db_path=s.duckdb_path, retention=s.retention, watchdog=s.feeds.watchdog
+        nc,
+        s.prefix,
+        handlers=s.handlers,
+        db_path=s.duckdb_path,
+        roles=ROLES,
+        retention=s.retention,
+        watchdog=s.feeds.watchdog,
     )
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
@@ -163,7 +169,13 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     _summary(pipeline, stats.events, elapsed)
     await pipeline.stop()
     console.print("\n[bold]Replay check[/]: rebuilding the DuckDB projection from sequence 1 …")
-    checks, rs = await verify(nc, s.prefix, s.duckdb_path, s.data_path / "replay" / f"verify-{int(time.time())}.duckdb")
+    checks, rs = await verify(
+        nc,
+        s.prefix,
+        s.duckdb_path,
+        s.data_path / "replay" / f"verify-{int(time.time())}.duckdb",
+        live_vectors_dir=s.vectors_path,
+    )
     _print_checks(checks, rs.events, rs.seconds)
     await nc.drain()
     return all(c.ok for c in checks)
@@ -193,6 +205,8 @@ def _summary(pipeline: Pipeline, fed: int, elapsed: float) -> None:
     for name in ("ticks", "bars", "signals", "decisions", "decision_signals", "dead_letters"):
         row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
         t.add_row(name, f"{row[0] if row else 0:,}")
+    for vs in pipeline.vector_sinks:
+        t.add_row(f"lancedb: {vs.projection.table}", f"{vs.projection.store.count(vs.projection.table):,}")
     console.print(t)
     d = Table(title="Latest decision per symbol")
     for c in ("ticker", "verdict", "confidence", "ensemble", "reasoning"):
@@ -480,9 +494,13 @@ async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, 
                 bar.update(task, completed=n)
 
             if check:
-                checks, stats = await verify(nc, s.prefix, s.duckdb_path, target, progress=tick)
+                checks, stats = await verify(
+                    nc, s.prefix, s.duckdb_path, target, live_vectors_dir=s.vectors_path, progress=tick
+                )
             else:
-                stats = await rebuild(nc, s.prefix, target, until_ns=until_ns, progress=tick)
+                stats = await rebuild(
+                    nc, s.prefix, target, vectors_dir=target.with_suffix(".vectors"), until_ns=until_ns, progress=tick
+                )
                 checks = []
         console.print(f"rebuilt {stats.events:,} events into {target} in {stats.seconds:.2f}s ({stats.rate:,.0f}/s)")
         if not check:
@@ -500,6 +518,10 @@ async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, 
                 console.print(f"[red]swap failed: {answer}[/]")
                 return False
             console.print(f"[green]swapped[/] {s.duckdb_path} ← {target}")
+            console.print(
+                f"(vectors rebuilt in {target.with_suffix('.vectors')} are verified, not swapped: stop the "
+                "vectors role and move that directory to swap them)"
+            )
         return ok
 
 
@@ -556,6 +578,85 @@ async def _what_if(s: Settings, alt: Any, target: str, until_ns: int | None, sho
         p.add_row(sym, f"{a:+.4f}", f"{b:+.4f}", f"{b - a:+.4f}")
     console.print(p)
     console.print(f"inspect: tapeline status --prefix {target}; nats sub '{target}.decision.>' --all")
+
+
+def _pct(v: object) -> str:
+    return f"{float(v):+.2%}" if isinstance(v, int | float) else "—"
+
+
+def _when(ns: object) -> str:
+    return datetime.fromtimestamp(int(str(ns)) / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@app.command()
+def similar(
+    symbol: Annotated[str, typer.Argument(help="the symbol whose current (or --at) situation to match")],
+    at: Annotated[str | None, typer.Option("--at", help="the situation at this time (ISO 8601, UTC)")] = None,
+    k: Annotated[int, typer.Option("-k", help="how many")] = 10,
+    interval: Annotated[str | None, typer.Option(help="bar interval (default: the symbol's)")] = None,
+    config: ConfigOpt = Path("tapeline.toml"),
+) -> None:
+    """The most similar past market situations (LanceDB market-state vectors) and what happened next."""
+    from projections.vectors import VectorStore, similar_situations
+
+    s = _settings(config)
+    if not s.vectors_path.exists():
+        console.print(f"[red]no vectors at {s.vectors_path}: run `./dev demo` or `tapeline up` first[/]")
+        raise typer.Exit(1)
+    rows = similar_situations(
+        VectorStore(s.vectors_path), symbol, _parse_time(at) if at else None, k, interval=interval
+    )
+    if not rows:
+        console.print(f"[yellow]no market state for {symbol} yet (it needs 61 bars of history)[/]")
+        raise typer.Exit(1)
+    t = Table(title=f"Situations most like {symbol}{' at ' + at if at else ' now'}")
+    for c in ("symbol", "bar close (UTC)", "distance", "close", "next bar", "next 5", "next 20"):
+        t.add_column(c, justify="left" if c in ("symbol", "bar close (UTC)") else "right")
+    for r in rows:
+        t.add_row(
+            r["symbol"],
+            _when(r["ts_event"]),
+            f"{r['distance']:.3f}",
+            f"{r['close']:.4g}",
+            _pct(r["fwd_ret_1"]),
+            _pct(r["fwd_ret_5"]),
+            _pct(r["fwd_ret_20"]),
+        )
+    console.print(t)
+    known = [r["fwd_ret_20"] for r in rows if r["fwd_ret_20"] is not None]
+    if known:
+        up = sum(1 for v in known if v > 0)
+        console.print(f"after 20 bars: {up}/{len(known)} went up; mean {sum(known) / len(known):+.2%}")
+
+
+@app.command("search-news")
+def search_news_cmd(
+    text: Annotated[str, typer.Argument(help="what the news should be about")],
+    k: Annotated[int, typer.Option("-k", help="how many")] = 10,
+    config: ConfigOpt = Path("tapeline.toml"),
+) -> None:
+    """Find news by meaning (all-MiniLM-L6-v2 embeddings in LanceDB), with what the price did next."""
+    from projections.embedder import TextEmbedder
+    from projections.vectors import VectorStore, search_news
+
+    s = _settings(config)
+    if not s.vectors_path.exists():
+        console.print(f"[red]no vectors at {s.vectors_path}: run `tapeline up` with a news feed first[/]")
+        raise typer.Exit(1)
+    rows = search_news(VectorStore(s.vectors_path), TextEmbedder(), text, k)
+    t = Table(title=f"News nearest to {text!r}")
+    for c in ("score", "published (UTC)", "tickers", "title", "next bar", "next 20"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(
+            f"{r['score']:.3f}",
+            _when(r["ts_event"]),
+            ",".join(r["tickers"]),
+            r["title"],
+            _pct(r["fwd_ret_1"]),
+            _pct(r["fwd_ret_20"]),
+        )
+    console.print(t)
 
 
 @app.command()

@@ -53,6 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def duckdb_path(self) -> Path:
         return self.data_path / "projections" / "tapeline.duckdb"
 
+    @property
+    def vectors_path(self) -> Path:
+        return self.data_path / "projections" / "vectors"
+
 
 def _check(s: Settings) -> Settings:
     try:

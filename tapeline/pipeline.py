@@ -170,7 +170,7 @@ class Pipeline:
         self.prefix = prefix
         self.handlers_cfg = handlers
         self.db_path = db_path
-        self.vectors_path = vectors_path or db_path.parent / "vectors"
+        self.vectors_path = vectors_path or db_path.parent / "vectors"  # as Settings.vectors_path
         self.vector_sinks: list[VectorSink] = []
         self.roles = tuple(roles)
         self.retention = retention

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters.files import read_bars
 from projections.embedder import TextEmbedder
 from projections.vectors import (
     FWD_COLUMNS,
@@ -26,7 +27,7 @@ from projections.vectors import (
     similar_situations,
 )
 from schemas.events import Bar, DecisionEnvelope, Event, NewsItem, Synthesis, Target, Verdict
-from tests.vector_support import DAY_NS, daily_bars, embedder, headlines
+from tests.vector_support import DAY_NS, embedder, headlines
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def text_embedder(tmp_path_factory: pytest.TempPathFactory) -> TextEmbedder:
 
 @pytest.fixture
 def nvda(shared_data: Path) -> list[Bar]:
-    return list(daily_bars(shared_data / "bars" / "nvda-daily-1999-2014.csv", "NVDA"))
+    return list(read_bars(shared_data / "bars" / "nvda-daily-1999-2014.csv", "NVDA", interval="1d").events)  # type: ignore[arg-type]
 
 
 def _news(shared_data: Path, base_ts: int) -> list[NewsItem]:
