@@ -45,14 +45,15 @@ def start(role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def wait_checkpoint(api: JetStreamApi, stream: str, durable: str, target: int, limit_s: float = 600) -> float:
+async def wait_consumed(api: JetStreamApi, stream: str, durable: str, limit_s: float = 600) -> float:
+    """When the consumer has nothing left to deliver or to have acknowledged."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         info = await api.consumer_info(stream, durable)
-        if info and info["ack_floor"]["stream_seq"] >= target:
+        if info and info["num_pending"] == 0 and info["num_ack_pending"] == 0 and info["delivered"]["stream_seq"]:
             return time.perf_counter()
         await asyncio.sleep(0.01)
-    raise TimeoutError(f"{durable} did not reach {target}")
+    raise TimeoutError(f"{durable} did not finish")
 
 
 async def throughput(url: str, prefix: str, n: int, batch_ticks: bool) -> dict[str, float]:
@@ -69,8 +70,8 @@ async def throughput(url: str, prefix: str, n: int, batch_ticks: bool) -> dict[s
     stream = f"{prefix.upper()}_MD"
     info = await api.stream_info(stream)
     last = int(info["state"]["last_seq"]) if info else 0
-    t_proj = await wait_checkpoint(api, stream, "proj_main_md", last)
-    t_bars = await wait_checkpoint(api, stream, "h_bars_md", last)
+    t_proj = await wait_consumed(api, stream, "proj_main_md")
+    t_bars = await wait_consumed(api, stream, "h_bars_md")
     await pub.close()
     await nc.drain()
     return {

@@ -8,20 +8,58 @@ from __future__ import annotations
 import os
 import re
 import ssl
+from collections.abc import Callable
 
 import msgspec
+import structlog
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+")  # visible ASCII but ':'; what the original accepts, found in C
 
 
-class TapelineClient(Client):
-    """nats-py's client with a faster header parser (same results).
+log = structlog.get_logger("tapeline.bus")
 
-    The stock parser checks every character of every header name in a Python generator; on a
-    consumer that is the largest single cost per message. This one uses a compiled regex.
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]  # (subject, reply, data, raw header block)
+
+
+class TapelineClient(Client):
+    """nats-py's client (pinned to 2.16.0) with two fast paths for the message hot path.
+
+    * ``subscribe_raw``: messages of our own inboxes (pull-loop deliveries, publish acks) go
+      straight from the protocol parser to a synchronous handler as bytes, skipping header
+      parsing, ``Msg`` objects, a queue and a task switch per message: about half of what a
+      consumer spends per message with the stock path.
+    * a header parser using a compiled regex instead of a per-character generator (same results).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw_handlers: dict[int, RawHandler] = {}
+
+    async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
+        """Subscribe with a handler called synchronously, in the reader, for each message."""
+        sub = await self.subscribe(subject)
+        self._raw_handlers[sub._id] = handler
+        return sub
+
+    async def unsubscribe_raw(self, sub: Subscription) -> None:
+        self._raw_handlers.pop(sub._id, None)
+        if not self.is_closed:
+            await sub.unsubscribe()
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = self._raw_handlers.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject, reply, data, headers)
+        except Exception:  # a handler bug must not stop the connection's reader
+            log.exception("raw message handler failed", subject=subject.decode(errors="replace"))
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:

@@ -4,6 +4,9 @@ Credit-based, like nats.go's ``Consume``: pull requests for ``batch`` messages s
 ``expires_s``; the server streams messages into them as they arrive. We hand whatever has
 arrived to the caller at once (no waiting for a batch to fill) and send a new request whenever
 the open credit drops below half a batch, so the server is always filling the next batch.
+Each request also has a byte budget (``max_bytes``): a batch of big messages (tick batches)
+then ends early with a 409 status instead of flooding the connection, which would make the
+server cut us off as a slow consumer.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from bus.connection import TapelineClient
 from bus.topology import NS
 
 _enc = msgspec.json.Encoder()
@@ -24,11 +28,11 @@ _enc = msgspec.json.Encoder()
 
 @dataclass(slots=True)
 class Delivery:
-    """One JetStream message and where it sits in its stream."""
+    """One JetStream message and where it sits in its stream (headers kept raw, parsed on demand)."""
 
     subject: str
     data: bytes
-    headers: dict[str, str] | None
+    headers: bytes
     reply: str
     stream_seq: int
     deliveries: int
@@ -36,29 +40,47 @@ class Delivery:
     ts_ns: int
 
 
-def parse_delivery(msg: Msg) -> Delivery:
-    t = msg.reply.split(".")
+def parse_delivery(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Delivery:
+    t = reply.split(b".")
     if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
         d, s, ts, p = t[4], t[5], t[7], t[8]
     else:  # $JS.ACK.<domain>.<acc>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<rnd>]
         d, s, ts, p = t[6], t[7], t[9], t[10]
-    return Delivery(msg.subject, msg.data, msg.headers, msg.reply, int(s), int(d), int(p), int(ts))
+    return Delivery(subject.decode(), data, headers or b"", reply.decode(), int(s), int(d), int(p), int(ts))
+
+
+def status_code(headers: bytes | None) -> str:
+    """The inline status of a server message (``NATS/1.0 408 Request Timeout``), or ``""``."""
+    if headers and headers.startswith(b"NATS/1.0 "):
+        return headers[9:12].decode("ascii", "replace")
+    return ""
 
 
 class PullLoop:
     """Pull from one consumer of one stream."""
 
     def __init__(
-        self, nc: Client, stream: str, consumer: str, *, batch: int = 1000, expires_s: float = 1.0, idle_s: float = 0.25
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        *,
+        batch: int = 1000,
+        expires_s: float = 1.0,
+        idle_s: float = 0.25,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
+        if not isinstance(nc, TapelineClient):
+            raise TypeError("PullLoop needs a connection from bus.connection.connect()")
         self.nc = nc
         self.stream = stream
         self.consumer = consumer
         self.batch = batch
         self.expires_s = expires_s
         self.idle_s = idle_s
+        self.max_bytes = max_bytes
         self._inbox = ""
-        self._sub: object = None
+        self._sub: Subscription | None = None
         self._open: OrderedDict[str, int] = OrderedDict()  # request inbox -> messages still owed
         self._n = 0
         self._buf: list[Delivery] = []
@@ -75,17 +97,17 @@ class PullLoop:
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        self._sub = await self.nc.subscribe_raw(f"{self._inbox}.*", self._on_msg)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is not None and not self.nc.is_closed:
-            await sub.unsubscribe()  # type: ignore[attr-defined]
+        if sub is not None:
+            await self.nc.unsubscribe_raw(sub)
 
-    async def _on_msg(self, msg: Msg) -> None:
-        if not msg.reply:  # a status on the request's own inbox: 404/408 expired, 409 conflict, 100 heartbeat
-            if (msg.headers or {}).get("Status", "") != "100":
-                self._open.pop(msg.subject, None)
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if not reply:  # a status on the request's own inbox: 404/408 expired, 409 conflict, 100 heartbeat
+            if status_code(headers) != "100":
+                self._open.pop(subject.decode(), None)
                 self._arrived.set()
             return
         # Messages carry their stream subject, not the inbox; the server fills requests in order.
@@ -94,7 +116,7 @@ class PullLoop:
             self._open[oldest] -= 1
             if self._open[oldest] <= 0:
                 del self._open[oldest]
-        self._buf.append(parse_delivery(msg))
+        self._buf.append(parse_delivery(subject, reply, data, headers))
         self._arrived.set()
 
     async def _top_up(self) -> None:
@@ -103,7 +125,7 @@ class PullLoop:
         self._n += 1
         reply = f"{self._inbox}.{self._n}"
         self._open[reply] = self.batch
-        body = _enc.encode({"batch": self.batch, "expires": int(self.expires_s * NS)})
+        body = _enc.encode({"batch": self.batch, "max_bytes": self.max_bytes, "expires": int(self.expires_s * NS)})
         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", body, reply=reply)
 
     async def next_batch(self) -> list[Delivery]:

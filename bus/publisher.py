@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from bus.connection import TapelineClient
+from bus.consumer import status_code
 from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED
 from schemas.codec import encode
 from schemas.events import Event
@@ -100,28 +101,28 @@ class Publisher:
         self._inflight: dict[str, _Out] = {}
         self._next = 0
         self._inbox = ""
-        self._sub: object = None
+        self._sub: Subscription | None = None
 
     async def start(self) -> Publisher:
         self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        self._sub = await self.nc.subscribe_raw(f"{self._inbox}.*", self._on_ack)
         return self
 
     async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            self._sub = None
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await self.nc.unsubscribe_raw(sub)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        out = self._inflight.pop(msg.subject, None)
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        out = self._inflight.pop(subject.decode(), None)
         if out is None:
             return  # a late ack for a message we already re-sent and counted
         self._slots.release()
         g = out.group
-        if msg.headers and msg.headers.get("Status") == "503":
+        if status_code(headers) == "503":
             g.errors.append(f"{out.subject}: no stream captures this subject (provision first)")
         else:
-            ack = _ack_decoder.decode(msg.data)
+            ack = _ack_decoder.decode(data)
             if ack.error:
                 g.errors.append(f"{out.subject}: {ack.error.get('description')}")
             elif ack.duplicate:

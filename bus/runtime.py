@@ -114,6 +114,7 @@ class ConsumerRuntime:
         warmup: Reaction | None = None,
         warmup_s: float = 0.0,
         ordered: bool = False,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.nc = nc
         self.publisher = publisher
@@ -133,7 +134,7 @@ class ConsumerRuntime:
         self.max_deliver = max_deliver
         self.backoff_s = backoff_s
         self.ack_wait_s = ack_wait_s
-        self.loop = PullLoop(nc, stream, self.durable, batch=batch, expires_s=expires_s)
+        self.loop = PullLoop(nc, stream, self.durable, batch=batch, expires_s=expires_s, max_bytes=max_bytes)
         self._stopping = asyncio.Event()
         self.processed = 0
         self.dead = 0

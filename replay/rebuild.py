@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client
@@ -24,13 +24,14 @@ from bus.jetstream import JetStreamApi
 from bus.publisher import Publisher
 from bus.runtime import ConsumerRuntime
 from projections.duckdb import ProjectionDb, hash_sql
-from projections.embedder import TextEmbedder
 from projections.query import QueryError, query_file, query_remote
-from projections.vectors import DECISION_VECTORS, MARKET_STATES, NEWS_VECTORS, VectorStore
 from schemas.subjects import FAMILIES
 from tapeline.pipeline import projection_runtimes, vector_runtimes
 
-VECTOR_TABLES = (MARKET_STATES, NEWS_VECTORS, DECISION_VECTORS)
+if TYPE_CHECKING:
+    from projections.embedder import TextEmbedder
+
+VECTOR_TABLES = ("market_states", "news_vectors", "decision_vectors")  # projections.vectors, imported lazily
 
 
 class RebuildStats(msgspec.Struct):
@@ -99,6 +100,9 @@ async def rebuild(
     ]
     store = None
     if vectors_dir is not None:
+        from projections.embedder import TextEmbedder
+        from projections.vectors import VectorStore
+
         store = VectorStore(vectors_dir)
         pairs += [
             (rt, sink)
@@ -162,6 +166,8 @@ async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str
 
 def live_vectors(path: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Checkpoint and checksum of each live vector table (LanceDB allows readers beside the writer)."""
+    from projections.vectors import VectorStore
+
     store = VectorStore(path)
     cps = {t: store.checkpoint(t).last_seq for t in VECTOR_TABLES}
     return cps, {t: store.checksum(t, upto_seq=cps[t]) for t in VECTOR_TABLES}
@@ -200,6 +206,8 @@ async def verify(
         db.close()
     checks = [TableCheck(t, live_hashes[t], rebuilt[t]) for t in live_hashes]
     if vectors_dir is not None and vec_cps is not None:
+        from projections.vectors import VectorStore
+
         store = VectorStore(vectors_dir)
         for t in VECTOR_TABLES:
             checks.append(TableCheck(f"lancedb:{t}", vec_live[t], store.checksum(t, upto_seq=vec_cps[t])))

@@ -11,6 +11,7 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from nats.aio.client import Client
@@ -25,12 +26,14 @@ from handlers.decision import DecisionSynthesis
 from handlers.momentum import MomentumSignal
 from handlers.watchdog import HeartbeatWatchdog
 from projections.duckdb import ProjectionDb, ProjectionSink
-from projections.embedder import TextEmbedder
 from projections.query import QueryService
-from projections.vectors import DecisionVectors, MarketStates, NewsVectors, VectorSink, VectorStore
 from schemas.subjects import DECISION, FAMILIES, MD, NEWS, StreamFamily
 from tapeline.config import HandlersConfig
 from tapeline.feed_config import WatchdogConfig
+
+if TYPE_CHECKING:  # LanceDB and the model runtime take a second to import: only the vectors role pays it
+    from projections.embedder import TextEmbedder
+    from projections.vectors import VectorSink, VectorStore
 
 log = structlog.get_logger("tapeline")
 ROLES = ("handlers", "projector", "vectors")
@@ -104,6 +107,7 @@ def projection_runtimes(
             batch=5000,
             start_seq=sink.last_seq + 1,
             publish_dead_letters=durable,
+            max_bytes=16 * 1024 * 1024,  # bigger commits: ~20% faster on batched ticks (bench_rebuild)
         )
         out.append((rt, sink))
     return out
@@ -125,6 +129,8 @@ def vector_runtimes(
     until_ns: int | None = None,
 ) -> list[tuple[ConsumerRuntime, VectorSink]]:
     """LanceDB read models: market states from bars, news and decision-reasoning embeddings."""
+    from projections.vectors import DecisionVectors, MarketStates, NewsVectors, VectorSink
+
     out = []
     for fam, subject, projection in (
         (MD, "md.bar.>", MarketStates(store, stream=MD.stream(prefix))),
@@ -193,6 +199,9 @@ class Pipeline:
             for h in self.handlers:
                 self.runtimes += handler_runtimes(self.nc, self.publisher, self.prefix, h)
         if "vectors" in self.roles:
+            from projections.embedder import TextEmbedder
+            from projections.vectors import VectorStore
+
             store = VectorStore(self.vectors_path)
             embedder = TextEmbedder()
             for rt, vsink in vector_runtimes(self.nc, self.publisher, self.prefix, store, embedder):

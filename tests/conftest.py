@@ -17,6 +17,7 @@ from bus.connection import NatsSettings, connect
 from bus.publisher import Publisher
 from bus.server import EmbeddedNats
 from bus.topology import provision
+from tests.helpers import STARTED
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _counter = itertools.count(1)
@@ -28,6 +29,17 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """A test that fails half-way must not leave a `tapeline up` running."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

@@ -65,7 +65,12 @@ def write_config(tmp: Path, prefix: str, nats_url: str, **extra: str) -> Path:
     return path
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # reaped after each test by conftest, whatever the outcome
+
+
 def start_tapeline(*args: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as f:
-        return subprocess.Popen([*TAPELINE, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([*TAPELINE, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+    STARTED.append(proc)
+    return proc

@@ -157,16 +157,16 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
     cfg = write_config(tmp_path, provisioned, nats_url)
     db = tmp_path / "data" / "projections" / "tapeline.duckdb"
     stream = f"{provisioned.upper()}_MD"
-    ticks = iter(SimFeed(["NVDA", "ORCL"], ticks=1_000_000, seed=12).generate())
+    ticks = iter(SimFeed(["NVDA", "ORCL"], ticks=5_000_000, seed=12).generate())  # lazy: only what is used
     published = 0
 
     async def feed(stop: asyncio.Event) -> None:
         nonlocal published
         while not stop.is_set():
-            chunk = [next(ticks) for _ in range(1000)]
+            chunk = [next(ticks) for _ in range(500)]
             await publisher.publish(chunk)
             published += len(chunk)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.03)  # at most ~16k ticks/s: the projector is kept busy, never idle
 
     rng = random.Random(20)
     checkpoints: list[int] = []
