@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -34,8 +35,15 @@ from bus.publisher import Publisher
 from bus.server import EmbeddedNats
 from bus.topology import provision
 from schemas.codec import decode
+from schemas.events import Tick
 
 SYMBOLS = ["NVDA", "ORCL", "AAPL", "MSFT", "BRK.B", "AMD", "INTC", "IBM"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -56,13 +64,12 @@ async def wait_consumed(api: JetStreamApi, stream: str, durable: str, limit_s: f
     raise TimeoutError(f"{durable} did not finish")
 
 
-async def throughput(url: str, prefix: str, n: int, batch_ticks: bool) -> dict[str, float]:
+async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool) -> dict[str, float]:
+    n = len(ticks)
     nc = await connect(NatsSettings(url=url))
     await provision(nc, prefix)
     api = JetStreamApi(nc)
     pub = await Publisher(nc, prefix, role="bench", window=8192).start()
-    feed = SimFeed(SYMBOLS, ticks=n, seed=1, chunk=2000)
-    ticks = list(feed.generate())
     t0 = time.perf_counter()
     for i in range(0, n, 2000):
         await publish_events(pub, ticks[i : i + 2000], batch_ticks=batch_ticks)
@@ -137,6 +144,7 @@ def main() -> None:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             results = {}
+            cpu: dict[str, dict[str, float]] = {}
             for name, prefix, batch in [("one event per message", "b1", False), ("batched ticks", "b2", True)]:
                 cfg = tmp / f"{prefix}.toml"
                 cfg.write_text(
@@ -144,7 +152,16 @@ def main() -> None:
                 )
                 procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in ("projector", "handlers")]
                 time.sleep(2.5)  # process start-up (imports) is not part of the measurement
-                results[name] = asyncio.run(throughput(url, prefix, args.ticks, batch))
+                pids = {
+                    "nats-server": server.pid,
+                    "projector": procs[0].pid,
+                    "handlers": procs[1].pid,
+                    "publisher (this)": os.getpid(),
+                }
+                ticks = list(SimFeed(SYMBOLS, ticks=args.ticks, seed=1).generate())  # not part of the measurement
+                before = {k: cpu_seconds(p) for k, p in pids.items()}
+                results[name] = asyncio.run(throughput(url, prefix, ticks, batch))
+                cpu[name] = {k: (cpu_seconds(p) - before[k]) / args.ticks * 1e6 for k, p in pids.items()}
                 for p in procs:
                     p.terminate()
                     p.wait()
@@ -164,6 +181,9 @@ def main() -> None:
         print(
             f"{name:<24}{r['publish_eps']:>14,.0f}{r['e2e_eps']:>15,.0f}{r['handler_eps']:>13,.0f}{r['messages']:>10,.0f}"
         )
+    print("CPU per event (µs), by process:")
+    for name, per in cpu.items():
+        print(f"  {name:<22}" + "  ".join(f"{k} {v:.1f}" for k, v in per.items()) + f"  total {sum(per.values()):.1f}")
     print(
         f"tick→decision latency at {args.rate:,} ticks/s: n={len(lat)} "
         f"p50={pct(lat, 50):.1f} ms  p99={pct(lat, 99):.1f} ms  max={max(lat, default=float('nan')):.1f} ms"

@@ -95,6 +95,12 @@ class EmbeddedNats:
         self.stop()
         raise ServerError(f"nats-server did not become healthy within {timeout}s; see {self.log_file}")
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise ServerError("the server is not running")
+        return self._proc.pid
+
     def _healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
