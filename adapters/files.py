@@ -52,7 +52,7 @@ import structlog
 
 from handlers.base import interval_ns
 from schemas.events import Alert, Bar, Event, Tick
-from schemas.ids import derive_event_id
+from schemas.ids import bar_id, derive_event_id, tick_id
 
 log = structlog.get_logger("tapeline.feed")
 
@@ -83,18 +83,6 @@ class ImportResult:
         if len(self.rejected) > limit:
             lines.append(f"  ... and {len(self.rejected) - limit} more")
         return "\n".join([head, *lines])
-
-
-def bar_id(symbol: str, interval: str, start_ns: int, ts_event: int) -> str:
-    """The id of a bar, whatever its venue (see module docstring)."""
-    return derive_event_id(ts_event, "bar", symbol, interval, start_ns)
-
-
-def tick_id(venue: str, symbol: str, ts_ns: int, seq: int, account: str = "") -> str:
-    """The id of a tick: venue (+ account when there is one), symbol, time and seq within its ms."""
-    if account:
-        return derive_event_id(ts_ns, venue, account, symbol, ts_ns, seq)
-    return derive_event_id(ts_ns, venue, symbol, ts_ns, seq)
 
 
 # ------------------------------------------------------------------ parsing helpers

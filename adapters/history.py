@@ -32,10 +32,10 @@ from typing import Any
 import structlog
 
 from adapters.alerts import make_alert
-from adapters.files import bar_id
 from adapters.runner import Feed
 from handlers.base import interval_ns
 from schemas.events import Bar, Event
+from schemas.ids import bar_id
 from schemas.subjects import decode_token, encode_token
 
 log = structlog.get_logger("tapeline.feed")

@@ -39,9 +39,9 @@ from typing import Any
 import structlog
 
 from adapters.alerts import AlertLatch, HeartbeatClock
-from adapters.files import bar_id, tick_id
 from handlers.base import interval_ns
 from schemas.events import Bar, Event, Heartbeat, Tick
+from schemas.ids import bar_id, tick_id
 from tapeline.feed_config import IbkrConfig, IbkrContractConfig
 
 log = structlog.get_logger("tapeline.feed")

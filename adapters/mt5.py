@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 import structlog
 
 from adapters.alerts import AlertLatch, HeartbeatClock
-from adapters.files import tick_id
 from schemas.events import Event, Tick
+from schemas.ids import tick_id
 from tapeline.feed_config import Mt5TerminalConfig
 
 log = structlog.get_logger("tapeline.feed")

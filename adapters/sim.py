@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from schemas.events import Tick
-from schemas.ids import derive_event_id
+from schemas.ids import tick_id
 
 DEFAULT_SYMBOLS = ("NVDA", "ORCL", "AAPL", "MSFT", "BRK.B")
 
@@ -77,7 +77,7 @@ class SimFeed:
             seq = last_seq + 1 if last_ms == ms else 0
             self._last[s.symbol] = (ms, seq)
             yield Tick(
-                event_id=derive_event_id(self.now, self.venue, s.symbol, self.now, seq),
+                event_id=tick_id(self.venue, s.symbol, self.now, seq),
                 ts_event=self.now,
                 ts_init=time.time_ns(),
                 source=self.venue,

@@ -30,6 +30,21 @@ def derive_event_id(ts_ns: int, *parts: object) -> str:
     return _encode(ts_ns // 1_000_000, hashlib.blake2b(key, digest_size=10).digest())
 
 
+def tick_id(venue: str, symbol: str, ts_ns: int, seq: int, account: str = "") -> str:
+    """A tick's id: venue (+ account when there is one), symbol, time and its sequence within the ms.
+
+    Any feed that sees the same tick again (a restart, a re-import) gives it the same id.
+    """
+    if account:
+        return derive_event_id(ts_ns, venue, account, symbol, ts_ns, seq)
+    return derive_event_id(ts_ns, venue, symbol, ts_ns, seq)
+
+
+def bar_id(symbol: str, interval: str, start_ns: int, ts_event: int) -> str:
+    """A bar's id, whatever its venue: the same bar from a file, the history store or a broker is one event."""
+    return derive_event_id(ts_event, "bar", symbol, interval, start_ns)
+
+
 def id_time_ms(event_id: str) -> int:
     """The millisecond timestamp encoded in an id."""
     raw = base64.b32hexdecode(event_id + "======")

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from bus.jetstream import JetStreamApi
 from bus.reader import read_stream
 from schemas.events import AnyEvent
+from tapeline.pipeline import Pipeline
 
 TAPELINE = [sys.executable, "-m", "tapeline"]
 
@@ -50,6 +51,14 @@ async def wait_stored(
         if time.monotonic() > deadline:
             raise AssertionError(f"stored events on {subject} never satisfied the condition: {len(evs)} events")
         await asyncio.sleep(0.05)
+
+
+async def caught_up(nc: Client, pipeline: Pipeline) -> bool:
+    """Every projection at its stream's last sequence and every consumer idle."""
+    for sink in pipeline.sinks:
+        if await stream_last_seq(nc, sink.stream) != sink.last_seq:
+            return False
+    return all(r.idle.is_set() for r in pipeline.runtimes)
 
 
 async def stream_last_seq(nc: Client, stream: str) -> int:

@@ -21,16 +21,9 @@ from handlers.base import Handler, draft
 from schemas import AnyEvent, Event, Signal, Tick, decisions_bucket, new_event_id
 from tapeline.config import HandlersConfig
 from tapeline.pipeline import Pipeline
-from tests.helpers import read_stream, stream_last_seq, wait_until
+from tests.helpers import caught_up, read_stream, stream_last_seq, wait_until
 
 FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
-
-
-async def caught_up(nc: Client, p: Pipeline) -> bool:
-    for sink in p.sinks:
-        if await stream_last_seq(nc, sink.stream) != sink.last_seq:
-            return False
-    return all(r.idle.is_set() for r in p.runtimes)
 
 
 async def test_provisioning_is_idempotent_and_records_are_protected(nc: Client, provisioned: str) -> None:

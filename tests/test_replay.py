@@ -22,16 +22,9 @@ from replay.whatif import what_if
 from schemas import encode
 from tapeline.config import HandlersConfig
 from tapeline.pipeline import Pipeline, build_handlers
-from tests.helpers import TAPELINE, read_stream, start_tapeline, stream_last_seq, wait_until, write_config
+from tests.helpers import TAPELINE, caught_up, read_stream, start_tapeline, wait_until, write_config
 
 FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
-
-
-async def _caught_up(nc: Client, p: Pipeline) -> bool:
-    for sink in p.sinks:
-        if await stream_last_seq(nc, sink.stream) != sink.last_seq:
-            return False
-    return all(r.idle.is_set() for r in p.runtimes)
 
 
 def _count(path: Path, sql: str) -> int:
@@ -93,7 +86,7 @@ async def test_unknown_future_version_is_skipped_and_counted(
     future = encode(ticks[10]).replace(b'"version":1', b'"version":3').replace(b'"flags":0', b'"flags":0,"new":1')
     await nc.jetstream().publish(f"{provisioned}.md.tick.sim.A", future, headers={"Nats-Msg-Id": "future"})
     await publisher.publish(ticks[11:])
-    await wait_until(lambda: _caught_up(nc, p), timeout=30)
+    await wait_until(lambda: caught_up(nc, p), timeout=30)
     md = next(r for r in p.runtimes if r.durable == "proj_main_md")
     assert md.skipped == 1 and md.dead == 0
     assert p.db is not None
@@ -109,13 +102,13 @@ async def test_swap_puts_a_verified_rebuild_live_while_running(
     feed = SimFeed(["A", "B"], ticks=2000, seed=3)
     ticks = list(feed.generate())
     await publisher.publish(ticks[:1000])
-    await wait_until(lambda: _caught_up(nc, p), timeout=30)
+    await wait_until(lambda: caught_up(nc, p), timeout=30)
     checks, _ = await verify(nc, provisioned, tmp_path / "live.duckdb", tmp_path / "rebuilt.duckdb")
     assert all(c.ok for c in checks)
     await p.swap(tmp_path / "rebuilt.duckdb")
     assert not (tmp_path / "rebuilt.duckdb").exists()
     await publisher.publish(ticks[1000:])  # the swapped-in projection keeps projecting
-    await wait_until(lambda: _caught_up(nc, p), timeout=30)
+    await wait_until(lambda: caught_up(nc, p), timeout=30)
     assert p.db is not None
     assert p.db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (2000, 2000)
     await p.stop()
