@@ -77,3 +77,12 @@ def test_profit_warning_query_finds_the_matching_headlines(onnx_embedder: TextEm
         assert rank[match] < rank[unrelated]
     top10 = np.argsort(-sims)[:10]
     assert np.mean([rows[i]["sentiment"] for i in top10]) < np.mean([r["sentiment"] for r in rows]) - 0.2
+
+
+def test_cached_vectors_equal_fresh_ones(onnx_embedder: TextEmbedder, model_cache: Path, shared_data: Path) -> None:
+    titles = [h["title"] for h in headlines(shared_data)[:40]]
+    repeated = titles[:10] + titles + titles[5:15]  # duplicates inside one call and across calls
+    first = onnx_embedder.embed(repeated)
+    again = onnx_embedder.embed(list(reversed(repeated)))[::-1]
+    fresh = TextEmbedder("onnx", cache_dir=model_cache, cache_size=0).embed(repeated)
+    assert np.array_equal(first, again) and np.array_equal(first, fresh)
