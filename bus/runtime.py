@@ -29,7 +29,7 @@ import structlog
 from nats.aio.client import Client
 
 from bus.consumer import Delivery, PullLoop
-from bus.jetstream import JetStreamApi
+from bus.jetstream import JetStreamApi, JetStreamError
 from bus.metrics import (
     BATCH_SECONDS,
     CONSUMER_PENDING,
@@ -109,7 +109,7 @@ class ConsumerRuntime:
         backoff_s: float = 0.5,
         ack_wait_s: float = 30.0,
         expires_s: float = 1.0,
-        start_seq: int = 1,
+        start_seq: int | None = None,
         publish_dead_letters: bool = True,
         warmup: Reaction | None = None,
         warmup_s: float = 0.0,
@@ -121,7 +121,7 @@ class ConsumerRuntime:
         self.stream = stream
         self.durable = durable or f"replay_{stream.lower()}"
         self.ephemeral = durable is None
-        self.start_seq = start_seq
+        self.start_seq = start_seq  # ordered/ephemeral consumers: where to (re)start; None: the ack floor + 1
         self.publish_dead_letters = publish_dead_letters
         self.warmup = warmup
         self.warmup_s = warmup_s
@@ -149,7 +149,7 @@ class ConsumerRuntime:
                 self.stream,
                 {
                     "deliver_policy": "by_start_sequence",
-                    "opt_start_seq": self.start_seq,
+                    "opt_start_seq": self.start_seq or 1,
                     "ack_policy": "none",
                     "filter_subjects": self.filter_subjects,
                     "inactive_threshold": 30 * 1_000_000_000,
@@ -160,9 +160,9 @@ class ConsumerRuntime:
             return
         start: int | None = None
         if self.ordered:
-            if self.ack_policy == "all":
-                start = self.start_seq  # the projection's checkpoint + 1
-            else:
+            if self.start_seq is not None:
+                start = self.start_seq  # a position the sink owns, e.g. a projection's checkpoint + 1
+            else:  # a handler: after what it acknowledged
                 info = await api.consumer_info(self.stream, self.durable)
                 self.resume_floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
                 start = self.resume_floor + 1 if info else None
@@ -288,15 +288,22 @@ class ConsumerRuntime:
         """Rebuild a stateful handler after a restart: replay the input it already acked, discard outputs."""
         api = JetStreamApi(self.nc)
         floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
-        active = ((info or {}).get("ack_floor") or {}).get("last_active")
-        if floor == 0 or not active:
+        if floor == 0:
             return
-        start = _parse_time(str(active)) - timedelta(seconds=self.warmup_s)
+        # The window is in stream time, anchored on the floor message itself (not on when it was acked).
+        try:
+            stored = await api.call(f"STREAM.MSG.GET.{self.stream}", {"seq": floor})
+            start = _parse_time(str(stored["message"]["time"])) - timedelta(seconds=self.warmup_s)
+            where: dict[str, Any] = {
+                "deliver_policy": "by_start_time",
+                "opt_start_time": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            }
+        except JetStreamError:  # the floor message aged out: replay what is left before it
+            where = {"deliver_policy": "all"}
         name = await api.create_ordered_consumer(
             self.stream,
             {
-                "deliver_policy": "by_start_time",
-                "opt_start_time": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                **where,
                 "ack_policy": "none",
                 "filter_subjects": self.filter_subjects,
                 "inactive_threshold": 30 * 1_000_000_000,

@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
 from handlers.bars import BarAggregator
+from schemas.events import Bar
 from tests.helpers import read_stream, start_tapeline, stream_last_seq, wait_until, write_config
 
 
@@ -82,8 +83,14 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
         cfg.read_text() + '\n[handlers]\nbar_intervals = ["1s"]\nmomentum_interval = "1s"\nmomentum_window = 5\n'
     )
     ticks = list(SimFeed(["NVDA", "ORCL"], ticks=30_000, seed=9, mean_gap_ms=40).generate())
-    expected = BarAggregator(["1s"])
-    n_bars = sum(len(expected.handle(t)) for t in ticks)
+    clean = BarAggregator(["1s"])  # what a single uninterrupted run produces
+    expected = {
+        (b.symbol, b.start_ns): (b.open, b.high, b.low, b.close, b.volume, b.ticks)
+        for t in ticks
+        for b in clean.handle(t)
+        if isinstance(b, Bar)
+    }
+    n_bars = len(expected)
     for i in range(0, len(ticks), 5000):
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
@@ -117,6 +124,9 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
     bars = await read_stream(nc, stream, f"{provisioned}.md.bar.>")
     ids = [e.event_id for _, e in bars]
     assert len(ids) == len(set(ids)) == n_bars, "every bar exactly once, as a single clean run would produce"
+    got = {(b.symbol, b.start_ns): (b.open, b.high, b.low, b.close, b.volume, b.ticks) for _, b in bars}  # type: ignore[union-attr]
+    wrong = [k for k in expected if got.get(k) != expected[k]]
+    assert not wrong, f"{len(wrong)} bars differ from a clean run (state not rebuilt?), e.g. {wrong[:3]}"
     signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.signal.>")
     sig_ids = [e.event_id for _, e in signals]
     assert len(sig_ids) == len(set(sig_ids)) > 0

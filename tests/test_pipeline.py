@@ -210,3 +210,51 @@ async def test_replay_rebuild_hashes_equal_live(
     con.close()
     checks, _ = await verify(nc, provisioned, tmp_path / "live.duckdb", tmp_path / "rebuilt2.duckdb")
     assert [c.table for c in checks if not c.ok] == ["bars"]
+
+
+async def test_restarted_stateful_handler_rebuilds_its_state_from_stored_input(
+    nc: Client, provisioned: str, publisher: Publisher
+) -> None:
+    """Stop mid-bar, restart with a fresh handler: the open bar must come out as in one clean run.
+
+    The first run acknowledges its input 3 s after it was stored, longer than the bars' 2 s
+    warm-up window, so a warm-up anchored on acknowledgement time (instead of stream time) fails.
+    """
+    from handlers.bars import BarAggregator
+    from schemas import Bar
+
+    ticks = list(SimFeed(["A"], ticks=400, seed=3, mean_gap_ms=40).generate())
+    k = next(i for i in range(200, 400) if ticks[i].ts_event // 10**9 == ticks[i - 1].ts_event // 10**9)
+    clean = BarAggregator(["1s"])
+    expected = {b.start_ns: b.ticks for t in ticks for b in clean.handle(t) if isinstance(b, Bar)}
+
+    def runtime(h: BarAggregator) -> ConsumerRuntime:
+        return ConsumerRuntime(
+            nc,
+            publisher,
+            stream=f"{provisioned.upper()}_MD",
+            durable="h_bars_md",
+            filter_subjects=[f"{provisioned}.md.tick.>"],
+            sink=ReactionSink(h, publisher),
+            ack_policy="all",
+            warmup=h,
+            warmup_s=h.warmup_s,
+            ordered=True,
+        )
+
+    await publisher.publish(ticks[:k])
+    await asyncio.sleep(3.0)
+    first = runtime(BarAggregator(["1s"]))
+    task = asyncio.create_task(first.run())
+    await wait_until(lambda: first.processed == k, timeout=20)
+    first.stop()
+    await task
+    second = runtime(BarAggregator(["1s"]))
+    task = asyncio.create_task(second.run())
+    await publisher.publish(ticks[k:])
+    await wait_until(lambda: second.processed == len(ticks) - k, timeout=20)
+    second.stop()
+    await task
+    assert second.warmed > 0, "the restarted handler replayed nothing"
+    bars = [b for _, b in await read_stream(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>")]
+    assert {b.start_ns: b.ticks for b in bars if isinstance(b, Bar)} == expected
