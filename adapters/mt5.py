@@ -146,12 +146,12 @@ async def resume_cursors(
 
     from bus.jetstream import JetStreamApi, JetStreamError
     from schemas.codec import decode
-    from schemas.subjects import MD, encode_token
+    from schemas.subjects import MD, tick_subject
 
     api = JetStreamApi(nc)
     out: dict[str, TickCursor] = {}
     for sym in symbols:
-        subject = f"{prefix}.md.tick.{encode_token(venue)}.{encode_token(sym)}"
+        subject = tick_subject(prefix, venue, sym)
         try:
             reply = await api.call(f"STREAM.MSG.GET.{MD.stream(prefix)}", {"last_by_subj": subject})
         except JetStreamError:

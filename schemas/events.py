@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 import msgspec
 
-from schemas.subjects import encode_token
+from schemas.subjects import encode_token, tick_subject
 
 Direction = Literal["BULLISH", "BEARISH", "NEUTRAL"]
 Verdict = Literal["BUY", "HOLD", "SELL"]
@@ -65,7 +65,7 @@ class Tick(Event, frozen=True, kw_only=True, tag="tick"):
     seq: int = 0
 
     def subject(self, prefix: str) -> str:
-        return f"{prefix}.md.tick.{encode_token(self.venue)}.{encode_token(self.symbol)}"
+        return tick_subject(prefix, self.venue, self.symbol)
 
     @property
     def price(self) -> float:

@@ -91,6 +91,11 @@ def family_of(subject: str, prefix: str) -> StreamFamily:
     raise ValueError(f"subject {subject!r} belongs to no stream family under {prefix!r}")
 
 
+def tick_subject(prefix: str, venue: str, symbol: str) -> str:
+    """``<prefix>.md.tick.<venue>.<symbol>``: where a venue's ticks of a symbol are published."""
+    return f"{prefix}.md.tick.{encode_token(venue)}.{encode_token(symbol)}"
+
+
 def decisions_bucket(prefix: str) -> str:
     """KV bucket holding the latest decision envelope per symbol."""
     return f"{prefix}_decisions".replace(".", "_")
