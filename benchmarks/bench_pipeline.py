@@ -64,7 +64,7 @@ async def wait_consumed(api: JetStreamApi, stream: str, durable: str, limit_s: f
     raise TimeoutError(f"{durable} did not finish")
 
 
-async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool) -> dict[str, float]:
+async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool, handlers: bool) -> dict[str, float]:
     n = len(ticks)
     nc = await connect(NatsSettings(url=url))
     await provision(nc, prefix)
@@ -78,7 +78,7 @@ async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool
     info = await api.stream_info(stream)
     last = int(info["state"]["last_seq"]) if info else 0
     t_proj = await wait_consumed(api, stream, "proj_main_md")
-    t_bars = await wait_consumed(api, stream, "h_bars_md")
+    t_bars = await wait_consumed(api, stream, "h_bars_md") if handlers else float("nan")
     await pub.close()
     await nc.drain()
     return {
@@ -145,22 +145,25 @@ def main() -> None:
         try:
             results = {}
             cpu: dict[str, dict[str, float]] = {}
-            for name, prefix, batch in [("one event per message", "b1", False), ("batched ticks", "b2", True)]:
+            modes = [
+                # DESIGN §6's path: publish -> JetStream file store -> handler -> DuckDB (the projector).
+                ("§6 path, 1 event/msg", "b0", False, ("projector",)),
+                # The whole pipeline: the bars handler also reads every tick, then momentum, decisions.
+                ("pipeline, 1 event/msg", "b1", False, ("projector", "handlers")),
+                ("pipeline, batched", "b2", True, ("projector", "handlers")),
+            ]
+            for name, prefix, batch, roles in modes:
                 cfg = tmp / f"{prefix}.toml"
                 cfg.write_text(
                     f'prefix = "{prefix}"\nnats_url = "{url}"\ndata_dir = "{tmp / prefix}"\nmetrics_port = 0\n'
                 )
-                procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in ("projector", "handlers")]
+                procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in roles]
                 time.sleep(2.5)  # process start-up (imports) is not part of the measurement
-                pids = {
-                    "nats-server": server.pid,
-                    "projector": procs[0].pid,
-                    "handlers": procs[1].pid,
-                    "publisher (this)": os.getpid(),
-                }
+                pids = {"nats-server": server.pid, **{r: p.pid for r, p in zip(roles, procs, strict=True)}}
+                pids["publisher (this)"] = os.getpid()
                 ticks = list(SimFeed(SYMBOLS, ticks=args.ticks, seed=1).generate())  # not part of the measurement
                 before = {k: cpu_seconds(p) for k, p in pids.items()}
-                results[name] = asyncio.run(throughput(url, prefix, ticks, batch))
+                results[name] = asyncio.run(throughput(url, prefix, ticks, batch, "handlers" in roles))
                 cpu[name] = {k: (cpu_seconds(p) - before[k]) / args.ticks * 1e6 for k, p in pids.items()}
                 for p in procs:
                     p.terminate()
