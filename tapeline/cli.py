@@ -77,6 +77,8 @@ def demo(
 ) -> None:
     """Run the whole pipeline on an embedded NATS server; leaves everything in ./.tapeline/."""
     s = _settings(config)
+    if s.log_level == "info":
+        configure_logging("warning")  # the live display is the demo's output; warnings still show
     if ticks is not None:
         s = msgspec.structs.replace(s, sim=msgspec.structs.replace(s.sim, ticks=ticks))
     if s.data_path.exists() and not keep:
@@ -140,13 +142,13 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
         console=console,
     )
     t_feed = progress.add_task("feed → JetStream", total=total, info="")
-    t_proj = progress.add_task("projections", total=None, info="")
+    t_proj = progress.add_task("handlers, projections", total=None, info="")
     feed_task = asyncio.create_task(run_feed(feed, publisher, batch_ticks=batch_ticks, stats=stats))
     api = JetStreamApi(nc)
     with Live(progress, console=console, refresh_per_second=8):
         while True:
             await asyncio.sleep(0.25)
-            counts = {r.durable: r.processed for r in pipeline.runtimes}
+            made = {r.durable: getattr(r.sink, "emitted", 0) for r in pipeline.runtimes}
             committed = sum(sink.events for sink in pipeline.sinks)
             progress.update(
                 t_feed,
@@ -156,8 +158,8 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
             progress.update(
                 t_proj,
                 completed=committed,
-                info=f"bars {counts.get('h_bars_md', 0):,} in · signals {counts.get('h_momentum_md', 0):,} bars read · "
-                f"decisions {counts.get('h_decision_intel', 0):,} signals read",
+                info=f"made {made.get('h_bars_md', 0):,} bars → {made.get('h_momentum_md', 0):,} signals → "
+                f"{made.get('h_decision_intel', 0):,} decisions; {committed:,} rows committed",
             )
             if feed_task.done():
                 if feed_task.exception():
