@@ -16,9 +16,12 @@ from nats.aio.client import Client
 from bus.jetstream import JetStreamApi
 from bus.reader import read_stream
 from schemas.events import AnyEvent
+from tapeline.config import HandlersConfig
 from tapeline.pipeline import Pipeline
 
 TAPELINE = [sys.executable, "-m", "tapeline"]
+# Handlers tuned for tests: 1-second bars and a short momentum window, so a few thousand ticks decide.
+FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
 
 
 async def wait_until(cond: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> None:  # noqa: ASYNC109

@@ -19,11 +19,8 @@ from bus.publisher import Publisher, PublishError
 from bus.runtime import ConsumerRuntime, ReactionSink
 from handlers.base import Handler, draft
 from schemas import AnyEvent, Event, Signal, Tick, decisions_bucket, new_event_id
-from tapeline.config import HandlersConfig
 from tapeline.pipeline import Pipeline
-from tests.helpers import caught_up, read_stream, stream_last_seq, wait_until
-
-FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
+from tests.helpers import FAST, caught_up, read_stream, stream_last_seq, wait_until
 
 
 async def test_provisioning_is_idempotent_and_records_are_protected(nc: Client, provisioned: str) -> None:

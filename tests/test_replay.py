@@ -20,11 +20,8 @@ from projections.duckdb import ProjectionDb
 from replay.rebuild import rebuild, verify
 from replay.whatif import what_if
 from schemas import encode
-from tapeline.config import HandlersConfig
 from tapeline.pipeline import Pipeline, build_handlers
-from tests.helpers import TAPELINE, caught_up, read_stream, start_tapeline, wait_until, write_config
-
-FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
+from tests.helpers import FAST, TAPELINE, caught_up, read_stream, start_tapeline, wait_until, write_config
 
 
 def _count(path: Path, sql: str) -> int:

@@ -15,11 +15,8 @@ from bus.publisher import Publisher
 from projections.vectors import DECISION_VECTORS, MARKET_STATES, NEWS_VECTORS, VectorStore
 from replay.rebuild import verify
 from schemas import NewsItem, new_event_id
-from tapeline.config import HandlersConfig
 from tapeline.pipeline import ROLES, Pipeline
-from tests.helpers import TAPELINE, stored, stream_last_seq, wait_until, write_config
-
-FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=5)
+from tests.helpers import FAST, TAPELINE, stored, stream_last_seq, wait_until, write_config
 
 
 async def test_vectors_follow_the_streams_verify_and_answer_queries(
