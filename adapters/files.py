@@ -2,9 +2,10 @@
 
 Formats understood (column names are matched case-insensitively, spaces and ``_`` ignored):
 
-* Yahoo-style daily bars ``Date,Open,High,Low,Close,Adj Close,Volume``. Prices use the
-  **unadjusted** ``Close`` (what traded that day); ``Adj Close`` (split/dividend adjusted) is
-  read but not kept, so prices line up with ticks and live bars.
+* Yahoo-style daily bars ``Date,Open,High,Low,Close,Adj Close,Volume``. Prices use ``Close``;
+  ``Adj Close`` is not kept. In the sample files ``Close`` is already split-adjusted (NVDA's
+  1999 IPO-day close of $19.69 reads 1.640625: divided by 12 for the 2:1, 2:1, 2:1 and 3:2 splits of
+  2000-2007), so splits do not look like crashes; ``Adj Close`` adds dividend adjustment only.
 * Minute bars with separate ``Date`` and ``Time`` columns. A header that names ``Date`` but no
   ``Time`` while the rows carry exactly one value more (as in ``index-future-1min-2006.csv``) is
   read as ``Date,Time,...``. The row time is the bar's **close** time (the first bar of a 09:00

@@ -18,7 +18,7 @@ from tests.helpers import stored
 NS = 1_000_000_000
 
 
-def test_daily_bars_use_unadjusted_close(shared_data: Path) -> None:
+def test_daily_bars_use_the_close_column_not_adj_close(shared_data: Path) -> None:
     r = read_bars(shared_data / "bars" / "nvda-daily-1999-2014.csv", "NVDA")
     assert not r.rejected
     assert len(r.events) == 4012
