@@ -4,9 +4,11 @@ A *sink* does the work for a batch (a handler publishes its outputs, a projectio
 rows). The runtime owns everything around it: decoding, unknown versions, retries with a
 growing delay, dead letters with stream sequence and reason, acks, metrics, and a graceful drain.
 
-Ack policies: ``explicit`` (handlers; each message acked, nak'd or terminated on its own) and
-``all`` (projections; the batch commits atomically, so acking its last message acks it all; a
-failed commit is retried in place, never nak'd, so sequences are applied strictly in order).
+Ack policies: ``explicit`` (stateless handlers, which may share a durable across processes; each
+message acked, nak'd or terminated on its own) and ``all`` for ordered consumers (projections and
+stateful handlers: acking the last message of a batch acks it all; a failed batch is retried in
+place, never nak'd, so sequences are applied strictly in order; a message that fails on its own
+is dead-lettered at once, since a pure function fails the same way every time).
 
 Order after a crash: JetStream redelivers a dead process's unacked messages only after
 ``ack_wait``, *after* newer ones. Consumers that need stream order (projections, stateful
@@ -126,7 +128,6 @@ class ConsumerRuntime:
         self.warmup = warmup
         self.warmup_s = warmup_s
         self.ordered = ordered or ack_policy == "all"
-        self.resume_floor = 0
         self.warmed = 0
         self.filter_subjects = list(filter_subjects)
         self.sink = sink
@@ -135,7 +136,6 @@ class ConsumerRuntime:
         self.backoff_s = backoff_s
         self.ack_wait_s = ack_wait_s
         self.loop = PullLoop(nc, stream, self.durable, batch=batch, expires_s=expires_s, max_bytes=max_bytes)
-        self._stopping = asyncio.Event()
         self.processed = 0
         self.dead = 0
         self.skipped = 0
@@ -164,8 +164,8 @@ class ConsumerRuntime:
                 start = self.start_seq  # a position the sink owns, e.g. a projection's checkpoint + 1
             else:  # a handler: after what it acknowledged
                 info = await api.consumer_info(self.stream, self.durable)
-                self.resume_floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
-                start = self.resume_floor + 1 if info else None
+                floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
+                start = floor + 1 if info else None
             await api.delete_consumer(self.stream, self.durable)
         cfg = durable_config(
             self.durable,
@@ -179,7 +179,6 @@ class ConsumerRuntime:
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand (and any already requested), then return."""
-        self._stopping.set()
         self.loop.stopping = True
 
     async def run(self) -> None:
