@@ -15,9 +15,10 @@ from schemas.events import AnyEvent
 
 
 async def read_stream(
-    nc: Client, stream: str, subject: str = "", *, until_ns: int | None = None
+    nc: Client, stream: str, subject: str = "", *, until_ns: int | None = None, since: str | None = None
 ) -> list[tuple[int, AnyEvent]]:
-    """Events stored in ``stream`` (under ``subject`` if given, stream time <= ``until_ns`` if given).
+    """Events stored in ``stream`` (under ``subject`` if given, stream time <= ``until_ns`` if given,
+    stored at or after ``since`` (RFC 3339) if given).
 
     Undecodable messages are left out: they were dead-lettered when first consumed.
     """
@@ -34,6 +35,8 @@ async def read_stream(
     }
     if subject:
         config["filter_subjects"] = [subject]
+    if since:
+        config |= {"deliver_policy": "by_start_time", "opt_start_time": since}
     name = await api.create_ordered_consumer(stream, config)
     loop = PullLoop(nc, stream, name, batch=5000, idle_s=0.5)
     await loop.start()

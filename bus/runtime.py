@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 import structlog
@@ -41,10 +41,12 @@ from bus.metrics import (
     EVENTS_SKIPPED,
 )
 from bus.publisher import Publisher
+from bus.reader import read_stream
 from bus.topology import AckPolicy, durable_config
 from schemas.codec import MalformedEvent, decode
 from schemas.events import AnyEvent, DeadLetter, Event
 from schemas.ids import derive_event_id
+from schemas.subjects import family_of
 
 log = structlog.get_logger("tapeline.bus")
 
@@ -183,9 +185,14 @@ class ConsumerRuntime:
 
     async def run(self) -> None:
         api = JetStreamApi(self.nc)
-        before = await api.consumer_info(self.stream, self.durable) if self.warmup is not None else None
-        if self.warmup is not None and self.warmup_s > 0 and before:
-            await self._warm_up(self.warmup, before)
+        resuming = self.ordered and self.start_seq is None and not self.ephemeral  # a restarted stateful handler
+        before = await api.consumer_info(self.stream, self.durable) if resuming else None
+        if before:
+            floor = int((before.get("ack_floor") or {}).get("stream_seq", 0))
+            since = await self._stored_time(api, floor) if floor else None
+            if self.warmup is not None and self.warmup_s > 0 and since is not None:
+                await self._warm_up(self.warmup, floor, since - timedelta(seconds=self.warmup_s))
+            await self._collect_published(since)
         await self.ensure_consumer()
         await self.loop.start()
         try:
@@ -283,26 +290,44 @@ class ConsumerRuntime:
                 max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9)
             )
 
-    async def _warm_up(self, reaction: Reaction, info: dict[str, Any]) -> None:
-        """Rebuild a stateful handler after a restart: replay the input it already acked, discard outputs."""
-        api = JetStreamApi(self.nc)
-        floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
-        if floor == 0:
-            return
-        # The window is in stream time, anchored on the floor message itself (not on when it was acked).
+    async def _stored_time(self, api: JetStreamApi, seq: int) -> datetime | None:
+        """When message ``seq`` was stored (None if it aged out of the stream)."""
         try:
-            stored = await api.call(f"STREAM.MSG.GET.{self.stream}", {"seq": floor})
-            start = _parse_time(str(stored["message"]["time"])) - timedelta(seconds=self.warmup_s)
-            where: dict[str, Any] = {
-                "deliver_policy": "by_start_time",
-                "opt_start_time": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            }
-        except JetStreamError:  # the floor message aged out: replay what is left before it
-            where = {"deliver_policy": "all"}
+            stored = await api.call(f"STREAM.MSG.GET.{self.stream}", {"seq": seq})
+        except JetStreamError:
+            return None
+        return _parse_time(str(stored["message"]["time"]))
+
+    async def _collect_published(self, since: datetime | None) -> None:
+        """Ids the handler already published for input it never acknowledged (it died in between).
+
+        Re-processing that input yields the same ids; within JetStream's duplicate window they are
+        dropped anyway, but a restart after the window would store them twice. So the sink skips
+        ids found on the handler's output subjects since the ack floor's input was stored.
+        """
+        outputs = getattr(getattr(self.sink, "reaction", None), "outputs", ())
+        skip: set[str] | None = getattr(self.sink, "skip_ids", None)
+        if not outputs or skip is None:
+            return
+        prefix = self.publisher.prefix
+        stamp = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if since else None
+        for pattern in outputs:
+            subject = f"{prefix}.{pattern}"
+            stream = family_of(subject, prefix).stream(prefix)
+            skip.update(e.event_id for _, e in await read_stream(self.nc, stream, subject, since=stamp))
+        log.info("resuming handler", consumer=self.durable, already_published=len(skip))
+
+    async def _warm_up(self, reaction: Reaction, floor: int, start: datetime) -> None:
+        """Rebuild a stateful handler after a restart: replay the input it already acked, discard outputs.
+
+        The window is in stream time, anchored on when the ack floor's message was stored.
+        """
+        api = JetStreamApi(self.nc)
         name = await api.create_ordered_consumer(
             self.stream,
             {
-                **where,
+                "deliver_policy": "by_start_time",
+                "opt_start_time": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "ack_policy": "none",
                 "filter_subjects": self.filter_subjects,
                 "inactive_threshold": 30 * 1_000_000_000,
@@ -373,6 +398,7 @@ class ReactionSink:
         self.reaction = reaction
         self.publisher = publisher
         self.emitted = 0
+        self.skip_ids: set[str] = set()  # outputs already stored before a restart (see ConsumerRuntime)
 
     def outputs(self, event: AnyEvent) -> list[Event]:
         return react(self.reaction, event)
@@ -383,7 +409,7 @@ class ReactionSink:
         for j, rec in enumerate(batch):
             try:
                 for ev in rec.events:
-                    pending.extend(self.outputs(ev))
+                    pending.extend(o for o in self.outputs(ev) if o.event_id not in self.skip_ids)
             except Exception as exc:  # a handler bug or bad data: retry, then dead-letter
                 log.warning("handler failed", handler=self.reaction.name, seq=rec.delivery.stream_seq, error=repr(exc))
                 failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)

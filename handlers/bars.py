@@ -26,6 +26,7 @@ class _Open:
 class BarAggregator(Handler):
     name = "bars"
     version = 1
+    outputs = ("md.bar.>",)
 
     def __init__(self, intervals: Sequence[str] = ("1m",)) -> None:
         self.intervals = [(iv, interval_ns(iv)) for iv in intervals]

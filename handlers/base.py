@@ -44,6 +44,7 @@ class Handler:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     subjects: tuple[str, ...] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()  # subjects it publishes on (relative): checked on a restart
     warmup_s: float = 0.0
 
     def handle(self, event: AnyEvent) -> Sequence[Event]:

@@ -20,6 +20,7 @@ DEFAULT_WEIGHTS = {"momentum": 1.0, "sentiment": 1.0}
 class DecisionSynthesis(Handler):
     name = "decision"
     version = 1
+    outputs = ("decision.>",)
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from schemas.events import AnyEvent, Bar, Event, Signal
 class MomentumSignal(Handler):
     name = "momentum"
     version = 1
+    outputs = ("intel.signal.>",)
 
     def __init__(self, window: int = 20, interval: str = "1m", neutral_band: float = 0.15) -> None:
         if window < 2:

@@ -22,6 +22,7 @@ from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Severit
 class HeartbeatWatchdog(Handler):
     name = "watchdog"
     version = 1
+    outputs = ("ops.alert.>",)
 
     def __init__(
         self,

@@ -209,6 +209,22 @@ async def test_replay_rebuild_hashes_equal_live(
     assert [c.table for c in checks if not c.ok] == ["bars"]
 
 
+def bars_runtime(nc: Client, publisher: Publisher, prefix: str, h: Handler) -> ConsumerRuntime:
+    """The bars handler on the bus, as the pipeline runs it (ordered, ack all, warm-up)."""
+    return ConsumerRuntime(
+        nc,
+        publisher,
+        stream=f"{prefix.upper()}_MD",
+        durable="h_bars_md",
+        filter_subjects=[f"{prefix}.md.tick.>"],
+        sink=ReactionSink(h, publisher),
+        ack_policy="all",
+        warmup=h,
+        warmup_s=h.warmup_s,
+        ordered=True,
+    )
+
+
 async def test_restarted_stateful_handler_rebuilds_its_state_from_stored_input(
     nc: Client, provisioned: str, publisher: Publisher
 ) -> None:
@@ -226,18 +242,7 @@ async def test_restarted_stateful_handler_rebuilds_its_state_from_stored_input(
     expected = {b.start_ns: b.ticks for t in ticks for b in clean.handle(t) if isinstance(b, Bar)}
 
     def runtime(h: BarAggregator) -> ConsumerRuntime:
-        return ConsumerRuntime(
-            nc,
-            publisher,
-            stream=f"{provisioned.upper()}_MD",
-            durable="h_bars_md",
-            filter_subjects=[f"{provisioned}.md.tick.>"],
-            sink=ReactionSink(h, publisher),
-            ack_policy="all",
-            warmup=h,
-            warmup_s=h.warmup_s,
-            ordered=True,
-        )
+        return bars_runtime(nc, publisher, provisioned, h)
 
     await publisher.publish(ticks[:k])
     await asyncio.sleep(3.0)
@@ -255,3 +260,34 @@ async def test_restarted_stateful_handler_rebuilds_its_state_from_stored_input(
     assert second.warmed > 0, "the restarted handler replayed nothing"
     bars = [b for _, b in await read_stream(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>")]
     assert {b.start_ns: b.ticks for b in bars if isinstance(b, Bar)} == expected
+
+
+async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
+    nc: Client, provisioned: str, publisher: Publisher
+) -> None:
+    """A handler that died after publishing but before acknowledging, restarted after the window."""
+    from bus.topology import Retention, durable_config, provision
+    from handlers.bars import BarAggregator
+
+    await provision(nc, provisioned, Retention(duplicate_window_s=1, record_duplicate_window_s=1))
+    ticks = list(SimFeed(["A", "B"], ticks=2000, seed=4, mean_gap_ms=40).generate())
+    await publisher.publish(ticks)
+    first = bars_runtime(nc, publisher, provisioned, BarAggregator(["1s"]))
+    task = asyncio.create_task(first.run())
+    await wait_until(lambda: first.processed == len(ticks), timeout=20)
+    first.stop()
+    await task
+    stream = f"{provisioned.upper()}_MD"
+    before = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]
+    # The acknowledgements are lost, as when the process dies between publishing and acking.
+    api = JetStreamApi(nc)
+    await api.delete_consumer(stream, "h_bars_md")
+    await api.ensure_consumer(stream, durable_config("h_bars_md", [f"{provisioned}.md.tick.>"], ack_policy="all"))
+    await asyncio.sleep(1.5)  # past the duplicate window: JetStream itself would now store copies
+    second = bars_runtime(nc, publisher, provisioned, BarAggregator(["1s"]))
+    task = asyncio.create_task(second.run())
+    await wait_until(lambda: second.processed == len(ticks), timeout=20)
+    second.stop()
+    await task
+    after = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]
+    assert len(before) > 50 and after == before, f"{len(after) - len(before)} bars published twice"
