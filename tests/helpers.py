@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -62,6 +63,11 @@ async def caught_up(nc: Client, pipeline: Pipeline) -> bool:
         if await stream_last_seq(nc, sink.stream) != sink.last_seq:
             return False
     return all(r.idle.is_set() for r in pipeline.runtimes)
+
+
+async def consumer_state(nc: Client, stream: str, durable: str) -> dict[str, Any] | None:
+    """A consumer's info, or None while it does not exist (ordered consumers re-create it on start)."""
+    return await JetStreamApi(nc).consumer_info(stream, durable)
 
 
 async def stream_last_seq(nc: Client, stream: str) -> int:

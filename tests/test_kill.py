@@ -13,7 +13,7 @@ from adapters.sim import SimFeed
 from bus.publisher import Publisher
 from handlers.bars import BarAggregator
 from schemas.events import Bar
-from tests.helpers import read_stream, start_tapeline, stream_last_seq, wait_until, write_config
+from tests.helpers import consumer_state, read_stream, start_tapeline, stream_last_seq, wait_until, write_config
 
 
 def _checkpoint(db: Path, stream: str) -> int:
@@ -58,8 +58,8 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
     try:
 
         async def done() -> bool:
-            info = await nc.jetstream().consumer_info(stream, "proj_main_md")
-            return bool(info.ack_floor and info.ack_floor.stream_seq == len(ticks))
+            info = await consumer_state(nc, stream, "proj_main_md")
+            return bool(info and info["ack_floor"]["stream_seq"] == len(ticks))
 
         await wait_until(done, timeout=60)
     finally:
@@ -113,8 +113,8 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
     try:
 
         async def bars_done() -> bool:
-            info = await nc.jetstream().consumer_info(stream, "h_bars_md")
-            return info.num_pending == 0 and info.num_ack_pending == 0
+            info = await consumer_state(nc, stream, "h_bars_md")
+            return bool(info and info["num_pending"] == 0 and info["num_ack_pending"] == 0)
 
         await wait_until(bars_done, timeout=90)
         await asyncio.sleep(1.0)  # let momentum and decision finish the tail
