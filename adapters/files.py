@@ -51,9 +51,9 @@ from typing import Literal
 import msgspec
 import structlog
 
-from handlers.base import interval_ns
 from schemas.events import Alert, Bar, Event, Tick
 from schemas.ids import bar_id, derive_event_id, tick_id
+from schemas.intervals import interval_ns
 
 log = structlog.get_logger("tapeline.feed")
 

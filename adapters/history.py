@@ -33,9 +33,9 @@ import structlog
 
 from adapters.alerts import make_alert
 from adapters.runner import Feed
-from handlers.base import interval_ns
 from schemas.events import Bar, Event
 from schemas.ids import bar_id
+from schemas.intervals import interval_ns
 from schemas.subjects import decode_token, encode_token
 
 log = structlog.get_logger("tapeline.feed")

@@ -39,10 +39,10 @@ from typing import Any
 import structlog
 
 from adapters.alerts import AlertLatch, HeartbeatClock
-from handlers.base import interval_ns
+from adapters.config import IbkrConfig, IbkrContractConfig
 from schemas.events import Bar, Event, Heartbeat, Tick
 from schemas.ids import bar_id, tick_id
-from tapeline.feed_config import IbkrConfig, IbkrContractConfig
+from schemas.intervals import interval_ns
 
 log = structlog.get_logger("tapeline.feed")
 

@@ -44,9 +44,9 @@ from typing import Any, TypeVar
 import structlog
 
 from adapters.alerts import AlertLatch, HeartbeatClock
+from adapters.config import Mt5TerminalConfig
 from schemas.events import Event, Tick
 from schemas.ids import tick_id
-from tapeline.feed_config import Mt5TerminalConfig
 
 log = structlog.get_logger("tapeline.feed")
 T = TypeVar("T")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapters.config import FeedsConfig, SourceChoice
 from adapters.runner import Feed
-from tapeline.feed_config import FeedsConfig, SourceChoice
 
 NewsFactory = Callable[[FeedsConfig], Feed]
 _NEWS: dict[str, NewsFactory] = {}

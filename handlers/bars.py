@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from handlers.base import Handler, draft, interval_ns
+from handlers.base import Handler, draft
 from schemas.events import AnyEvent, Bar, Event, Tick
+from schemas.intervals import interval_ns
 
 
 class _Open:

@@ -9,7 +9,6 @@ the last ``warmup_s`` of its input (outputs discarded) to rebuild it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -17,22 +16,11 @@ from schemas.events import AnyEvent, Event
 
 E = TypeVar("E", bound=Event)
 
-_INTERVAL = re.compile(r"(\d+)([smhd])")
-_UNIT_NS = {"s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
-
 
 def draft(cls: type[E], **fields: Any) -> E:
     """An output event without identity; the runtime fills event_id, ts_init, source, causation."""
     fields.setdefault("source", "")
     return cls(event_id="", ts_init=0, **fields)
-
-
-def interval_ns(interval: str) -> int:
-    """``"5s"``, ``"1m"``, ``"1h"``, ``"1d"`` in nanoseconds; anything else is a configuration error."""
-    m = _INTERVAL.fullmatch(interval)
-    if not m or int(m.group(1)) == 0:
-        raise ValueError(f"invalid bar interval {interval!r}: use a positive number and s, m, h or d, e.g. '1m'")
-    return int(m.group(1)) * _UNIT_NS[m.group(2)]
 
 
 class Handler:

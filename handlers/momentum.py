@@ -11,8 +11,9 @@ import itertools
 import math
 from collections import deque
 
-from handlers.base import Handler, draft, interval_ns
+from handlers.base import Handler, draft
 from schemas.events import AnyEvent, Bar, Event, Signal
+from schemas.intervals import interval_ns
 
 
 class MomentumSignal(Handler):

@@ -25,8 +25,8 @@ from bus.publisher import Publisher
 from bus.runtime import ConsumerRuntime
 from projections.duckdb import ProjectionDb, hash_sql
 from projections.query import QueryError, query_file, query_remote
+from projections.runtimes import projection_runtimes, vector_runtimes
 from schemas.subjects import FAMILIES
-from tapeline.pipeline import projection_runtimes, vector_runtimes
 
 if TYPE_CHECKING:
     from projections.embedder import TextEmbedder

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import msgspec
 
+from adapters.config import FeedConfigError, FeedsConfig, validate_feeds
 from bus.topology import Retention
 from schemas.subjects import validate_prefix
-from tapeline.feed_config import FeedConfigError, FeedsConfig, validate_feeds
 
 
 class ConfigError(ValueError):
@@ -65,7 +65,7 @@ def _check(s: Settings) -> Settings:
         raise ConfigError(f"prefix: {e}") from None
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError(f"metrics_port: {s.metrics_port} is not a port; use 0 to disable or e.g. 9464")
-    from handlers.base import interval_ns
+    from schemas.intervals import interval_ns
 
     for key, iv in [("handlers.bar_intervals", x) for x in s.handlers.bar_intervals] + [
         ("handlers.momentum_interval", s.handlers.momentum_interval)

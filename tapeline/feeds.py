@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import structlog
 import typer
 
+from adapters.config import FeedConfigError, validate_feeds
 from adapters.runner import Feed, run_feed
 from tapeline.config import ConfigError, Settings, load_settings
-from tapeline.feed_config import FeedConfigError, validate_feeds
 
 feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
 log = structlog.get_logger("tapeline.feed")

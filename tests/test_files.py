@@ -167,8 +167,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_example_config_is_valid() -> None:
+    from adapters.config import validate_feeds
     from tapeline.config import load_settings
-    from tapeline.feed_config import validate_feeds
 
     s = load_settings(REPO / "tapeline.example.toml")
     validate_feeds(s.feeds)

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client
 
+from adapters.config import IbkrConfig, IbkrContractConfig
 from adapters.files import read_bars
 from adapters.history import DAY_NS, HistoryFeed, HistoryStore, warm_up
 from adapters.ibkr import IbkrFeed
@@ -16,7 +17,6 @@ from adapters.runner import run_feed
 from bus.publisher import Publisher
 from schemas.events import Alert, Bar, Event
 from schemas.subjects import MD, OPS
-from tapeline.feed_config import IbkrConfig, IbkrContractConfig
 from tests.helpers import stored
 from tests.standins.ib import T0, IBStandIn, minute_bars
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
+from adapters.config import IbkrConfig, IbkrContractConfig
 from adapters.ibkr import IbkrFeed
 from adapters.runner import run_feed
 from bus.publisher import Publisher
 from schemas.events import Alert, Bar, Heartbeat, Tick
 from schemas.subjects import MD, OPS
-from tapeline.feed_config import IbkrConfig, IbkrContractConfig
 from tests.helpers import stored, wait_stored, wait_until
 from tests.standins.ib import T0, IBStandIn, minute_bars
 

@@ -165,7 +165,7 @@ def _positive(key: str, value: float, hint: str) -> None:
 def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
     """Checks beyond the types; raises :class:`FeedConfigError` naming the key and the fix."""
     from adapters.mt5 import parse_session  # local: config must not import adapters eagerly
-    from handlers.base import interval_ns
+    from schemas.intervals import interval_ns
 
     names: set[str] = set()
     for i, t in enumerate(cfg.mt5):
