@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import duckdb
@@ -28,6 +30,23 @@ def _checkpoint(db: Path, stream: str) -> int:
         con.close()
 
 
+async def kill_when_acked(
+    nc: Client, proc: subprocess.Popen[bytes], stream: str, durable: str, *, above: int, within: float = 10.0
+) -> int:
+    """SIGKILL ``proc`` as soon as its consumer's ack floor passes ``above``; returns that floor."""
+    floor = 0
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        info = await consumer_state(nc, stream, durable)  # None while the process is still starting
+        floor = int(info["ack_floor"]["stream_seq"]) if info else 0
+        if floor > above:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return floor
+
+
 async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
     nc: Client, provisioned: str, publisher: Publisher, nats_url: str, tmp_path: Path
 ) -> None:
@@ -39,18 +58,7 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
     # Kill it while it is committing: after its consumer has acknowledged some, not all.
-    ack_floor = 0
-    for _ in range(1000):
-        await asyncio.sleep(0.01)
-        try:
-            info = await nc.jetstream().consumer_info(stream, "proj_main_md")
-        except Exception:
-            continue  # not created yet: the process is still starting
-        ack_floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        if 0 < ack_floor < len(ticks):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ack_floor = await kill_when_acked(nc, proc, stream, "proj_main_md", above=0)
     assert 0 < ack_floor < len(ticks), f"the kill did not land mid-run (ack floor {ack_floor})"
     assert _checkpoint(db, stream) < len(ticks)
 
@@ -95,18 +103,7 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
-    floor = 0
-    for _ in range(500):
-        await asyncio.sleep(0.02)
-        try:
-            info = await nc.jetstream().consumer_info(stream, "h_bars_md")
-        except Exception:
-            continue
-        floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        if floor > 2000:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    floor = await kill_when_acked(nc, proc, stream, "h_bars_md", above=2000)
     assert 0 < floor < len(ticks)
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
