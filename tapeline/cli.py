@@ -590,6 +590,17 @@ def _when(ns: object) -> str:
     return datetime.fromtimestamp(int(str(ns)) / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def _vector_store(config: Path) -> Any:
+    """The live LanceDB read models (readers may open them beside the writer), or a clear exit."""
+    from projections.vectors import VectorStore
+
+    s = _settings(config)
+    if not s.vectors_path.exists():
+        console.print(f"[red]no vectors at {s.vectors_path}: run `./dev demo` or `tapeline up` first[/]")
+        raise typer.Exit(1)
+    return VectorStore(s.vectors_path)
+
+
 @app.command()
 def similar(
     symbol: Annotated[str, typer.Argument(help="the symbol whose current (or --at) situation to match")],
@@ -599,15 +610,9 @@ def similar(
     config: ConfigOpt = Path("tapeline.toml"),
 ) -> None:
     """The most similar past market situations (LanceDB market-state vectors) and what happened next."""
-    from projections.vectors import VectorStore, similar_situations
+    from projections.vectors import similar_situations
 
-    s = _settings(config)
-    if not s.vectors_path.exists():
-        console.print(f"[red]no vectors at {s.vectors_path}: run `./dev demo` or `tapeline up` first[/]")
-        raise typer.Exit(1)
-    rows = similar_situations(
-        VectorStore(s.vectors_path), symbol, _parse_time(at) if at else None, k, interval=interval
-    )
+    rows = similar_situations(_vector_store(config), symbol, _parse_time(at) if at else None, k, interval=interval)
     if not rows:
         console.print(f"[yellow]no market state for {symbol} yet (it needs 61 bars of history)[/]")
         raise typer.Exit(1)
@@ -639,13 +644,9 @@ def search_news_cmd(
 ) -> None:
     """Find news by meaning (all-MiniLM-L6-v2 embeddings in LanceDB), with what the price did next."""
     from projections.embedder import TextEmbedder
-    from projections.vectors import VectorStore, search_news
+    from projections.vectors import search_news
 
-    s = _settings(config)
-    if not s.vectors_path.exists():
-        console.print(f"[red]no vectors at {s.vectors_path}: run `tapeline up` with a news feed first[/]")
-        raise typer.Exit(1)
-    rows = search_news(VectorStore(s.vectors_path), TextEmbedder(), text, k)
+    rows = search_news(_vector_store(config), TextEmbedder(), text, k)
     t = Table(title=f"News nearest to {text!r}")
     for c in ("score", "published (UTC)", "tickers", "title", "next bar", "next 20"):
         t.add_column(c)
