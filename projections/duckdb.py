@@ -17,7 +17,8 @@ from typing import Any
 import duckdb
 
 from bus.metrics import PROJECTION_CHECKPOINT, PROJECTION_LAG
-from bus.runtime import Failure, Received
+from bus.reader import Received
+from bus.runtime import Failure
 from projections.table import Row, Table, View
 from projections.tables import TABLES, VIEWS
 from schemas.subjects import StreamFamily
