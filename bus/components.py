@@ -288,6 +288,8 @@ class ComponentRunner:
         self.warmed = 0
         self._leases: list[Lease] = []
         self._stopping = False
+        self.settled = asyncio.Event()  # consumers running, or waiting as a standby
+        self.standing_by = False
         families = filters_by_family(component.consumes, prefix)
         if component.ordered and len(families) != 1:
             raise ValueError(
@@ -318,6 +320,8 @@ class ComponentRunner:
                     return
                 self.runtimes.append(rt)
                 tasks.append(asyncio.create_task(rt.run(), name=spec.durable))
+                await rt.started.wait()
+            self.settled.set()
             if self._stopping:
                 for rt in self.runtimes:
                     rt.stop()
@@ -350,8 +354,12 @@ class ComponentRunner:
         start: int | None = None
         if spec.ordered:
             lease = Lease(self.nc, self.prefix, spec.durable, ttl_s=self.lease_ttl_s)
-            if not await lease.acquire(wait=self.standby, stopping=lambda: self._stopping):
-                return None
+            if not await lease.try_acquire() == "":
+                self.standing_by = True
+                self.settled.set()
+                if not await lease.acquire(wait=self.standby, stopping=lambda: self._stopping):
+                    return None
+                self.standing_by = False
             self._leases.append(lease)
             start = await self._restore_state(spec)
         rt = ConsumerRuntime(self.nc, self.publisher, spec, sink, start_seq=start)

@@ -149,6 +149,7 @@ class ConsumerRuntime:
         self.skipped = 0
         self.last_acked = 0  # stream sequence of the last message acked (ordered consumers: all before it too)
         self.idle = asyncio.Event()  # set whenever a pull comes back empty
+        self.started = asyncio.Event()  # the durable exists and the loop pulls
         self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
         self.after_ack: Callable[[int], Awaitable[None]] | None = None  # e.g. write a snapshot
         self.on_stop: Callable[[], Awaitable[None]] | None = None  # after the last batch, e.g. a final snapshot
@@ -174,6 +175,7 @@ class ConsumerRuntime:
     async def run(self) -> None:
         await self.ensure_consumer()
         await self.loop.start()
+        self.started.set()
         try:
             while True:
                 batch = await self.loop.next_batch()

@@ -118,9 +118,21 @@ class Pipeline:
             assert self.query is not None
             await self.query.start()
             self._swap_sub = await self.nc.subscribe(swap_subject(self.prefix), cb=self._on_swap)
+        await self._settled()
         log.info(
             "pipeline started", prefix=self.prefix, selected=self.selected, components=[c.name for c in self.components]
         )
+
+    async def _settled(self) -> None:
+        """Until every runner's consumers run (or wait as standbys); a runner that failed raises."""
+        tasks = {t.get_name(): t for t in self._tasks}
+        for r in self.runners:
+            task = tasks[r.component.name]
+            settled = asyncio.create_task(r.settled.wait())
+            await asyncio.wait([settled, task], return_when=asyncio.FIRST_COMPLETED)
+            settled.cancel()
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
 
     async def _feed(self, feed: Feed) -> None:
         await run_feed(feed, self.publisher)
