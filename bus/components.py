@@ -340,6 +340,9 @@ class ComponentRunner:
                 for k in keepers:
                     k.cancel()
         finally:
+            for t in tasks:  # cancelled from outside: the consumers go with the runner
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for lease in self._leases:
                 await lease.release()
 

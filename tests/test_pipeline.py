@@ -279,7 +279,7 @@ async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
     await asyncio.sleep(1.5)  # past the duplicate window: JetStream itself would now store copies
     second = bars_runner(nc, publisher, provisioned, BarAggregator(BarsConfig(intervals=["1s"])))
     task = asyncio.create_task(second.run())
-    await wait_until(lambda: second.runtimes and second.runtimes[0].last_acked >= len(ticks), timeout=60)
+    await wait_until(lambda: second.runtimes and second.runtimes[0].last_acked >= len(ticks), timeout=20)
     second.stop()
     await task
     after = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]
