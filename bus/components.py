@@ -357,7 +357,7 @@ class ComponentRunner:
         start: int | None = None
         if spec.ordered:
             lease = Lease(self.nc, self.prefix, spec.durable, ttl_s=self.lease_ttl_s)
-            if not await lease.try_acquire() == "":
+            if await lease.try_acquire():  # held elsewhere: a standby
                 self.standing_by = True
                 self.settled.set()
                 if not await lease.acquire(wait=self.standby, stopping=lambda: self._stopping):

@@ -1,20 +1,33 @@
 """Connecting to NATS: embedded by default, or an external server by URL with auth and TLS.
 
-Secrets (password, token) come only from the environment, never from files we write or logs.
+Secrets (password, token) come only from the environment, never from files we write or logs;
+every URL we show goes through ``redact_url``.
+
+Start-up and later outages are handled differently on purpose. ``connect`` makes a bounded number
+of attempts under our control (one-shot commands: one; ``up`` and feeds: retried for a while), each
+failure reported as one line without a traceback, and a refused password is never retried. Once
+connected, the client reconnects forever, and tells the loops that care (``ConnectionWatcher``)
+when the connection drops and comes back: a restarted server has forgotten their pull requests and
+the acks they were waiting for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, NoServersError, StaleConnectionError, UnexpectedEOF
+from nats.errors import Error as NatsError
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+")  # visible ASCII but ':'; what the original accepts, found in C
 
@@ -22,6 +35,39 @@ _HEADER_NAME = re.compile(rb"[!-9;-~]+")  # visible ASCII but ':'; what the orig
 log = structlog.get_logger("tapeline.bus")
 
 RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]  # (subject, reply, data, raw header block)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a comma-separated list of them) with credentials hidden, for anything we print or log.
+
+    ``nats://alice:secret@h:4222`` -> ``nats://alice:***@h:4222``; a lone user-info is a token:
+    ``nats://s3cr3t@h`` -> ``nats://***@h``.
+    """
+    return ",".join(_redact_one(u) for u in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    info, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = info.partition(":")
+    shown = f"{user}:***" if colon and user else "***"
+    return f"{scheme}{sep}{shown}@{host}{slash}{path}"
+
+
+class NatsConnectError(RuntimeError):
+    """No connection: one line naming the server (credentials redacted), the cause and what to check."""
+
+
+class ConnectionWatcher(Protocol):
+    """Told when the connection drops and when it is back (called in the client's reader, must not block)."""
+
+    def connection_lost(self) -> None: ...
+    def connection_restored(self) -> None: ...
 
 
 class TapelineClient(Client):
@@ -37,6 +83,37 @@ class TapelineClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._raw_handlers: dict[int, RawHandler] = {}
+        self._watchers: list[ConnectionWatcher] = []
+        self.shown_url = ""  # the server, credentials redacted: for log lines
+        self._lost_at = 0.0
+
+    def watch(self, watcher: ConnectionWatcher) -> None:
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: ConnectionWatcher) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    async def _on_disconnected(self) -> None:
+        if self._lost_at == 0.0 and not self.is_closed:
+            self._lost_at = time.monotonic()
+            log.warning("NATS connection lost; reconnecting", server=self.shown_url)
+        for w in list(self._watchers):
+            w.connection_lost()
+
+    async def _on_reconnected(self) -> None:
+        down = time.monotonic() - self._lost_at if self._lost_at else 0.0
+        self._lost_at = 0.0
+        log.warning("NATS connection restored", server=self.shown_url, down_s=round(down, 2))
+        for w in list(self._watchers):
+            w.connection_restored()
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py's default prints a traceback per failed reconnect attempt; one line (or none) is enough."""
+        if self.is_reconnecting or self.is_connecting or isinstance(exc, UnexpectedEOF | StaleConnectionError):
+            log.debug("NATS connection attempt failed", server=self.shown_url, error=describe_error(exc))
+        else:
+            log.warning("NATS error", server=self.shown_url, error=describe_error(exc))
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
         """Subscribe with a handler called synchronously, in the reader, for each message."""
@@ -109,6 +186,7 @@ class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
     tls_cert: str = ""
     tls_key: str = ""
     name: str = "tapeline"
+    start_retry_s: float = 30.0  # long-running processes: how long to wait for the server at start
 
     @classmethod
     def from_env(cls, url: str = "", name: str = "tapeline") -> NatsSettings:
@@ -124,11 +202,22 @@ class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
             tls_cert=env("TAPELINE_NATS_TLS_CERT", ""),
             tls_key=env("TAPELINE_NATS_TLS_KEY", ""),
             name=name,
+            start_retry_s=_seconds("TAPELINE_NATS_START_RETRY_S", env("TAPELINE_NATS_START_RETRY_S", "30")),
         )
 
     def __repr__(self) -> str:  # never print secrets
         auth = "yes" if self.password or self.token or self.creds_file else "no"
-        return f"NatsSettings(url={self.url!r}, user={self.user!r}, auth={auth})"
+        return f"NatsSettings(url={redact_url(self.url)!r}, user={self.user!r}, auth={auth})"
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise NatsConnectError(f"{name}={value!r} is not a number of seconds (e.g. 30)")
+    return seconds
 
 
 def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
@@ -140,22 +229,115 @@ def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def connect(settings: NatsSettings) -> TapelineClient:
-    """Open a connection that reconnects forever; larger pending buffer for the publish fast path."""
-    if not settings.url:
-        raise ValueError("no NATS URL: pass --nats URL, set TAPELINE_NATS_URL, or use the embedded server")
-    nc = TapelineClient()
-    await nc.connect(
-        servers=[u.strip() for u in settings.url.split(",")],
-        name=settings.name,
-        user=settings.user or None,
-        password=settings.password or None,
-        token=settings.token or None,
-        user_credentials=settings.creds_file or None,
-        tls=_tls_context(settings),
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        pending_size=64 * 1024 * 1024,
-        flush_timeout=30,
-    )
-    return nc
+def check_url(url: str) -> list[str]:
+    """The server URLs in ``url`` (comma-separated), or NatsConnectError saying what is wrong."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    for u in servers:
+        problem = ""
+        try:
+            parts = urlsplit(u if "://" in u else f"nats://{u}")
+            port = parts.port
+        except ValueError as e:
+            problem = str(e)
+        else:
+            if parts.scheme not in ("nats", "tls", "ws", "wss"):
+                problem = f"scheme {parts.scheme!r} is not nats, tls, ws or wss"
+            elif not parts.hostname:
+                problem = "no host"
+            elif port == 0:
+                problem = "port 0"
+        if problem:
+            raise NatsConnectError(f"invalid NATS URL {redact_url(u)!r}: {problem}; expected e.g. nats://host:4222")
+    if not servers:
+        raise NatsConnectError("no NATS URL: pass --nats URL, set TAPELINE_NATS_URL, or use the embedded server")
+    return servers
+
+
+def describe_error(exc: BaseException) -> str:
+    """A connection failure in a few words (no traceback, no credentials)."""
+    text = str(exc).removeprefix("nats: ").strip("'")
+    if "Authorization Violation" in text or "authorization" in text.lower():
+        return "authorization failed: check TAPELINE_NATS_USER/_PASSWORD, _TOKEN or _CREDS"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time (host unreachable, or not a NATS server?)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is nats-server running there?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return text or type(exc).__name__
+
+
+async def connect(settings: NatsSettings, *, retry_for: float = 0.0, connect_timeout: int = 2) -> TapelineClient:
+    """Connect, trying again for ``retry_for`` seconds if the server is not there yet (0: one attempt).
+
+    A refused password or token is reported at once. Failures raise NatsConnectError (one line).
+    Once connected, the client reconnects forever; a larger pending buffer serves the publish fast path.
+    """
+    servers = check_url(settings.url)
+    shown = redact_url(settings.url)
+    started = time.monotonic()
+    deadline = started + retry_for
+    attempt = 0
+    while True:
+        attempt += 1
+        nc = TapelineClient()
+        nc.shown_url = shown
+        errors: list[BaseException] = []
+
+        async def on_error(exc: Exception, nc: TapelineClient = nc, errors: list[BaseException] = errors) -> None:
+            if nc.is_connected or nc.is_reconnecting:
+                await nc._on_error(exc)
+            else:
+                errors.append(exc)
+
+        try:
+            # One attempt per server under our control (nats-py retries start-up with its reconnect
+            # settings, which we want unbounded later): no reconnect while connecting ...
+            await nc.connect(
+                servers=servers,
+                name=settings.name,
+                user=settings.user or None,
+                password=settings.password or None,
+                token=settings.token or None,
+                user_credentials=settings.creds_file or None,
+                tls=_tls_context(settings),
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                connect_timeout=connect_timeout,
+                error_cb=on_error,
+                disconnected_cb=nc._on_disconnected,
+                reconnected_cb=nc._on_reconnected,
+                pending_size=64 * 1024 * 1024,
+                flush_timeout=30,
+            )
+        except (OSError, NatsError, TimeoutError) as exc:
+            real = [e for e in errors if not isinstance(e, NoServersError)]  # NoServers: the last real cause
+            cause = describe_error(real[-1] if isinstance(exc, NoServersError) and real else exc)
+            await nc.close()
+            # A server refusing credentials sends -ERR and hangs up; the hang-up can overtake the -ERR.
+            if nc._server_info.get("auth_required") and isinstance(exc, ConnectionError | UnexpectedEOF):
+                cause = describe_error(NatsError("authorization failed (the server hung up at CONNECT)"))
+            if cause.startswith("authorization") or time.monotonic() >= deadline:
+                tried = f" ({attempt} attempts in {time.monotonic() - started:.0f}s)" if attempt > 1 else ""
+                raise NatsConnectError(f"cannot connect to NATS at {shown}: {cause}{tried}") from None
+            log.warning("NATS not reachable yet; retrying", server=shown, attempt=attempt, cause=cause)
+            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            continue
+        # ... and once connected, reconnect forever, a second apart.
+        nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1)
+        return nc
+
+
+async def close_connection(nc: Client, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Drain if connected (within ``timeout``), else close: never waits on a server that is gone."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout)
+            return
+        except (TimeoutError, NatsError):
+            pass
+    if not nc.is_closed:
+        await nc.close()

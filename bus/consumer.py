@@ -7,23 +7,49 @@ the open credit drops below half a batch, so the server is always filling the ne
 Each request also has a byte budget (``max_bytes``): a batch of big messages (tick batches)
 then ends early with a 409 status instead of flooding the connection, which would make the
 server cut us off as a slow consumer.
+
+The server can forget open requests without a word (a restart, a dropped connection), so the
+loop's record of a request lapses ``EXPIRY_MARGIN_S`` after the request's own ``expires``, and a
+dropped connection voids all open credit at once. After a reconnect the loop pulls again from a
+fresh inbox, once it knows where it stands: by default it checks that the consumer still exists
+(an ephemeral, memory-backed one does not survive a server restart: ``ConsumerLost``, never a
+silent hang or a silently short read); a caller that owns its position (an ordered consumer)
+passes ``on_reconnect`` to re-create the consumer where it left off instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
+import structlog
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from bus.connection import TapelineClient
+from bus.jetstream import JetStreamApi, JetStreamError
 from bus.topology import NS
 
 _enc = msgspec.json.Encoder()
+log = structlog.get_logger("tapeline.bus")
+
+EXPIRY_MARGIN_S = 1.0  # a request's credit lapses this long after its server-side expiry
+
+
+class ConsumerLost(RuntimeError):
+    """The consumer cannot go on after the connection dropped: gone from the server, or messages lost in flight."""
+
+
+@dataclass(slots=True)
+class _Request:
+    owed: int  # messages still owed
+    lapses: float  # monotonic time after which we stop counting on it
 
 
 @dataclass(slots=True)
@@ -69,6 +95,8 @@ class PullLoop:
         expires_s: float = 1.0,
         idle_s: float = 0.25,
         max_bytes: int = 8 * 1024 * 1024,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        refresh_s: float = 5.0,
     ) -> None:
         if not isinstance(nc, TapelineClient):
             raise TypeError("PullLoop needs a connection from bus.connection.connect()")
@@ -81,30 +109,47 @@ class PullLoop:
         self.max_bytes = max_bytes
         self._inbox = ""
         self._sub: Subscription | None = None
-        self._open: OrderedDict[str, int] = OrderedDict()  # request inbox -> messages still owed
+        self._open: OrderedDict[str, _Request] = OrderedDict()  # request inbox -> what it still owes, until when
         self._n = 0
         self._buf: list[Delivery] = []
         self._arrived = asyncio.Event()
+        self._lost = False  # the connection dropped: find out where we stand before pulling again
+        self.on_reconnect = on_reconnect
+        self.refresh_s = refresh_s
+        self._info_at = -math.inf
         self.stopping = False
 
     @property
     def credit(self) -> int:
-        return sum(self._open.values())
+        return sum(r.owed for r in self._open.values())
 
     def drained(self) -> bool:
         """Stopping, nothing buffered and no request still open."""
         return self.stopping and not self._buf and not self._open
 
     async def start(self) -> None:
+        self.nc.watch(self)
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe_raw(f"{self._inbox}.*", self._on_msg)
 
     async def stop(self) -> None:
+        self.nc.unwatch(self)
         sub, self._sub = self._sub, None
         if sub is not None:
             await self.nc.unsubscribe_raw(sub)
 
+    def connection_lost(self) -> None:
+        """The server forgets our requests with the connection; messages after this point are not trusted."""
+        self._lost = True
+        self._open.clear()
+        self._arrived.set()
+
+    def connection_restored(self) -> None:
+        self._arrived.set()
+
     def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if self._lost:  # into a request from before the drop: it may follow a gap; it comes again after recovery
+            return
         if not reply:  # a status on the request's own inbox: 404/408 expired, 409 conflict, 100 heartbeat
             if status_code(headers) != "100":
                 self._open.pop(subject.decode(), None)
@@ -113,31 +158,115 @@ class PullLoop:
         # Messages carry their stream subject, not the inbox; the server fills requests in order.
         if self._open:
             oldest = next(iter(self._open))
-            self._open[oldest] -= 1
-            if self._open[oldest] <= 0:
+            req = self._open[oldest]
+            req.owed -= 1
+            if req.owed <= 0:
                 del self._open[oldest]
         self._buf.append(parse_delivery(subject, reply, data, headers))
         self._arrived.set()
 
+    def _expire(self) -> None:
+        """Forget requests the server should have ended by now (all share ``expires``: oldest first)."""
+        now = time.monotonic()
+        while self._open:
+            oldest = next(iter(self._open))
+            if self._open[oldest].lapses > now:
+                return
+            del self._open[oldest]
+
     async def _top_up(self) -> None:
-        if self.stopping or self.credit > self.batch // 2:
+        self._expire()
+        if self.stopping or self._lost or not self.nc.is_connected or self.credit > self.batch // 2:
             return
         self._n += 1
         reply = f"{self._inbox}.{self._n}"
-        self._open[reply] = self.batch
+        self._open[reply] = _Request(self.batch, time.monotonic() + self.expires_s + EXPIRY_MARGIN_S)
         body = _enc.encode({"batch": self.batch, "max_bytes": self.max_bytes, "expires": int(self.expires_s * NS)})
         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", body, reply=reply)
 
     async def next_batch(self) -> list[Delivery]:
-        """What has arrived (up to ``batch``), or an empty list after ``idle_s`` with nothing."""
-        await self._top_up()
-        if not self._buf:
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), self.idle_s)
+        """What has arrived (up to ``batch``), or an empty list after ``idle_s`` with nothing.
+
+        While the connection is down it waits (an empty list then would read as "caught up"),
+        returning empty only when stopping.
+        """
+        while True:
+            if self._lost and not self._buf:
+                await self._recover()
+                if self._lost:  # stopping
+                    return []
+            await self._top_up()
+            if not self._buf:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self.idle_s)
+            if self._buf or not self._lost:
+                break
         out, self._buf = self._buf[: self.batch], self._buf[self.batch :]
         await self._top_up()
         return out
+
+    async def _recover(self) -> None:
+        """After a dropped connection: wait for it, learn where we stand, pull from a fresh inbox."""
+        api = JetStreamApi(self.nc, timeout=5.0)
+        while not self.stopping:
+            if self.nc.is_closed:
+                raise ConsumerLost(f"consumer {self.consumer} on {self.stream}: the NATS connection is closed")
+            if not self.nc.is_connected:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self.idle_s)
+                continue
+            try:
+                if self.on_reconnect is not None:
+                    await self.on_reconnect()
+                else:
+                    await self._check_consumer(api)
+            except JetStreamError as e:
+                if e.code not in (408, 503) and e.err_code != 10008:  # 10008: JetStream temporarily unavailable
+                    raise
+                log.info("waiting for JetStream after reconnect", consumer=self.consumer, error=str(e))
+                await asyncio.sleep(self.idle_s)
+                continue
+            old, self._sub = self._sub, None
+            if old is not None:
+                await self.nc.unsubscribe_raw(old)
+            self._inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe_raw(f"{self._inbox}.*", self._on_msg)
+            self._open.clear()
+            self._info_at = -math.inf  # refresh the lag from the server at the next idle moment
+            self._lost = False
+            log.info("pulling again after reconnect", stream=self.stream, consumer=self.consumer)
+            return
+
+    async def _check_consumer(self, api: JetStreamApi) -> None:
+        info = await api.consumer_info(self.stream, self.consumer)
+        if info is None:
+            raise ConsumerLost(
+                f"consumer {self.consumer} on {self.stream} is gone after the NATS connection dropped "
+                "(ephemeral consumers do not survive a server restart): run the command again"
+            )
+        if (info.get("config") or {}).get("ack_policy") == "none":
+            raise ConsumerLost(
+                f"consumer {self.consumer} on {self.stream} does not redeliver (ack policy none) and messages in "
+                "flight were lost when the NATS connection dropped: run the command again"
+            )
+
+    async def pending_on_server(self) -> int | None:
+        """The consumer's ``num_pending`` from the server, at most once per ``refresh_s`` (None in between).
+
+        Lag read from deliveries stops moving when nothing is delivered; asked while idle, this keeps
+        the lag metric true (a stalled consumer shows its backlog instead of a stale 0).
+        """
+        now = time.monotonic()
+        if self._lost or not self.nc.is_connected or now - self._info_at < self.refresh_s:
+            return None
+        self._info_at = now
+        try:
+            info = await JetStreamApi(self.nc, timeout=2.0).consumer_info(self.stream, self.consumer)
+        except JetStreamError:
+            return None
+        return int(info["num_pending"]) if info else None
 
     async def ack(self, d: Delivery) -> None:
         await self.nc.publish(d.reply, b"+ACK")

@@ -4,6 +4,11 @@ Each message carries ``Nats-Msg-Id`` = event id, so a retry or a re-run is de-du
 JetStream. Up to ``window`` messages are in flight; acks arrive on one wildcard inbox and are
 counted in a callback. ``publish`` returns only when every message is stored, so callers can
 ack their inputs safely afterwards. Unacked messages are re-sent (same id) after a timeout.
+
+Across a reconnect: acks of messages in flight when the connection dropped never come, so all of
+them are re-sent (same ids, JetStream drops what it already stored) as soon as the connection is
+back. While it is down, ``publish`` waits for it without spending its attempts (the client
+reconnects forever; a closed connection fails at once with PublishError).
 """
 
 from __future__ import annotations
@@ -102,16 +107,33 @@ class Publisher:
         self._next = 0
         self._inbox = ""
         self._sub: Subscription | None = None
+        self._resending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> Publisher:
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe_raw(f"{self._inbox}.*", self._on_ack)
+        self.nc.watch(self)
         return self
 
     async def close(self) -> None:
+        self.nc.unwatch(self)
         sub, self._sub = self._sub, None
         if sub is not None:
             await self.nc.unsubscribe_raw(sub)
+
+    def connection_lost(self) -> None:
+        pass  # the acks in flight are lost with it: re-sent when the connection is back
+
+    def connection_restored(self) -> None:
+        if self._inflight:
+            task = asyncio.create_task(self._resend_all())
+            self._resending.add(task)
+            task.add_done_callback(self._resending.discard)
+
+    async def _resend_all(self) -> None:
+        groups = {id(out.group): out.group for out in self._inflight.values()}
+        for g in groups.values():
+            await self._resend(g)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         out = self._inflight.pop(subject.decode(), None)
@@ -158,14 +180,19 @@ class Publisher:
         return await self._wait(group)
 
     async def _wait(self, group: _Group) -> PublishResult:
-        for _attempt in range(self.max_attempts):
-            try:
-                await asyncio.wait_for(asyncio.shield(group.done), self.ack_timeout)
+        attempts = 0
+        while not group.done.done():
+            await asyncio.wait([group.done], timeout=self.ack_timeout)
+            if group.done.done():
                 break
-            except TimeoutError:
-                await self._resend(group)
-        else:
-            raise PublishError(f"{group.remaining} message(s) not acknowledged after {self.max_attempts} attempts")
+            if self.nc.is_closed:
+                raise PublishError(f"{group.remaining} message(s) not acknowledged: the NATS connection is closed")
+            if not self.nc.is_connected:
+                continue  # re-sent by connection_restored when it is back
+            attempts += 1
+            if attempts >= self.max_attempts:
+                raise PublishError(f"{group.remaining} message(s) not acknowledged after {attempts} attempts")
+            await self._resend(group)
         if group.errors:
             raise PublishError("; ".join(group.errors[:5]))
         EVENTS_PUBLISHED.labels(self.role).inc(group.stored)
@@ -176,6 +203,7 @@ class Publisher:
     async def _resend(self, group: _Group) -> None:
         stale = [(reply, out) for reply, out in self._inflight.items() if out.group is group]
         for reply, out in stale:
-            del self._inflight[reply]
+            if self._inflight.pop(reply, None) is None:
+                continue  # acknowledged, or re-sent by someone else, meanwhile
             self._slots.release()
             await self._send(out)

@@ -142,8 +142,15 @@ class ConsumerRuntime:
         self.backoff_s = spec.backoff_s
         self.ack_wait_s = spec.ack_wait_s
         self.loop = PullLoop(
-            nc, spec.stream, spec.durable, batch=spec.batch, expires_s=spec.expires_s, max_bytes=spec.max_bytes
+            nc,
+            spec.stream,
+            spec.durable,
+            batch=spec.batch,
+            expires_s=spec.expires_s,
+            max_bytes=spec.max_bytes,
+            on_reconnect=self._reposition if self.ordered else None,
         )
+        self.handled_seq = 0  # stream sequence of the last message handled
         self.processed = 0
         self.dead = 0
         self.skipped = 0
@@ -168,6 +175,15 @@ class ConsumerRuntime:
         )
         await api.ensure_consumer(self.stream, cfg)
 
+    async def _reposition(self) -> None:
+        """After a dropped connection: go on right after the last message handled, none lost or seen twice.
+
+        Messages in flight when it dropped would otherwise come back only after ``ack_wait``, behind newer ones.
+        """
+        if self.handled_seq:
+            self.start_seq = self.handled_seq + 1
+        await self.ensure_consumer()
+
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand (and any already requested), then return."""
         self.loop.stopping = True
@@ -186,6 +202,10 @@ class ConsumerRuntime:
                     on_idle = getattr(self.sink, "idle", None)
                     if on_idle is not None:
                         await on_idle()
+                    pending = await self.loop.pending_on_server()
+                    if pending is not None:
+                        self.pending = pending
+                        CONSUMER_PENDING.labels(self.durable).set(pending)
                     self.idle.set()
                 if self.loop.drained():
                     break
@@ -265,6 +285,7 @@ class ConsumerRuntime:
         self.processed += n_ok
         EVENTS_CONSUMED.labels(self.durable).inc(n_ok)
         self.pending = batch[-1].pending
+        self.handled_seq = batch[-1].stream_seq
         CONSUMER_PENDING.labels(self.durable).set(batch[-1].pending)
         BATCH_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
         if received and received[-1].events:

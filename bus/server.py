@@ -2,6 +2,8 @@
 
 Ports are chosen by the server itself (``-1``) and read back from its ports file, so two
 servers never race for a port. ``start()`` returns only once ``/healthz`` says JetStream is up.
+A server started again (after ``stop()`` or ``kill()``) keeps its store and its client port, so
+connected clients find it where they left it.
 """
 
 from __future__ import annotations
@@ -40,10 +42,19 @@ def find_nats_server() -> str:
 class EmbeddedNats:
     """A child nats-server with JetStream, its store under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, port: int = -1, sync_always: bool = False, log_file: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = -1,
+        sync_always: bool = False,
+        log_file: Path | None = None,
+        extra_config: str = "",
+    ):
         self.data_dir = data_dir
         self.port = port
         self.sync_always = sync_always
+        self.extra_config = extra_config  # more nats-server configuration, e.g. an authorization block
         self.log_file = log_file or data_dir / "nats-server.log"
         self.url = ""
         self.monitor_url = ""
@@ -59,6 +70,7 @@ class EmbeddedNats:
             f'ports_file_dir: "{self.data_dir}"\n'
             "max_payload: 8MB\n"
             f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+            f"{self.extra_config}\n"
         )
 
     def start(self, timeout: float = 15.0) -> str:
@@ -86,6 +98,7 @@ class EmbeddedNats:
                     ports = json.loads(ports_file.read_text())
                     self.url = ports["nats"][0]
                     self.monitor_url = ports["monitoring"][0]
+                    self.port = int(self.url.rsplit(":", 1)[1])  # a restart comes back on the same port
                 except (ValueError, KeyError, IndexError):
                     time.sleep(0.02)
                     continue
@@ -117,6 +130,13 @@ class EmbeddedNats:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no flush, no goodbye to clients."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 

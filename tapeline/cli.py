@@ -8,11 +8,13 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+import structlog
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -21,6 +23,8 @@ from rich.table import Table
 
 from adapters.runner import FeedStats, run_feed
 from adapters.sim import SimFeed
+from bus.connection import NatsConnectError, redact_url
+from bus.consumer import ConsumerLost
 from bus.jetstream import JetStreamApi
 from bus.logging import configure_logging
 from bus.metrics import serve_metrics
@@ -46,10 +50,26 @@ schemas_app = typer.Typer(help="Event schemas.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
 console = Console()
+log = structlog.get_logger("tapeline")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="tapeline.toml")]
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (default: TAPELINE_NATS_URL or embedded)")]
 PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="subject prefix (namespace)")]
+
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command; no NATS connection is one line naming the server and the cause, exit 2."""
+    try:
+        return asyncio.run(main)
+    except NatsConnectError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    except ConsumerLost as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
 
 
 def _settings(config: Path, **overrides: Any) -> Settings:
@@ -239,17 +259,24 @@ def up(
     ] = True,
     prefix: PrefixOpt = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off)")] = None,
+    drain_timeout: Annotated[
+        float, typer.Option(help="seconds SIGINT/SIGTERM waits for in-flight work before exiting anyway")
+    ] = 10.0,
 ) -> None:
-    """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully)."""
+    """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully).
+
+    An external server that is not up yet is retried for TAPELINE_NATS_START_RETRY_S (30) seconds.
+    """
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
     serve_metrics(s.metrics_port)
-    asyncio.run(_up(s, tuple(only or ROLES), standby))
+    _run(_up(s, tuple(only or ROLES), standby, drain_timeout))
 
 
-async def _up(s: Settings, roles: tuple[str, ...], standby: bool) -> None:
+async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
     from bus.lease import LeaseHeld, LeaseLost
 
-    async with nats_session(s.nats_url, s.data_path, name="tapeline-up") as (nc, url):
+    close_s = min(2.0, drain_s / 4)  # of the drain budget, kept for closing the connection
+    async with nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s) as (nc, url):
         try:
             pipeline = Pipeline(
                 nc,
@@ -268,10 +295,15 @@ async def _up(s: Settings, roles: tuple[str, ...], standby: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        console.print(f"[bold]tapeline up[/] on {url} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
+        shown = redact_url(url)
+        console.print(f"[bold]tapeline up[/] on {shown} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
         waiter = asyncio.create_task(pipeline.wait())
         await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        await pipeline.stop()
+        try:  # bounded: a server that is gone, or forgot our requests, must not keep us here
+            async with asyncio.timeout(drain_s - close_s):
+                await pipeline.stop()
+        except TimeoutError:
+            log.warning("drain timed out; unacknowledged work will be redelivered", drain_timeout_s=drain_s)
         if waiter.done() and not waiter.cancelled() and waiter.exception():
             exc = waiter.exception()
             if isinstance(exc, LeaseHeld | LeaseLost):
@@ -303,7 +335,7 @@ def serve(
 def status(config: ConfigOpt = Path("tapeline.toml"), nats: NatsOpt = "", prefix: PrefixOpt = None) -> None:
     """Streams, message counts, consumer lag and projection checkpoints."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
-    asyncio.run(_status(s))
+    _run(_status(s))
 
 
 async def _status(s: Settings) -> None:
@@ -378,7 +410,7 @@ def query(
 ) -> None:
     """Read-only SQL over the projections, live (through the projector) or from the file."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
-    res = asyncio.run(_query_cmd(s, sql))
+    res = _run(_query_cmd(s, sql))
     if res.error:
         console.print(f"[red]{res.error}[/]")
         raise typer.Exit(1)
@@ -430,7 +462,7 @@ def replay(
         raise typer.Exit(2)
     until_ns = _parse_time(until) if until else None
     target = out or s.data_path / "replay" / f"rebuild-{int(time.time())}.duckdb"
-    ok = asyncio.run(_replay(s, target, verify_, until_ns, swap))
+    ok = _run(_replay(s, target, verify_, until_ns, swap))
     if not ok:
         raise typer.Exit(1)
 
@@ -515,7 +547,7 @@ def what_if_cmd(
     alt["decision"] = d if threshold is None else msgspec.structs.replace(d, threshold=threshold)
     target = f"{s.prefix}-whatif-{name}"
     until_ns = _parse_time(until) if until else None
-    asyncio.run(_what_if(s, alt, target, until_ns, show))
+    _run(_what_if(s, alt, target, until_ns, show))
 
 
 async def _what_if(s: Settings, alt: Any, target: str, until_ns: int | None, show: int) -> None:
@@ -635,7 +667,7 @@ def decisions(
 ) -> None:
     """The latest verdict per symbol, from the decisions KV bucket; --follow streams new ones."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
-    asyncio.run(_decisions(s, symbol, follow))
+    _run(_decisions(s, symbol, follow))
 
 
 def _decision_row(t: Table, env: DecisionEnvelope) -> None:

@@ -38,11 +38,12 @@ def _settings(config: Path, prefix: str | None) -> Settings:
 
 
 async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
-    from bus.connection import NatsSettings, connect
+    from bus.connection import NatsSettings, close_connection, connect
     from bus.publisher import Publisher
     from bus.topology import provision
 
-    nc = await connect(NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}"))
+    nats = NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}")
+    nc = await connect(nats, retry_for=nats.start_retry_s)
     try:
         await provision(nc, settings.prefix, settings.retention)
         pub = await Publisher(nc, settings.prefix, role=f"feed-{feed.name}").start()
@@ -52,15 +53,17 @@ async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
         finally:
             await pub.close()
     finally:
-        await nc.drain()
+        await close_connection(nc)
 
 
 def _go(settings: Settings, nats_url: str, feed: Feed) -> None:
+    from bus.connection import NatsConnectError
+
     try:
         asyncio.run(_run(settings, nats_url, feed))
     except KeyboardInterrupt:
         pass
-    except ValueError as e:  # e.g. no NATS URL
+    except (ValueError, NatsConnectError) as e:  # e.g. no NATS URL, no server, a wrong password
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
 
@@ -85,18 +88,25 @@ def mt5_cmd(
         raise typer.Exit(2) from None
 
     async def main() -> None:
-        from bus.connection import NatsSettings, connect
+        from bus.connection import NatsSettings, close_connection, connect
 
-        nc = await connect(NatsSettings.from_env(nats, name="tapeline-mt5-resume"))
+        settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume")
+        nc = await connect(settings, retry_for=settings.start_retry_s)
         try:
             cursors = await resume_cursors(nc, s.prefix, term.venue, term.symbols,
                                            server_time_offset_s=term.server_time_offset_s)  # fmt: skip
         finally:
-            await nc.drain()
+            await close_connection(nc)
         await _run(s, nats, Mt5Feed(term, mt5=module, resume=cursors))
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    from bus.connection import NatsConnectError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    except NatsConnectError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
 
 
 @feed_app.command("ibkr")

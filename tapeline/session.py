@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from bus.connection import NatsSettings, connect
+from bus.connection import NatsSettings, close_connection, connect
 from bus.server import EmbeddedNats
 
 
@@ -30,8 +30,14 @@ def running_embedded(data_dir: Path) -> str | None:
 
 
 @asynccontextmanager
-async def nats_session(url: str, data_dir: Path, name: str = "tapeline") -> AsyncIterator[tuple[Client, str]]:
-    """Connect to ``url``; else to the embedded server on ``data_dir``, starting it if needed."""
+async def nats_session(
+    url: str, data_dir: Path, name: str = "tapeline", *, retry: bool = False, close_s: float = 5.0
+) -> AsyncIterator[tuple[Client, str]]:
+    """Connect to ``url``; else to the embedded server on ``data_dir``, starting it if needed.
+
+    ``retry``: wait for an external server that is not up yet (long-running commands); one-shot
+    commands fail at once (``NatsConnectError``). Closing never waits more than ``close_s``.
+    """
     settings = NatsSettings.from_env(url, name=name)
     server: EmbeddedNats | None = None
     if not settings.url:
@@ -40,10 +46,10 @@ async def nats_session(url: str, data_dir: Path, name: str = "tapeline") -> Asyn
             server = EmbeddedNats(data_dir / "nats")
             found = server.start()
         settings = NatsSettings.from_env(found, name=name)
-    nc = await connect(settings)
+    nc = await connect(settings, retry_for=settings.start_retry_s if retry and server is None else 0.0)
     try:
         yield nc, settings.url
     finally:
-        await nc.drain()
+        await close_connection(nc, close_s)
         if server is not None:
             server.stop()

@@ -6,12 +6,18 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 import structlog
+from nats.aio.client import Client
 
-from adapters.alerts import AlertNotifierSink, NotifyError, WebhookNotifier, make_alert
-from bus.consumer import Delivery
-from bus.runtime import Received
+from adapters.alerts import NotifierConfig, NotifierGateway, NotifyError, WebhookNotifier, make_alert
+from bus.components import ComponentRunner
+from bus.inprocess import InProcessRunner
+from bus.jetstream import JetStreamApi
+from bus.publisher import Publisher
+from schemas.subjects import OPS
+from tests.helpers import stored, wait_stored, wait_until
 
 
 class WebhookServer:
@@ -108,15 +114,38 @@ async def test_severity_filter_and_resolved_always_sent(notifier_factory: list[W
         assert len(srv.bodies) == 1 and "RESOLVED" in str(srv.bodies[0]["content"])
 
 
-async def test_sink_reports_failures_for_retry(notifier_factory: list[WebhookNotifier]) -> None:
+async def test_notifier_gateway_posts_each_alert_once_and_replay_never_calls_out(
+    nc: Client, provisioned: str, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook is a gateway: a failed post is retried, a stored result is never posted again
+    (redelivery, restart beyond the duplicate window), and replay answers from the record only."""
     async with WebhookServer([(500, {}, b"")] * 2) as srv:
-        n = WebhookNotifier(srv.url, retries=0, backoff_s=0.01)
-        notifier_factory.append(n)
-        sink = AlertNotifierSink(n)
-        d = Delivery("t.ops.alert.critical", b"", None, "", 1, 1, 0, 0)
-        batch = [Received(d, [make_alert("f", "a", "one", severity="critical")]),
-                 Received(d, [make_alert("f", "b", "two", severity="critical")])]  # fmt: skip
-        failures = await sink.process(batch)
-        assert set(failures) == {0, 1} and all(f.retry for f in failures.values())
-        assert await sink.process(batch) == {}
+        monkeypatch.setenv("TAPELINE_ALERT_WEBHOOK_URL", srv.url)
+        gw = NotifierGateway(NotifierConfig(retries=0, backoff_s=0.01))
+        alerts = [make_alert("f", "a", "one", severity="critical"), make_alert("f", "b", "two", severity="critical")]
+        await publisher.publish(alerts)
+        runner = ComponentRunner(nc, publisher, gw, provisioned)
+        runner.specs = [msgspec.structs.replace(sp, backoff_s=0.05) for sp in runner.specs]
+        task = asyncio.create_task(runner.run())
+        notified = f"{provisioned}.ops.notify.>"
+        await wait_stored(nc, OPS.stream(provisioned), notified, lambda e: len(e) == 2, within=60)
+        runner.stop()
+        await task
+        assert len(srv.bodies) == 4, "two refused by the 500s, then each alert delivered once"
+        assert [n.delivered for n in await stored(nc, OPS.stream(provisioned), notified)] == [True, True]  # type: ignore[attr-defined]
+        # A restart that lost every ack: the stored results are found, nothing is posted again.
+        api = JetStreamApi(nc)
+        (spec,) = runner.specs
+        await api.delete_consumer(spec.stream, spec.durable)
+        again = ComponentRunner(nc, publisher, NotifierGateway(NotifierConfig(retries=0)), provisioned)
+        task = asyncio.create_task(again.run())
+        await wait_until(lambda: again.runtimes and again.runtimes[0].processed == 2, timeout=60)
+        again.stop()
+        await task
+        assert len(srv.bodies) == 4 and sum(s.performed for s in again.sinks) == 0  # type: ignore[union-attr]
+        # Replay: the recorded notifications come back with the same ids; no call goes out.
+        recorded = await stored(nc, OPS.stream(provisioned), notified)
+        replayed = await InProcessRunner([gw], provisioned, recorded=recorded).run(alerts)  # type: ignore[arg-type]
+        assert [e.event_id for e in replayed] == [e.event_id for e in recorded]
+        assert await InProcessRunner([gw], provisioned).run(alerts) == []  # type: ignore[arg-type]
         assert len(srv.bodies) == 4
