@@ -40,8 +40,9 @@ from bus.metrics import (
     EVENTS_FAILED,
     EVENTS_SKIPPED,
 )
-from bus.publisher import Publisher
+from bus.publisher import Publisher, PublishTimeout, StoreFull
 from bus.reader import read_stream
+from bus.stall import Stall, Stalled
 from bus.topology import AckPolicy, durable_config
 from schemas.codec import MalformedEvent, decode
 from schemas.events import AnyEvent, DeadLetter, Event
@@ -75,6 +76,8 @@ class Sink(Protocol):
 
     A sink may also have ``async idle()`` (called when a pull comes back empty) and
     ``async close()`` (called once after the last batch), e.g. to commit what it buffers.
+    A sink that waits out a full disk or store (``bus.stall``) has ``stop()``, which ends the
+    wait by raising :class:`Stalled`; the runtime then gives the batch up unacked.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -143,6 +146,7 @@ class ConsumerRuntime:
         self.skipped = 0
         self.idle = asyncio.Event()  # set whenever a pull comes back empty
         self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
+        self.abandoned = False  # stopped while the sink waited for space: the rest is redone on restart
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
@@ -182,6 +186,9 @@ class ConsumerRuntime:
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand (and any already requested), then return."""
         self.loop.stopping = True
+        stop_sink = getattr(self.sink, "stop", None)
+        if stop_sink is not None:  # a sink waiting for space gives up its batch
+            stop_sink()
 
     async def run(self) -> None:
         api = JetStreamApi(self.nc)
@@ -206,7 +213,7 @@ class ConsumerRuntime:
                     if on_idle is not None:
                         await on_idle()
                     self.idle.set()
-                if self.loop.drained():
+                if self.loop.drained() or self.abandoned:
                     break
         finally:
             on_close = getattr(self.sink, "close", None)
@@ -241,6 +248,10 @@ class ConsumerRuntime:
                 failures = await self.sink.process(received)
                 break
             except Exception as exc:
+                if isinstance(exc, Stalled) and self.loop.stopping:  # unacked: redone after a restart
+                    log.warning("stopped while waiting for space", consumer=self.durable, error=str(exc))
+                    self.abandoned = True
+                    return
                 log.warning("batch failed", consumer=self.durable, error=repr(exc), size=len(batch), attempt=attempt)
                 if self.ack_policy != "all":  # each message is nak'd and comes back on its own
                     failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
@@ -399,6 +410,11 @@ class ReactionSink:
         self.publisher = publisher
         self.emitted = 0
         self.skip_ids: set[str] = set()  # outputs already stored before a restart (see ConsumerRuntime)
+        self.stopping = asyncio.Event()
+        self.stall = Stall(f"handler:{reaction.name}", publisher, stop=self.stopping)
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     def outputs(self, event: AnyEvent) -> list[Event]:
         return react(self.reaction, event)
@@ -413,7 +429,14 @@ class ReactionSink:
             except Exception as exc:  # a handler bug or bad data: retry, then dead-letter
                 log.warning("handler failed", handler=self.reaction.name, seq=rec.delivery.stream_seq, error=repr(exc))
                 failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
-        if pending:
-            await self.publisher.publish(pending)
-            self.emitted += len(pending)
+        emitted = len(pending)
+        while pending:  # a full store: outputs are computed once, only what was not stored is re-sent
+            try:
+                await self.publisher.publish(pending)
+                pending = []
+            except (StoreFull, PublishTimeout) as e:
+                pending = e.unstored
+                await self.stall.wait(e)
+        await self.stall.resolved()
+        self.emitted += emitted
         return failures

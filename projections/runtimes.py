@@ -31,7 +31,14 @@ def projection_runtimes(
     out = []
     for fam in {t.family for t in db.tables}:
         stream = fam.stream(prefix)
-        sink = ProjectionSink(db, fam, stream, until_ns=until_ns, stop_at_seq=(stop_at or {}).get(fam.key))
+        sink = ProjectionSink(
+            db,
+            fam,
+            stream,
+            until_ns=until_ns,
+            stop_at_seq=(stop_at or {}).get(fam.key),
+            alerts=publisher if durable else None,  # a full disk is reported on the bus
+        )
         rt = ConsumerRuntime(
             nc,
             publisher,
