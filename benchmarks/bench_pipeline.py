@@ -77,8 +77,8 @@ async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool
     stream = f"{prefix.upper()}_MD"
     info = await api.stream_info(stream)
     last = int(info["state"]["last_seq"]) if info else 0
-    t_proj = await wait_consumed(api, stream, "proj_main_md")
-    t_bars = await wait_consumed(api, stream, "h_bars_md") if handlers else float("nan")
+    t_proj = await wait_consumed(api, stream, "projector_md")
+    t_bars = await wait_consumed(api, stream, "bars_md") if handlers else float("nan")
     await pub.close()
     await nc.drain()
     return {

@@ -31,9 +31,10 @@ from nats.aio.client import Client
 from bus.jetstream import JetStreamApi, JetStreamError
 from bus.lease import Lease
 from bus.metrics import COMPONENT_EVENTS
-from bus.publisher import Publisher
+from bus.publisher import Publisher, PublishTimeout, StoreFull
 from bus.reader import Received, read
 from bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
+from bus.stall import Stall
 from schemas.codec import MalformedEvent, decode
 from schemas.components import (
     Component,
@@ -99,6 +100,11 @@ class HandlerSink:
         self.emitted = 0
         self.skip_ids: set[str] = set()  # outputs stored before a restart
         self._exported: dict[str, int] = {}
+        self.stopping = asyncio.Event()
+        self.stall = Stall(f"handler:{handler.name}", publisher, stop=self.stopping)
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         failures: dict[int, Failure] = {}
@@ -116,9 +122,7 @@ class HandlerSink:
                     )
                     failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
                     break
-        if pending:
-            await self.publisher.publish(pending)
-            self.emitted += len(pending)
+        self.emitted += await publish_waiting_for_space(self.publisher, pending, self.stall)
         self._export_counters()
         return failures
 
@@ -129,6 +133,20 @@ class HandlerSink:
             if n > seen:
                 COMPONENT_EVENTS.labels(self.component.name, outcome).inc(n - seen)
                 self._exported[outcome] = n
+
+
+async def publish_waiting_for_space(publisher: Publisher, events: list[Event], stall: Stall) -> int:
+    """Publish; on a full store keep the computed outputs and re-send only what was not stored."""
+    n = len(events)
+    while events:
+        try:
+            await publisher.publish(events)
+            events = []
+        except (StoreFull, PublishTimeout) as e:
+            events = list(e.unstored)
+            await stall.wait(e)
+    await stall.resolved()
+    return n
 
 
 class GatewaySink:
@@ -144,6 +162,11 @@ class GatewaySink:
         self.runtime = runtime
         self.skip_ids: set[str] = set()  # results stored (before a restart, or by this process)
         self.performed = 0
+        self.stopping = asyncio.Event()
+        self.stall = Stall(f"gateway:{gateway.name}", publisher, stop=self.stopping)
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         failures: dict[int, Failure] = {}
@@ -162,9 +185,8 @@ class GatewaySink:
                     failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
                     break
                 out = stamp_results(gw, ev, results)
-                if out:
-                    await self.publisher.publish(out)
-                    self.skip_ids.update(o.event_id for o in out)
+                await publish_waiting_for_space(self.publisher, out, self.stall)
+                self.skip_ids.update(o.event_id for o in out)
         return failures
 
     async def _perform(self, rec: Received, ev: AnyEvent) -> Sequence[Event]:

@@ -44,6 +44,24 @@ PROJECTION_CHECKPOINT = Gauge(
 PROJECTION_LAG = Gauge(
     "tapeline_projection_lag_messages", "Stream messages not yet committed by a projection", ["projection", "stream"]
 )
+STORE_FULL = Counter(
+    "tapeline_store_full_total",
+    "Publishes JetStream refused because its store is full (err_code 10023/10047), by publisher role",
+    ["role"],
+)
+PUBLISH_TIMEOUTS = Counter(
+    "tapeline_publish_timeouts_total",
+    "Publishes given up without acks (server unreachable, or its disk full), by publisher role",
+    ["role"],
+)
+DISK_FULL = Counter(
+    "tapeline_disk_full_total", "DuckDB commits that failed for lack of disk space, by projection", ["projection"]
+)
+STALLED = Gauge(
+    "tapeline_stalled",
+    "1 while a component waits for space (kind: store_full, publish_timeout, disk_full) to store its work",
+    ["component", "kind"],
+)
 
 
 def serve_metrics(port: int, host: str = "") -> None:

@@ -9,6 +9,15 @@ Across a reconnect: acks of messages in flight when the connection dropped never
 them are re-sent (same ids, JetStream drops what it already stored) as soon as the connection is
 back. While it is down, ``publish`` waits for it without spending its attempts (the client
 reconnects forever; a closed connection fails at once with PublishError).
+
+Failures say which events were not stored (``PublishError.unstored``), so a caller that waits and
+retries re-sends only those: a retry after JetStream's duplicate window cannot store twice.
+When JetStream's store is full, nats-server 2.15 answers each publish with ``{"error": {"code":
+503, "err_code": 10023, "description": "insufficient resources"}}`` (10047 "insufficient storage
+resources available" when a reservation is exceeded): that is :class:`StoreFull`. When the disk
+under the store fills before JetStream's own limit (``max_file_store``, by default 75% of the free
+disk when the server started), the server logs "no space left on device" and answers nothing:
+:class:`PublishTimeout`; that stream then stores nothing until nats-server restarts.
 """
 
 from __future__ import annotations
@@ -22,13 +31,33 @@ from nats.aio.subscription import Subscription
 
 from bus.connection import TapelineClient
 from bus.consumer import status_code
-from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED
+from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_TIMEOUTS, STORE_FULL
+from bus.stall import Stalled
 from schemas.codec import encode
 from schemas.events import Event
 
 
 class PublishError(RuntimeError):
-    """JetStream refused or never acknowledged some messages."""
+    """JetStream refused or never acknowledged some messages; ``unstored``: the events not stored."""
+
+    def __init__(self, message: str, unstored: Sequence[Event] = ()) -> None:
+        super().__init__(message)
+        self.unstored = list(unstored)
+
+
+class StoreFull(PublishError, Stalled):
+    """JetStream's store is full: nothing more is stored until space is freed in it."""
+
+    kind = "store_full"
+
+
+class PublishTimeout(PublishError, Stalled):
+    """No ack at all: the server is unreachable, or the disk under its store is full."""
+
+    kind = "publish_timeout"
+
+
+STORE_FULL_CODES = (10023, 10047)  # JSInsufficientResourcesErr, JSStorageResourcesExceededErr
 
 
 class _PubAck(msgspec.Struct):
@@ -46,15 +75,18 @@ class _Out(msgspec.Struct):
     payload: bytes
     headers: bytes  # a complete NATS header block
     group: _Group
+    index: int  # which of the group's messages
 
 
 class _Group:
-    __slots__ = ("done", "duplicates", "errors", "remaining", "seqs", "stored")
+    __slots__ = ("done", "duplicates", "errors", "full", "refused", "remaining", "seqs", "stored")
 
     def __init__(self, n: int) -> None:
         self.remaining = n
         self.done = asyncio.get_running_loop().create_future()
         self.errors: list[str] = []
+        self.full: list[str] = []  # refusals for a full store
+        self.refused: list[int] = []  # indexes of messages JetStream refused
         self.stored = 0
         self.duplicates = 0
         self.seqs: list[int] = []
@@ -142,11 +174,17 @@ class Publisher:
         self._slots.release()
         g = out.group
         if status_code(headers) == "503":
-            g.errors.append(f"{out.subject}: no stream captures this subject (provision first)")
+            g.refused.append(out.index)
+            g.errors.append(
+                f"{out.subject}: no stream captures this subject (provision first), or JetStream is off on the server"
+            )
         else:
             ack = _ack_decoder.decode(data)
             if ack.error:
-                g.errors.append(f"{out.subject}: {ack.error.get('description')}")
+                g.refused.append(out.index)
+                code = ack.error.get("err_code")
+                what = f"{ack.stream or out.subject}: {ack.error.get('description')} (err_code {code})"
+                (g.full if code in STORE_FULL_CODES else g.errors).append(what)
             elif ack.duplicate:
                 g.duplicates += 1
             else:
@@ -166,9 +204,9 @@ class Publisher:
     async def publish(self, events: Sequence[Event], *, extra_headers: dict[str, str] | None = None) -> PublishResult:
         """Publish each event as its own message; wait until JetStream has stored all of them."""
         group = _Group(len(events))
-        for ev in events:
-            await self._send(_Out(ev.subject(self.prefix), encode(ev), headers_for(ev, 1, extra_headers), group))
-        return await self._wait(group)
+        for i, ev in enumerate(events):
+            await self._send(_Out(ev.subject(self.prefix), encode(ev), headers_for(ev, 1, extra_headers), group, i))
+        return await self._wait(group, events)
 
     async def publish_batch(self, events: Sequence[Event]) -> PublishResult:
         """Publish many events of one subject as one message (a JSON array; ids kept per event)."""
@@ -176,34 +214,64 @@ class Publisher:
             return PublishResult(0, 0, [])
         group = _Group(1)
         first = events[0]
-        await self._send(_Out(first.subject(self.prefix), encode(events), headers_for(first, len(events)), group))
-        return await self._wait(group)
+        await self._send(_Out(first.subject(self.prefix), encode(events), headers_for(first, len(events)), group, 0))
+        return await self._wait(group, events, batch=True)
 
-    async def _wait(self, group: _Group) -> PublishResult:
+    async def _wait(self, group: _Group, events: Sequence[Event], *, batch: bool = False) -> PublishResult:
         attempts = 0
         while not group.done.done():
             await asyncio.wait([group.done], timeout=self.ack_timeout)
             if group.done.done():
                 break
             if self.nc.is_closed:
-                raise PublishError(f"{group.remaining} message(s) not acknowledged: the NATS connection is closed")
+                raise PublishError(
+                    f"{group.remaining} message(s) not acknowledged: the NATS connection is closed",
+                    events if batch else [events[o.index] for o in self._take(group)],
+                )
             if not self.nc.is_connected:
                 continue  # re-sent by connection_restored when it is back
             attempts += 1
             if attempts >= self.max_attempts:
-                raise PublishError(f"{group.remaining} message(s) not acknowledged after {attempts} attempts")
+                unacked = [out.index for out in self._take(group)]
+                self._count(group)
+                PUBLISH_TIMEOUTS.labels(self.role).inc()
+                raise PublishTimeout(
+                    f"{len(unacked)} message(s) not acknowledged after {self.max_attempts} attempts of "
+                    f"{self.ack_timeout:g}s: the server is unreachable, or the disk under its store is full "
+                    "(nats-server then logs 'no space left on device' and needs a restart once space is freed)",
+                    events if batch else [events[i] for i in sorted(unacked + group.refused)],
+                )
             await self._resend(group)
+        self._count(group)
+        unstored = events if batch else [events[i] for i in sorted(group.refused)]
         if group.errors:
-            raise PublishError("; ".join(group.errors[:5]))
+            raise PublishError("; ".join((group.errors + group.full)[:5]), unstored)
+        if group.full:
+            STORE_FULL.labels(self.role).inc()
+            raise StoreFull(
+                f"JetStream store full: {len(group.full)} message(s) refused, e.g. {group.full[0]}; "
+                "free space in JetStream (delete what-if namespaces, shorten market-data retention) or raise "
+                "the server's max_file_store, and publishing resumes",
+                unstored,
+            )
+        return PublishResult(group.stored, group.duplicates, group.seqs)
+
+    def _count(self, group: _Group) -> None:
         EVENTS_PUBLISHED.labels(self.role).inc(group.stored)
         if group.duplicates:
             EVENTS_DUPLICATE.labels(self.role).inc(group.duplicates)
-        return PublishResult(group.stored, group.duplicates, group.seqs)
 
-    async def _resend(self, group: _Group) -> None:
+    def _take(self, group: _Group) -> list[_Out]:
+        """Take a group's unacked messages out of the window (a late ack for one is then ignored)."""
         stale = [(reply, out) for reply, out in self._inflight.items() if out.group is group]
+        taken: list[_Out] = []
         for reply, out in stale:
             if self._inflight.pop(reply, None) is None:
                 continue  # acknowledged, or re-sent by someone else, meanwhile
             self._slots.release()
+            taken.append(out)
+        return taken
+
+    async def _resend(self, group: _Group) -> None:
+        for out in self._take(group):
             await self._send(out)

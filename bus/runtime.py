@@ -44,6 +44,7 @@ from bus.metrics import (
 )
 from bus.publisher import Publisher
 from bus.reader import Received
+from bus.stall import Stalled
 from bus.topology import AckPolicy, durable_config
 from schemas.codec import MalformedEvent, decode
 from schemas.events import DeadLetter, Event
@@ -71,6 +72,8 @@ class Sink(Protocol):
 
     A sink may also have ``async idle()`` (called when a pull comes back empty) and
     ``async close()`` (called once after the last batch), e.g. to commit what it buffers.
+    A sink that waits out a full disk or store (``bus.stall``) has ``stop()``, which ends the
+    wait by raising :class:`Stalled`; the runtime then gives the batch up unacked.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -160,6 +163,7 @@ class ConsumerRuntime:
         self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
         self.after_ack: Callable[[int], Awaitable[None]] | None = None  # e.g. write a snapshot
         self.on_stop: Callable[[], Awaitable[None]] | None = None  # after the last batch, e.g. a final snapshot
+        self.abandoned = False  # stopped while the sink waited for space: the rest is redone on restart
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
@@ -187,6 +191,9 @@ class ConsumerRuntime:
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand (and any already requested), then return."""
         self.loop.stopping = True
+        stop_sink = getattr(self.sink, "stop", None)
+        if stop_sink is not None:  # a sink waiting for space gives up its batch
+            stop_sink()
 
     async def run(self) -> None:
         await self.ensure_consumer()
@@ -207,7 +214,7 @@ class ConsumerRuntime:
                         self.pending = pending
                         CONSUMER_PENDING.labels(self.durable).set(pending)
                     self.idle.set()
-                if self.loop.drained():
+                if self.loop.drained() or self.abandoned:
                     break
         finally:
             on_close = getattr(self.sink, "close", None)
@@ -242,6 +249,10 @@ class ConsumerRuntime:
                 failures = await self.sink.process(received)
                 break
             except Exception as exc:
+                if isinstance(exc, Stalled) and self.loop.stopping:  # unacked: redone after a restart
+                    log.warning("stopped while waiting for space", consumer=self.durable, error=str(exc))
+                    self.abandoned = True
+                    return
                 log.warning("batch failed", consumer=self.durable, error=repr(exc), size=len(batch), attempt=attempt)
                 if self.ack_policy != "all":  # each message is nak'd and comes back on its own
                     failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}

@@ -10,19 +10,27 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+import structlog
 from nats.aio.client import Client
 
-from bus.jetstream import JetStreamApi
+from bus.jetstream import JetStreamApi, JetStreamError
 from schemas.subjects import DECISION, FAMILIES, StreamFamily, decisions_bucket
 
 NS = 1_000_000_000
+GIB = 1024**3
+STORAGE_RESOURCES_EXCEEDED = 10047  # nats-server could not reserve a stream's max_bytes
+log = structlog.get_logger("tapeline.bus")
 
 
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-family retention. Market data ages out; records never expire."""
+    """Per-family retention. Market data ages out (and is capped in bytes, discarding the oldest); records never expire.
+
+    nats-server reserves a stream's ``max_bytes`` against its store limit when the stream is created,
+    so every namespace with this retention claims ``md_max_bytes`` (see :func:`provision`).
+    """
 
     md_max_age_s: int = 30 * 24 * 3600
-    md_max_bytes: int = -1
+    md_max_bytes: int = 10 * GIB
     duplicate_window_s: int = 120
     record_duplicate_window_s: int = 3600
     replicas: int = 1
@@ -111,13 +119,31 @@ def durable_config(
 
 
 async def provision(nc: Client, prefix: str, retention: Retention | None = None) -> dict[str, str]:
-    """Apply every stream and the KV bucket; returns what happened to each. Safe to run always."""
-    r = retention or Retention()
+    """Apply every stream and the KV bucket; returns what happened to each. Safe to run always.
+
+    Without ``retention`` (an isolated namespace: tests, what-if) market data gets no byte limit, as
+    each namespace would reserve ``md_max_bytes`` on the server. When the server cannot reserve it
+    (its store limit is smaller), the market-data stream is kept without a byte limit and a warning
+    says so: a configured cap must not stop the system from starting.
+    """
+    r = retention or Retention(md_max_bytes=-1)
     api = JetStreamApi(nc)
     done: dict[str, str] = {}
     for fam in FAMILIES:
         cfg = stream_config(fam, prefix, r)
-        done[cfg["name"]] = await api.ensure_stream(cfg)
+        try:
+            done[cfg["name"]] = await api.ensure_stream(cfg)
+        except JetStreamError as e:
+            if e.err_code != STORAGE_RESOURCES_EXCEEDED or fam.record or r.md_max_bytes <= 0:
+                raise
+            log.warning(
+                "market data has no byte limit: nats-server cannot reserve [retention] md_max_bytes; lower it, "
+                "or raise the server's max_file_store (default 75% of the disk's free space at its start)",
+                stream=cfg["name"],
+                md_max_bytes=r.md_max_bytes,
+                error=str(e),
+            )
+            done[cfg["name"]] = await api.ensure_stream({**cfg, "max_bytes": -1})
     kv = decisions_kv_config(prefix, r)
     done[kv["name"]] = await api.ensure_stream(kv)
     return done

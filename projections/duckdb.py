@@ -4,11 +4,18 @@ One writer per file (DuckDB's rule): the projector process owns the connection; 
 through its query service (see ``projections.query``) or open a read-only copy when it is down.
 Commits run in a worker thread on a per-stream cursor, so the event loop keeps pulling and
 decoding while DuckDB writes.
+
+A full disk (see :class:`StorageFull`) stops only the commits: the sink keeps its rows, alerts
+once, waits with backoff (``bus.stall``) and retries until space is free, reopening the database
+if DuckDB invalidated it; nothing is acked meanwhile, so the process and other consumers go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -16,14 +23,28 @@ from typing import Any
 
 import duckdb
 
-from bus.metrics import PROJECTION_CHECKPOINT, PROJECTION_LAG
+from bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG
 from bus.reader import Received
 from bus.runtime import Failure
+from bus.stall import Publishes, Stall, Stalled
 from projections.table import Row, Table, View
 from projections.tables import TABLES, VIEWS
 from schemas.subjects import StreamFamily
 
 CHECKPOINTS = "_checkpoints"
+_NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+class StorageFull(Stalled):
+    """A commit failed for lack of disk space; it was rolled back and can be retried as is.
+
+    DuckDB reports ENOSPC two ways: a failed WAL write ("Failed to commit: Could not write file
+    ...wal": No space left on device; the transaction is rolled back, the connection stays usable)
+    and a failed checkpoint (a FatalException that invalidates the database until it is reopened).
+    """
+
+    kind = "disk_full"
+    on_bus = False  # the bus still works: the alert is stored at once
 
 
 def hash_sql(table: str, upto_seq: int | None = None) -> str:
@@ -92,9 +113,29 @@ class ProjectionDb:
                 [self.name, stream, last_seq, events, time.time_ns()],
             )
             c.execute("COMMIT")
-        except Exception:
-            c.execute("ROLLBACK")
+        except Exception as exc:
+            try:
+                c.execute("ROLLBACK")
+            except duckdb.Error as rollback:  # a failed COMMIT already ended (or invalidated) it: keep the cause
+                exc.add_note(f"ROLLBACK: {rollback}")
+            if any(reason in str(exc) for reason in _NO_SPACE):
+                raise StorageFull(f"DuckDB {self.path}: no space to commit {stream} to seq {last_seq}: {exc}") from exc
             raise
+
+    def revive(self) -> bool:
+        """Reopen the database if DuckDB invalidated it (a fatal I/O error); False while that still fails."""
+        try:
+            self.con.execute("SELECT 1")
+            return True
+        except duckdb.Error:
+            pass
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()  # closes every cursor of it; DuckDB must drop the invalid instance first
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.Error:  # replaying the WAL on open needs space too
+            return False
+        return True
 
     @staticmethod
     def table_names(tables: tuple[Table, ...] = TABLES) -> list[tuple[str, str]]:
@@ -124,6 +165,7 @@ class ProjectionSink:
         *,
         until_ns: int | None = None,
         stop_at_seq: int | None = None,
+        alerts: Publishes | None = None,
     ) -> None:
         self.db = db
         self.family = family
@@ -137,8 +179,32 @@ class ProjectionSink:
                 self.by_type[et].append(t)
         self.last_seq = db.checkpoint(stream)
         self.cursor = db.con.cursor()
+        self._cursor_of = db.con
         self.events = 0
         self.done = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.stall = Stall(f"projection:{db.name}:{family.key}", alerts, stop=self.stopping)
+
+    def stop(self) -> None:
+        """End a wait for disk space (shutdown): the batch stays unacked and is redone on restart."""
+        self.stopping.set()
+
+    async def _commit(self, rows: dict[str, list[Row]], last: int, n: int) -> None:
+        """Commit; on a full disk keep the rows, wait for space (reopening an invalidated database), retry."""
+        while True:
+            if self._cursor_of is not self.db.con:  # reopened, by this sink or another on the same file
+                self.cursor, self._cursor_of = self.db.con.cursor(), self.db.con
+            try:
+                await asyncio.to_thread(self.db.commit, self.stream, rows, last, n, self.cursor)
+                break
+            except StorageFull as e:
+                DISK_FULL.labels(self.db.name).inc()
+                await self.stall.wait(e)
+                while not self.db.revive():
+                    await self.stall.wait(e)
+                if self.db.checkpoint(self.stream) >= last:
+                    break  # the failed commit was durable after all
+        await self.stall.resolved()
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         rows: dict[str, list[Row]] = {t.name: [] for t in self.tables}
@@ -163,7 +229,7 @@ class ProjectionSink:
                 failures[j] = Failure(f"projection row failed: {type(exc).__name__}: {exc}", retry=False)
             last = d.stream_seq
         if last > self.last_seq:
-            await asyncio.to_thread(self.db.commit, self.stream, rows, last, n, self.cursor)
+            await self._commit(rows, last, n)
             self.last_seq = last
             self.events += n
         if batch:

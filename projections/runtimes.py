@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from bus.reader import read
 from bus.runtime import ConsumerSpec
+from bus.stall import Publishes
 from projections.duckdb import ProjectionDb, ProjectionSink
 from schemas.components import durable_name
 from schemas.events import Bar, DecisionEnvelope, Event, NewsItem
@@ -43,13 +44,25 @@ def _spec(name: str, stream: str, subjects: list[str]) -> ConsumerSpec:
 
 
 def projection_bindings(
-    prefix: str, db: ProjectionDb, *, until_ns: int | None = None, stop_at: dict[str, int] | None = None
+    prefix: str,
+    db: ProjectionDb,
+    *,
+    until_ns: int | None = None,
+    stop_at: dict[str, int] | None = None,
+    alerts: Publishes | None = None,
 ) -> list[Binding]:
     """The DuckDB tables: one consumer per stream family they read."""
     out = []
     for fam in sorted({t.family for t in db.tables}, key=lambda f: f.key):
         stream = fam.stream(prefix)
-        sink = ProjectionSink(db, fam, stream, until_ns=until_ns, stop_at_seq=(stop_at or {}).get(fam.key))
+        sink = ProjectionSink(
+            db,
+            fam,
+            stream,
+            until_ns=until_ns,
+            stop_at_seq=(stop_at or {}).get(fam.key),
+            alerts=alerts,  # live: a full disk is reported on the bus
+        )
         out.append(
             Binding(_spec(durable_name(PROJECTOR, fam), stream, [fam.subjects(prefix)]), sink, sink.last_seq + 1)
         )

@@ -7,11 +7,13 @@ to the live checkpoints and compares per-table content hashes of rows at or belo
 vectors: row count and a checksum of ids, rounded vectors and forward returns), so it works
 while the live DuckDB projector keeps writing; the vector comparison is exact when the live
 vector projection is idle (its forward-return updates land after their rows).
+Before a rebuild, :func:`check_space` refuses to start one that would fill the disk under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,44 @@ if TYPE_CHECKING:
     from projections.embedder import TextEmbedder
 
 VECTOR_TABLES = ("market_states", "news_vectors", "decision_vectors")  # projections.vectors, imported lazily
+SPACE_FACTOR = 1.5  # a rebuild writes files about the size of the live ones, plus DuckDB's WAL while it builds
+SPACE_MARGIN = 256 * 1024**2  # and room for everything else on that disk (the live projector keeps writing)
+
+
+class NotEnoughSpace(ValueError):
+    """The target's filesystem has less free space than a rebuild is estimated to need."""
+
+
+def _bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            break
+        n /= 1024
+    return f"{n:.1f} {unit}"
+
+
+def check_space(target: Path, live_db: Path, live_vectors: Path | None = None) -> int:
+    """Refuse a rebuild into ``target`` unless its filesystem has room: 1.5x the live DuckDB file (with its
+    WAL) and vector directory, plus 256 MiB. Returns the bytes estimated."""
+    live = _bytes(live_db) + _bytes(live_db.with_name(live_db.name + ".wal"))
+    live += _bytes(live_vectors) if live_vectors is not None else 0
+    need = int(live * SPACE_FACTOR) + SPACE_MARGIN
+    where = target.absolute().parent
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise NotEnoughSpace(
+            f"not enough space for the rebuild in {where}: needs about {_human(need)} (1.5x the live projections' "
+            f"{_human(live)} + {_human(SPACE_MARGIN)}), {_human(free)} free; free space or pass --out on another disk"
+        )
+    return need
 
 
 class RebuildStats(msgspec.Struct):

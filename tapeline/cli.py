@@ -31,7 +31,7 @@ from bus.metrics import serve_metrics
 from bus.publisher import Publisher
 from bus.server import EmbeddedNats
 from projections.query import QueryError, QueryResult, query_file, query_remote
-from replay.rebuild import verify
+from replay.rebuild import NotEnoughSpace, check_space, verify
 from schemas.codec import decode
 from schemas.events import DecisionEnvelope
 from schemas.export import export_json_schemas
@@ -462,6 +462,11 @@ def replay(
         raise typer.Exit(2)
     until_ns = _parse_time(until) if until else None
     target = out or s.data_path / "replay" / f"rebuild-{int(time.time())}.duckdb"
+    try:
+        check_space(target, s.duckdb_path, s.vectors_path)
+    except NotEnoughSpace as e:
+        console.print(f"[red]{e}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
     ok = _run(_replay(s, target, verify_, until_ns, swap))
     if not ok:
         raise typer.Exit(1)

@@ -165,7 +165,7 @@ class Pipeline:
     def _open_projection(self) -> None:
         self.db = ProjectionDb(self.db_path)
         self.sinks = []
-        for b in projection_bindings(self.prefix, self.db):
+        for b in projection_bindings(self.prefix, self.db, alerts=self.publisher):
             self._projection.append(self._start_read_model(b))
             self.sinks.append(b.sink)
         if self.query is None:

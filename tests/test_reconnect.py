@@ -160,7 +160,7 @@ async def test_lag_metric_shows_the_backlog_of_an_idle_consumer(server: Embedded
     """A consumer that receives nothing (here: paused on the server) must not report a lag of 0."""
     pub = await Publisher(nc, PREFIX).start()
     sink = _Counting()
-    rt = ConsumerRuntime(nc, pub, stream=MD, durable="d_lag", filter_subjects=[TICKS], sink=sink)
+    rt = ConsumerRuntime(nc, pub, ConsumerSpec(stream=MD, durable="d_lag", filter_subjects=(TICKS,)), sink)
     rt.loop.refresh_s = 0.2
     task = asyncio.create_task(rt.run())
     try:

@@ -49,7 +49,7 @@ class Pipeline:
 
     async def projected(self) -> int:
         """The projector's ack floor on market data (it acks after each commit); -1 while unknown."""
-        info = await self._ask(self.api.consumer_info(self.md, "proj_main_md"))
+        info = await self._ask(self.api.consumer_info(self.md, "projector_md"))
         return int(info["ack_floor"]["stream_seq"]) if info else -1
 
     async def running(self) -> bool:
