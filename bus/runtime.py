@@ -75,6 +75,8 @@ class Sink(Protocol):
 
     A sink may also have ``async idle()`` (called when a pull comes back empty) and
     ``async close()`` (called once after the last batch), e.g. to commit what it buffers.
+    A sink that buffers has ``committed_seq: int``: with ack policy ``all`` the runtime then
+    acks only deliveries at or below it, so nothing is acked before it is committed.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -143,6 +145,7 @@ class ConsumerRuntime:
         self.skipped = 0
         self.idle = asyncio.Event()  # set whenever a pull comes back empty
         self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
+        self._held: Delivery | None = None  # newest processed delivery the sink has not committed yet
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
@@ -205,6 +208,8 @@ class ConsumerRuntime:
                     on_idle = getattr(self.sink, "idle", None)
                     if on_idle is not None:
                         await on_idle()
+                    if self._held is not None:
+                        await self._ack_committed([])
                     self.idle.set()
                 if self.loop.drained():
                     break
@@ -212,6 +217,8 @@ class ConsumerRuntime:
             on_close = getattr(self.sink, "close", None)
             if on_close is not None:
                 await on_close()
+            if self._held is not None and not self.nc.is_closed:
+                await self._ack_committed([])
             await self.loop.stop()
             if self.ephemeral:
                 await JetStreamApi(self.nc).delete_consumer(self.stream, self.loop.consumer)
@@ -268,7 +275,7 @@ class ConsumerRuntime:
         if self.ack_policy == "none":
             pass
         elif self.ack_policy == "all":
-            await self.loop.ack(batch[-1])
+            await self._ack_committed(batch)
         else:
             for i, d in enumerate(batch):
                 fail = outcome.get(i)
@@ -289,6 +296,22 @@ class ConsumerRuntime:
             EVENT_LATENCY.labels(self.durable).observe(
                 max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9)
             )
+
+    async def _ack_committed(self, batch: list[Delivery]) -> None:
+        """Ack policy ``all``: ack the batch's last delivery, or, if the sink buffers, the newest it committed.
+
+        The newest processed delivery past ``committed_seq`` is held and acked once a later commit
+        covers it (on the next batch, on idle, on close).
+        """
+        committed: int | None = getattr(self.sink, "committed_seq", None)
+        if committed is None:
+            await self.loop.ack(batch[-1])
+            return
+        seen = [d for d in (self._held, *batch) if d is not None]
+        done = [d for d in seen if d.stream_seq <= committed]
+        if done:
+            await self.loop.ack(done[-1])
+        self._held = seen[-1] if seen and seen[-1].stream_seq > committed else None
 
     async def _stored_time(self, api: JetStreamApi, seq: int) -> datetime | None:
         """When message ``seq`` was stored (None if it aged out of the stream)."""

@@ -1,5 +1,7 @@
 """Projections on the consumer runtime: one ordered durable (or, for a rebuild, ephemeral) consumer
-per stream family and read model, resuming at the model's own checkpoint + 1.
+per stream family (DuckDB: all its tables commit together) or vector table, resuming at the lowest
+checkpoint of the read models it feeds + 1; each read model skips what it already has, so one added
+to a stream with history backfills itself.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def projection_runtimes(
             sink=sink,
             ack_policy="all" if durable else "none",
             batch=5000,
-            start_seq=sink.last_seq + 1,
+            start_seq=sink.last_seq + 1,  # the family's lowest table checkpoint: a new table backfills
             publish_dead_letters=durable,
             max_bytes=16 * 1024 * 1024,  # bigger commits: ~20% faster on batched ticks (bench_rebuild)
         )
