@@ -145,8 +145,9 @@ class ProjectionDb:
                 old = schema_hash(t.version, [(f.name, f.type) for f in arrow])
             raise ReadModelChanged(t.name, old, t.schema_hash)
         if existing:  # rows no tracking record vouches for (none should exist): start the table over
-            n = (self.con.execute(f"SELECT count(*) FROM {t.name}").fetchone() or (0,))[0]
-            log.warning("untracked read model rebuilt from the stream", table=t.name, rows_dropped=n)
+            ((n,),) = self.con.execute(f"SELECT count(*) FROM {t.name}").fetchall()
+            if n:
+                log.warning("untracked read model rebuilt from the stream", table=t.name, rows_dropped=n)
         self.con.register("_empty", t.to_arrow([]))
         self.con.execute(f"CREATE OR REPLACE TABLE {t.name} AS SELECT * FROM _empty")
         self.con.unregister("_empty")

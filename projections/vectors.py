@@ -317,11 +317,14 @@ class VectorStore:
         return f"stop the vectors role and delete {self.path / f'{name}.lance'}; it rebuilds from the stream on start"
 
     def table(self, name: str) -> Any:
-        """The LanceDB table ``name``, created empty on first use."""
+        """The LanceDB table ``name``, created empty on first use (an existing one opens as it is)."""
         tbl = self._tables.get(name)
         if tbl is None:
-            schema = CHECKPOINT_SCHEMA if name == CHECKPOINTS else self.specs[name].schema
-            tbl = self._db.create_table(name, schema=schema, exist_ok=True)
+            if self.exists(name):
+                tbl = self._db.open_table(name)
+            else:
+                schema = CHECKPOINT_SCHEMA if name == CHECKPOINTS else self.specs[name].schema
+                tbl = self._db.create_table(name, schema=schema, exist_ok=True)
             self._tables[name] = tbl
         return tbl
 
