@@ -40,8 +40,8 @@ from tests.helpers import (
     TAPELINE,
     caught_up,
     consumer_state,
-    stored,
     stream_last_seq,
+    wait_stored,
     wait_until,
     write_config,
 )
@@ -410,7 +410,7 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
     try:
         await publisher.publish(bars[:200])
         await wait_until(lambda: proj.seen == 200, timeout=60)
-        letters = await stored(nc, f"{provisioned.upper()}_OPS")
+        letters = await wait_stored(nc, f"{provisioned.upper()}_OPS", "", bool, within=60)
         assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [
             (51, "proj_market_states")
         ]
@@ -418,7 +418,7 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
         assert info is not None and info["num_ack_pending"] == 200  # processed, buffered: nothing acked
         assert await acked() == 0 and store.checkpoint(MARKET_STATES).last_seq == 0
 
-        sink.commit_every_s = 0.2  # the oldest buffered message waited longer: the next fetch commits
+        sink.commit_every_s = 0.0  # the oldest buffered message waited longer: the next fetch commits
         await publisher.publish(bars[200:201])
         await wait_until(lambda: store.checkpoint(MARKET_STATES).last_seq == 201, timeout=60)
         await wait_until(acked_to(201), timeout=60)
