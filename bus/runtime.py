@@ -217,7 +217,7 @@ class ConsumerRuntime:
             on_close = getattr(self.sink, "close", None)
             if on_close is not None:
                 await on_close()
-            if self._held is not None and not self.nc.is_closed:
+            if self._held is not None and self.nc.is_connected:
                 await self._ack_committed([])
             await self.loop.stop()
             if self.ephemeral:
