@@ -87,14 +87,15 @@ class ProjectionDb:
         c = self.con
         c.execute("BEGIN TRANSACTION")
         try:
-            cols = [n for n, _ in self._columns(CHECKPOINTS)]
+            existing = self._all_columns()
+            cols = [n for n, _ in existing.get(CHECKPOINTS, [])]
             if "projection" in cols:
-                self._upgrade_tracking()
+                self._upgrade_tracking(existing)
             elif not cols:
                 self._create_tracking()
             tracked = self.tracking()
             for t in self.tables:
-                self._check_or_create(t, tracked.get(t.name))
+                self._check_or_create(t, tracked.get(t.name), existing.get(t.name, []))
             for v in self.views:
                 c.execute(f"CREATE OR REPLACE VIEW {v.name} AS {v.sql}")
             c.execute("COMMIT")
@@ -108,7 +109,7 @@ class ProjectionDb:
             "schema_hash VARCHAR, events BIGINT, updated_ns BIGINT)"
         )
 
-    def _upgrade_tracking(self) -> None:
+    def _upgrade_tracking(self, existing: dict[str, list[tuple[str, str]]]) -> None:
         """Files from before per-table tracking kept one row per stream: copy it to each table of the family.
 
         A table whose columns still match its declaration gets the hash of version 1 (all there was
@@ -125,7 +126,7 @@ class ProjectionDb:
         for stream, last_seq, events, updated_ns in old:
             for t in self.tables:
                 if str(stream).endswith(f"_{t.family.key.upper()}"):
-                    same = self._columns(t.name) == self._declared_columns(t)
+                    same = existing.get(t.name) == self._declared_columns(t)
                     h = schema_hash(1, t.columns) if same else PRE_TRACKING
                     c.execute(
                         f"INSERT INTO {CHECKPOINTS} VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -133,9 +134,8 @@ class ProjectionDb:
                     )
         log.info("projection tracking upgraded to per read model", path=str(self.path), streams=len(old))
 
-    def _check_or_create(self, t: Table, tracked: Tracking | None) -> None:
+    def _check_or_create(self, t: Table, tracked: Tracking | None, existing: list[tuple[str, str]]) -> None:
         """Refuse a table whose stored hash or columns differ from ``t``; create (and track) a missing one."""
-        existing = self._columns(t.name)
         if existing and tracked is not None:
             if tracked.schema_hash == t.schema_hash and existing == self._declared_columns(t):
                 return
@@ -155,8 +155,16 @@ class ProjectionDb:
             f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES (?, '', 0, ?, 0, ?)", [t.name, t.schema_hash, time.time_ns()]
         )
 
-    def _columns(self, table: str) -> list[tuple[str, str]]:
-        return [(str(n), str(d)) for n, d in self.con.execute(columns_sql(table)).fetchall()]
+    def _all_columns(self) -> dict[str, list[tuple[str, str]]]:
+        """(column, DuckDB type) pairs of every table in the file, in one query (opening stays fast)."""
+        out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for table, column, dtype in self.con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = current_database() AND table_schema = current_schema() "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall():
+            out[str(table)].append((str(column), str(dtype)))
+        return dict(out)
 
     def _declared_columns(self, t: Table) -> list[tuple[str, str]]:
         """The (column, DuckDB type) pairs a table made from ``t``'s declaration has."""
@@ -260,7 +268,7 @@ class ProjectionSink:
             tr = tracked.get(t.name)
             if tr and tr.last_seq and tr.stream and tr.stream != stream:
                 raise ReadModelChanged(t.name, tr.stream, stream, what="stream")
-        self.seqs = {t.name: db.checkpoint(t.name) for t in self.tables}
+        self.seqs = {t.name: tracked[t.name].last_seq if t.name in tracked else 0 for t in self.tables}
         self.last_seq = min(self.seqs.values(), default=0)
         self.cursor = db.con.cursor()
         self.events = 0
