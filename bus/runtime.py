@@ -74,6 +74,8 @@ class Sink(Protocol):
     ``async close()`` (called once after the last batch), e.g. to commit what it buffers.
     A sink that waits out a full disk or store (``bus.stall``) has ``stop()``, which ends the
     wait by raising :class:`Stalled`; the runtime then gives the batch up unacked.
+    A sink that buffers has ``committed_seq: int``: with ack policy ``all`` the runtime then
+    acks only deliveries at or below it, so nothing is acked before it is committed.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -164,6 +166,7 @@ class ConsumerRuntime:
         self.after_ack: Callable[[int], Awaitable[None]] | None = None  # e.g. write a snapshot
         self.on_stop: Callable[[], Awaitable[None]] | None = None  # after the last batch, e.g. a final snapshot
         self.abandoned = False  # stopped while the sink waited for space: the rest is redone on restart
+        self._held: Delivery | None = None  # newest processed delivery the sink has not committed yet
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
@@ -213,6 +216,8 @@ class ConsumerRuntime:
                     if pending is not None:
                         self.pending = pending
                         CONSUMER_PENDING.labels(self.durable).set(pending)
+                    if self._held is not None:
+                        await self._ack_committed([])
                     self.idle.set()
                 if self.loop.drained() or self.abandoned:
                     break
@@ -222,6 +227,8 @@ class ConsumerRuntime:
                 await on_close()
             if self.on_stop is not None:
                 await self.on_stop()
+            if self._held is not None and self.nc.is_connected:
+                await self._ack_committed([])
             await self.loop.stop()
 
     async def _handle(self, batch: list[Delivery]) -> None:
@@ -278,10 +285,7 @@ class ConsumerRuntime:
                 log.error("dead letter", consumer=self.durable, seq=ev.stream_seq, reason=ev.reason)  # type: ignore[attr-defined]
 
         if self.ack_policy == "all":
-            await self.loop.ack(batch[-1])
-            self.last_acked = batch[-1].stream_seq
-            if self.after_ack is not None:
-                await self.after_ack(self.last_acked)
+            await self._ack_committed(batch)
         else:
             for i, d in enumerate(batch):
                 fail = outcome.get(i)
@@ -303,6 +307,26 @@ class ConsumerRuntime:
             EVENT_LATENCY.labels(self.durable).observe(
                 max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9)
             )
+
+    async def _ack_committed(self, batch: list[Delivery]) -> None:
+        """Ack policy ``all``: ack the batch's last delivery, or, if the sink buffers, the newest it committed.
+
+        The newest processed delivery past ``committed_seq`` is held and acked once a later commit
+        covers it (on the next batch, on idle, on close).
+        """
+        committed: int | None = getattr(self.sink, "committed_seq", None)
+        if committed is None:
+            await self.loop.ack(batch[-1])
+            self.last_acked = batch[-1].stream_seq
+            if self.after_ack is not None:  # the sink's state now includes exactly this position
+                await self.after_ack(self.last_acked)
+            return
+        seen = [d for d in (self._held, *batch) if d is not None]
+        done = [d for d in seen if d.stream_seq <= committed]
+        if done:
+            await self.loop.ack(done[-1])
+            self.last_acked = done[-1].stream_seq
+        self._held = seen[-1] if seen and seen[-1].stream_seq > committed else None
 
     def _delay(self, d: Delivery) -> float:
         return float(min(self.backoff_s * 2 ** (d.deliveries - 1), 60.0))

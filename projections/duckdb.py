@@ -1,9 +1,18 @@
-"""DuckDB projections: rows and their checkpoint in one transaction (DESIGN §5).
+"""DuckDB projections: rows and their tracking record in one transaction (DESIGN §5).
 
 One writer per file (DuckDB's rule): the projector process owns the connection; readers go
 through its query service (see ``projections.query``) or open a read-only copy when it is down.
 Commits run in a worker thread on a per-stream cursor, so the event loop keeps pulling and
 decoding while DuckDB writes.
+
+Tracking is per read model: ``_checkpoints`` holds one row per table (read_model, stream,
+last_seq, schema_hash, events, updated_ns), written in the transaction that inserts that table's
+rows. One consumer per stream family keeps commits big (all the family's tables in one
+transaction); it starts at the lowest checkpoint of its tables + 1 and each table skips what it
+already holds, so a table added to a stream with history backfills itself. Opening a file checks
+every table against its declaration (the stored schema hash and the DuckDB columns) and refuses a
+changed one with :class:`~projections.table.ReadModelChanged`. A ``_checkpoints`` of the older,
+per-stream shape (projection, stream, last_seq, events, updated_ns) is upgraded in place on open.
 
 A full disk (see :class:`StorageFull`) stops only the commits: the sink keeps its rows, alerts
 once, waits with backoff (``bus.stall``) and retries until space is free, reopening the database
@@ -18,19 +27,22 @@ import errno
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
+import structlog
 
 from bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG
 from bus.reader import Received
 from bus.runtime import Failure
 from bus.stall import Publishes, Stall, Stalled
-from projections.table import Row, Table, View
+from projections.table import ReadModelChanged, Row, Table, View, schema_hash
 from projections.tables import TABLES, VIEWS
 from schemas.subjects import StreamFamily
 
+log = structlog.get_logger(__name__)
 CHECKPOINTS = "_checkpoints"
 _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 
@@ -47,6 +59,9 @@ class StorageFull(Stalled):
     on_bus = False  # the bus still works: the alert is stored at once
 
 
+PRE_TRACKING = "pre-tracking"  # the hash a migrated table gets when its columns no longer match
+
+
 def hash_sql(table: str, upto_seq: int | None = None) -> str:
     """Order-independent content hash: row count and the sum (mod 2^64) of DuckDB row hashes."""
     where = f"WHERE seq <= {int(upto_seq)}" if upto_seq is not None else ""
@@ -56,8 +71,25 @@ def hash_sql(table: str, upto_seq: int | None = None) -> str:
     )
 
 
+def columns_sql(table: str) -> str:
+    """A table's (column, DuckDB type) pairs in order; no rows if the table does not exist."""
+    return (
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = current_database() "
+        f"AND table_schema = current_schema() AND table_name = '{table}' ORDER BY ordinal_position"
+    )
+
+
+class Tracking(NamedTuple):
+    """A read model's tracking record: the stream it follows and how far its committed rows go."""
+
+    read_model: str
+    stream: str
+    last_seq: int
+    schema_hash: str
+
+
 class ProjectionDb:
-    """A DuckDB file holding a set of tables, views and their checkpoints."""
+    """A DuckDB file holding a set of tables, views and their tracking records."""
 
     def __init__(
         self, path: Path, tables: tuple[Table, ...] = TABLES, views: tuple[View, ...] = VIEWS, name: str = "main"
@@ -68,34 +100,124 @@ class ProjectionDb:
         self.views = views
         path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(path))
-        self._create()
+        try:
+            self._open()
+        except BaseException:
+            self.con.close()
+            raise
 
-    def _create(self) -> None:
+    def _open(self) -> None:
+        """Create, upgrade and check everything in one transaction: a refused file is left as it was."""
         c = self.con
-        c.execute(
-            f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (projection VARCHAR, stream VARCHAR, last_seq BIGINT, "
-            "events BIGINT, updated_ns BIGINT, PRIMARY KEY (projection, stream))"
-        )
-        for t in self.tables:
-            empty = t.to_arrow([])
-            c.register("_empty", empty)
-            c.execute(f"CREATE TABLE IF NOT EXISTS {t.name} AS SELECT * FROM _empty LIMIT 0")
-            c.unregister("_empty")
-        for v in self.views:
-            c.execute(f"CREATE OR REPLACE VIEW {v.name} AS {v.sql}")
+        c.execute("BEGIN TRANSACTION")
+        try:
+            existing = self._all_columns()
+            cols = [n for n, _ in existing.get(CHECKPOINTS, [])]
+            if "projection" in cols:
+                self._upgrade_tracking(existing)
+            elif not cols:
+                self._create_tracking()
+            tracked = self.tracking()
+            for t in self.tables:
+                self._check_or_create(t, tracked.get(t.name), existing.get(t.name, []))
+            for v in self.views:
+                c.execute(f"CREATE OR REPLACE VIEW {v.name} AS {v.sql}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
-    def checkpoint(self, stream: str) -> int:
-        row = self.con.execute(
-            f"SELECT last_seq FROM {CHECKPOINTS} WHERE projection = ? AND stream = ?", [self.name, stream]
-        ).fetchone()
-        return int(row[0]) if row else 0
+    def _create_tracking(self) -> None:
+        self.con.execute(
+            f"CREATE TABLE {CHECKPOINTS} (read_model VARCHAR PRIMARY KEY, stream VARCHAR, last_seq BIGINT, "
+            "schema_hash VARCHAR, events BIGINT, updated_ns BIGINT)"
+        )
+
+    def _upgrade_tracking(self, existing: dict[str, list[tuple[str, str]]]) -> None:
+        """Files from before per-table tracking kept one row per stream: copy it to each table of the family.
+
+        A table whose columns still match its declaration gets the hash of version 1 (all there was
+        then); one that does not gets :data:`PRE_TRACKING`, which the check below refuses.
+        """
+        c = self.con
+        old = c.execute(
+            f"SELECT stream, last_seq, events, updated_ns FROM {CHECKPOINTS} WHERE projection = ? "
+            "ORDER BY last_seq DESC",
+            [self.name],
+        ).fetchall()
+        c.execute(f"DROP TABLE {CHECKPOINTS}")
+        self._create_tracking()
+        for stream, last_seq, events, updated_ns in old:
+            for t in self.tables:
+                if str(stream).endswith(f"_{t.family.key.upper()}"):
+                    same = existing.get(t.name) == self._declared_columns(t)
+                    h = schema_hash(1, t.columns) if same else PRE_TRACKING
+                    c.execute(
+                        f"INSERT INTO {CHECKPOINTS} VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [t.name, stream, last_seq, h, events, updated_ns],
+                    )
+        log.info("projection tracking upgraded to per read model", path=str(self.path), streams=len(old))
+
+    def _check_or_create(self, t: Table, tracked: Tracking | None, existing: list[tuple[str, str]]) -> None:
+        """Refuse a table whose stored hash or columns differ from ``t``; create (and track) a missing one."""
+        if existing and tracked is not None:
+            if tracked.schema_hash == t.schema_hash and existing == self._declared_columns(t):
+                return
+            old = tracked.schema_hash
+            if old == t.schema_hash:  # the columns were changed under the declaration
+                arrow = self.con.sql(f"SELECT * FROM {t.name} LIMIT 0").to_arrow_table().schema
+                old = schema_hash(t.version, [(f.name, f.type) for f in arrow])
+            raise ReadModelChanged(t.name, old, t.schema_hash)
+        if existing:  # rows no tracking record vouches for (none should exist): start the table over
+            ((n,),) = self.con.execute(f"SELECT count(*) FROM {t.name}").fetchall()
+            if n:
+                log.warning("untracked read model rebuilt from the stream", table=t.name, rows_dropped=n)
+        self.con.register("_empty", t.to_arrow([]))
+        self.con.execute(f"CREATE OR REPLACE TABLE {t.name} AS SELECT * FROM _empty")
+        self.con.unregister("_empty")
+        self.con.execute(
+            f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES (?, '', 0, ?, 0, ?)", [t.name, t.schema_hash, time.time_ns()]
+        )
+
+    def _all_columns(self) -> dict[str, list[tuple[str, str]]]:
+        """(column, DuckDB type) pairs of every table in the file, in one query (opening stays fast)."""
+        out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for table, column, dtype in self.con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = current_database() AND table_schema = current_schema() "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall():
+            out[str(table)].append((str(column), str(dtype)))
+        return dict(out)
+
+    def _declared_columns(self, t: Table) -> list[tuple[str, str]]:
+        """The (column, DuckDB type) pairs a table made from ``t``'s declaration has."""
+        self.con.register("_declared", t.to_arrow([]))
+        try:
+            return [(str(r[0]), str(r[1])) for r in self.con.execute("DESCRIBE SELECT * FROM _declared").fetchall()]
+        finally:
+            self.con.unregister("_declared")
+
+    def tracking(self) -> dict[str, Tracking]:
+        rows = self.con.execute(f"SELECT read_model, stream, last_seq, schema_hash FROM {CHECKPOINTS}").fetchall()
+        return {str(m): Tracking(str(m), str(s), int(q), str(h)) for m, s, q, h in rows}
+
+    def checkpoint(self, read_model: str) -> int:
+        """The last stream sequence whose rows ``read_model`` has committed (0: none)."""
+        tr = self.tracking().get(read_model)
+        return tr.last_seq if tr else 0
 
     def checkpoints(self) -> dict[str, int]:
-        rows = self.con.execute(f"SELECT stream, last_seq FROM {CHECKPOINTS} WHERE projection = ?", [self.name])
-        return {str(s): int(q) for s, q in rows.fetchall()}
+        """Last committed sequence per read model."""
+        return {name: tr.last_seq for name, tr in self.tracking().items()}
 
-    def commit(self, stream: str, rows: dict[str, list[Row]], last_seq: int, events: int, cur: Any = None) -> None:
-        """Insert every table's rows as Arrow and advance the checkpoint, atomically."""
+    def commit(
+        self, stream: str, rows: dict[str, list[Row]], last_seq: int, events: Mapping[str, int], cur: Any = None
+    ) -> None:
+        """Insert every table's rows as Arrow and advance those tables' tracking records, atomically.
+
+        ``rows`` names the tables this commit advances to ``last_seq`` (with or without new rows).
+        """
         c = cur or self.con
         by_name = {t.name: t for t in self.tables}
         c.execute("BEGIN TRANSACTION")
@@ -106,12 +228,20 @@ class ProjectionDb:
                     c.register("_batch", arrow)
                     c.execute(f"INSERT INTO {name} SELECT * FROM _batch")
                     c.unregister("_batch")
-            c.execute(
-                f"INSERT INTO {CHECKPOINTS} VALUES (?, ?, ?, ?, ?) ON CONFLICT (projection, stream) DO UPDATE SET "
-                "last_seq = excluded.last_seq, events = _checkpoints.events + excluded.events, "
-                "updated_ns = excluded.updated_ns",
-                [self.name, stream, last_seq, events, time.time_ns()],
-            )
+            if rows:
+                now = time.time_ns()
+                params = [
+                    v
+                    for name in rows
+                    for v in (name, stream, last_seq, by_name[name].schema_hash, events.get(name, 0), now)
+                ]
+                c.execute(
+                    f"INSERT INTO {CHECKPOINTS} VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(rows))} "
+                    "ON CONFLICT (read_model) DO UPDATE SET stream = excluded.stream, last_seq = excluded.last_seq, "
+                    f"schema_hash = excluded.schema_hash, events = {CHECKPOINTS}.events + excluded.events, "
+                    "updated_ns = excluded.updated_ns",
+                    params,
+                )
             c.execute("COMMIT")
         except Exception as exc:
             try:
@@ -137,15 +267,11 @@ class ProjectionDb:
             return False
         return True
 
-    @staticmethod
-    def table_names(tables: tuple[Table, ...] = TABLES) -> list[tuple[str, str]]:
-        return [(t.name, t.family.key) for t in tables]
-
-    def content_hashes(self, upto: dict[str, int] | None = None) -> dict[str, str]:
-        """``count:sum-of-row-hashes`` per table, optionally only rows with seq <= the stream's bound."""
+    def content_hashes(self, upto: Mapping[str, int] | None = None) -> dict[str, str]:
+        """``count:sum-of-row-hashes`` per table, optionally only rows with seq <= that table's bound."""
         out: dict[str, str] = {}
         for t in self.tables:
-            bound = upto.get(t.family.key) if upto is not None else None
+            bound = upto.get(t.name) if upto is not None else None
             n, h = self.con.execute(hash_sql(t.name, bound)).fetchone() or (0, 0)
             out[t.name] = f"{n}:{int(h):016x}"
         return out
@@ -155,7 +281,12 @@ class ProjectionDb:
 
 
 class ProjectionSink:
-    """The consumer-runtime sink for one stream family into a :class:`ProjectionDb`."""
+    """The consumer-runtime sink for one stream family into a :class:`ProjectionDb`.
+
+    ``last_seq`` is the lowest checkpoint of the family's tables (the consumer starts after it);
+    each table skips events at or below its own checkpoint, so a lagging table catches up while
+    the others go on without duplicates.
+    """
 
     def __init__(
         self,
@@ -177,7 +308,13 @@ class ProjectionSink:
         for t in self.tables:
             for et in t.events:
                 self.by_type[et].append(t)
-        self.last_seq = db.checkpoint(stream)
+        tracked = db.tracking()
+        for t in self.tables:
+            tr = tracked.get(t.name)
+            if tr and tr.last_seq and tr.stream and tr.stream != stream:
+                raise ReadModelChanged(t.name, tr.stream, stream, what="stream")
+        self.seqs = {t.name: tracked[t.name].last_seq if t.name in tracked else 0 for t in self.tables}
+        self.last_seq = min(self.seqs.values(), default=0)
         self.cursor = db.con.cursor()
         self._cursor_of = db.con
         self.events = 0
@@ -189,25 +326,26 @@ class ProjectionSink:
         """End a wait for disk space (shutdown): the batch stays unacked and is redone on restart."""
         self.stopping.set()
 
-    async def _commit(self, rows: dict[str, list[Row]], last: int, n: int) -> None:
+    async def _commit(self, rows: dict[str, list[Row]], last: int, events: dict[str, int]) -> None:
         """Commit; on a full disk keep the rows, wait for space (reopening an invalidated database), retry."""
         while True:
             if self._cursor_of is not self.db.con:  # reopened, by this sink or another on the same file
                 self.cursor, self._cursor_of = self.db.con.cursor(), self.db.con
             try:
-                await asyncio.to_thread(self.db.commit, self.stream, rows, last, n, self.cursor)
+                await asyncio.to_thread(self.db.commit, self.stream, rows, last, events, self.cursor)
                 break
             except StorageFull as e:
                 DISK_FULL.labels(self.db.name).inc()
                 await self.stall.wait(e)
                 while not self.db.revive():
                     await self.stall.wait(e)
-                if self.db.checkpoint(self.stream) >= last:
+                if rows and min(self.db.checkpoint(name) for name in rows) >= last:
                     break  # the failed commit was durable after all
         await self.stall.resolved()
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         rows: dict[str, list[Row]] = {t.name: [] for t in self.tables}
+        events = dict.fromkeys(rows, 0)
         failures: dict[int, Failure] = {}
         last = self.last_seq
         n = 0
@@ -221,16 +359,25 @@ class ProjectionSink:
                 self.done.set()
                 break
             try:
-                for e in rec.events:
-                    for t in self.by_type.get(type(e), ()):
-                        rows[t.name].extend(t.rows(e, d.stream_seq))
-                    n += 1
+                made = [
+                    (t.name, list(t.rows(e, d.stream_seq)))
+                    for e in rec.events
+                    for t in self.by_type.get(type(e), ())
+                    if d.stream_seq > self.seqs[t.name]  # a table that already has this message skips it
+                ]
             except Exception as exc:  # a row that cannot be built is poison: dead-letter it, keep going
                 failures[j] = Failure(f"projection row failed: {type(exc).__name__}: {exc}", retry=False)
+            else:
+                for name, table_rows in made:
+                    rows[name].extend(table_rows)
+                    events[name] += 1
+                n += len(rec.events)
             last = d.stream_seq
         if last > self.last_seq:
-            await self._commit(rows, last, n)
-            self.last_seq = last
+            advance = {name: r for name, r in rows.items() if self.seqs[name] < last}
+            await self._commit(advance, last, events)
+            self.seqs.update(dict.fromkeys(advance, last))
+            self.last_seq = min(self.seqs.values())
             self.events += n
         if batch:
             PROJECTION_CHECKPOINT.labels(self.db.name, self.stream).set(self.last_seq)

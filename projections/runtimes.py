@@ -1,5 +1,7 @@
-"""Read models bound to streams: one ordered consumer per stream and read-model set, resuming at the
-read model's own checkpoint + 1 (live), or the same sinks fed by the stream reader (rebuild).
+"""Read models bound to streams: one ordered consumer per stream family (DuckDB: all its tables commit
+together) or vector table, resuming at the lowest checkpoint of the read models it feeds + 1 (each
+read model skips what it already has, so one added to a stream with history backfills itself), or
+the same sinks fed by the stream reader (rebuild).
 
 Consumer names come from :func:`schemas.components.durable_name`: ``projector_<family>`` for the
 DuckDB tables, ``<table>_<family>`` for each LanceDB table.

@@ -14,15 +14,26 @@ Tables
 What happened after a news item or decision is not stored on its row (those projections read only their
 own stream); :func:`search_news` joins it from ``market_states`` at query time, so it is always current.
 
+Read-model discipline (the same as the DuckDB tables)
+----------------------------------------------------
+Each table is a declaration (:class:`TableSpec`: name, events, schema, version, schema hash). Its
+checkpoint records the schema hash and the pinned embedding model; on start a table whose stored hash,
+columns, model or stream differ from the declaration is refused (:class:`~projections.table.ReadModelChanged`)
+until it is rebuilt: delete its ``<name>.lance`` directory and it backfills from the stream, as a table
+added to a stream with history does. :class:`VectorSink` dead-letters a message whose rows cannot be
+built (poison) and lets the runtime acknowledge messages only once their rows are committed
+(``committed_seq``); it commits at least every few seconds, and on idle and stop.
+
 Checkpoints and crash safety
 ----------------------------
 LanceDB commits each ``add`` atomically but has no transaction across tables, so a checkpoint cannot be
 written in the same commit as the rows. Every row carries the ``stream_seq`` of the event that produced
-it, and the sidecar table ``_checkpoints`` holds (table, stream, last_seq, model). A batch is written as
-add rows -> update earlier rows' forward returns -> write checkpoint. On start, :meth:`VectorStore.recover`
-deletes rows above the checkpoint (a batch that crashed before its checkpoint), and the market-state
-projection recomputes the forward returns of each series' tail from the rows present, so a crash at any
-point loses nothing and duplicates nothing; the stream redelivers from ``last_seq + 1``.
+it, and the sidecar table ``_checkpoints`` holds (table, stream, last_seq, model, schema_hash). A batch is
+written as add rows -> update earlier rows' forward returns -> write checkpoint. On start,
+:meth:`VectorStore.recover` deletes rows above the checkpoint (a batch that crashed before its checkpoint),
+and the market-state projection recomputes the forward returns of each series' tail from the rows present,
+so a crash at any point loses nothing and duplicates nothing; the stream redelivers from ``last_seq + 1``.
+A ``_checkpoints`` written before schema hashes existed gets the column on open.
 The alternative, ``merge_insert`` on the event id for every batch, is idempotent without the delete but
 costs a join per batch; ``benchmarks/bench_lancedb.py`` measures both (add + checkpoint ~1.3x faster
 at 50k rows, and the gap grows with the table; recover() on start takes a few ms).
@@ -61,6 +72,7 @@ from bus.reader import Received
 from bus.runtime import Failure
 from projections.embedder import DIM as TEXT_DIM
 from projections.embedder import TextEmbedder
+from projections.table import ReadModelChanged, schema_hash
 from schemas.events import Bar, DecisionEnvelope, Event, NewsItem
 
 log = structlog.get_logger(__name__)
@@ -217,29 +229,60 @@ CHECKPOINT_SCHEMA = pa.schema(
         pa.field("last_seq", pa.int64(), nullable=False),
         pa.field("model", pa.string(), nullable=False),
         pa.field("written_ns", pa.int64(), nullable=False),
+        pa.field("schema_hash", pa.string(), nullable=False),  # last: older checkpoint tables get it appended
     ]
 )
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A vector table: its unique key, schema, distance metric and index threshold."""
+    """A vector read model's declaration: events it reads, schema and version; key, metric, index threshold."""
 
     name: str
+    events: tuple[type[Event], ...]
     key: str
     schema: pa.Schema
     metric: Literal["l2", "cosine"]
     index_min_rows: int
+    version: int = 1  # bump when rows change meaning without a schema change: forces a rebuild
+    schema_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schema_hash", schema_hash(self.version, _fields(self.schema)))
+
+
+def _fields(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    return [(f.name, f.type) for f in schema]
+
+
+def vector_tables(market_dim: int = MARKET_DIM, text_dim: int = TEXT_DIM) -> dict[str, TableSpec]:
+    """The LanceDB read models (the dimensions are parameters for tests and benchmarks)."""
+    specs = (
+        TableSpec(
+            MARKET_STATES, (Bar,), "bar_event_id", market_schema(market_dim), "l2", INDEX_MIN_ROWS[MARKET_STATES]
+        ),
+        TableSpec(NEWS_VECTORS, (NewsItem,), "event_id", news_schema(text_dim), "cosine", INDEX_MIN_ROWS[NEWS_VECTORS]),
+        TableSpec(
+            DECISION_VECTORS,
+            (DecisionEnvelope,),
+            "event_id",
+            decision_schema(text_dim),
+            "cosine",
+            INDEX_MIN_ROWS[DECISION_VECTORS],
+        ),
+    )
+    return {s.name: s for s in specs}
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Last stream sequence whose rows are committed, and the embedding model that wrote them."""
+    """Last stream sequence whose rows are committed, the embedding model and the schema that wrote them."""
 
     table: str
     stream: str = ""
     last_seq: int = 0
     model: str = ""
+    schema_hash: str = ""  # empty: written before schema hashes existed
 
 
 def vector_column(vectors: NDArray[np.float32], dim: int) -> pa.FixedSizeListArray:
@@ -262,25 +305,27 @@ class VectorStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = lancedb.connect(str(self.path))
-        self.specs: dict[str, TableSpec] = {
-            MARKET_STATES: TableSpec(
-                MARKET_STATES, "bar_event_id", market_schema(market_dim), "l2", INDEX_MIN_ROWS[MARKET_STATES]
-            ),
-            NEWS_VECTORS: TableSpec(
-                NEWS_VECTORS, "event_id", news_schema(text_dim), "cosine", INDEX_MIN_ROWS[NEWS_VECTORS]
-            ),
-            DECISION_VECTORS: TableSpec(
-                DECISION_VECTORS, "event_id", decision_schema(text_dim), "cosine", INDEX_MIN_ROWS[DECISION_VECTORS]
-            ),
-        }
+        self.specs = vector_tables(market_dim, text_dim)
         self._tables: dict[str, Any] = {}
+        if self.exists(CHECKPOINTS) and "schema_hash" not in self.table(CHECKPOINTS).schema.names:
+            self.table(CHECKPOINTS).add_columns({"schema_hash": "''"})  # written before schema hashes existed
+
+    def exists(self, name: str) -> bool:
+        return (self.path / f"{name}.lance").is_dir()
+
+    def rebuild_fix(self, name: str) -> str:
+        """How to rebuild one vector table: it backfills from its stream when it is missing."""
+        return f"stop the vectors role and delete {self.path / f'{name}.lance'}; it rebuilds from the stream on start"
 
     def table(self, name: str) -> Any:
-        """The LanceDB table ``name``, created empty on first use."""
+        """The LanceDB table ``name``, created empty on first use (an existing one opens as it is)."""
         tbl = self._tables.get(name)
         if tbl is None:
-            schema = CHECKPOINT_SCHEMA if name == CHECKPOINTS else self.specs[name].schema
-            tbl = self._db.create_table(name, schema=schema, exist_ok=True)
+            if self.exists(name):
+                tbl = self._db.open_table(name)
+            else:
+                schema = CHECKPOINT_SCHEMA if name == CHECKPOINTS else self.specs[name].schema
+                tbl = self._db.create_table(name, schema=schema, exist_ok=True)
             self._tables[name] = tbl
         return tbl
 
@@ -291,7 +336,7 @@ class VectorStore:
         if not rows:
             return Checkpoint(name)
         r = rows[0]
-        return Checkpoint(name, r["stream"], int(r["last_seq"]), r["model"])
+        return Checkpoint(name, r["stream"], int(r["last_seq"]), r["model"], r["schema_hash"])
 
     def write_checkpoint(self, name: str, *, stream: str, last_seq: int, model: str = "") -> None:
         row = pa.table(
@@ -301,6 +346,7 @@ class VectorStore:
                 "last_seq": [last_seq],
                 "model": [model],
                 "written_ns": [time.time_ns()],
+                "schema_hash": [self.specs[name].schema_hash],
             },
             schema=CHECKPOINT_SCHEMA,
         )
@@ -308,9 +354,38 @@ class VectorStore:
             row
         )
 
+    def check(self, name: str) -> Checkpoint:
+        """The checkpoint, once the table is known to match its declaration (else :class:`ReadModelChanged`).
+
+        A missing table starts from 0 whatever its old checkpoint said: deleting it is how it is rebuilt.
+        """
+        spec = self.specs[name]
+        cp = self.checkpoint(name)
+        if not self.exists(name):
+            if cp.last_seq:
+                self.table(CHECKPOINTS).delete(f"table = {_quote(name)}")
+            return Checkpoint(name)
+        stored = self.shape_hash(cp)
+        if stored != spec.schema_hash:
+            raise ReadModelChanged(name, stored, spec.schema_hash, fix=self.rebuild_fix(name))
+        return cp
+
+    def shape_hash(self, cp: Checkpoint) -> str:
+        """The schema hash an existing table's rows were written under, to compare with its declaration.
+
+        The stored one, unless the table's columns differ from the declaration (then theirs); a checkpoint
+        from before hashes existed stands for version 1 of the columns the table has.
+        """
+        spec = self.specs[cp.table]
+        actual = _fields(self.table(cp.table).schema)
+        stored = cp.schema_hash or schema_hash(1, actual)
+        if stored == spec.schema_hash and actual != _fields(spec.schema):
+            stored = schema_hash(spec.version, actual)
+        return stored
+
     def recover(self, name: str) -> Checkpoint:
         """Drop rows above the checkpoint (a batch whose checkpoint never landed); return the checkpoint."""
-        cp = self.checkpoint(name)
+        cp = self.check(name)
         tbl = self.table(name)
         stray = tbl.count_rows(f"stream_seq > {cp.last_seq}")
         if stray:
@@ -456,15 +531,19 @@ class VectorProjection:
         """Rows waiting for the next commit."""
         raise NotImplementedError
 
+    @property
+    def seen(self) -> int:
+        """Highest sequence applied (its rows may still be buffered)."""
+        return self._seen
+
     def start(self) -> int:
+        cp = self.store.check(self.table)
+        fix = self.store.rebuild_fix(self.table)
+        if cp.last_seq and cp.model and self.model and cp.model != self.model:
+            raise ReadModelChanged(self.table, cp.model, self.model, what="model", fix=fix)
+        if cp.last_seq and cp.stream and cp.stream != self.stream:
+            raise ReadModelChanged(self.table, cp.stream, self.stream, what="stream", fix=fix)
         cp = self.store.recover(self.table)
-        if cp.model and self.model and cp.model != self.model:
-            raise RuntimeError(
-                f"{self.table} was built with {cp.model}, this process embeds with {self.model}: "
-                "rebuild the vector projection into a fresh directory"
-            )
-        if cp.stream and cp.stream != self.stream:
-            raise RuntimeError(f"{self.table} follows stream {cp.stream}, not {self.stream}")
         self._checkpoint = self._seen = cp.last_seq
         self._restore()
         self._started = True
@@ -479,7 +558,12 @@ class VectorProjection:
         if seq <= self._checkpoint or seq < self._seen:
             return  # at or below the checkpoint (a redelivery): already projected
         self._seen = seq  # several events may share one sequence (a batched message)
-        self._take(seq, event)
+        if isinstance(event, self.store.specs[self.table].events):
+            self._take(seq, event)
+
+    def advance(self, seq: int) -> None:
+        """Count ``seq`` as applied even if it made no row (skipped, dead-lettered): the checkpoint covers it."""
+        self._seen = max(self._seen, seq)
 
     def _take(self, seq: int, event: Event) -> None:
         raise NotImplementedError
@@ -893,39 +977,72 @@ def search_decisions(store: VectorStore, embedder: TextEmbedder, text: str, k: i
 class VectorSink:
     """Runs a :class:`VectorProjection` on the consumer runtime (``bus.runtime.Sink``).
 
-    Rows commit in batches of at least ``batch_rows`` (LanceDB likes big adds), and on idle or
-    stop. The consumer is ordered: it restarts at the committed checkpoint + 1, so rows still
-    buffered at a crash are simply projected again.
+    Rows commit in batches of at least ``batch_rows`` (LanceDB likes big adds), between messages so
+    a commit never splits one; and, once a message has waited ``commit_every_s`` uncommitted, at the
+    end of the fetch (well inside the consumer's 30 s ack wait); and on idle or stop. The runtime
+    acknowledges only up to :attr:`committed_seq`, so nothing is acked while merely buffered. A
+    message whose rows cannot be built is poison: it is dead-lettered and the rest go on (rows of
+    its earlier events, if any, stay). The consumer is ordered: it restarts at the committed
+    checkpoint + 1, so rows still buffered at a crash are simply projected again.
     """
 
     def __init__(
-        self, projection: VectorProjection, *, stop_at_seq: int | None = None, until_ns: int | None = None
+        self,
+        projection: VectorProjection,
+        *,
+        stop_at_seq: int | None = None,
+        until_ns: int | None = None,
+        commit_every_s: float = 2.0,
     ) -> None:
         self.projection = projection
         self.last_seq = projection.start()
         self.stop_at_seq = stop_at_seq
         self.until_ns = until_ns
+        self.commit_every_s = commit_every_s
         self.done = asyncio.Event()
+        self._waiting_since: float | None = None  # when the oldest uncommitted message was applied
+
+    @property
+    def committed_seq(self) -> int:
+        """The last sequence whose rows are committed: how far the runtime may acknowledge."""
+        return self.projection.checkpoint
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
-        for rec in batch:
+        proj = self.projection
+        failures: dict[int, Failure] = {}
+        for j, rec in enumerate(batch):
             seq = rec.delivery.stream_seq
+            if seq <= proj.seen:
+                continue  # already applied: a batch retried in place
             if (self.stop_at_seq is not None and seq > self.stop_at_seq) or (
                 self.until_ns is not None and rec.delivery.ts_ns > self.until_ns
             ):
                 self.done.set()
                 break
-            for ev in rec.events:
-                self.projection.apply(seq, ev)
-        self.last_seq = await asyncio.to_thread(self.projection.flush)
+            if proj.pending >= proj.batch_rows:
+                await self._flush(force=False)
+            try:
+                for ev in rec.events:
+                    proj.apply(seq, ev)
+            except Exception as exc:  # a row that cannot be built is poison: dead-letter it, keep going
+                log.warning("vector row failed", table=proj.table, seq=seq, error=repr(exc))
+                failures[j] = Failure(f"vector row failed: {type(exc).__name__}: {exc}", retry=False)
+            proj.advance(seq)
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
         if self.stop_at_seq is not None and batch and batch[-1].delivery.stream_seq >= self.stop_at_seq:
             self.done.set()
-        if self.done.is_set():
-            self.last_seq = await asyncio.to_thread(self.projection.flush, force=True)
-        return {}
+        overdue = self._waiting_since is not None and time.monotonic() - self._waiting_since >= self.commit_every_s
+        await self._flush(force=overdue or self.done.is_set())
+        return failures
+
+    async def _flush(self, *, force: bool) -> None:
+        self.last_seq = await asyncio.to_thread(self.projection.flush, force=force)
+        if self.last_seq == self.projection.seen:
+            self._waiting_since = None
 
     async def idle(self) -> None:
-        self.last_seq = await asyncio.to_thread(self.projection.flush, force=True)
+        await self._flush(force=True)
 
     async def close(self) -> None:
         await self.idle()

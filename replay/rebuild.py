@@ -2,11 +2,14 @@
 
 A rebuild reads each stream from sequence 1 with the stream reader (no acks, nothing
 published) into a fresh DuckDB file and, optionally, a fresh LanceDB directory. ``until_ns``
-gives point-in-time state (stream time = when the system knew it). Verification rebuilds up
-to the live checkpoints and compares per-table content hashes of rows at or below them (for
-vectors: row count and a checksum of ids, rounded vectors and forward returns), so it works
-while the live DuckDB projector keeps writing; the vector comparison is exact when the live
-vector projection is idle (its forward-return updates land after their rows).
+gives point-in-time state (stream time = when the system knew it). Verification rebuilds each
+stream up to the highest live checkpoint of its read models and compares each table's content
+hash over the rows at or below that table's own live checkpoint (for vectors: row count and a
+checksum of ids, rounded vectors and forward returns), so it works while the live DuckDB
+projector keeps writing; the vector comparison is exact when the live vector projection is idle
+(its forward-return updates land after their rows). A live read model whose schema differs from
+its declaration (or that is missing) cannot match its rebuild: it is reported as changed, and a
+swap puts the rebuilt one live.
 Before a rebuild, :func:`check_space` refuses to start one that would fill the disk under it.
 """
 
@@ -23,9 +26,11 @@ import msgspec
 from nats.aio.client import Client
 
 from bus.jetstream import JetStreamApi
-from projections.duckdb import ProjectionDb, hash_sql
+from projections.duckdb import ProjectionDb, columns_sql, hash_sql
 from projections.query import QueryError, query_file, query_remote
 from projections.runtimes import Binding, projection_bindings, replay_into, vector_bindings
+from projections.table import schema_hash
+from projections.tables import TABLES
 from schemas.subjects import FAMILIES
 
 if TYPE_CHECKING:
@@ -76,7 +81,7 @@ class RebuildStats(msgspec.Struct):
     path: str
     events: int
     seconds: float
-    checkpoints: dict[str, int]
+    checkpoints: dict[str, int]  # per read model
     vector_checkpoints: dict[str, int] = {}
 
     @property
@@ -88,10 +93,26 @@ class TableCheck(msgspec.Struct):
     table: str
     live: str
     rebuilt: str
+    changed: bool = False  # the live table's schema is not the declared one: only a rebuild can be right
 
     @property
     def ok(self) -> bool:
-        return self.live == self.rebuilt
+        return self.changed or self.live == self.rebuilt
+
+    @property
+    def verdict(self) -> str:
+        if self.changed:
+            return "new read model, rebuilt" if self.live == "missing" else "changed schema, rebuilt"
+        return "ok" if self.ok else "MISMATCH"
+
+
+class LiveTable(msgspec.Struct):
+    """What verification needs of one live DuckDB table."""
+
+    upto: int  # its own checkpoint
+    content: str  # hash of its rows at or below ``upto`` ("missing": no such table)
+    schema_hash: str  # as stored in its tracking record
+    columns: list[tuple[str, str]]
 
 
 async def stream_last_seqs(nc: Client, prefix: str, keys: set[str]) -> dict[str, int]:
@@ -159,8 +180,12 @@ async def rebuild(
     return stats
 
 
-async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str, int], dict[str, str], str]:
-    """Checkpoints and hashes of the live DuckDB projection: from the projector if it runs, else the file."""
+async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str, LiveTable], str]:
+    """Tracking and hashes of the live DuckDB tables: from the projector if it runs, else the file.
+
+    A file the projector has not opened since tracking became per table (``_checkpoints`` keyed by
+    projection and stream) is read as the projector would upgrade it.
+    """
     try:
         await query_remote(nc, prefix, "SELECT 1", timeout=1.0)
         remote = True
@@ -173,23 +198,39 @@ async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str
             raise QueryError(res.error)
         return res.rows
 
-    rows = await q("SELECT stream, last_seq FROM _checkpoints WHERE projection = 'main'")
-    by_stream = {str(s): int(str(n)) for s, n in rows}
-    upto = {f.key: by_stream.get(f.stream(prefix), 0) for f in FAMILIES}
-    hashes = {}
-    for name, fam in ProjectionDb.table_names():
-        ((n, h),) = await q(hash_sql(name, upto.get(fam)))
-        hashes[name] = f"{n}:{int(str(h)):016x}"
-    return upto, hashes, "projector" if remote else "file"
+    shape = {str(c) for c, _ in await q(columns_sql("_checkpoints"))}
+    tracked: dict[str, tuple[int, str]] = {}
+    if "read_model" in shape:
+        for m, n, h in await q("SELECT read_model, last_seq, schema_hash FROM _checkpoints"):
+            tracked[str(m)] = (int(str(n)), str(h))
+    elif shape:
+        by_stream = {str(s): int(str(n)) for s, n in await q("SELECT stream, last_seq FROM _checkpoints")}
+        for t in TABLES:
+            tracked[t.name] = (by_stream.get(t.family.stream(prefix), 0), schema_hash(1, t.columns))
+    out: dict[str, LiveTable] = {}
+    for t in TABLES:
+        upto, stored = tracked.get(t.name, (0, ""))
+        columns = [(str(c), str(d)) for c, d in await q(columns_sql(t.name))]
+        content = "missing"
+        if columns:
+            ((n, h),) = await q(hash_sql(t.name, upto))
+            content = f"{n}:{int(str(h)):016x}"
+        out[t.name] = LiveTable(upto, content, stored, columns)
+    return out, "projector" if remote else "file"
 
 
-def live_vectors(path: Path) -> tuple[dict[str, int], dict[str, str]]:
-    """Checkpoint and checksum of each live vector table (LanceDB allows readers beside the writer)."""
+def live_vectors(path: Path) -> tuple[dict[str, int], dict[str, str], set[str]]:
+    """Checkpoint and checksum of each live vector table, and which are changed (LanceDB allows readers)."""
     from projections.vectors import VectorStore
 
     store = VectorStore(path)
-    cps = {t: store.checkpoint(t).last_seq for t in VECTOR_TABLES}
-    return cps, {t: store.checksum(t, upto_seq=cps[t]) for t in VECTOR_TABLES}
+    cps = {t: store.checkpoint(t) for t in VECTOR_TABLES}
+    changed = {t for t, cp in cps.items() if store.exists(t) and store.shape_hash(cp) != store.specs[t].schema_hash}
+    return (
+        {t: cp.last_seq for t, cp in cps.items()},
+        {t: store.checksum(t, upto_seq=cp.last_seq) for t, cp in cps.items()},
+        changed,
+    )
 
 
 async def verify(
@@ -202,11 +243,15 @@ async def verify(
     embedder: TextEmbedder | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[TableCheck], RebuildStats]:
-    upto, live_hashes, _ = await live_state(nc, prefix, live_path)
+    live, _ = await live_state(nc, prefix, live_path)
+    upto: dict[str, int] = {}  # per stream family: the furthest of its tables
+    for t in TABLES:
+        upto[t.family.key] = max(upto.get(t.family.key, 0), live[t.name].upto)
     vec_cps: dict[str, int] | None = None
     vec_live: dict[str, str] = {}
+    vec_changed: set[str] = set()
     if live_vectors_dir is not None and live_vectors_dir.exists():  # noqa: ASYNC240
-        vec_cps, vec_live = await asyncio.to_thread(live_vectors, live_vectors_dir)
+        vec_cps, vec_live, vec_changed = await asyncio.to_thread(live_vectors, live_vectors_dir)
     vectors_dir = out_path.with_suffix(".vectors") if vec_cps is not None else None
     stats = await rebuild(
         nc,
@@ -220,14 +265,20 @@ async def verify(
     )
     db = ProjectionDb(out_path)
     try:
-        rebuilt = db.content_hashes(upto)
+        rebuilt = db.content_hashes({name: lt.upto for name, lt in live.items()})
+        checks = []
+        for t in db.tables:
+            lt = live[t.name]
+            declared = [(str(c), str(d)) for c, d in db.con.execute(columns_sql(t.name)).fetchall()]
+            changed = lt.schema_hash != t.schema_hash or lt.columns != declared
+            checks.append(TableCheck(t.name, lt.content, rebuilt[t.name], changed=changed))
     finally:
         db.close()
-    checks = [TableCheck(t, live_hashes[t], rebuilt[t]) for t in live_hashes]
     if vectors_dir is not None and vec_cps is not None:
         from projections.vectors import VectorStore
 
         store = VectorStore(vectors_dir)
-        for t in VECTOR_TABLES:
-            checks.append(TableCheck(f"lancedb:{t}", vec_live[t], store.checksum(t, upto_seq=vec_cps[t])))
+        for vt in VECTOR_TABLES:
+            rebuilt_sum = store.checksum(vt, upto_seq=vec_cps[vt])
+            checks.append(TableCheck(f"lancedb:{vt}", vec_live[vt], rebuilt_sum, changed=vt in vec_changed))
     return checks, stats

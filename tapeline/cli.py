@@ -11,13 +11,14 @@ import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
 import structlog
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,6 +32,7 @@ from bus.metrics import serve_metrics
 from bus.publisher import Publisher
 from bus.server import EmbeddedNats
 from projections.query import QueryError, QueryResult, query_file, query_remote
+from projections.table import ReadModelChanged
 from replay.rebuild import NotEnoughSpace, check_space, verify
 from schemas.codec import decode
 from schemas.events import DecisionEnvelope
@@ -108,6 +110,8 @@ def demo(
     serve_metrics(s.metrics_port)
     try:
         ok = asyncio.run(_demo(s, url, files=files, batch_ticks=batch_ticks or s.batch_ticks))
+    except ReadModelChanged as e:  # only with --keep: a fresh demo has no old tables
+        _refused(e)
     finally:
         server.stop()
     p = s.prefix
@@ -235,12 +239,19 @@ def _summary(pipeline: Pipeline, fed: int, elapsed: float) -> None:
     console.print(d)
 
 
+def _refused(e: ReadModelChanged) -> NoReturn:
+    """A read model that changed since it was built: one line with the fix, exit 2."""
+    console.print(f"[red]{escape(str(e))}[/]", soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
 def _print_checks(checks: list[Any], events: int, seconds: float) -> None:
     t = Table(title=f"Replay verification: {events:,} events rebuilt in {seconds:.1f}s")
     for c in ("table", "live", "rebuilt", ""):
         t.add_column(c)
+    marks = {"ok": "[green]✓[/]", "MISMATCH": "[red]✗ MISMATCH[/]"}
     for c in checks:
-        t.add_row(c.table, c.live, c.rebuilt, "[green]✓[/]" if c.ok else "[red]✗ MISMATCH[/]")
+        t.add_row(c.table, c.live, c.rebuilt, marks.get(c.verdict, f"[yellow]{c.verdict}[/]"))
     console.print(t)
 
 
@@ -290,7 +301,11 @@ async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float
         except ValueError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2) from None
-        await pipeline.start()
+        try:
+            await pipeline.start()
+        except ReadModelChanged as e:  # refused at start: the user rebuilds it
+            await pipeline.stop()
+            _refused(e)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -376,14 +391,16 @@ async def _status(s: Settings) -> None:
                     )
         console.print(streams)
         console.print(consumers)
-        res = await _query(nc, s, "SELECT stream, last_seq, events, updated_ns FROM _checkpoints ORDER BY stream")
-        cps = Table(title="Projection checkpoints (DuckDB)")
-        for c in ("stream", "checkpoint", "lag", "events", "updated"):
+        res = await _query(
+            nc, s, "SELECT read_model, stream, last_seq, events, updated_ns FROM _checkpoints ORDER BY stream, 1"
+        )
+        cps = Table(title="Projection checkpoints (DuckDB, per read model)")
+        for c in ("read model", "stream", "checkpoint", "lag", "events", "updated"):
             cps.add_column(c)
-        for stream, seq, events, updated in res.rows:
+        for model, stream, seq, events, updated in res.rows:
             lag = last_seq.get(str(stream), int(str(seq))) - int(str(seq))
             when = datetime.fromtimestamp(int(str(updated)) / 1e9, UTC).strftime("%H:%M:%S")
-            cps.add_row(str(stream), str(seq), f"{lag:,}", f"{int(str(events)):,}", when)
+            cps.add_row(str(model), str(stream), str(seq), f"{lag:,}", f"{int(str(events)):,}", when)
         console.print(cps)
 
 

@@ -24,7 +24,9 @@ def _checkpoint(db: Path, stream: str) -> int:
     except duckdb.Error:
         return -1  # the writer holds the lock
     try:
-        row = con.execute("SELECT last_seq FROM _checkpoints WHERE stream = ?", [stream]).fetchone()
+        row = con.execute(
+            "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
+        ).fetchone()
         return int(row[0]) if row else 0
     finally:
         con.close()
@@ -77,7 +79,9 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
     rows, distinct, max_seq = (
         con.execute("SELECT count(*), count(DISTINCT event_id), max(seq) FROM ticks").fetchone() or ()
     )
-    checkpoint = con.execute("SELECT last_seq FROM _checkpoints WHERE stream = ?", [stream]).fetchone()
+    checkpoint = con.execute(
+        "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
+    ).fetchone()
     con.close()
     assert rows == distinct == await stream_last_seq(nc, stream) == len(ticks)
     assert checkpoint == (max_seq,)

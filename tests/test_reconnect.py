@@ -18,7 +18,8 @@ from bus.connection import NatsSettings, TapelineClient, close_connection, conne
 from bus.consumer import ConsumerLost, Delivery, PullLoop
 from bus.jetstream import JetStreamApi
 from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime, Failure, Received
+from bus.reader import Received
+from bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
 from bus.server import EmbeddedNats
 from bus.topology import durable_config, provision
 from schemas.events import Tick

@@ -46,7 +46,7 @@ async def test_until_rebuilds_state_as_known_at_that_time(
     await publisher.publish(ticks[100:])
     stats = await rebuild(nc, provisioned, tmp_path / "pit.duckdb", until_ns=boundary_ns)
     assert _count(tmp_path / "pit.duckdb", "SELECT count(*) FROM ticks") == 100
-    assert stats.checkpoints[f"{provisioned.upper()}_MD"] == 100
+    assert stats.checkpoints["ticks"] == stats.checkpoints["bars"] == 100
     full = await rebuild(nc, provisioned, tmp_path / "all.duckdb")
     assert full.events == 300
 
@@ -178,7 +178,9 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
         rows, distinct, max_seq = (
             con.execute("SELECT count(*), count(DISTINCT event_id), max(seq) FROM ticks").fetchone() or ()
         )
-        cp = con.execute("SELECT last_seq FROM _checkpoints WHERE stream = ?", [stream]).fetchone()
+        cp = con.execute(
+            "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
+        ).fetchone()
         con.close()
         checkpoint = cp[0] if cp else 0
         assert rows == distinct == checkpoint == (max_seq or 0), f"run {run}: rows {rows} distinct {distinct} cp {cp}"
