@@ -23,11 +23,12 @@ import pytest
 from nats.aio.client import Client
 
 from adapters.sim import SimFeed
+from bus.components import react
 from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime, react
-from handlers.bars import BarAggregator
+from bus.runtime import ConsumerRuntime, ConsumerSpec
+from handlers.bars import BarAggregator, BarsConfig
 from projections.duckdb import PRE_TRACKING, ProjectionDb
-from projections.runtimes import projection_runtimes
+from projections.runtimes import projection_bindings
 from projections.table import ReadModelChanged, schema_hash
 from projections.tables import BARS, TABLES
 from projections.vectors import CHECKPOINTS, MARKET_DIM, MARKET_STATES, MarketStates, VectorSink, VectorStore
@@ -56,7 +57,7 @@ OLD_CHECKPOINTS = (
 
 def _market(ticks: int, seed: int) -> list[Event]:
     """Ticks with the 1-second bars they make, in stream order (as the bar handler publishes them)."""
-    agg = BarAggregator(["1s"])
+    agg = BarAggregator(BarsConfig(intervals=["1s"]))
     out: list[Event] = []
     for t in SimFeed(["A", "B"], ticks=ticks, seed=seed, mean_gap_ms=40).generate():
         out.append(t)
@@ -69,7 +70,10 @@ async def _project(
 ) -> dict[str, int]:
     """Run the DuckDB projection runtimes until every family is at its stream's end (or ``stop_at``)."""
     publisher = await Publisher(nc, prefix, role="test-projection").start()
-    pairs = projection_runtimes(nc, publisher, prefix, db, durable=stop_at is None, stop_at=stop_at)
+    pairs = [
+        (ConsumerRuntime(nc, publisher, b.spec, b.sink, start_seq=b.start_seq), b.sink)
+        for b in projection_bindings(prefix, db, stop_at=stop_at)
+    ]
     starts = {rt.durable: rt.start_seq or 0 for rt, _ in pairs}
     tasks = [asyncio.create_task(rt.run()) for rt, _ in pairs]
 
@@ -126,9 +130,9 @@ async def test_table_added_to_a_stream_with_history_backfills_itself(
 
     # Restart with the full table set: the family consumer starts after the lowest checkpoint.
     await publisher.publish(rest)
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=live, roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=live, selected=["projector"])
     await p.start()
-    assert next(r for r in p.runtimes if r.durable == "proj_main_md").start_seq == 701
+    assert next(r for r in p.consumers if r.durable == "projector_md").start_seq == 701
     await wait_until(lambda: caught_up(nc, p), timeout=60)
     await p.stop()
 
@@ -197,9 +201,9 @@ async def test_old_checkpoint_shape_is_upgraded_in_place_and_keeps_projecting(
     assert all(c.verdict == "ok" for c in checks), [c for c in checks if c.verdict != "ok"]
 
     await publisher.publish(events[1500:])
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=live, roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=live, selected=["projector"])
     await p.start()
-    assert next(r for r in p.runtimes if r.durable == "proj_main_md").start_seq == 1501
+    assert next(r for r in p.consumers if r.durable == "projector_md").start_seq == 1501
     await wait_until(lambda: caught_up(nc, p), timeout=60)
     await p.stop()
 
@@ -231,7 +235,7 @@ async def test_cli_refuses_a_changed_read_model_and_replay_swap_rebuilds_it(
     cfg = write_config(tmp_path, provisioned, nats_url)
     live = tmp_path / "data" / "projections" / "tapeline.duckdb"
     await publisher.publish(_market(1500, seed=33))
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=live, roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=live, selected=["projector"])
     await p.start()
     await wait_until(lambda: caught_up(nc, p), timeout=60)
     await p.stop()
@@ -385,20 +389,14 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
     store = VectorStore(tmp_path / "v")
     proj = PickyStates(store, stream=stream, batch_rows=100_000)
     sink = HeldSink(proj, commit_every_s=3600.0)
-    rt = ConsumerRuntime(
-        nc,
-        publisher,
-        stream=stream,
-        durable="proj_market_states",
-        filter_subjects=[f"{provisioned}.md.bar.>"],
-        sink=sink,
-        ack_policy="all",
-        start_seq=sink.last_seq + 1,
+    spec = ConsumerSpec(
+        stream=stream, durable="market_states_md", filter_subjects=(f"{provisioned}.md.bar.*.*",), ordered=True
     )
+    rt = ConsumerRuntime(nc, publisher, spec, sink, start_seq=sink.last_seq + 1)
     task = asyncio.create_task(rt.run())
 
     async def acked() -> int:
-        info = await consumer_state(nc, stream, "proj_market_states")
+        info = await consumer_state(nc, stream, "market_states_md")
         return int(info["ack_floor"]["stream_seq"]) if info else -1
 
     def acked_to(seq: int) -> Callable[[], Awaitable[bool]]:
@@ -411,10 +409,8 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
         await publisher.publish(bars[:200])
         await wait_until(lambda: proj.seen == 200, timeout=60)
         letters = await wait_stored(nc, f"{provisioned.upper()}_OPS", "", bool, within=60)
-        assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [
-            (51, "proj_market_states")
-        ]
-        info = await consumer_state(nc, stream, "proj_market_states")
+        assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [(51, "market_states_md")]
+        info = await consumer_state(nc, stream, "market_states_md")
         assert info is not None and info["num_ack_pending"] == 200  # processed, buffered: nothing acked
         assert await acked() == 0 and store.checkpoint(MARKET_STATES).last_seq == 0
 
