@@ -262,7 +262,7 @@ class SnapshotStore:
 
     async def save(self, key: str, seq: int, state: bytes) -> None:
         data = _state_enc.encode(SavedState(seq, state, time.time_ns()))
-        await self.nc.request(f"$KV.{self.bucket}.{key}", data, timeout=10.0)
+        await self.nc.request(f"$KV.{self.bucket}.{key}", data, timeout=5.0)
 
 
 async def _stored(api: JetStreamApi, stream: str, seq: int) -> tuple[str, int] | None:
@@ -484,7 +484,7 @@ class ComponentRunner:
 
     def _final_snapshot(self, key: str, rt: ConsumerRuntime) -> Any:
         async def on_stop() -> None:
-            if rt.last_acked:
+            if rt.last_acked and self.nc.is_connected:  # else the saved one is older, and still right
                 await SnapshotStore(self.nc, self.prefix).save(key, rt.last_acked, self.component.snapshot())
 
         return on_stop

@@ -337,7 +337,10 @@ async def close_connection(nc: Client, timeout: float = 5.0) -> None:  # noqa: A
         try:
             await asyncio.wait_for(nc.drain(), timeout)
             return
-        except (TimeoutError, NatsError):
+        except (TimeoutError, NatsError, OSError):
             pass
     if not nc.is_closed:
-        await nc.close()
+        try:  # a socket the server reset is closed anyway
+            await asyncio.wait_for(nc.close(), timeout)
+        except (TimeoutError, NatsError, OSError) as e:
+            log.debug("connection closed with an error", error=str(e))

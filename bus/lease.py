@@ -14,7 +14,6 @@ import asyncio
 import base64
 import os
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -135,26 +134,37 @@ class Lease:
 
     async def renew(self) -> None:
         got = await self._put(self.revision, self.holder.encode())
-        if got is None:
-            raise LeaseLost(f"lease {self.name} was taken over by another process")
+        if got is None:  # not the revision we wrote: aged out while the server was away, or taken over
+            rev, holder, live = await self._last()
+            if live and holder != self.holder:
+                raise LeaseLost(f"lease {self.name} was taken over by {holder}")
+            got = await self._put(rev, self.holder.encode())
+            if got is None:
+                raise LeaseLost(f"lease {self.name} was taken over by another process")
         self.revision = got
 
     async def keep(self) -> None:
-        """Renew every third of the TTL until cancelled; raises :class:`LeaseLost` when it slipped away."""
-        renewed = time.monotonic()
+        """Renew every third of the TTL until cancelled; raises :class:`LeaseLost` when another took it.
+
+        While the server is unreachable nobody can take the lease (taking it needs the server), so
+        failed renewals are retried, not taken as a loss: a server restart is routine.
+        """
+        warned = False
         while True:
             await asyncio.sleep(self.ttl_s / 3)
             try:
                 await self.renew()
-                renewed = time.monotonic()
+                warned = False
             except LeaseLost:
                 raise
-            except Exception as exc:  # the server is away: keep trying until the TTL says we lost it
-                if time.monotonic() - renewed > self.ttl_s:
-                    raise LeaseLost(f"lease {self.name} could not be renewed for {self.ttl_s:.0f}s: {exc}") from None
-                log.warning("lease renewal failed; retrying", lease=self.name, error=str(exc))
+            except Exception as exc:
+                if not warned:
+                    log.warning("lease renewal failed; retrying", lease=self.name, error=str(exc))
+                    warned = True
 
     async def release(self) -> None:
+        if not self.nc.is_connected:
+            return  # it ages out
         try:
             await self._put(self.revision, b"", op="DEL")
         except Exception as exc:  # it ages out anyway

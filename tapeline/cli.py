@@ -301,19 +301,28 @@ async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float
         except ValueError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2) from None
-        try:
-            await pipeline.start()
-        except ReadModelChanged as e:  # refused at start: the user rebuilds it
-            await pipeline.stop()
-            _refused(e)
-        stop = asyncio.Event()
+        stop = asyncio.Event()  # before start-up, so a signal during it drains too
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.create_task(pipeline.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while starting (a standby, or a server that went away): abandon it
+            pipeline.request_stop()
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        elif starting.exception() is not None:
+            exc = starting.exception()
+            await pipeline.stop()
+            if isinstance(exc, ReadModelChanged):  # refused at start: the user rebuilds it
+                _refused(exc)
+            raise exc  # type: ignore[misc]
         shown = redact_url(url)
-        console.print(f"[bold]tapeline up[/] on {shown} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
+        if not stop.is_set():
+            console.print(f"[bold]tapeline up[/] on {shown} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
         waiter = asyncio.create_task(pipeline.wait())
-        await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([waiter, stopped], return_when=asyncio.FIRST_COMPLETED)
         try:  # bounded: a server that is gone, or forgot our requests, must not keep us here
             async with asyncio.timeout(drain_s - close_s):
                 await pipeline.stop()

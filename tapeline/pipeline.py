@@ -209,6 +209,14 @@ class Pipeline:
             if not t.cancelled() and t.exception():
                 raise t.exception()  # type: ignore[misc]
 
+    def request_stop(self) -> None:
+        """Stop waiting (standbys) and consuming; :meth:`stop` then drains."""
+        self._stopping = True
+        for r in self.runners:
+            r.stop()
+        for rt in self.runtimes:
+            rt.stop()
+
     async def stop(self) -> None:
         self._stopping = True
         if self._swap_sub is not None:

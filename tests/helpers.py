@@ -59,11 +59,17 @@ async def wait_stored(
 
 
 async def caught_up(nc: Client, pipeline: Pipeline) -> bool:
-    """Every projection at its stream's last sequence and every consumer idle."""
+    """Every projection at its stream's last sequence, every consumer idle with nothing pending on the server."""
     for sink in pipeline.sinks:
         if await stream_last_seq(nc, sink.stream) != sink.last_seq:
             return False
-    return all(r.idle.is_set() for r in pipeline.consumers)
+    if not pipeline.consumers or not all(r.idle.is_set() for r in pipeline.consumers):
+        return False
+    for r in pipeline.consumers:
+        info = await consumer_state(nc, r.stream, r.durable)
+        if info is None or info["num_pending"] or info["num_ack_pending"]:
+            return False
+    return True
 
 
 async def consumer_state(nc: Client, stream: str, durable: str) -> dict[str, Any] | None:
@@ -87,8 +93,8 @@ def write_config(tmp: Path, prefix: str, nats_url: str, **extra: str) -> Path:
 STARTED: list[subprocess.Popen[bytes]] = []  # reaped after each test by conftest, whatever the outcome
 
 
-def start_tapeline(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start_tapeline(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "ab") as f:
         proc = subprocess.Popen([*TAPELINE, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
     STARTED.append(proc)

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
-from handlers.bars import BarAggregator
+from handlers.bars import BarAggregator, BarsConfig
 from schemas.events import Bar
 from tests.helpers import consumer_state, read_stream, start_tapeline, stream_last_seq, wait_until, write_config
 
@@ -95,7 +95,7 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
         cfg.read_text() + '\n[bars]\nintervals = ["1s"]\n[momentum]\ninterval = "1s"\nwindow = 5\n'
     )
     ticks = list(SimFeed(["NVDA", "ORCL"], ticks=30_000, seed=9, mean_gap_ms=40).generate())
-    clean = BarAggregator(["1s"])  # what a single uninterrupted run produces
+    clean = BarAggregator(BarsConfig(intervals=["1s"]))  # what a single uninterrupted run produces
     expected = {
         (b.symbol, b.start_ns): (b.open, b.high, b.low, b.close, b.volume, b.ticks)
         for t in ticks

@@ -119,7 +119,7 @@ async def test_table_added_to_a_stream_with_history_backfills_itself(
     db = ProjectionDb(live)
     assert db.checkpoints()["bars"] == 0 and db.checkpoint("ticks") == 2000
     starts = await _project(nc, provisioned, db, stop_at={"md": 700})
-    assert starts[f"replay_{provisioned}_md"] == 1  # the lowest checkpoint of the family (bars: 0) + 1
+    assert starts["projector_md"] == 1  # the lowest checkpoint of the family (bars: 0) + 1
     assert db.checkpoint("bars") == 700 and db.checkpoint("ticks") == 2000
     db.close()
     # Verify bounds each table by its own checkpoint: bars up to 700, ticks up to 2000.

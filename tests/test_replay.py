@@ -120,11 +120,7 @@ async def test_what_if_same_config_reproduces_and_other_config_differs(
     await p.start()
     await run_feed(SimFeed(["A", "B"], ticks=3000, seed=8, mean_gap_ms=50), publisher)
 
-    async def handled() -> bool:
-        return all(r.idle.is_set() for r in p.runtimes) and sum(r.processed for r in p.runtimes) > 3000
-
-    await wait_until(handled, timeout=30)
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: caught_up(nc, p), timeout=120)
     await p.stop()
     same = await what_if(nc, provisioned, f"{provisioned}-same", build(FAST))
     assert same.decisions_recorded > 10 and same.changes == []

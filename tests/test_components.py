@@ -1,0 +1,175 @@
+"""The declared system on both runners, leases, and scale-out (real nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from adapters.alerts import make_alert
+from adapters.runner import run_feed
+from adapters.sim import SimFeed
+from bus.inprocess import InProcessRunner
+from bus.lease import Lease, LeaseHeld
+from bus.publisher import Publisher
+from schemas.components import Component, Handler
+from schemas.events import AnyEvent, DecisionEnvelope, Event, Notification
+from schemas.subjects import DECISION, INTEL, MD, OPS
+from tapeline.pipeline import Pipeline
+from tapeline.system import COMPONENTS, build, durables
+from tests.helpers import (
+    FAST,
+    TAPELINE,
+    caught_up,
+    consumer_state,
+    start_tapeline,
+    stored,
+    stream_last_seq,
+    wait_until,
+    write_config,
+)
+from tests.test_alerts_webhook import WebhookServer
+
+
+def _comparable(e: Event) -> dict[str, Any]:
+    """Everything but what is measured at run time: ts_init, and a decision's phase timings."""
+    d: dict[str, Any] = msgspec.to_builtins(e)
+    d.pop("ts_init")
+    if isinstance(e, DecisionEnvelope):
+        d.pop("phase_timings")
+    return d
+
+
+async def test_one_recorded_scenario_gives_identical_events_on_both_runners(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    ticks = list(SimFeed(["A", "B", "BRK.B"], ticks=3000, seed=21, mean_gap_ms=40).generate())
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "p.duckdb", selected=["handlers", "projector"])
+    await p.start()
+    await run_feed(SimFeed(["A", "B", "BRK.B"], ticks=3000, seed=21, mean_gap_ms=40), publisher)
+    await wait_until(lambda: caught_up(nc, p), timeout=120)
+    await p.stop()
+    live = [
+        e
+        for fam, subject in ((MD, f"{provisioned}.md.bar.>"), (INTEL, ">"), (DECISION, ">"))
+        for e in await stored(nc, fam.stream(provisioned), subject)
+    ]
+    in_memory = await InProcessRunner(build(FAST, ["handlers"]), provisioned).run(ticks)
+    assert len(live) > 100 and any(isinstance(e, DecisionEnvelope) for e in live)
+
+    def key(e: Event) -> tuple[str, str]:
+        return (e.tag, e.event_id)
+
+    assert sorted(map(_comparable, live), key=lambda d: (d["type"], d["event_id"])) == sorted(
+        map(_comparable, in_memory), key=lambda d: (d["type"], d["event_id"])
+    )
+    assert sorted(map(key, live)) == sorted(map(key, in_memory))
+
+
+def test_durable_names_come_from_the_declaration() -> None:
+    names = {d for c in build({}, [c.name for c in COMPONENTS]) for _, d in durables(c, "tape")}
+    assert {"bars_md", "momentum_md", "decision_intel", "watchdog_ops", "notifier_ops"} <= names
+
+
+async def test_a_second_holder_waits_as_a_standby_and_takes_over(nc: Client, provisioned: str) -> None:
+    first = Lease(nc, provisioned, "bars_md", ttl_s=1.0)
+    second = Lease(nc, provisioned, "bars_md", ttl_s=1.0)
+    assert await first.try_acquire() == ""
+    with pytest.raises(LeaseHeld):
+        await second.acquire(wait=False)
+    waiting = asyncio.create_task(second.acquire())
+    await first.renew()  # the holder keeps it: the standby must still be waiting
+    assert not waiting.done()
+    await first.release()
+    assert await asyncio.wait_for(waiting, 30)
+    await second.release()
+
+
+async def test_two_up_processes_share_an_ordered_role_safely(
+    nc: Client, provisioned: str, nats_url: str, tmp_path: Path, publisher: Publisher
+) -> None:
+    """A second `up` with the same ordered role waits as a standby; killing the first hands over."""
+    cfg = write_config(tmp_path, provisioned, nats_url)
+    first = start_tapeline("up", "-c", str(cfg), "--only", "bars", log=tmp_path / "first.log")
+    await wait_until(lambda: _holder(nc, provisioned, "bars_md"), timeout=120)
+    refused = subprocess.run(
+        [*TAPELINE, "up", "-c", str(cfg), "--only", "bars", "--no-standby"], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2 and "running in another process" in refused.stderr + refused.stdout
+    second = start_tapeline("up", "-c", str(cfg), "--only", "bars", log=tmp_path / "second.log")
+    await wait_until(lambda: "standby" in (tmp_path / "second.log").read_text(), timeout=120)
+    await publisher.publish(list(SimFeed(["A"], ticks=300, seed=2, mean_gap_ms=40).generate()))
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # The standby takes over when the dead holder's lease expires, and finishes the work.
+    stream = MD.stream(provisioned)
+
+    async def done() -> bool:
+        info = await consumer_state(nc, stream, "bars_md")
+        taken = "lease taken" in (tmp_path / "second.log").read_text()
+        return taken and info is not None and info["num_pending"] == 0 and await stream_last_seq(nc, stream) > 300
+
+    await wait_until(done, timeout=120)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+
+
+async def _holder(nc: Client, prefix: str, name: str) -> bool:
+    rev, _, live = await Lease(nc, prefix, name)._last()
+    return live and rev > 0
+
+
+async def test_two_processes_share_a_stateless_gateway_and_handle_each_input_once(
+    nc: Client, provisioned: str, nats_url: str, tmp_path: Path, publisher: Publisher
+) -> None:
+    """The notifier (stateless) on one shared durable in two processes: every alert posted exactly once."""
+    async with WebhookServer([]) as srv:
+        cfg = write_config(tmp_path, provisioned, nats_url)
+        env = {"TAPELINE_ALERT_WEBHOOK_URL": srv.url}
+        procs = [
+            start_tapeline("up", "-c", str(cfg), "--only", "notifier", log=tmp_path / f"n{i}.log", env=env)
+            for i in (1, 2)
+        ]
+        for i in (1, 2):
+            await wait_until(lambda i=i: "tapeline up" in (tmp_path / f"n{i}.log").read_text(), timeout=120)
+        alerts = [make_alert("f", f"k{i}", f"alert {i}", severity="critical") for i in range(200)]
+        for i in range(0, 200, 20):
+            await publisher.publish(alerts[i : i + 20])
+        notified = f"{provisioned}.ops.notify.>"
+        await wait_until(lambda: _count(nc, OPS.stream(provisioned), notified, 200), timeout=120)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+        records = [e for e in await stored(nc, OPS.stream(provisioned), notified) if isinstance(e, Notification)]
+        assert sorted(n.alert_id for n in records) == sorted(a.event_id for a in alerts)
+        assert len(srv.bodies) == 200, "each alert posted exactly once"
+
+
+async def _count(nc: Client, stream: str, subject: str, n: int) -> bool:
+    return len(await stored(nc, stream, subject)) >= n
+
+
+class _Counting(Handler):
+    name = "counting"
+
+    def handle(self, event: AnyEvent) -> list[Event]:
+        return []
+
+
+def test_a_component_must_be_fully_declared() -> None:
+    from schemas.components import check_declaration
+
+    class Nameless(Component):
+        kind = "handler"
+        role = "handlers"
+
+    with pytest.raises(TypeError, match="name"):
+        check_declaration(Nameless)
+    check_declaration(_Counting)
