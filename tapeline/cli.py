@@ -32,8 +32,8 @@ from schemas.codec import decode
 from schemas.events import DecisionEnvelope
 from schemas.export import export_json_schemas
 from schemas.subjects import FAMILIES, OPS, decisions_bucket, encode_token
-from tapeline.config import ConfigError, Settings, load_settings
-from tapeline.feeds import feed_app
+from tapeline.config import ConfigError, Market, Settings, load_settings
+from tapeline.feeds import ConfigOpt, config_exit, feed_app
 from tapeline.pipeline import ROLES, Pipeline
 from tapeline.session import nats_session, running_embedded
 
@@ -47,17 +47,16 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
 console = Console()
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="tapeline.toml")]
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (default: TAPELINE_NATS_URL or embedded)")]
 PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="subject prefix (namespace)")]
 
 
-def _settings(config: Path, **overrides: Any) -> Settings:
+def _settings(config: Path, *, feed: Market | None = None, **overrides: Any) -> Settings:
+    """Load and validate, or exit 2 with one line naming the file/key and the fix (never a traceback)."""
     try:
-        s = load_settings(config, **overrides)
+        s = load_settings(config, feed=feed, **overrides)
     except ConfigError as e:
-        console.print(f"[red]configuration error:[/] {e}")
-        raise typer.Exit(2) from None
+        config_exit(e)
     configure_logging(s.log_level)
     return s
 
@@ -76,7 +75,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="keep the previous demo's data")] = False,
 ) -> None:
     """Run the whole pipeline on an embedded NATS server; leaves everything in ./.tapeline/."""
-    s = _settings(config)
+    s = _settings(config, feed="files" if files else "sim")
     if s.log_level == "info":
         configure_logging("warning")  # the live display is the demo's output; warnings still show
     if ticks is not None:
@@ -124,9 +123,9 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
     if files:
-        from adapters.files import default_file_feed
+        from adapters.sources import files_feed
 
-        feed = default_file_feed()
+        feed = files_feed(s.feeds)
         total = None
     else:
         feed = SimFeed(s.sim.symbols, seed=s.sim.seed, ticks=s.sim.ticks, mean_gap_ms=s.sim.mean_gap_ms)
