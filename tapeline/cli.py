@@ -68,7 +68,7 @@ def _settings(config: Path, *, feed: Market | None = None, **overrides: Any) -> 
 def demo(
     config: ConfigOpt = Path("tapeline.toml"),
     files: Annotated[
-        bool, typer.Option("--files", help="replay the real files in ../shared/data instead of the simulator")
+        bool, typer.Option("--files", help="replay the [feeds.files] files (default: the samples in ../shared/data)")
     ] = False,
     ticks: Annotated[int | None, typer.Option(help="simulated ticks")] = None,
     batch_ticks: Annotated[bool, typer.Option(help="publish ticks in batch messages")] = False,

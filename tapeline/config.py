@@ -277,8 +277,9 @@ def load_settings(
     exist and momentum follows it. Without one, momentum follows the active source set.
     """
     raw = _read(path)
-    where = f"{path}: " if raw else ""  # values from a file: name it; CLI overrides name only the key
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    from_file = set(raw)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    raw.update(given)
     try:
         settings = msgspec.convert(raw, Settings)
         _check(settings)
@@ -287,8 +288,9 @@ def load_settings(
         _check_momentum(settings, market)
         if feed is not None and market == "files":
             check_file_sources(settings.feeds.files)
-    except msgspec.ValidationError as e:
-        raise ConfigError(f"{where}{_explain(e)}") from None
-    except ConfigError as e:
-        raise ConfigError(f"{where}{e}") from None
+    except (msgspec.ValidationError, ConfigError) as e:
+        message = _explain(e) if isinstance(e, msgspec.ValidationError) else str(e)
+        top = re.split(r"[.:\[]", message, maxsplit=1)[0]  # the section or key the message starts with
+        where = f"{path}: " if top in from_file and top not in given else ""  # a command-line value: just the key
+        raise ConfigError(f"{where}{message}") from None
     return settings

@@ -133,6 +133,16 @@ def test_checks_beyond_the_types_name_their_key(tmp_path: Path) -> None:
         assert key in str(e.value) and "\n" not in str(e.value), (toml, str(e.value))
 
 
+def test_a_bad_command_line_value_is_not_blamed_on_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "tapeline.toml"
+    cfg.write_text("metrics_port = 9000\n")
+    with pytest.raises(ConfigError, match=r"^metrics_port: Expected `int` <= 65535"):
+        load_settings(cfg, metrics_port=70_000)
+    cfg.write_text("metrics_port = 70000\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(cfg))}: metrics_port: "):
+        load_settings(cfg)
+
+
 def test_config_does_not_import_the_mt5_feed() -> None:
     import subprocess
     import sys
