@@ -1,44 +1,65 @@
 """Configuration sections of the market-data feeds (``[feeds]`` in tapeline.toml).
 
-Every struct forbids unknown keys, so a typo stops start-up with the key's path. Secrets are
-never here: the MT5 password and the webhook URL come from the environment variables named by
-``password_env`` / ``webhook_url_env``. :func:`validate_feeds` checks what msgspec's types cannot
-and names the key and the fix. See docs/feeds.md and tapeline.example.toml.
+Every struct forbids unknown keys, so a typo stops start-up with the key's path. Bounds are
+``msgspec.Meta`` constraints, checked while decoding, so the error names the key too; nothing may
+write without bound (an interval, window, batch or heartbeat of zero or less is refused, and
+heartbeats, which land in the never-expiring ops stream, at most once a second). Secrets are never
+here: the MT5 password comes from the environment variable named by ``password_env``.
+:func:`validate_feeds` checks what the types cannot and names the key and the fix. The watchdog,
+its clock and the alert notifier are components with their own sections (``[watchdog]``,
+``[clock]``, ``[notifier]``). See docs/feeds.md and tapeline.example.toml.
+
+Imports no feed: session specs are parsed by ``adapters.sessions``, which the MT5 feed uses too.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from adapters.sessions import parse_session
+from schemas.intervals import interval_ns
 
 
 class FeedConfigError(ValueError):
     """A ``[feeds]`` value is invalid; the message names the key and the fix."""
 
 
+# Bounds msgspec checks while decoding, so its error names the key (``feeds.ibkr.heartbeat_s``).
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+# Heartbeats are events in the ops stream, which never expires: at most one a second.
+EverySeconds = Annotated[float, msgspec.Meta(ge=1.0)]
+
+
 class Mt5TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One MetaTrader 5 terminal/account (``[[feeds.mt5]]``). One process runs one terminal."""
 
     name: str  # subject-safe id: venue becomes "mt5-<name>", e.g. "mt5-raw"
-    login: int = 0  # 0: use the account the terminal is already logged into
+    login: NonNegativeInt = 0  # 0: use the account the terminal is already logged into
     server: str = ""
     password_env: str = ""  # env var holding the password; default TAPELINE_MT5_<NAME>_PASSWORD
     path: str = ""  # terminal64.exe of this terminal (each account runs its own terminal)
     portable: bool = False
-    timeout_ms: int = 60_000
-    symbols: list[str] = []
-    poll_interval_s: float = 0.25
-    heartbeat_s: float = 5.0
-    batch: int = 10_000  # ticks per copy_ticks_from call
-    backfill_s: float = 0.0  # on a first start (nothing published yet), also pull this much history
-    server_time_offset_s: int = 0  # broker server time minus UTC (MT5 stamps ticks in server time)
-    no_tick_alert_s: float = 120.0  # in session, no tick for this long -> alert
+    timeout_ms: Count = 60_000
+    symbols: list[Text] = []
+    poll_interval_s: Annotated[float, msgspec.Meta(ge=0.01)] = 0.25
+    heartbeat_s: EverySeconds = 5.0
+    batch: Count = 10_000  # ticks per copy_ticks_from call
+    backfill_s: NonNegative = 0.0  # on a first start (nothing published yet), also pull this much history
+    # broker server time minus UTC (MT5 stamps ticks in server time); within a day
+    server_time_offset_s: Annotated[int, msgspec.Meta(ge=-86_400, le=86_400)] = 0
+    no_tick_alert_s: Positive = 120.0  # in session, no tick for this long -> alert
     default_session: str = "mon-fri 00:00-24:00"  # UTC; see docs/feeds.md for the syntax
     sessions: dict[str, str] = {}  # symbol -> session spec
-    reconnect_initial_s: float = 1.0
-    reconnect_max_s: float = 60.0
+    reconnect_initial_s: Positive = 1.0
+    reconnect_max_s: Positive = 60.0
 
     @property
     def venue(self) -> str:
@@ -50,14 +71,14 @@ class Mt5TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 
 class IbkrContractConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    symbol: str
-    sec_type: str = "STK"
-    exchange: str = "SMART"
-    currency: str = "USD"
+    symbol: Text
+    sec_type: Text = "STK"
+    exchange: Text = "SMART"
+    currency: Text = "USD"
     primary_exchange: str = ""
     local_symbol: str = ""
     # IB reports US equity volume in round lots of 100; None: 100 for STK in USD, else 1.
-    volume_multiplier: float | None = None
+    volume_multiplier: Positive | None = None
 
     @property
     def multiplier(self) -> float:
@@ -67,64 +88,49 @@ class IbkrContractConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 
 class IbkrConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: int = 7497  # 7497 TWS paper, 7496 TWS live, 4002/4001 IB Gateway
-    client_id: int = 1
-    client_id_rotation_start: int = 99  # error 326 (id in use): try 99, 100, ...
-    client_id_max_tries: int = 10
+    host: Text = "127.0.0.1"
+    port: Port = 7497  # 7497 TWS paper, 7496 TWS live, 4002/4001 IB Gateway
+    client_id: NonNegativeInt = 1
+    client_id_rotation_start: NonNegativeInt = 99  # error 326 (id in use): try 99, 100, ...
+    client_id_max_tries: Count = 10
     account: str = ""
     readonly: bool = True
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: Positive = 10.0
     generic_ticks: str = "233"  # 233 = RTVolume (last trade price, size, time, day volume)
-    market_data_type: int = 1  # 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
+    market_data_type: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1  # 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
     contracts: list[IbkrContractConfig] = []
-    heartbeat_s: float = 5.0
-    reconnect_initial_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    warmup_days: int = 30
-    bar_size: str = "1 min"
+    heartbeat_s: EverySeconds = 5.0
+    reconnect_initial_s: Positive = 1.0
+    reconnect_max_s: Positive = 60.0
+    warmup_days: NonNegativeInt = 30
+    bar_size: Text = "1 min"
     bar_interval: str = "1m"  # the Bar.interval the bar_size maps to
-    what_to_show: str = "TRADES"
+    what_to_show: Text = "TRADES"
     use_rth: bool = True
-    venue: str = "ibkr"
+    venue: Text = "ibkr"
 
 
 class FileSourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    path: str
-    symbol: str
+    path: Text
+    symbol: Text
     kind: Literal["bars", "ticks"] = "bars"
     interval: str = "1d"
 
 
 class FilesConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sources: list[FileSourceConfig] = []  # empty: the sample files under data_dir
-    data_dir: str = "../shared/data"
-    chunk: int = 1000
-    venue: str = "file"
+    data_dir: Text = "../shared/data"
+    chunk: Count = 1000  # events per published batch
+    venue: Text = "file"
 
 
 class HistoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The Parquet bar store: warm-up on start and self-healing appends of live bars."""
 
     enabled: bool = False
-    store_dir: str = ".tapeline/history"
-    warmup_days: int = 30
-    compact_after_parts: int = 64
-
-
-class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    webhook_url_env: str = "TAPELINE_ALERT_WEBHOOK_URL"  # the URL (with its token) is a secret
-    min_severity: Literal["info", "warning", "critical"] = "warning"
-    retries: int = 5
-    backoff_s: float = 1.0
-    timeout_s: float = 10.0
-    username: str = "Tapeline"
-
-
-class WatchdogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    expected: dict[str, float] = {}  # feed name -> heartbeat interval (s); others learnt from heartbeats
-    missed_intervals: int = 3  # alert when no heartbeat for this many intervals
-    clock_s: float = 1.0  # how often the watchdog clock ticks
+    store_dir: Text = ".tapeline/history"
+    warmup_days: NonNegativeInt = 30
+    compact_after_parts: Annotated[int, msgspec.Meta(ge=2)] = 64
 
 
 class SourceChoice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -142,14 +148,12 @@ class SourceSetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 class FeedsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[feeds]``: MT5 terminals, IBKR, files, history store, alerts, watchdog, source set."""
+    """``[feeds]``: MT5 terminals, IBKR, files, history store, source set."""
 
     mt5: list[Mt5TerminalConfig] = []
     ibkr: IbkrConfig = IbkrConfig()
     files: FilesConfig = FilesConfig()
     history: HistoryConfig = HistoryConfig()
-    alerts: AlertsConfig = AlertsConfig()
-    watchdog: WatchdogConfig = WatchdogConfig()
     sources: SourceSetConfig = SourceSetConfig()
 
 
@@ -157,16 +161,23 @@ _NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _ENV = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
-def _positive(key: str, value: float, hint: str) -> None:
-    if not value > 0:
-        raise FeedConfigError(f"{key}: must be > 0 (got {value}); {hint}")
+def _interval(key: str, value: str) -> None:
+    try:
+        interval_ns(value)
+    except ValueError as e:
+        raise FeedConfigError(f"{key}: {e}") from None
+
+
+def _backoff(key: str, initial: float, most: float) -> None:
+    if most < initial:
+        raise FeedConfigError(
+            f"{key}.reconnect_max_s: {most} is below reconnect_initial_s {initial}; "
+            "the backoff doubles from the initial delay up to the maximum, e.g. 1 and 60"
+        )
 
 
 def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
-    """Checks beyond the types; raises :class:`FeedConfigError` naming the key and the fix."""
-    from adapters.mt5 import parse_session  # local: config must not import adapters eagerly
-    from schemas.intervals import interval_ns
-
+    """Checks beyond the types and bounds; raises :class:`FeedConfigError` naming the key and the fix."""
     names: set[str] = set()
     for i, t in enumerate(cfg.mt5):
         k = f"feeds.mt5[{i}]"
@@ -180,10 +191,7 @@ def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
                 f"{k}.password_env: {t.password_env!r} is not an environment variable name; "
                 "put the NAME of the variable here (e.g. 'MT5_RAW_PASSWORD'), never the password"
             )
-        for key, val in (("poll_interval_s", t.poll_interval_s), ("heartbeat_s", t.heartbeat_s)):
-            _positive(f"{k}.{key}", val, "e.g. 0.25 for polling, 5 for heartbeats")
-        if t.batch < 1:
-            raise FeedConfigError(f"{k}.batch: must be at least 1, e.g. 10000")
+        _backoff(k, t.reconnect_initial_s, t.reconnect_max_s)
         for key, spec in [("default_session", t.default_session)] + [
             (f"sessions.{s}", v) for s, v in t.sessions.items()
         ]:
@@ -191,34 +199,8 @@ def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
                 parse_session(spec)
             except ValueError as e:
                 raise FeedConfigError(f"{k}.{key}: {e}") from None
-    ib = cfg.ibkr
-    if not 0 < ib.port < 65536:
-        raise FeedConfigError(f"feeds.ibkr.port: {ib.port} is not a port; TWS uses 7497 (paper) / 7496 (live)")
-    if ib.client_id < 0 or ib.client_id_rotation_start < 0:
-        raise FeedConfigError("feeds.ibkr.client_id: client ids are non-negative integers, e.g. 1")
-    _positive("feeds.ibkr.heartbeat_s", ib.heartbeat_s, "e.g. 5")
-    try:
-        interval_ns(ib.bar_interval)
-    except ValueError as e:
-        raise FeedConfigError(f"feeds.ibkr.bar_interval: {e}") from None
-    for i, c in enumerate(ib.contracts):
-        if c.volume_multiplier is not None and c.volume_multiplier <= 0:
-            raise FeedConfigError(
-                f"feeds.ibkr.contracts[{i}].volume_multiplier: must be > 0; "
-                "100 for US stocks in round lots, 1 otherwise"
-            )
-    for i, s in enumerate(cfg.files.sources):
-        try:
-            interval_ns(s.interval)
-        except ValueError as e:
-            raise FeedConfigError(f"feeds.files.sources[{i}].interval: {e}") from None
-    if not _ENV.fullmatch(cfg.alerts.webhook_url_env):
-        raise FeedConfigError(
-            f"feeds.alerts.webhook_url_env: {cfg.alerts.webhook_url_env!r} must be the NAME of an environment "
-            "variable (e.g. 'TAPELINE_ALERT_WEBHOOK_URL'); the URL contains a token and stays out of files"
-        )
-    if cfg.watchdog.missed_intervals < 1:
-        raise FeedConfigError("feeds.watchdog.missed_intervals: must be at least 1, e.g. 3")
-    for feed, iv in cfg.watchdog.expected.items():
-        _positive(f"feeds.watchdog.expected.{feed}", iv, "the feed's heartbeat interval in seconds")
+    _interval("feeds.ibkr.bar_interval", cfg.ibkr.bar_interval)
+    _backoff("feeds.ibkr", cfg.ibkr.reconnect_initial_s, cfg.ibkr.reconnect_max_s)
+    for i, src in enumerate(cfg.files.sources):
+        _interval(f"feeds.files.sources[{i}].interval", src.interval)
     return cfg

@@ -27,6 +27,14 @@ is earlier than the previous accepted row (out of order), or the row repeats an 
 (bars: same bar start; ticks: same time and same values). Good rows are imported; rejections are
 returned (and the feed reports them as one warning alert per file).
 
+A row the CSV parser cannot read (a field over the ``csv`` module's 131,072-character limit, bytes
+that are not UTF-8) is rejected like any other bad row: the rest of the file is still imported.
+A file that cannot be imported at all (missing, a directory, binary or compressed data other than
+gzip, a header without the needed columns, unreadable Parquet) raises :class:`FileImportError` with
+one line naming the file. gzip-compressed CSV is read as is. An empty or header-only file imports
+nothing and says so (``ImportResult.note``; the feed logs a warning and publishes an alert).
+File content in any message is escaped and cut to about 80 characters (:func:`sample`).
+
 CSV is read with the standard ``csv`` module rather than ``pyarrow.csv`` on purpose: garbage rows
 must be reported with their line numbers, which a columnar reader does not keep. Parquet is read
 with pyarrow and goes through the same validation (``line`` is then the row index + 1).
@@ -40,9 +48,13 @@ the copy. Re-importing a file therefore yields identical ids.
 from __future__ import annotations
 
 import csv
+import gzip
+import itertools
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +63,7 @@ from typing import Literal
 import msgspec
 import structlog
 
-from schemas.events import Alert, Bar, Event, Tick
+from schemas.events import Alert, Bar, Event, Severity, Tick
 from schemas.ids import bar_id, derive_event_id, tick_id
 from schemas.intervals import interval_ns
 
@@ -59,6 +71,22 @@ log = structlog.get_logger("tapeline.feed")
 
 Kind = Literal["bars", "ticks"]
 OutOfOrder = Literal["reject", "sort"]
+Row = tuple[int, list[str] | str]  # (line number, the values or why the row cannot be read)
+
+
+class FileImportError(ValueError):
+    """A whole file cannot be imported; the message is one line naming the file and the cause."""
+
+
+def sample(value: str | bytes, limit: int = 80) -> str:
+    """File content as it may appear in a message or log: escaped (ASCII) and cut to ``limit`` characters."""
+    return _clip(ascii(value), limit)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A library's error message on one line, cut to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -76,10 +104,13 @@ class ImportResult:
     rejected: list[Rejection] = field(default_factory=list)
     path: str = ""
     rows: int = 0  # data rows seen (blank lines excluded)
+    note: str = ""  # why nothing could be imported: an empty or header-only file
 
     def report(self, limit: int = 20) -> str:
         """A human summary of the rejections, e.g. for an alert or the CLI."""
         head = f"{self.path}: {len(self.events)} imported, {len(self.rejected)} rejected of {self.rows} rows"
+        if self.note:
+            head += f" ({self.note})"
         lines = [f"  line {r.line}: {r.reason}" for r in self.rejected[:limit]]
         if len(self.rejected) > limit:
             lines.append(f"  ... and {len(self.rejected) - limit} more")
@@ -126,7 +157,7 @@ def parse_time_ns(text: str, *, time_text: str = "") -> int:
         else:
             dt = datetime.fromisoformat(s)
     except ValueError:
-        raise _Bad(f"unparseable time {s!r}") from None
+        raise _Bad(f"unparseable time {sample(s)}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     delta = dt - _EPOCH
@@ -144,13 +175,13 @@ def _num(row: dict[str, str], col: str, *, price: bool) -> float:
     try:
         v = float(raw)
     except ValueError:
-        raise _Bad(f"{col}: not a number ({raw!r})") from None
+        raise _Bad(f"{col}: not a number ({sample(raw)})") from None
     if math.isnan(v) or math.isinf(v):
-        raise _Bad(f"{col}: {raw} is not a finite number")
+        raise _Bad(f"{col}: {sample(raw)} is not a finite number")
     if price and v <= 0:
-        raise _Bad(f"{col}: price must be positive, got {raw}")
+        raise _Bad(f"{col}: price must be positive, got {sample(raw)}")
     if not price and v < 0:
-        raise _Bad(f"{col}: must not be negative, got {raw}")
+        raise _Bad(f"{col}: must not be negative, got {sample(raw)}")
     return v
 
 
@@ -192,43 +223,95 @@ class _Columns:
             raise ValueError("tick files need a last/price/close column or bid and ask columns")
 
 
-def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """Normalised header and (line number, values) of the data rows, fixing a header without Time."""
-    fh = path.open(newline="", encoding="utf-8-sig")
-    reader = csv.reader(fh)
+# First bytes of formats that are not CSV text, and what to do about them.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "zip data (or an Excel workbook), not CSV; extract or export the CSV first"),
+    (b"BZh", "bzip2-compressed data; decompress it first (gzip is read as is)"),
+    (b"\xfd7zXZ\x00", "xz-compressed data; decompress it first (gzip is read as is)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data; decompress it first (gzip is read as is)"),
+    (b"\xff\xfe", "UTF-16 text; save it as UTF-8 CSV"),
+    (b"\xfe\xff", "UTF-16 text; save it as UTF-8 CSV"),
+)
+
+
+def _sniff(path: Path) -> Literal["text", "gzip", "parquet"]:
+    """What the file holds, from its first bytes; anything unusable raises :class:`FileImportError`."""
     try:
-        header = [_norm(h) for h in next(reader)]
-    except StopIteration:
-        fh.close()
-        return [], iter(())
-    first: list[str] | None = None
-    first_line = 0
-    for values in reader:
-        if values and any(v.strip() for v in values):
-            first, first_line = values, reader.line_num
-            break
-    if first is not None and len(first) == len(header) + 1 and "date" in header and "time" not in header:
-        header.insert(header.index("date") + 1, "time")
+        with path.open("rb") as fh:
+            head = fh.read(8192)
+    except FileNotFoundError:
+        raise FileImportError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FileImportError(f"{path}: is a directory; give the path of a CSV or Parquet file") from None
+    except OSError as e:
+        raise FileImportError(f"{path}: cannot be read ({e.strerror})") from None
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
+        return "parquet"
+    for magic, problem in _MAGIC:
+        if head.startswith(magic):
+            raise FileImportError(f"{path}: {problem}")
+    if b"\x00" in head:
+        raise FileImportError(f"{path}: binary data, not CSV text (it starts {sample(head[:24])})")
+    return "text"
 
-    def gen() -> Iterator[tuple[int, list[str]]]:
+
+def _csv_lines(fh: Iterable[str]) -> Iterator[Row]:
+    """Non-blank CSV rows with their line numbers; a row the parser cannot read comes as its reason."""
+    reader = csv.reader(fh)
+    while True:
         try:
-            if first is not None:
-                yield first_line, first
-            for values in reader:
-                if values and any(v.strip() for v in values):
-                    yield reader.line_num, values
-        finally:
-            fh.close()
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a field over the size limit: this row only, the reader goes on
+            yield reader.line_num, f"unreadable CSV row: {_clip(str(e))}"
+            continue
+        except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip: keep what came before
+            yield reader.line_num + 1, f"the file breaks off here ({_clip(str(e))}); nothing after it is read"
+            return
+        if not any(v.strip() for v in values):
+            continue
+        if any("\ufffd" in v for v in values):
+            yield reader.line_num, f"not UTF-8 text: {sample(','.join(values))}"
+            continue
+        yield reader.line_num, values
 
-    return header, gen()
+
+def _csv_rows(path: Path, fh: Iterable[str]) -> tuple[list[str], Iterator[Row]]:
+    """Normalised header and the data rows, fixing a header without Time."""
+    rows = _csv_lines(fh)
+    first = next(rows, None)
+    if first is None:
+        return [], iter(())
+    line, values = first
+    if isinstance(values, str):
+        raise FileImportError(f"{path}: line {line}: the header cannot be read: {values}")
+    header = [_norm(h) for h in values]
+    peek = next(rows, None)
+    if peek is None:
+        return header, iter(())
+    first_values = peek[1]
+    if (
+        not isinstance(first_values, str)
+        and len(first_values) == len(header) + 1
+        and "date" in header
+        and "time" not in header
+    ):
+        header.insert(header.index("date") + 1, "time")
+    return header, itertools.chain([peek], rows)
 
 
-def _parquet_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+def _parquet_rows(path: Path) -> tuple[list[str], Iterator[Row]]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise FileImportError(f"{path}: not a readable Parquet file ({_clip(str(e))})") from None
     header = [_norm(n) for n in table.column_names]
     cols: list[list[str]] = []
     for col in table.columns:
@@ -240,17 +323,48 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]
         else:
             cols.append(["" if v is None else str(v) for v in col.to_pylist()])
 
-    def gen() -> Iterator[tuple[int, list[str]]]:
+    def gen() -> Iterator[Row]:
         for i in range(table.num_rows):
             yield i + 1, [c[i] for c in cols]
 
     return header, gen()
 
 
-def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return _parquet_rows(path)
-    return _csv_rows(path)
+@contextmanager
+def _open_rows(path: Path) -> Iterator[tuple[list[str], Iterator[Row]]]:
+    """The header and rows of a CSV (plain or gzip) or Parquet file, the file open while they are read."""
+    kind = _sniff(path)
+    if kind == "parquet":
+        yield _parquet_rows(path)
+        return
+    # bad bytes become U+FFFD, so _csv_lines rejects just their row
+    if kind == "gzip":
+        with gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as gz:
+            yield _csv_rows(path, gz)
+    else:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+            yield _csv_rows(path, fh)
+
+
+def _columns(path: Path, header: list[str], kind: Kind) -> _Columns:
+    try:
+        return _Columns(header, kind)
+    except ValueError as e:
+        raise FileImportError(f"{path}: {e}; the header reads {sample(','.join(header))}") from None
+
+
+def _fields(header: list[str], values: list[str] | str) -> dict[str, str]:
+    """The row as column -> text; a row the parser could not read, or of the wrong width, is rejected."""
+    if isinstance(values, str):
+        raise _Bad(values)
+    if len(values) != len(header):
+        raise _Bad(f"expected {len(header)} fields, got {len(values)}")
+    return dict(zip(header, values, strict=True))
+
+
+def _empty(result: ImportResult, header: list[str]) -> ImportResult:
+    result.note = "header only, no data rows" if header else "empty file"
+    return result
 
 
 # ------------------------------------------------------------------ readers
@@ -265,11 +379,24 @@ def read_bars(
     stamp it by its close time (``start_ns = time - interval``).
     """
     step = interval_ns(interval)
-    header, rows = _rows(path)
+    with _open_rows(path) as (header, rows):
+        return _bars(path, header, rows, symbol, interval, step, venue, out_of_order)
+
+
+def _bars(
+    path: Path,
+    header: list[str],
+    rows: Iterator[Row],
+    symbol: str,
+    interval: str,
+    step: int,
+    venue: str,
+    out_of_order: OutOfOrder,
+) -> ImportResult:
     result = ImportResult(events=[], path=str(path))
     if not header:
-        return result
-    cols = _Columns(header, "bars")
+        return _empty(result, header)
+    cols = _columns(path, header, "bars")
     daily = step >= 86_400_000_000_000 and cols.clock is None
     bars: list[Bar] = []
     seen: dict[int, int] = {}  # start_ns -> line
@@ -279,9 +406,7 @@ def read_bars(
     for line, values in rows:
         result.rows += 1
         try:
-            if len(values) != len(header):
-                raise _Bad(f"expected {len(header)} fields, got {len(values)}")
-            row = dict(zip(header, values, strict=True))
+            row = _fields(header, values)
             t = parse_time_ns(row[cols.time], time_text=row[cols.clock] if cols.clock else "")  # type: ignore[index]
             start = t if daily else t - step
             o = _num(row, cols.open, price=True)
@@ -322,7 +447,7 @@ def read_bars(
         )
     bars.sort(key=lambda b: b.ts_event)
     result.events = bars
-    return result
+    return result if result.rows else _empty(result, header)
 
 
 def read_ticks(path: Path, symbol: str, *, venue: str = "file", out_of_order: OutOfOrder = "reject") -> ImportResult:
@@ -330,20 +455,24 @@ def read_ticks(path: Path, symbol: str, *, venue: str = "file", out_of_order: Ou
 
     Ticks sharing a millisecond get ``seq`` 0, 1, ... in file order, so ids stay stable.
     """
-    header, rows = _rows(path)
+    with _open_rows(path) as (header, rows):
+        return _ticks(path, header, rows, symbol, venue, out_of_order)
+
+
+def _ticks(
+    path: Path, header: list[str], rows: Iterator[Row], symbol: str, venue: str, out_of_order: OutOfOrder
+) -> ImportResult:
     result = ImportResult(events=[], path=str(path))
     if not header:
-        return result
-    cols = _Columns(header, "ticks")
+        return _empty(result, header)
+    cols = _columns(path, header, "ticks")
     parsed: list[tuple[int, int, float, float, float, float, int]] = []  # t, line, bid, ask, last, vol, flags
     seen: dict[tuple[int, float, float, float, float], int] = {}
     last_t = -(2**63)
     for line, values in rows:
         result.rows += 1
         try:
-            if len(values) != len(header):
-                raise _Bad(f"expected {len(header)} fields, got {len(values)}")
-            row = dict(zip(header, values, strict=True))
+            row = _fields(header, values)
             t = parse_time_ns(row[cols.time], time_text=row[cols.clock] if cols.clock else "")  # type: ignore[index]
             bid = _opt(row, cols.bid, price=True)
             ask = _opt(row, cols.ask, price=True)
@@ -393,7 +522,7 @@ def read_ticks(path: Path, symbol: str, *, venue: str = "file", out_of_order: Ou
             )
         )
     result.events = ticks
-    return result
+    return result if result.rows else _empty(result, header)
 
 
 # ------------------------------------------------------------------ the feed
@@ -426,35 +555,39 @@ def _shared_data() -> Path:
     return beside if beside.exists() else Path("..") / "shared" / "data"
 
 
-def default_file_feed(data_dir: Path | None = None) -> FileFeed:
-    """The demo's ``--files`` feed: every sample file under ``../shared/data``."""
-    return FileFeed(data_dir=data_dir)
-
-
 def read_source(src: FileSource, *, venue: str = "file") -> ImportResult:
     if src.kind == "ticks":
         return read_ticks(src.path, src.symbol, venue=venue)
     return read_bars(src.path, src.symbol, interval=src.interval, venue=venue)
 
 
-def rejection_alert(result: ImportResult, feed: str) -> Alert:
-    """One warning per file with rejected rows; the id derives from the file's path, mtime and counts,
+def file_alert(
+    feed: str, path: str, kind: str, message: str, *, severity: Severity = "warning", **ident: object
+) -> Alert:
+    """An alert about one file; the id derives from the file's path, mtime, ``kind`` and ``ident``,
     so re-importing the same file does not repeat the alert."""
     now = time.time_ns()
     try:
-        ts = Path(result.path).stat().st_mtime_ns
+        ts = Path(path).stat().st_mtime_ns
     except OSError:
         ts = now
     return Alert(
-        event_id=derive_event_id(ts, "rows_rejected", feed, result.path, len(result.rejected), result.rows),
+        event_id=derive_event_id(ts, kind, feed, path, *ident.values()),
         ts_event=ts,
         ts_init=now,
         source=feed,
-        severity="warning",
-        kind="rows_rejected",
-        key=f"{feed}:rows_rejected:{result.path}",
-        message=result.report(),
+        severity=severity,
+        kind=kind,
+        key=f"{feed}:{kind}:{path}",
+        message=message,
         feed=feed,
+    )
+
+
+def rejection_alert(result: ImportResult, feed: str) -> Alert:
+    """One warning per file with rejected rows, listing them."""
+    return file_alert(
+        feed, result.path, "rows_rejected", result.report(), rejected=len(result.rejected), rows=result.rows
     )
 
 
@@ -463,7 +596,10 @@ class FileFeed:
 
     ``FileFeed()`` reads the shared sample data; pass ``sources`` (or ``data_dir``) to choose.
     Each file's events are yielded in chunks of ``chunk`` in time order; a file with rejected
-    rows also yields a warning :class:`Alert` listing them. Missing files raise at start.
+    rows also yields a warning :class:`Alert` listing them, an empty or header-only file a warning
+    ``file_empty``. A file that cannot be imported at all is logged (one line), reported as a
+    critical ``file_unreadable`` alert and skipped; the other files go on. Missing files raise
+    :class:`FileImportError` at start, before anything is published.
     """
 
     def __init__(
@@ -480,6 +616,7 @@ class FileFeed:
         self.venue = venue
         self.chunk = chunk
         self.results: list[ImportResult] = []
+        self.failed: list[str] = []  # one line per file that could not be imported
 
     @classmethod
     def from_paths(
@@ -490,9 +627,15 @@ class FileFeed:
     async def stream(self) -> AsyncIterator[list[Event]]:
         missing = [str(s.path) for s in self.sources if not s.path.exists()]
         if missing:
-            raise FileNotFoundError(f"feed {self.name}: file(s) not found: {', '.join(missing)}")
+            raise FileImportError(f"feed {self.name}: file(s) not found: {', '.join(missing)}")
         for src in self.sources:
-            result = read_source(src, venue=self.venue)
+            try:
+                result = read_source(src, venue=self.venue)
+            except FileImportError as e:
+                self.failed.append(str(e))
+                log.error("file not imported", feed=self.name, path=str(src.path), reason=str(e))
+                yield [file_alert(self.name, str(src.path), "file_unreadable", str(e), severity="critical")]
+                continue
             self.results.append(result)
             log.info(
                 "file imported",
@@ -504,6 +647,10 @@ class FileFeed:
             events: list[Event] = list(result.events)
             for i in range(0, len(events), self.chunk):
                 yield events[i : i + self.chunk]
+            if result.note:
+                log.warning("file has no data", feed=self.name, path=str(src.path), reason=result.note)
+                message = f"{result.path}: {result.note}, nothing imported"
+                yield [file_alert(self.name, result.path, "file_empty", message)]
             if result.rejected:
                 for r in result.rejected[:50]:
                     log.warning("row rejected", feed=self.name, path=str(src.path), line=r.line, reason=r.reason)

@@ -7,7 +7,7 @@ subject transform: it fills itself, and recreating it rebuilds it from the sourc
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
@@ -22,18 +22,24 @@ STORAGE_RESOURCES_EXCEEDED = 10047  # nats-server could not reserve a stream's m
 log = structlog.get_logger("tapeline.bus")
 
 
-class Retention(msgspec.Struct, frozen=True, kw_only=True):
+_Seconds = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Per-family retention. Market data ages out (and is capped in bytes, discarding the oldest); records never expire.
 
     nats-server reserves a stream's ``max_bytes`` against its store limit when the stream is created,
     so every namespace with this retention claims ``md_max_bytes`` (see :func:`provision`).
+    The bounds are checked while ``[retention]`` is decoded, so a bad value is refused naming its
+    key: market data must age out (``md_max_age_s`` > 0), a duplicate window must be positive,
+    ``md_max_bytes`` is -1 (no byte limit) or positive, replicas 1 to 5 (JetStream's maximum).
     """
 
-    md_max_age_s: int = 30 * 24 * 3600
-    md_max_bytes: int = 10 * GIB
-    duplicate_window_s: int = 120
-    record_duplicate_window_s: int = 3600
-    replicas: int = 1
+    md_max_age_s: _Seconds = 30 * 24 * 3600
+    md_max_bytes: Annotated[int, msgspec.Meta(ge=-1)] = 10 * GIB
+    duplicate_window_s: _Seconds = 120
+    record_duplicate_window_s: _Seconds = 3600
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     sync_always_records: bool = False  # documented for production; embedded default stays fast
 
 

@@ -28,11 +28,14 @@ class BarsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_future_s: Positive = 3600.0  # ts_event later than ts_init by more than this: rejected
     late_alert_s: Positive = 600.0  # only late ticks for this long (event time): alert
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # messages name the key within [bars]; load_settings adds the section
         if not self.intervals:
-            raise ValueError('bars.intervals: list at least one interval, e.g. ["1m"]')
+            raise ValueError('intervals: list at least one interval, e.g. ["1m"]')
         for iv in self.intervals:
-            interval_ns(iv)
+            try:
+                interval_ns(iv)
+            except ValueError as e:
+                raise ValueError(f"intervals: {e}") from None
 
 
 class _Open(msgspec.Struct):

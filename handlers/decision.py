@@ -26,6 +26,11 @@ class DecisionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     exchange: str = ""
     asset_class: str = "equity"
 
+    def __post_init__(self) -> None:  # by hand, so the message names the agent (load_settings adds the section)
+        for agent, w in self.weights.items():
+            if not w >= 0:
+                raise ValueError(f"weights.{agent}: {w} is negative; weights are >= 0, e.g. 1.0")
+
 
 class DecisionSynthesis(Handler):
     name: ClassVar[str] = "decision"

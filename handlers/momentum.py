@@ -18,14 +18,21 @@ from schemas.components import Consumes, Handler, Snapshot, draft
 from schemas.events import AnyEvent, Bar, Event, Signal
 from schemas.intervals import interval_ns
 
+AUTO = "auto"
+
 
 class MomentumConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     window: Annotated[int, msgspec.Meta(ge=2)] = 20
-    interval: str = "1m"
+    # "auto": the bars the market source delivers; tapeline.config.load_settings resolves it.
+    interval: str = AUTO
     neutral_band: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
 
     def __post_init__(self) -> None:
-        interval_ns(self.interval)
+        if self.interval != AUTO:
+            try:
+                interval_ns(self.interval)
+            except ValueError as e:
+                raise ValueError(f"interval: {e}") from None
 
 
 class MomentumSignal(Handler):
@@ -38,6 +45,8 @@ class MomentumSignal(Handler):
     def __init__(self, config: MomentumConfig | None = None) -> None:
         super().__init__(config)
         cfg: MomentumConfig = self.config
+        if cfg.interval == AUTO:  # unresolved, it would match no bar and the handler would stay silent
+            raise ValueError('momentum.interval "auto" is resolved by load_settings; give a bar interval, e.g. "1m"')
         self.window = cfg.window
         self.interval = cfg.interval
         self.neutral_band = cfg.neutral_band

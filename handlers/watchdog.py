@@ -23,9 +23,14 @@ from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Severit
 
 
 class WatchdogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    expected: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = {}  # feed -> heartbeat interval (s)
+    expected: dict[str, float] = {}  # feed -> heartbeat interval (s)
     missed_intervals: Annotated[int, msgspec.Meta(ge=1)] = 3  # alert after this many silent intervals
     alert_on_stale: bool = True
+
+    def __post_init__(self) -> None:  # by hand, so the message names the feed (load_settings adds the section)
+        for feed, interval_s in self.expected.items():
+            if not interval_s > 0:
+                raise ValueError(f"expected.{feed}: must be > 0 (got {interval_s}); the feed's heartbeat interval in s")
 
 
 class _State(msgspec.Struct):

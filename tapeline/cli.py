@@ -38,8 +38,8 @@ from schemas.codec import decode
 from schemas.events import DecisionEnvelope
 from schemas.export import export_json_schemas
 from schemas.subjects import FAMILIES, decisions_bucket, encode_token
-from tapeline.config import ConfigError, Settings, load_settings
-from tapeline.feeds import feed_app
+from tapeline.config import ConfigError, Market, Settings, load_settings
+from tapeline.feeds import ConfigOpt, config_exit, feed_app
 from tapeline.pipeline import ROLES, Pipeline
 from tapeline.session import nats_session, running_embedded
 
@@ -54,7 +54,6 @@ app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS
 console = Console()
 log = structlog.get_logger("tapeline")
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="tapeline.toml")]
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (default: TAPELINE_NATS_URL or embedded)")]
 PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="subject prefix (namespace)")]
 
@@ -74,12 +73,12 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from None
 
 
-def _settings(config: Path, **overrides: Any) -> Settings:
+def _settings(config: Path, *, feed: Market | None = None, **overrides: Any) -> Settings:
+    """Load and validate, or exit 2 with one line naming the file/key and the fix (never a traceback)."""
     try:
-        s = load_settings(config, **overrides)
+        s = load_settings(config, feed=feed, **overrides)
     except ConfigError as e:
-        console.print(f"[red]configuration error:[/] {e}")
-        raise typer.Exit(2) from None
+        config_exit(e)
     configure_logging(s.log_level)
     return s
 
@@ -91,14 +90,14 @@ def _settings(config: Path, **overrides: Any) -> Settings:
 def demo(
     config: ConfigOpt = Path("tapeline.toml"),
     files: Annotated[
-        bool, typer.Option("--files", help="replay the real files in ../shared/data instead of the simulator")
+        bool, typer.Option("--files", help="replay the [feeds.files] files (default: the samples in ../shared/data)")
     ] = False,
     ticks: Annotated[int | None, typer.Option(help="simulated ticks")] = None,
     batch_ticks: Annotated[bool, typer.Option(help="publish ticks in batch messages")] = False,
     keep: Annotated[bool, typer.Option(help="keep the previous demo's data")] = False,
 ) -> None:
     """Run the whole pipeline on an embedded NATS server; leaves everything in ./.tapeline/."""
-    s = _settings(config)
+    s = _settings(config, feed="files" if files else "sim")
     if s.log_level == "info":
         configure_logging("warning")  # the live display is the demo's output; warnings still show
     if ticks is not None:
@@ -142,9 +141,9 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
     if files:
-        from adapters.files import default_file_feed
+        from adapters.sources import files_feed
 
-        feed = default_file_feed()
+        feed = files_feed(s.feeds)
         total = None
     else:
         feed = SimFeed(s.sim.symbols, seed=s.sim.seed, ticks=s.sim.ticks, mean_gap_ms=s.sim.mean_gap_ms)

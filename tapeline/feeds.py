@@ -10,31 +10,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NoReturn
 
 import structlog
 import typer
 
-from adapters.config import FeedConfigError, validate_feeds
 from adapters.runner import Feed, run_feed
-from tapeline.config import ConfigError, Settings, load_settings
+from tapeline.config import ConfigError, Market, Settings, load_settings, require_config_file
 
 feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
 log = structlog.get_logger("tapeline.feed")
 
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (or TAPELINE_NATS_URL)")]
-ConfigOpt = Annotated[Path, typer.Option("--config", help="tapeline.toml")]
+
+
+def _given_config_exists(ctx: typer.Context, value: Path) -> Path:
+    """A --config/-c path the user names must exist; the default tapeline.toml may be absent (defaults)."""
+    source = ctx.get_parameter_source("config")
+    if source is not None and source.name != "DEFAULT":
+        try:
+            require_config_file(value)
+        except ConfigError as e:
+            config_exit(e)
+    return value
+
+
+def config_exit(e: ConfigError) -> NoReturn:
+    """The one line for a configuration error, and exit code 2."""
+    typer.echo(f"configuration error: {e}".replace("\n", " "), err=True)
+    raise typer.Exit(2)
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="tapeline.toml", callback=_given_config_exists)]
 PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="subject prefix (namespace)")]
 
 
-def _settings(config: Path, prefix: str | None) -> Settings:
+def _settings(config: Path, prefix: str | None, feed: Market | Literal["active"] | None = None) -> Settings:
+    """Validated settings (``feed="files"`` also checks its files exist), or exit 2 with one line."""
     try:
-        s = load_settings(config, prefix=prefix)
-        validate_feeds(s.feeds)
-    except (ConfigError, FeedConfigError) as e:
-        typer.echo(f"configuration error: {e}", err=True)
-        raise typer.Exit(2) from None
-    return s
+        return load_settings(config, feed=feed, prefix=prefix)
+    except ConfigError as e:
+        config_exit(e)
 
 
 async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
@@ -131,7 +147,7 @@ def files_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pre
     """Bars and ticks from CSV/Parquet files ([feeds.files]); bad rows are reported as an alert."""
     from adapters.sources import files_feed
 
-    s = _settings(config, prefix)
+    s = _settings(config, prefix, feed="files")
     _go(s, nats, files_feed(s.feeds))
 
 
@@ -149,7 +165,7 @@ def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
     """The market feed of the active source set ([feeds.sources] active = legacy | live)."""
     from adapters.sources import market_feed
 
-    s = _settings(config, prefix)
+    s = _settings(config, prefix, feed="active")
     try:
         feed = market_feed(s.feeds)
     except LookupError as e:

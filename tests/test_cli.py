@@ -22,24 +22,102 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TAPELINE, *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize(
-    ("toml", "names"),
-    [
-        ('prefix = "Bad Prefix"', "prefix"),
-        ("no_such_key = 1", "no_such_key"),
-        ('[bars]\nintervals = ["1m"]\n[momentum]\ninterval = "5m"', "momentum.interval"),
-        ('[bars]\nintervals = ["90x"]', "bars"),
-        ('[handlers]\nbar_intervals = ["1m"]', "split by component"),
-        ("metrics_port = 70000", "metrics_port"),
-        ('[[feeds.mt5]]\nname = "Raw Feed"\nsymbols = ["EURUSD"]', "feeds.mt5"),
-    ],
-)
-def test_bad_configuration_stops_start_up_naming_the_key(tmp_path: Path, toml: str, names: str) -> None:
+def assert_one_line_error(out: subprocess.CompletedProcess[str], *names: str) -> None:
+    """Exit 2, a single line on stderr that names every one of ``names``, nothing on stdout, no traceback."""
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text, text
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and not out.stdout.strip(), text
+    assert lines[0].startswith("configuration error: "), text
+    for name in names:
+        assert name in lines[0], (name, text)
+
+
+def invoke(*args: str) -> tuple[int, list[str]]:
+    """The CLI in-process: exit code and output lines; any exception other than an exit fails the test."""
+    from typer.testing import CliRunner
+
+    from tapeline.cli import app
+
+    r = CliRunner().invoke(app, list(args))
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return r.exit_code, r.output.strip().splitlines()
+
+
+BAD_CONFIGS = [
+    ('prefix = "Bad Prefix"', ["prefix"]),
+    ("no_such_key = 1", ["no_such_key", "unknown key"]),
+    ("[clock]\ninterval = 2", ["clock.interval", "did you mean 'interval_s'"]),
+    ('[bars]\nintervals = ["1m"]\n[momentum]\ninterval = "5m"', ["momentum.interval", "bars.intervals"]),
+    ('[bars]\nintervals = ["90x"]', ["bars.intervals"]),
+    ("[momentum]\nwindow = 0", ["momentum.window", ">= 2"]),
+    ("metrics_port = 70000", ["metrics_port", "<= 65535"]),
+    ('log_level = "verbose"', ["log_level", "debug"]),
+    ('[[feeds.mt5]]\nname = "Raw Feed"\nsymbols = ["EURUSD"]', ["feeds.mt5[0].name"]),
+    ('[[feeds.mt5]]\nname = "raw"\nheartbeat_s = 0', ["feeds.mt5[0].heartbeat_s", ">= 1.0"]),
+    ('[[feeds.mt5]]\nname = "raw"\nbatch = 0', ["feeds.mt5[0].batch", ">= 1", "10000"]),
+    ("[clock]\ninterval_s = -1", ["clock.interval_s", ">= 1.0", "default is 10.0"]),
+    ("[clock]\ninterval_s = 0.001", ["clock.interval_s", ">= 1.0"]),
+    ("[watchdog]\nexpected = { ibkr = 0 }", ["watchdog.expected.ibkr", "> 0"]),
+    ("[feeds.ibkr]\nport = 0", ["feeds.ibkr.port", "7497"]),
+    ("[feeds.ibkr]\nheartbeat_s = -5", ["feeds.ibkr.heartbeat_s"]),
+    ("[feeds.ibkr]\nreconnect_max_s = 0.5", ["feeds.ibkr.reconnect_max_s", "reconnect_initial_s"]),
+    ("[feeds.files]\nchunk = 0", ["feeds.files.chunk", ">= 1"]),
+    ("[retention]\nduplicate_window_s = -120", ["retention.duplicate_window_s", ">= 1"]),
+    ("[retention]\nrecord_duplicate_window_s = 0", ["retention.record_duplicate_window_s"]),
+    ("[retention]\nmd_max_age_s = -1", ["retention.md_max_age_s"]),
+    ("[retention]\nreplica = 3", ["retention.replica", "did you mean 'replicas'"]),
+    ("a = [", ["tapeline.toml", "not valid TOML"]),
+    ('[handlers]\nbar_intervals = ["1m"]', ["handlers", "split by component", "[momentum]"]),
+    ("[feeds.watchdog]\nclock_s = 1", ["feeds.watchdog", "[clock] interval_s"]),
+]
+# The reported ones also as a user runs them: a real process, so a traceback would show.
+REPORTED = [0, 11, 12, 17, 18, 22, 23]
+
+
+@pytest.mark.parametrize(("toml", "names"), [BAD_CONFIGS[i] for i in REPORTED])
+def test_bad_configuration_stops_start_up_naming_the_key(tmp_path: Path, toml: str, names: list[str]) -> None:
     cfg = tmp_path / "tapeline.toml"
     cfg.write_text(toml + "\n")
-    out = run("up", "-c", str(cfg))
-    assert out.returncode == 2
-    assert "configuration error" in out.stdout and names in out.stdout, out.stdout + out.stderr
+    assert_one_line_error(run("up", "-c", str(cfg)), *names)
+
+
+def test_every_bad_value_gives_one_line_naming_its_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "tapeline.toml"
+    for toml, names in BAD_CONFIGS:
+        cfg.write_text(toml + "\n")
+        code, lines = invoke("up", "-c", str(cfg))
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("configuration error: "), (toml, lines)
+        assert all(n in lines[0] for n in names), (toml, names, lines[0])
+
+
+def test_config_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'prefix = "caf\xe9"\n')
+    assert_one_line_error(run("up", "-c", str(latin1)), "latin1.toml", "not UTF-8")
+    assert_one_line_error(run("status", "--config", str(tmp_path)), str(tmp_path), "is a directory")
+
+
+def test_a_named_config_must_exist_the_default_may_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_one_line_error(run("up", "-c", "/nonexistent.toml"), "/nonexistent.toml", "no such file")
+    for args in (["status", "--config", "typo.toml"], ["feed", "files", "-c", str(tmp_path / "typo.toml")]):
+        code, lines = invoke(*args)
+        assert code == 2 and len(lines) == 1 and "typo.toml: no such file" in lines[0], lines
+    # no tapeline.toml here: the defaults apply, so the file feed's next check speaks (its sample data)
+    monkeypatch.chdir(tmp_path)
+    code, lines = invoke("feed", "files", "--nats", "nats://127.0.0.1:1")
+    assert code == 2 and len(lines) == 1 and "feeds.files.data_dir" in lines[0] and "tapeline.toml" not in lines[0]
+
+
+def test_missing_source_file_is_named_with_its_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "tapeline.toml"
+    cfg.write_text(f'[[feeds.files.sources]]\npath = "{tmp_path / "gone.csv"}"\nsymbol = "X"\n')
+    out = run("feed", "files", "-c", str(cfg), "--nats", "nats://127.0.0.1:1")
+    assert_one_line_error(out, "feeds.files.sources[0].path", "gone.csv", "does not exist")
+    cfg.write_text(f'[[feeds.files.sources]]\npath = "{tmp_path}"\nsymbol = "X"\n')
+    code, lines = invoke("demo", "--files", "-c", str(cfg))
+    assert code == 2 and len(lines) == 1 and "feeds.files.sources[0].path" in lines[0] and "not a file" in lines[0]
 
 
 def test_schemas_export_writes_one_schema_per_event(tmp_path: Path) -> None:
@@ -77,7 +155,7 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
             except OSError:
                 return ""
 
-        await wait_until(lambda: 'tapeline_events_consumed_total{consumer="h_decision_intel"}' in metrics(), 30)
+        await wait_until(lambda: 'tapeline_events_consumed_total{consumer="decision_intel"}' in metrics(), 30)
         text = metrics()
         for name in (
             "tapeline_events_published_total",
