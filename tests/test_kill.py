@@ -2,49 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
+import random
 import signal
-import subprocess
-import time
 from pathlib import Path
 
-import duckdb
 from nats.aio.client import Client
 
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
 from handlers.bars import BarAggregator
 from schemas.events import Bar
-from tests.helpers import consumer_state, read_stream, start_tapeline, stream_last_seq, wait_until, write_config
-
-
-def _checkpoint(db: Path, stream: str) -> int:
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.Error:
-        return -1  # the writer holds the lock
-    try:
-        row = con.execute("SELECT last_seq FROM _checkpoints WHERE stream = ?", [stream]).fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        con.close()
-
-
-async def kill_when_acked(
-    nc: Client, proc: subprocess.Popen[bytes], stream: str, durable: str, *, above: int, within: float = 10.0
-) -> int:
-    """SIGKILL ``proc`` as soon as its consumer's ack floor passes ``above``; returns that floor."""
-    floor = 0
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-        info = await consumer_state(nc, stream, durable)  # None while the process is still starting
-        floor = int(info["ack_floor"]["stream_seq"]) if info else 0
-        if floor > above:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return floor
+from tests.helpers import (
+    ack_floor,
+    handlers_drained,
+    kill_when_acked,
+    random_point,
+    read_db,
+    read_killed,
+    read_stream,
+    start_tapeline,
+    stream_last_seq,
+    wait_until,
+    write_config,
+)
 
 
 async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
@@ -57,30 +37,31 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
-    # Kill it while it is committing: after its consumer has acknowledged some, not all.
-    ack_floor = await kill_when_acked(nc, proc, stream, "proj_main_md", above=0)
-    assert 0 < ack_floor < len(ticks), f"the kill did not land mid-run (ack floor {ack_floor})"
-    assert _checkpoint(db, stream) < len(ticks)
+    # Kill it while it is committing: once its consumer has acknowledged past a random point, not all.
+    target = random_point(random.Random(5), 0, len(ticks))
+    floor = await kill_when_acked(nc, proc, stream, "proj_main_md", above=target - 1)
+    assert 0 < target <= floor < len(ticks), f"the kill did not land mid-run (ack floor {floor})"
+    (killed_at,) = read_killed(db, "SELECT last_seq FROM _checkpoints WHERE stream = ?", [stream])
+    assert floor <= killed_at < len(ticks), "committed before acked, and not everything"
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
     try:
 
         async def done() -> bool:
-            info = await consumer_state(nc, stream, "proj_main_md")
-            return bool(info and info["ack_floor"]["stream_seq"] == len(ticks))
+            return await ack_floor(nc, stream, "proj_main_md") == len(ticks)
 
-        await wait_until(done, timeout=60)
+        await wait_until(done, timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "projector.log").read_text()[-3000:]
-    con = duckdb.connect(str(db), read_only=True)
-    rows, distinct, max_seq = (
-        con.execute("SELECT count(*), count(DISTINCT event_id), max(seq) FROM ticks").fetchone() or ()
+        assert proc.wait(timeout=60) == 0, (tmp_path / "projector.log").read_text()[-3000:]
+    rows, distinct, max_seq, checkpoint = read_db(
+        db,
+        "SELECT count(*), count(DISTINCT event_id), max(seq), "
+        "(SELECT last_seq FROM _checkpoints WHERE stream = ?) FROM ticks",
+        [stream],
     )
-    checkpoint = con.execute("SELECT last_seq FROM _checkpoints WHERE stream = ?", [stream]).fetchone()
-    con.close()
     assert rows == distinct == await stream_last_seq(nc, stream) == len(ticks)
-    assert checkpoint == (max_seq,)
+    assert checkpoint == max_seq
 
 
 async def test_handler_killed_mid_stream_publishes_no_duplicates(
@@ -103,21 +84,16 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
-    floor = await kill_when_acked(nc, proc, stream, "h_bars_md", above=2000)
-    assert 0 < floor < len(ticks)
+    target = random_point(random.Random(9), 2000, len(ticks))
+    floor = await kill_when_acked(nc, proc, stream, "h_bars_md", above=target - 1)
+    assert target <= floor < len(ticks)
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
     try:
-
-        async def bars_done() -> bool:
-            info = await consumer_state(nc, stream, "h_bars_md")
-            return bool(info and info["num_pending"] == 0 and info["num_ack_pending"] == 0)
-
-        await wait_until(bars_done, timeout=90)
-        await asyncio.sleep(1.0)  # let momentum and decision finish the tail
+        await wait_until(lambda: handlers_drained(nc, provisioned), timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "handlers.log").read_text()[-3000:]
+        assert proc.wait(timeout=60) == 0, (tmp_path / "handlers.log").read_text()[-3000:]
     bars = await read_stream(nc, stream, f"{provisioned}.md.bar.>")
     ids = [e.event_id for _, e in bars]
     assert len(ids) == len(set(ids)) == n_bars, "every bar exactly once, as a single clean run would produce"

@@ -103,7 +103,7 @@ async def test_a_client_that_is_not_ours_gets_decisions(nc: Client, provisioned:
             json.dumps(tick).encode(),
             headers={"Nats-Msg-Id": tick["event_id"], "Content-Type": "application/json"},
         )
-    msg = await sub.next_msg(timeout=30)
+    msg = await sub.next_msg(timeout=60)
     await sub.unsubscribe()
     envelope = json.loads(msg.data)
     assert envelope["type"] == "decision" and envelope["target"]["ticker"] == "ACME"
@@ -117,7 +117,7 @@ async def test_a_client_that_is_not_ours_gets_decisions(nc: Client, provisioned:
         except Exception:
             return False
 
-    await wait_until(in_kv, timeout=10)
+    await wait_until(in_kv, timeout=60)
     latest = json.loads((await kv.get("ACME")).value or b"{}")
     assert latest["target"]["ticker"] == "ACME" and latest["version"] == 1
     await p.stop()
@@ -175,7 +175,7 @@ async def test_transient_failures_retry_and_poison_is_dead_lettered(
     async def settled() -> bool:
         return rt.processed == 3 and rt.dead == 1
 
-    await wait_until(settled, timeout=20)
+    await wait_until(settled, timeout=60)
     rt.stop()
     await task
     signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.>")
@@ -248,13 +248,13 @@ async def test_restarted_stateful_handler_rebuilds_its_state_from_stored_input(
     await asyncio.sleep(3.0)
     first = runtime(BarAggregator(["1s"]))
     task = asyncio.create_task(first.run())
-    await wait_until(lambda: first.processed == k, timeout=20)
+    await wait_until(lambda: first.processed == k, timeout=60)
     first.stop()
     await task
     second = runtime(BarAggregator(["1s"]))
     task = asyncio.create_task(second.run())
     await publisher.publish(ticks[k:])
-    await wait_until(lambda: second.processed == len(ticks) - k, timeout=20)
+    await wait_until(lambda: second.processed == len(ticks) - k, timeout=60)
     second.stop()
     await task
     assert second.warmed > 0, "the restarted handler replayed nothing"
@@ -274,7 +274,7 @@ async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
     await publisher.publish(ticks)
     first = bars_runtime(nc, publisher, provisioned, BarAggregator(["1s"]))
     task = asyncio.create_task(first.run())
-    await wait_until(lambda: first.processed == len(ticks), timeout=20)
+    await wait_until(lambda: first.processed == len(ticks), timeout=60)
     first.stop()
     await task
     stream = f"{provisioned.upper()}_MD"
@@ -286,7 +286,7 @@ async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
     await asyncio.sleep(1.5)  # past the duplicate window: JetStream itself would now store copies
     second = bars_runtime(nc, publisher, provisioned, BarAggregator(["1s"]))
     task = asyncio.create_task(second.run())
-    await wait_until(lambda: second.processed == len(ticks), timeout=20)
+    await wait_until(lambda: second.processed == len(ticks), timeout=60)
     second.stop()
     await task
     after = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]
