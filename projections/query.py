@@ -96,8 +96,8 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     except duckdb.IOException as e:
         if _held(e):
             raise QueryError(
-                f"{path} is held by another process that does not answer queries (a projector on "
-                "another NATS server or prefix?): query through it, or stop it"
+                f"{path} is held by another process (a projector too busy to answer queries, or one on "
+                "another NATS server or prefix): retry, or query through that projector"
             ) from None
         raise
 

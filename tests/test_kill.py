@@ -1,16 +1,21 @@
-"""Crash safety with real processes: SIGKILL the projector, SIGKILL a handler, restart, count."""
+"""Crash safety with real processes: SIGKILL the projector, a handler, a writer mid-transaction; restart, count."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
+import sys
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client
 
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
 from handlers.bars import BarAggregator
+from projections.duckdb import ProjectionDb
+from projections.query import QueryError, query_file
 from schemas.events import Bar
 from tests.helpers import (
     ack_floor,
@@ -103,3 +108,77 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
     signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.signal.>")
     sig_ids = [e.event_id for _, e in signals]
     assert len(sig_ids) == len(set(sig_ids)) > 0
+
+
+# A projector stand-in: the real ProjectionDb commits two batches, then stalls inside the third
+# transaction (rows inserted, checkpoint advanced, COMMIT not yet run) until it is killed.
+STALLED_WRITER = """
+import sys, time
+from pathlib import Path
+from adapters.sim import SimFeed
+from projections.duckdb import ProjectionDb
+from projections.tables import TABLES
+
+class StallsAtCommit:
+    def __init__(self, cur):
+        self.cur = cur
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            print("in transaction", flush=True)
+            time.sleep(3600)
+        return self.cur.execute(sql, *args)
+    def __getattr__(self, name):
+        return getattr(self.cur, name)
+
+db = ProjectionDb(Path(sys.argv[1]))
+table = next(t for t in TABLES if t.name == "ticks")
+rows = [r for seq, t in enumerate(SimFeed(["A"], ticks=3000, seed=1).generate(), 1) for r in table.rows(t, seq)]
+db.commit("S_MD", {"ticks": rows[:1000]}, 1000, 1000)
+db.commit("S_MD", {"ticks": rows[1000:2000]}, 2000, 1000)
+db.commit("S_MD", {"ticks": rows[2000:]}, 3000, 1000, StallsAtCommit(db.con.cursor()))
+"""
+HOLDING_READER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("reading", flush=True)
+sys.stdin.read()
+"""
+
+
+async def _started(code: str, path: Path, ready: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(path), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line.decode().strip() == ready, f"{line!r}: the stand-in died before getting ready"
+    return proc
+
+
+async def test_reader_of_a_killed_writer_sees_exactly_what_was_committed(tmp_path: Path) -> None:
+    db = tmp_path / "p.duckdb"
+    wal = tmp_path / "p.duckdb.wal"
+    sql = "SELECT count(*), max(seq), (SELECT last_seq FROM _checkpoints WHERE stream = 'S_MD') FROM ticks"
+    writer = await _started(STALLED_WRITER, db, "in transaction")
+    with pytest.raises(QueryError, match="held by another process"):  # a live writer: a clear error
+        query_file(db, sql)
+    writer.kill()
+    await writer.wait()
+    assert wal.stat().st_size > 0, "the committed batches are only in the WAL"
+
+    reader = await _started(HOLDING_READER, db, "reading")  # another reader: no recovery, read-only
+    assert query_file(db, sql).rows == [[2000, 2000, 2000]]
+    assert wal.exists()
+    assert reader.stdin is not None
+    reader.stdin.close()
+    await reader.wait()
+
+    assert query_file(db, sql).rows == [[2000, 2000, 2000]]  # committed: all; uncommitted: nothing
+    assert not wal.exists(), "the reader checkpointed the WAL, as the projector's next start would"
+    projector = ProjectionDb(db)  # and the writer carries on from there
+    try:
+        assert projector.checkpoint("S_MD") == 2000
+        projector.commit("S_MD", {}, 2001, 1)
+    finally:
+        projector.close()
+    assert read_db(db, "SELECT last_seq FROM _checkpoints WHERE stream = 'S_MD'") == (2001,)

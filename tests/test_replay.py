@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from adapters.runner import run_feed
 from adapters.sim import SimFeed
@@ -19,7 +22,9 @@ from projections.duckdb import ProjectionDb
 from replay.rebuild import rebuild, verify
 from replay.whatif import what_if
 from schemas import encode
-from tapeline.pipeline import Pipeline, build_handlers
+from tapeline.cli import _swap
+from tapeline.config import Settings
+from tapeline.pipeline import Pipeline, build_handlers, swap_subject
 from tests.helpers import (
     FAST,
     TAPELINE,
@@ -230,3 +235,58 @@ async def test_query_answers_while_up_runs(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def _swap_files(tmp_path: Path, prefix: str) -> tuple[Settings, Path]:
+    """A live projection file and a verified rebuild beside it (contents tell which is where)."""
+    s = Settings(prefix=prefix, data_dir=str(tmp_path / "data"))
+    s.duckdb_path.parent.mkdir(parents=True)
+    s.duckdb_path.write_bytes(b"live")
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    rebuilt.write_bytes(b"rebuilt")
+    return s, rebuilt
+
+
+async def test_swap_renames_the_file_itself_only_when_no_projector_listens(
+    nc: Client, provisioned: str, tmp_path: Path
+) -> None:
+    s, rebuilt = _swap_files(tmp_path, provisioned)
+    assert await _swap(nc, s, rebuilt, wait_s=60, every_s=1)  # NATS: no responders on the swap subject
+    assert s.duckdb_path.read_bytes() == b"rebuilt" and not rebuilt.exists()
+
+
+async def test_swap_waits_for_a_slow_projector_and_never_renames_under_it(
+    nc: Client, provisioned: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s, rebuilt = _swap_files(tmp_path, provisioned)
+    untouched_when_answering: list[bool] = []
+
+    async def slow_projector(msg: Msg) -> None:
+        """Swaps as Pipeline.swap does, but only after the command has waited a few progress lines."""
+        await asyncio.sleep(2.5)  # the stand-in's slowness (every_s=1), not a check
+        untouched_when_answering.append(rebuilt.exists() and s.duckdb_path.read_bytes() == b"live")
+        os.replace(msg.data.decode(), s.duckdb_path)
+        await msg.respond(b"ok")
+
+    sub = await nc.subscribe(swap_subject(provisioned), cb=slow_projector)
+    try:
+        assert await _swap(nc, s, rebuilt, wait_s=60, every_s=1)
+    finally:
+        await sub.unsubscribe()
+    assert untouched_when_answering == [True], "the command renamed the file under a running projector"
+    assert s.duckdb_path.read_bytes() == b"rebuilt" and not rebuilt.exists()
+    assert "waiting for the projector to swap" in capsys.readouterr().out
+
+
+async def test_swap_fails_clearly_when_a_projector_never_answers(
+    nc: Client, provisioned: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s, rebuilt = _swap_files(tmp_path, provisioned)
+    sub = await nc.subscribe(swap_subject(provisioned))  # listens, never answers: a stuck projector
+    try:
+        assert not await _swap(nc, s, rebuilt, wait_s=2, every_s=0.5)
+    finally:
+        await sub.unsubscribe()
+    assert s.duckdb_path.read_bytes() == b"live" and rebuilt.read_bytes() == b"rebuilt"
+    out = " ".join(capsys.readouterr().out.split())
+    assert "did not answer within 2s" in out and "left alone" in out and str(rebuilt) in out.replace(" ", ""), out
