@@ -234,7 +234,7 @@ async def test_query_answers_while_up_runs(
         assert bad.returncode == 1 and "read-only" in bad.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0
 
 
 def _swap_files(tmp_path: Path, prefix: str) -> tuple[Settings, Path]:
