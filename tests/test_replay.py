@@ -168,12 +168,12 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
     checkpoints: list[int] = []
     checkpoint = 0
     for run in range(20):
-        while published < checkpoint + ahead:
+        proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "p.log")
+        while published < checkpoint + ahead:  # while it starts up
             chunk = [next(ticks) for _ in range(5000)]
             await publisher.publish(chunk)
             published += len(chunk)
         target = random_point(rng, checkpoint, published)
-        proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "p.log")
         floor = await kill_when_acked(nc, proc, stream, "proj_main_md", above=target - 1)
         rows, distinct, max_seq, cp = read_killed(
             db,
