@@ -2,7 +2,8 @@
 
 The projector answers read-only SQL on ``<prefix>.svc.query`` (core NATS request/reply) from a
 cursor of its own connection: live data, no second writer, no file copies. When no projector
-runs, ``tapeline query`` opens the file read-only instead. Only SELECT/EXPLAIN statements pass.
+runs, ``tapeline query`` opens the file read-only instead (:func:`open_read_only`). Only
+SELECT/EXPLAIN statements pass.
 """
 
 from __future__ import annotations
@@ -59,10 +60,52 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
     return QueryResult(columns, [list(r) for r in rows[:MAX_ROWS]], truncated=len(rows) > MAX_ROWS)
 
 
+def _held(e: duckdb.Error) -> bool:
+    return "Conflicting lock" in str(e)
+
+
+def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a projection file, after recovering what a killed writer left.
+
+    A writer killed mid-run (SIGKILL, OOM, power loss) leaves the transactions it committed since
+    its last checkpoint in ``<file>.wal``; a transaction it had not committed is in neither file.
+    DuckDB replays that WAL on every open, but only a read-write open checkpoints it into the file
+    and removes it: a read-only open replays it in memory, again on every open, and DuckDB's
+    read-only replay is the less trodden path (duckdb#20731, #24103 fixed bugs there; a reader of
+    ours once failed with ``std::bad_cast`` right after a projector was SIGKILLed). So when a WAL
+    sits beside the file, the reader first does what the projector does on its next start: one
+    read-write open and CHECKPOINT, then it reads read-only from a file without a WAL. That open
+    only succeeds when no other process holds the file; when one does (a projector writing, or
+    another reader replaying), the step is skipped and the read-only open decides. A projector
+    starting during those few milliseconds fails its open, as it does beside any reader.
+    Raises :class:`QueryError` when a writer holds the file.
+    """
+    if path.with_name(path.name + ".wal").exists():
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.IOException as e:
+            if not _held(e):
+                raise
+        else:
+            try:
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as e:
+        if _held(e):
+            raise QueryError(
+                f"{path} is held by another process (a projector too busy to answer queries, or one on "
+                "another NATS server or prefix): retry, or query through that projector"
+            ) from None
+        raise
+
+
 def query_file(path: Path, sql: str) -> QueryResult:
     if not path.exists():
         raise QueryError(f"no projection database at {path}: run `tapeline demo` or `tapeline up` first")
-    con = duckdb.connect(str(path), read_only=True)
+    con = open_read_only(path)
     try:
         return run_query(con, sql)
     finally:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import msgspec
 import structlog
 import typer
+from nats.errors import NoRespondersError
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -40,7 +41,7 @@ from schemas.export import export_json_schemas
 from schemas.subjects import FAMILIES, decisions_bucket, encode_token
 from tapeline.config import ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
-from tapeline.pipeline import ROLES, Pipeline
+from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
@@ -508,7 +509,6 @@ def _parse_time(text: str) -> int:
 
 async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, swap: bool) -> bool:
     from replay.rebuild import rebuild
-    from tapeline.pipeline import swap_subject
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-replay") as (nc, _):
         with Progress(
@@ -538,14 +538,7 @@ async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, 
         _print_checks(checks, stats.events, stats.seconds)
         ok = all(c.ok for c in checks)
         if ok and swap:
-            try:  # a running projector swaps between two batches
-                reply = await nc.request(swap_subject(s.prefix), str(os.path.abspath(target)).encode(), timeout=60)  # noqa: ASYNC240
-                answer = reply.data.decode()
-            except Exception:  # no projector: swap the file ourselves
-                os.replace(target, s.duckdb_path)
-                answer = "ok"
-            if answer != "ok":
-                console.print(f"[red]swap failed: {answer}[/]")
+            if not await _swap(nc, s, target):
                 return False
             console.print(f"[green]swapped[/] {s.duckdb_path} ← {target}")
             console.print(
@@ -553,6 +546,41 @@ async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, 
                 "vectors role and move that directory to swap them)"
             )
         return ok
+
+
+SWAP_WAIT_S = 300.0  # a swap waits for the batch in hand, then closes and reopens the file
+
+
+async def _swap(nc: Any, s: Settings, target: Path, *, wait_s: float = SWAP_WAIT_S, every_s: float = 10.0) -> bool:
+    """Put a verified rebuild live; True once it is.
+
+    A running projector swaps it between two batches. Only when no projector listens at all
+    (NATS "no responders") does this command rename the file itself. A projector that is slow to
+    answer still has the file open: renaming under it would lose the rebuild or its writes, so
+    this waits, with a progress line every ``every_s``, and after ``wait_s`` fails without
+    touching either file.
+    """
+    subject = swap_subject(s.prefix)
+    path = str(os.path.abspath(target))  # noqa: ASYNC240 - no I/O
+    request = asyncio.ensure_future(nc.request(subject, path.encode(), timeout=wait_s))
+    start = time.monotonic()
+    while not (await asyncio.wait({request}, timeout=every_s))[0]:
+        console.print(f"waiting for the projector to swap ({time.monotonic() - start:.0f}s of {wait_s:.0f}s)")
+    try:
+        answer: str = request.result().data.decode()
+    except NoRespondersError:  # no projector: nothing has the file open
+        os.replace(target, s.duckdb_path)
+        return True
+    except TimeoutError:
+        console.print(
+            f"[red]swap: the projector on {subject} did not answer within {wait_s:.0f}s; it runs, so "
+            f"{s.duckdb_path} was left alone and the rebuild stays at {target}. It may still swap (its log "
+            "says 'projection swapped'); otherwise retry when it is less busy, or stop it and retry[/]"
+        )
+        return False
+    if answer != "ok":
+        console.print(f"[red]swap failed: {answer}[/]")
+    return answer == "ok"
 
 
 @app.command("what-if")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +22,17 @@ from bus.jetstream import JetStreamApi
 from bus.reader import read_stream
 from handlers.bars import BarsConfig
 from handlers.momentum import MomentumConfig
+from projections.query import open_read_only
 from schemas.events import AnyEvent
 from tapeline.pipeline import Pipeline
+from tapeline.system import build, durables
 
 TAPELINE = [sys.executable, "-m", "tapeline"]
 # Handlers tuned for tests: 1-second bars and a short momentum window, so a few thousand ticks decide.
 FAST: dict[str, Any] = {"bars": BarsConfig(intervals=["1s"]), "momentum": MomentumConfig(interval="1s", window=3)}
 
 
-async def wait_until(cond: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> None:  # noqa: ASYNC109
+async def wait_until(cond: Callable[[], object], timeout: float = 60.0, every: float = 0.05) -> None:  # noqa: ASYNC109
     """Poll ``cond`` (plain or async) until it is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -45,7 +51,7 @@ async def stored(nc: Client, stream: str, subject: str = "") -> list[AnyEvent]:
 
 
 async def wait_stored(
-    nc: Client, stream: str, subject: str, pred: Callable[[list[AnyEvent]], bool], within: float = 5.0
+    nc: Client, stream: str, subject: str, pred: Callable[[list[AnyEvent]], bool], within: float = 60.0
 ) -> list[AnyEvent]:
     """Poll the stream until ``pred`` holds for what is stored; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
@@ -80,6 +86,84 @@ async def consumer_state(nc: Client, stream: str, durable: str) -> dict[str, Any
 async def stream_last_seq(nc: Client, stream: str) -> int:
     info = await JetStreamApi(nc).stream_info(stream)
     return int(info["state"]["last_seq"]) if info else 0
+
+
+async def ack_floor(nc: Client, stream: str, durable: str) -> int:
+    """A consumer's ack floor (stream sequence), 0 while it does not exist."""
+    info = await consumer_state(nc, stream, durable)
+    return int(info["ack_floor"]["stream_seq"]) if info else 0
+
+
+async def kill_when_acked(
+    nc: Client, proc: subprocess.Popen[bytes], stream: str, durable: str, *, above: int, within: float = 120.0
+) -> int:
+    """SIGKILL ``proc`` as soon as its consumer's ack floor passes ``above``; returns that floor.
+
+    The kill is timed by the process's own progress, not by the clock, so a slow machine only
+    makes the test slower. Fails if the process dies first or never gets there within ``within``.
+    """
+    deadline = time.monotonic() + within
+    floor = await ack_floor(nc, stream, durable)
+    while floor <= above:
+        if proc.poll() is not None:
+            raise AssertionError(f"{durable}: the process exited ({proc.returncode}) at ack floor {floor}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{durable}: ack floor {floor} never passed {above} within {within}s")
+        await asyncio.sleep(0.01)
+        floor = await ack_floor(nc, stream, durable)  # the old floor until the process re-creates it
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return floor
+
+
+HANDLER_CHAIN = ("bars", "momentum", "decision")  # in the order events flow
+
+
+async def handlers_drained(nc: Client, prefix: str) -> bool:
+    """Ticks -> bars -> signals -> decisions all handled: each consumer, in that order, has nothing
+    pending or unacknowledged. Handlers publish before they ack, so in that order a consumer's
+    input is complete by the time it is checked. Consumer names come from the system declaration."""
+    chain = build(FAST, HANDLER_CHAIN)
+    for stream, durable in (d for c in chain for d in durables(c, prefix)):
+        info = await consumer_state(nc, stream, durable)
+        if not info or info["num_pending"] or info["num_ack_pending"]:
+            return False
+    return True
+
+
+def random_point(rng: random.Random, current: int, end: int) -> int:
+    """A stream position strictly after ``current``, at random in the first half of what is left.
+
+    Strictly after: every kill lands at a new point. First half: work is still outstanding after
+    it, even when the kill overshoots a little.
+    """
+    assert end - current >= 2, f"nothing left to kill in: {current} of {end}"
+    return rng.randint(current + 1, current + (end - current) // 2)
+
+
+def read_killed(db: Path, sql: str, params: list[object] | None = None) -> tuple[Any, ...]:
+    """One row of ``sql`` over what a killed writer left, read from a copy (file and WAL).
+
+    The copy keeps ``db`` and its WAL exactly as the kill left them, for the restart under test;
+    the read goes through the reader's own recovery (:func:`projections.query.open_read_only`).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / db.name
+        for src, dst in ((db, copy), (db.with_name(db.name + ".wal"), copy.with_name(copy.name + ".wal"))):
+            if src.exists():
+                shutil.copyfile(src, dst)
+        return read_db(copy, sql, params)
+
+
+def read_db(db: Path, sql: str, params: list[object] | None = None) -> tuple[Any, ...]:
+    """One row of ``sql`` over a projection file no process writes, as ``tapeline query`` reads it."""
+    con = open_read_only(db)
+    try:
+        return tuple(con.execute(sql, params or []).fetchone() or ())
+    finally:
+        con.close()
 
 
 def write_config(tmp: Path, prefix: str, nats_url: str, **extra: str) -> Path:

@@ -150,13 +150,19 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
 
         def metrics() -> str:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                     return str(r.read().decode())
             except OSError:
                 return ""
 
-        await wait_until(lambda: 'tapeline_events_consumed_total{consumer="decision_intel"}' in metrics(), 30)
-        text = metrics()
+        text = ""
+
+        async def decided() -> bool:  # the page that shows it is the one checked below
+            nonlocal text
+            text = await asyncio.to_thread(metrics)
+            return 'tapeline_events_consumed_total{consumer="decision_intel"}' in text
+
+        await wait_until(decided, timeout=60)
         for name in (
             "tapeline_events_published_total",
             "tapeline_handler_batch_seconds_bucket",
@@ -169,4 +175,4 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         assert "BRK.B" in out.stdout and any(v in out.stdout for v in ("BUY", "HOLD", "SELL"))
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "up.log").read_text()[-2000:]
+        assert proc.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-2000:]

@@ -98,8 +98,12 @@ async def test_two_up_processes_share_an_ordered_role_safely(
     cfg = write_config(tmp_path, provisioned, nats_url)
     first = start_tapeline("up", "-c", str(cfg), "--only", "bars", log=tmp_path / "first.log")
     await wait_until(lambda: _holder(nc, provisioned, "bars_md"), timeout=120)
-    refused = subprocess.run(
-        [*TAPELINE, "up", "-c", str(cfg), "--only", "bars", "--no-standby"], capture_output=True, text=True, timeout=120
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [*TAPELINE, "up", "-c", str(cfg), "--only", "bars", "--no-standby"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2 and "running in another process" in refused.stderr + refused.stdout
     second = start_tapeline("up", "-c", str(cfg), "--only", "bars", log=tmp_path / "second.log")

@@ -17,7 +17,7 @@ from adapters.runner import run_feed
 from bus.publisher import Publisher
 from schemas.events import Alert, Bar, Event
 from schemas.subjects import MD, OPS
-from tests.helpers import stored
+from tests.helpers import stored, wait_stored
 from tests.standins.ib import T0, IBStandIn, minute_bars
 
 
@@ -121,10 +121,7 @@ async def test_ibkr_warmup_feeds_the_store(tmp_path: Path, nc: Client, publisher
     store.append(list(await _bars_of(minute_bars(T0 - (T0 - T0), 10))))
     feed = HistoryFeed(IbkrFeed(cfg, ib=ib), store, [("NVDA", "1m")], clock=lambda: int(T0.timestamp() * 1e9))
     task = asyncio.create_task(run_feed(feed, publisher))
-    for _ in range(100):
-        if len(await stored(nc, MD.stream(provisioned))) >= 30:
-            break
-        await asyncio.sleep(0.05)
+    await wait_stored(nc, MD.stream(provisioned), "", lambda e: len(e) >= 30)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     md = [e for e in await stored(nc, MD.stream(provisioned)) if isinstance(e, Bar)]

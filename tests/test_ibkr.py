@@ -99,7 +99,7 @@ async def test_connectivity_loss_alert_stale_resubscribe(nc: Client, publisher: 
 
     ib.lose()  # 1100
     t0 = time.time_ns()
-    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 1, within=2)
+    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 1)
     a = alerts[0]
     assert isinstance(a, Alert) and (a.kind, a.severity, a.resolved) == ("broker_disconnected", "critical", False)
     assert a.ts_event - t0 < 2 * 200_000_000
@@ -108,7 +108,7 @@ async def test_connectivity_loss_alert_stale_resubscribe(nc: Client, publisher: 
     assert not ib.trade("NVDA", 101.0, 1, T0 + timedelta(seconds=1))  # nothing flows while lost
 
     ib.restore(data_lost=True)  # 1101: subscriptions are gone until re-requested
-    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 2, within=2)
+    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 2)
     assert len(ib.subscriptions) == 6 and ib.cancels == 3 and feed.resubscriptions == 1
     assert ib.trade("NVDA", 102.0, 1, T0 + timedelta(seconds=2))
     ticks = await wait_stored(nc, md, f"{provisioned}.md.tick.>", lambda e: len(e) == 2)
@@ -131,9 +131,9 @@ async def test_socket_drop_reconnects_with_backoff_and_resubscribes(
     await wait_until(lambda: len(ib.subscriptions) == 3)
     t0 = time.time_ns()
     ib.drop(refuse_next=3)  # TWS restarts; three connects are refused
-    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 1, within=2)
+    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 1)
     assert alerts[0].ts_event - t0 < 2 * 200_000_000
-    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 2, within=5)
+    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) == 2)
     assert len(ib.connect_attempts) == 1 + 4 and feed.reconnects == 2
     assert len(ib.subscriptions) == 6  # resubscribed every contract
     assert ib.trade("ES", 3000.0, 2, T0)

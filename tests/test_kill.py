@@ -1,52 +1,35 @@
-"""Crash safety with real processes: SIGKILL the projector, SIGKILL a handler, restart, count."""
+"""Crash safety with real processes: SIGKILL the projector, a handler, a writer mid-transaction; restart, count."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
-import subprocess
-import time
+import sys
 from pathlib import Path
 
-import duckdb
+import pytest
 from nats.aio.client import Client
 
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
 from handlers.bars import BarAggregator, BarsConfig
+from projections.duckdb import ProjectionDb
+from projections.query import QueryError, query_file
 from schemas.events import Bar
-from tests.helpers import consumer_state, read_stream, start_tapeline, stream_last_seq, wait_until, write_config
-
-
-def _checkpoint(db: Path, stream: str) -> int:
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.Error:
-        return -1  # the writer holds the lock
-    try:
-        row = con.execute(
-            "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
-        ).fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        con.close()
-
-
-async def kill_when_acked(
-    nc: Client, proc: subprocess.Popen[bytes], stream: str, durable: str, *, above: int, within: float = 10.0
-) -> int:
-    """SIGKILL ``proc`` as soon as its consumer's ack floor passes ``above``; returns that floor."""
-    floor = 0
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-        info = await consumer_state(nc, stream, durable)  # None while the process is still starting
-        floor = int(info["ack_floor"]["stream_seq"]) if info else 0
-        if floor > above:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return floor
+from tests.helpers import (
+    ack_floor,
+    handlers_drained,
+    kill_when_acked,
+    random_point,
+    read_db,
+    read_killed,
+    read_stream,
+    start_tapeline,
+    stream_last_seq,
+    wait_until,
+    write_config,
+)
 
 
 async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
@@ -59,32 +42,33 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
-    # Kill it while it is committing: after its consumer has acknowledged some, not all.
-    ack_floor = await kill_when_acked(nc, proc, stream, "projector_md", above=0)
-    assert 0 < ack_floor < len(ticks), f"the kill did not land mid-run (ack floor {ack_floor})"
-    assert _checkpoint(db, stream) < len(ticks)
+    # Kill it while it is committing: once its consumer has acknowledged past a random point, not all.
+    target = random_point(random.Random(5), 0, len(ticks))
+    floor = await kill_when_acked(nc, proc, stream, "projector_md", above=target - 1)
+    assert 0 < target <= floor < len(ticks), f"the kill did not land mid-run (ack floor {floor})"
+    (killed_at,) = read_killed(
+        db, "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
+    )
+    assert floor <= killed_at < len(ticks), "committed before acked, and not everything"
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
     try:
 
         async def done() -> bool:
-            info = await consumer_state(nc, stream, "projector_md")
-            return bool(info and info["ack_floor"]["stream_seq"] == len(ticks))
+            return await ack_floor(nc, stream, "projector_md") == len(ticks)
 
-        await wait_until(done, timeout=60)
+        await wait_until(done, timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "projector.log").read_text()[-3000:]
-    con = duckdb.connect(str(db), read_only=True)
-    rows, distinct, max_seq = (
-        con.execute("SELECT count(*), count(DISTINCT event_id), max(seq) FROM ticks").fetchone() or ()
+        assert proc.wait(timeout=60) == 0, (tmp_path / "projector.log").read_text()[-3000:]
+    rows, distinct, max_seq, checkpoint = read_db(
+        db,
+        "SELECT count(*), count(DISTINCT event_id), max(seq), "
+        "(SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?) FROM ticks",
+        [stream],
     )
-    checkpoint = con.execute(
-        "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
-    ).fetchone()
-    con.close()
     assert rows == distinct == await stream_last_seq(nc, stream) == len(ticks)
-    assert checkpoint == (max_seq,)
+    assert checkpoint == max_seq
 
 
 async def test_handler_killed_mid_stream_publishes_no_duplicates(
@@ -107,21 +91,16 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
-    floor = await kill_when_acked(nc, proc, stream, "bars_md", above=2000)
-    assert 0 < floor < len(ticks)
+    target = random_point(random.Random(9), 2000, len(ticks))
+    floor = await kill_when_acked(nc, proc, stream, "bars_md", above=target - 1)
+    assert target <= floor < len(ticks)
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
     try:
-
-        async def bars_done() -> bool:
-            info = await consumer_state(nc, stream, "bars_md")
-            return bool(info and info["num_pending"] == 0 and info["num_ack_pending"] == 0)
-
-        await wait_until(bars_done, timeout=90)
-        await asyncio.sleep(1.0)  # let momentum and decision finish the tail
+        await wait_until(lambda: handlers_drained(nc, provisioned), timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "handlers.log").read_text()[-3000:]
+        assert proc.wait(timeout=60) == 0, (tmp_path / "handlers.log").read_text()[-3000:]
     bars = await read_stream(nc, stream, f"{provisioned}.md.bar.>")
     ids = [e.event_id for _, e in bars]
     assert len(ids) == len(set(ids)) == n_bars, "every bar exactly once, as a single clean run would produce"
@@ -131,3 +110,77 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
     signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.signal.>")
     sig_ids = [e.event_id for _, e in signals]
     assert len(sig_ids) == len(set(sig_ids)) > 0
+
+
+# A projector stand-in: the real ProjectionDb commits two batches, then stalls inside the third
+# transaction (rows inserted, checkpoint advanced, COMMIT not yet run) until it is killed.
+STALLED_WRITER = """
+import sys, time
+from pathlib import Path
+from adapters.sim import SimFeed
+from projections.duckdb import ProjectionDb
+from projections.tables import TABLES
+
+class StallsAtCommit:
+    def __init__(self, cur):
+        self.cur = cur
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            print("in transaction", flush=True)
+            time.sleep(3600)
+        return self.cur.execute(sql, *args)
+    def __getattr__(self, name):
+        return getattr(self.cur, name)
+
+db = ProjectionDb(Path(sys.argv[1]))
+table = next(t for t in TABLES if t.name == "ticks")
+rows = [r for seq, t in enumerate(SimFeed(["A"], ticks=3000, seed=1).generate(), 1) for r in table.rows(t, seq)]
+db.commit("S_MD", {"ticks": rows[:1000]}, 1000, 1000)
+db.commit("S_MD", {"ticks": rows[1000:2000]}, 2000, 1000)
+db.commit("S_MD", {"ticks": rows[2000:]}, 3000, 1000, StallsAtCommit(db.con.cursor()))
+"""
+HOLDING_READER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("reading", flush=True)
+sys.stdin.read()
+"""
+
+
+async def _started(code: str, path: Path, ready: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(path), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line.decode().strip() == ready, f"{line!r}: the stand-in died before getting ready"
+    return proc
+
+
+async def test_reader_of_a_killed_writer_sees_exactly_what_was_committed(tmp_path: Path) -> None:
+    db = tmp_path / "p.duckdb"
+    wal = tmp_path / "p.duckdb.wal"
+    sql = "SELECT count(*), max(seq), (SELECT last_seq FROM _checkpoints WHERE stream = 'S_MD') FROM ticks"
+    writer = await _started(STALLED_WRITER, db, "in transaction")
+    with pytest.raises(QueryError, match="held by another process"):  # a live writer: a clear error
+        query_file(db, sql)
+    writer.kill()
+    await writer.wait()
+    assert wal.stat().st_size > 0, "the committed batches are only in the WAL"
+
+    reader = await _started(HOLDING_READER, db, "reading")  # another reader: no recovery, read-only
+    assert query_file(db, sql).rows == [[2000, 2000, 2000]]
+    assert wal.exists()
+    assert reader.stdin is not None
+    reader.stdin.close()
+    await reader.wait()
+
+    assert query_file(db, sql).rows == [[2000, 2000, 2000]]  # committed: all; uncommitted: nothing
+    assert not wal.exists(), "the reader checkpointed the WAL, as the projector's next start would"
+    projector = ProjectionDb(db)  # and the writer carries on from there
+    try:
+        assert projector.checkpoint("S_MD") == 2000
+        projector.commit("S_MD", {}, 2001, 1)
+    finally:
+        projector.close()
+    assert read_db(db, "SELECT last_seq FROM _checkpoints WHERE stream = 'S_MD'") == (2001,)

@@ -87,7 +87,6 @@ async def test_incremental_pull_no_gap_no_duplicate(
         target = mt5.visible["US500"]
         await wait_until(lambda t=target: feed.cursors["US500"].msc == int(data["US500"]["time_msc"][t - 1])
                          and feed.hb.events >= 0)  # fmt: skip
-        await asyncio.sleep(0.03)
     subj = f"{provisioned}.md.tick.mt5-raw.>"
     evs = await wait_stored(nc, MD.stream(provisioned), subj, lambda e: len(e) == 145)
     task.cancel()
@@ -127,8 +126,10 @@ async def test_restart_mid_session_no_duplicate_no_gap(
     assert cursors["US500"] == TickCursor(1443041902316, 1)
     second = Mt5Feed(cfg(symbols=("US500",)), mt5=mt5, password=SECRET, resume=cursors)
     task = asyncio.create_task(run_feed(second, publisher))
-    evs = await wait_stored(nc, stream, subj, lambda e: len(e) >= 135)
-    await asyncio.sleep(0.1)
+    await wait_stored(nc, stream, subj, lambda e: len(e) >= 135)
+    seen = time.time_ns()  # then let it poll on: a beat after this, so any tick sent twice is stored
+    await wait_stored(nc, OPS.stream(provisioned), f"{provisioned}.ops.heartbeat.>",
+                      lambda e: any(h.ts_event > seen for h in e))  # fmt: skip
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -180,28 +181,31 @@ async def test_disconnect_alert_stale_recover(
     # 1) the terminal loses its trade server: terminal_info().connected is False
     mt5.connected = False
     t0 = time.time_ns()
-    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 1, within=2)
+    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 1)
     a = alerts[0]
     assert isinstance(a, Alert) and a.kind == "terminal_disconnected" and not a.resolved
-    assert a.ts_event - t0 < 2 * 200_000_000, "alert within two heartbeat intervals"
     hbs = await wait_stored(nc, ops, f"{provisioned}.ops.heartbeat.>",
-                            lambda e: any(isinstance(h, Heartbeat) and h.stale for h in e), within=2)  # fmt: skip
+                            lambda e: any(isinstance(h, Heartbeat) and h.stale for h in e))  # fmt: skip
+    # Within two heartbeat intervals, counted in the feed's own beats (a loaded machine slows both):
+    # at most the one beat already under way when the terminal dropped comes before the alert.
+    assert len([h for h in hbs if isinstance(h, Heartbeat) and t0 < h.ts_event < a.ts_event]) <= 1
     stale = [h for h in hbs if isinstance(h, Heartbeat) and h.stale]
     assert stale[0].connected is False and stale[0].ts_event > t0
     mt5.release("US500", 30)  # ticks arriving while disconnected must not be lost
     mt5.connected = True
     await wait_stored(nc, ops, f"{provisioned}.ops.alert.>",
-                      lambda e: any(isinstance(x, Alert) and x.resolved for x in e), within=2)  # fmt: skip
+                      lambda e: any(isinstance(x, Alert) and x.resolved for x in e))  # fmt: skip
 
     # 2) the terminal process dies: IPC errors, shutdown, re-initialize with backoff, symbol_select again
     mt5.alive = False
-    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 3, within=2)
+    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 3)
     mt5.release("US500", 200)
     mt5.alive = True
-    await wait_until(lambda: mt5.calls.get("initialize", 0) >= 2 and feed.initialized, timeout=3)
-    evs = await wait_stored(nc, md, f"{provisioned}.md.>", lambda e: len(e) == 135, within=3)
-    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 4, within=2)
-    await asyncio.sleep(0.45)
+    await wait_until(lambda: mt5.calls.get("initialize", 0) >= 2 and feed.initialized, timeout=60)
+    evs = await wait_stored(nc, md, f"{provisioned}.md.>", lambda e: len(e) == 135)
+    back = (await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 4))[3]
+    await wait_stored(nc, ops, f"{provisioned}.ops.heartbeat.>",
+                      lambda e: any(h.ts_event > back.ts_event for h in e))  # a beat after recovering  # fmt: skip
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert as_rows(ticks_of(evs, "US500")) == expected(data["US500"])
@@ -224,11 +228,11 @@ async def test_login_failure_alert_and_no_secret_in_events(
     feed = Mt5Feed(cfg(symbols=("EURGBP",)), mt5=mt5, password="wrong-" + SECRET, resume=start_of(data))
     task = asyncio.create_task(run_feed(feed, publisher))
     ops = OPS.stream(provisioned)
-    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 1, within=2)
+    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 1)
     assert isinstance(alerts[0], Alert) and alerts[0].kind == "login_failed" and alerts[0].severity == "critical"
     feed._password = SECRET  # the operator fixes the environment; the feed retries with backoff
-    await wait_stored(nc, MD.stream(provisioned), f"{provisioned}.md.>", lambda e: len(e) == 10, within=3)
-    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 2, within=2)
+    await wait_stored(nc, MD.stream(provisioned), f"{provisioned}.md.>", lambda e: len(e) == 10)
+    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 2)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     everything = await stored(nc, ops) + await stored(nc, MD.stream(provisioned))
@@ -247,12 +251,13 @@ async def test_no_ticks_in_session_versus_closed_market(
     feed = Mt5Feed(c, mt5=mt5, password=SECRET, resume=start_of(data))
     task = asyncio.create_task(run_feed(feed, publisher))
     ops = OPS.stream(provisioned)
-    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 1, within=2)
+    alerts = await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 1)
     a = alerts[0]
     assert isinstance(a, Alert) and (a.kind, a.symbol, a.severity) == ("no_ticks", "US500", "warning")
     mt5.release("US500", 3)
-    await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 2, within=2)
-    await asyncio.sleep(0.2)
+    resolved = (await wait_stored(nc, ops, f"{provisioned}.ops.alert.>", lambda e: len(e) >= 2))[1]
+    await wait_stored(nc, ops, f"{provisioned}.ops.heartbeat.>",
+                      lambda e: any(h.ts_event > resolved.ts_event for h in e))  # checked on since  # fmt: skip
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     kinds = [(x.kind, x.symbol, x.resolved) for x in await stored(nc, ops, f"{provisioned}.ops.alert.>")

@@ -104,7 +104,7 @@ async def test_a_client_that_is_not_ours_gets_decisions(nc: Client, provisioned:
             json.dumps(tick).encode(),
             headers={"Nats-Msg-Id": tick["event_id"], "Content-Type": "application/json"},
         )
-    msg = await sub.next_msg(timeout=30)
+    msg = await sub.next_msg(timeout=60)
     await sub.unsubscribe()
     envelope = json.loads(msg.data)
     assert envelope["type"] == "decision" and envelope["target"]["ticker"] == "ACME"
@@ -118,7 +118,7 @@ async def test_a_client_that_is_not_ours_gets_decisions(nc: Client, provisioned:
         except Exception:
             return False
 
-    await wait_until(in_kv, timeout=10)
+    await wait_until(in_kv, timeout=60)
     latest = json.loads((await kv.get("ACME")).value or b"{}")
     assert latest["target"]["ticker"] == "ACME" and latest["version"] == 1
     await p.stop()
@@ -172,7 +172,7 @@ async def test_transient_failures_retry_and_poison_is_dead_lettered(
     async def settled() -> bool:
         return rt.processed == 3 and rt.dead == 1
 
-    await wait_until(settled, timeout=20)
+    await wait_until(settled, timeout=60)
     runner.stop()
     await task
     signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.>")
@@ -279,7 +279,7 @@ async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
     await asyncio.sleep(1.5)  # past the duplicate window: JetStream itself would now store copies
     second = bars_runner(nc, publisher, provisioned, BarAggregator(BarsConfig(intervals=["1s"])))
     task = asyncio.create_task(second.run())
-    await wait_until(lambda: second.runtimes and second.runtimes[0].last_acked >= len(ticks), timeout=20)
+    await wait_until(lambda: second.runtimes and second.runtimes[0].last_acked >= len(ticks), timeout=60)
     second.stop()
     await task
     after = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import duckdb
+import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from adapters.runner import run_feed
 from adapters.sim import SimFeed
@@ -21,18 +23,25 @@ from projections.duckdb import ProjectionDb
 from replay.rebuild import rebuild, verify
 from replay.whatif import what_if
 from schemas import encode
-from tapeline.pipeline import Pipeline
+from tapeline.cli import _swap
+from tapeline.config import Settings
+from tapeline.pipeline import Pipeline, swap_subject
 from tapeline.system import build
-from tests.helpers import FAST, TAPELINE, caught_up, read_stream, start_tapeline, wait_until, write_config
-
-
-def _count(path: Path, sql: str) -> int:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        row = con.execute(sql).fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        con.close()
+from tests.helpers import (
+    FAST,
+    TAPELINE,
+    ack_floor,
+    caught_up,
+    handlers_drained,
+    kill_when_acked,
+    random_point,
+    read_db,
+    read_killed,
+    read_stream,
+    start_tapeline,
+    wait_until,
+    write_config,
+)
 
 
 async def test_until_rebuilds_state_as_known_at_that_time(
@@ -45,7 +54,7 @@ async def test_until_rebuilds_state_as_known_at_that_time(
     await asyncio.sleep(0.05)
     await publisher.publish(ticks[100:])
     stats = await rebuild(nc, provisioned, tmp_path / "pit.duckdb", until_ns=boundary_ns)
-    assert _count(tmp_path / "pit.duckdb", "SELECT count(*) FROM ticks") == 100
+    assert read_db(tmp_path / "pit.duckdb", "SELECT count(*) FROM ticks") == (100,)
     assert stats.checkpoints["ticks"] == stats.checkpoints["bars"] == 100
     full = await rebuild(nc, provisioned, tmp_path / "all.duckdb")
     assert full.events == 300
@@ -85,7 +94,7 @@ async def test_unknown_future_version_is_skipped_and_counted(
     future = encode(ticks[10]).replace(b'"version":1', b'"version":3').replace(b'"flags":0', b'"flags":0,"new":1')
     await nc.jetstream().publish(f"{provisioned}.md.tick.sim.A", future, headers={"Nats-Msg-Id": "future"})
     await publisher.publish(ticks[11:])
-    await wait_until(lambda: caught_up(nc, p), timeout=30)
+    await wait_until(lambda: caught_up(nc, p), timeout=60)
     md = next(r for r in p.consumers if r.durable == "projector_md")
     assert md.skipped == 1 and md.dead == 0
     assert p.db is not None
@@ -101,13 +110,13 @@ async def test_swap_puts_a_verified_rebuild_live_while_running(
     feed = SimFeed(["A", "B"], ticks=2000, seed=3)
     ticks = list(feed.generate())
     await publisher.publish(ticks[:1000])
-    await wait_until(lambda: caught_up(nc, p), timeout=30)
+    await wait_until(lambda: caught_up(nc, p), timeout=60)
     checks, _ = await verify(nc, provisioned, tmp_path / "live.duckdb", tmp_path / "rebuilt.duckdb")
     assert all(c.ok for c in checks)
     await p.swap(tmp_path / "rebuilt.duckdb")
     assert not (tmp_path / "rebuilt.duckdb").exists()
     await publisher.publish(ticks[1000:])  # the swapped-in projection keeps projecting
-    await wait_until(lambda: caught_up(nc, p), timeout=30)
+    await wait_until(lambda: caught_up(nc, p), timeout=60)
     assert p.db is not None
     assert p.db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (2000, 2000)
     await p.stop()
@@ -121,6 +130,7 @@ async def test_what_if_same_config_reproduces_and_other_config_differs(
     await run_feed(SimFeed(["A", "B"], ticks=3000, seed=8, mean_gap_ms=50), publisher)
 
     await wait_until(lambda: caught_up(nc, p), timeout=120)
+    await wait_until(lambda: handlers_drained(nc, provisioned), timeout=60)
     await p.stop()
     same = await what_if(nc, provisioned, f"{provisioned}-same", build(FAST))
     assert same.decisions_recorded > 10 and same.changes == []
@@ -141,68 +151,51 @@ async def test_what_if_same_config_reproduces_and_other_config_differs(
 async def test_projector_sigkilled_at_random_points_twenty_times(
     nc: Client, provisioned: str, publisher: Publisher, nats_url: str, tmp_path: Path
 ) -> None:
-    """Ticks keep arriving while the projector runs, so every kill lands in the middle of the work."""
+    """Twenty SIGKILLs, each once the projector has committed past a random point of work in hand.
+
+    Every kill waits for the projector's own progress (its ack floor passing a point drawn at
+    random between its checkpoint and the middle of the ticks still ahead of it), so each run
+    ends at a new point of the stream, with work outstanding, however slow the machine is.
+    """
     cfg = write_config(tmp_path, provisioned, nats_url)
     db = tmp_path / "data" / "projections" / "tapeline.duckdb"
     stream = f"{provisioned.upper()}_MD"
     ticks = iter(SimFeed(["NVDA", "ORCL"], ticks=5_000_000, seed=12).generate())  # lazy: only what is used
+    ahead = 30_000  # ticks published beyond the checkpoint before each run: ~6 projector batches
     published = 0
-
-    async def feed(stop: asyncio.Event) -> None:
-        nonlocal published
-        while not stop.is_set():
-            chunk = [next(ticks) for _ in range(500)]
-            await publisher.publish(chunk)
-            published += len(chunk)
-            await asyncio.sleep(0.03)  # at most ~16k ticks/s: the projector is kept busy, never idle
-
     rng = random.Random(20)
     checkpoints: list[int] = []
-    behind: list[bool] = []
+    checkpoint = 0
     for run in range(20):
-        stop = asyncio.Event()
-        feeder = asyncio.create_task(feed(stop))
         proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "p.log")
-        await asyncio.sleep(rng.uniform(1.2, 2.4))  # start-up takes ~1 s; then it commits as ticks arrive
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stop.set()
-        await feeder
-        if not db.exists():
-            continue
-        con = duckdb.connect(str(db), read_only=True)
-        rows, distinct, max_seq = (
-            con.execute("SELECT count(*), count(DISTINCT event_id), max(seq) FROM ticks").fetchone() or ()
+        while published < checkpoint + ahead:  # while it starts up
+            chunk = [next(ticks) for _ in range(5000)]
+            await publisher.publish(chunk)
+            published += len(chunk)
+        target = random_point(rng, checkpoint, published)
+        floor = await kill_when_acked(nc, proc, stream, "projector_md", above=target - 1)
+        rows, distinct, max_seq, cp = read_killed(
+            db,
+            "SELECT count(*), count(DISTINCT event_id), max(seq), "
+            "(SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?) FROM ticks",
+            [stream],
         )
-        cp = con.execute(
-            "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
-        ).fetchone()
-        con.close()
-        checkpoint = cp[0] if cp else 0
-        assert rows == distinct == checkpoint == (max_seq or 0), f"run {run}: rows {rows} distinct {distinct} cp {cp}"
-        checkpoints.append(checkpoint)
-        behind.append(checkpoint < published)
-    assert len(checkpoints) >= 15 and checkpoints == sorted(checkpoints) and len(set(checkpoints)) >= 10, checkpoints
-    assert sum(behind) >= len(behind) // 2, f"most kills must land with work outstanding: {behind}"
+        assert rows == distinct == cp == max_seq, f"run {run}: rows {rows} distinct {distinct} max {max_seq} cp {cp}"
+        assert target <= floor <= cp < published, f"run {run}: target {target} floor {floor} cp {cp} of {published}"
+        checkpoint = cp
+        checkpoints.append(cp)
+    assert len(set(checkpoints)) == 20 and checkpoints == sorted(checkpoints), checkpoints
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "p.log")
     try:
 
         async def done() -> bool:
-            try:
-                info = await nc.jetstream().consumer_info(stream, "projector_md")
-            except Exception:
-                return False
-            return bool(info.ack_floor and info.ack_floor.stream_seq == published)
+            return await ack_floor(nc, stream, "projector_md") == published
 
         await wait_until(done, timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    assert (
-        _count(db, "SELECT count(DISTINCT event_id) FROM ticks")
-        == _count(db, "SELECT count(*) FROM ticks")
-        == published
-    )
+        assert proc.wait(timeout=60) == 0, (tmp_path / "p.log").read_text()[-3000:]
+    assert read_db(db, "SELECT count(DISTINCT event_id), count(*) FROM ticks") == (published, published)
 
 
 async def test_query_answers_while_up_runs(
@@ -220,7 +213,7 @@ async def test_query_answers_while_up_runs(
                 return False
             return bool(info.ack_floor and info.ack_floor.stream_seq == 500)
 
-        await wait_until(projected, timeout=30)
+        await wait_until(projected, timeout=60)
         out = await asyncio.to_thread(
             subprocess.run,
             [*TAPELINE, "query", "-c", str(cfg), "--json", "SELECT symbol, count(*) AS n FROM ticks GROUP BY 1"],
@@ -240,4 +233,59 @@ async def test_query_answers_while_up_runs(
         assert bad.returncode == 1 and "read-only" in bad.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0
+
+
+def _swap_files(tmp_path: Path, prefix: str) -> tuple[Settings, Path]:
+    """A live projection file and a verified rebuild beside it (contents tell which is where)."""
+    s = Settings(prefix=prefix, data_dir=str(tmp_path / "data"))
+    s.duckdb_path.parent.mkdir(parents=True)
+    s.duckdb_path.write_bytes(b"live")
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    rebuilt.write_bytes(b"rebuilt")
+    return s, rebuilt
+
+
+async def test_swap_renames_the_file_itself_only_when_no_projector_listens(
+    nc: Client, provisioned: str, tmp_path: Path
+) -> None:
+    s, rebuilt = _swap_files(tmp_path, provisioned)
+    assert await _swap(nc, s, rebuilt, wait_s=60, every_s=1)  # NATS: no responders on the swap subject
+    assert s.duckdb_path.read_bytes() == b"rebuilt" and not rebuilt.exists()
+
+
+async def test_swap_waits_for_a_slow_projector_and_never_renames_under_it(
+    nc: Client, provisioned: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s, rebuilt = _swap_files(tmp_path, provisioned)
+    untouched_when_answering: list[bool] = []
+
+    async def slow_projector(msg: Msg) -> None:
+        """Swaps as Pipeline.swap does, but only after the command has waited a few progress lines."""
+        await asyncio.sleep(2.5)  # the stand-in's slowness (every_s=1), not a check
+        untouched_when_answering.append(rebuilt.exists() and s.duckdb_path.read_bytes() == b"live")
+        os.replace(msg.data.decode(), s.duckdb_path)
+        await msg.respond(b"ok")
+
+    sub = await nc.subscribe(swap_subject(provisioned), cb=slow_projector)
+    try:
+        assert await _swap(nc, s, rebuilt, wait_s=60, every_s=1)
+    finally:
+        await sub.unsubscribe()
+    assert untouched_when_answering == [True], "the command renamed the file under a running projector"
+    assert s.duckdb_path.read_bytes() == b"rebuilt" and not rebuilt.exists()
+    assert "waiting for the projector to swap" in capsys.readouterr().out
+
+
+async def test_swap_fails_clearly_when_a_projector_never_answers(
+    nc: Client, provisioned: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s, rebuilt = _swap_files(tmp_path, provisioned)
+    sub = await nc.subscribe(swap_subject(provisioned))  # listens, never answers: a stuck projector
+    try:
+        assert not await _swap(nc, s, rebuilt, wait_s=2, every_s=0.5)
+    finally:
+        await sub.unsubscribe()
+    assert s.duckdb_path.read_bytes() == b"live" and rebuilt.read_bytes() == b"rebuilt"
+    out = " ".join(capsys.readouterr().out.split())
+    assert "did not answer within 2s" in out and "left alone" in out and str(rebuilt) in out.replace(" ", ""), out
