@@ -22,10 +22,8 @@ ack floor + 1 after a warm-up); re-done work republishes the same deterministic 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -51,15 +49,6 @@ from schemas.events import DeadLetter, Event
 from schemas.ids import derive_event_id
 
 log = structlog.get_logger("tapeline.bus")
-
-
-def _parse_time(s: str) -> datetime:
-    """RFC 3339 from the server (nanosecond fractions) to an aware datetime."""
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?", s)
-    if not m:
-        raise ValueError(f"not an RFC 3339 time: {s!r}")
-    frac = (m.group(2) or "0")[:6].ljust(6, "0")
-    return datetime.strptime(f"{m.group(1)}.{frac}", "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
 
 
 class Failure(NamedTuple):

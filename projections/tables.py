@@ -486,6 +486,14 @@ DEAD_LETTERS = Table(
     ],
     "Messages a consumer could not process: stream, sequence and reason.",
 )
+NOTIFICATIONS = Table(
+    "notifications",
+    OPS,
+    (ev.Notification,),
+    (*COMMON, ("channel", S), ("alert_id", S), ("alert_key", S), ("delivered", B), ("detail", S), ("attempts", I64)),
+    lambda e, s: [(*_common(e, s), e.channel, e.alert_id, e.alert_key, e.delivered, e.detail, e.attempts)],
+    "Alerts sent to a channel (the webhook), once each: delivered, or why not.",
+)
 MODELS = Table(
     "model_deployments",
     OPS,
@@ -513,6 +521,7 @@ TABLES: tuple[Table, ...] = (
     HEARTBEATS,
     ALERTS,
     DEAD_LETTERS,
+    NOTIFICATIONS,
     MODELS,
 )
 

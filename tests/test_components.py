@@ -73,7 +73,7 @@ async def test_one_recorded_scenario_gives_identical_events_on_both_runners(
 
 
 def test_durable_names_come_from_the_declaration() -> None:
-    names = {d for c in build({}, [c.name for c in COMPONENTS]) for _, d in durables(c, "tape")}
+    names = {d for c in build(FAST, [c.name for c in COMPONENTS]) for _, d in durables(c, "tape")}
     assert {"bars_md", "momentum_md", "decision_intel", "watchdog_ops", "notifier_ops"} <= names
 
 
