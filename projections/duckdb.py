@@ -178,6 +178,13 @@ class ProjectionDb:
         rows = self.con.execute(f"SELECT read_model, stream, last_seq, schema_hash FROM {CHECKPOINTS}").fetchall()
         return {str(m): Tracking(str(m), str(s), int(q), str(h)) for m, s, q, h in rows}
 
+    def follow(self, stream: str, read_models: list[str]) -> None:
+        """Record the stream of read models that have not committed yet (so status shows it)."""
+        marks = ", ".join("?" * len(read_models))
+        self.con.execute(
+            f"UPDATE {CHECKPOINTS} SET stream = ? WHERE stream = '' AND read_model IN ({marks})", [stream, *read_models]
+        )
+
     def checkpoint(self, read_model: str) -> int:
         """The last stream sequence whose rows ``read_model`` has committed (0: none)."""
         tr = self.tracking().get(read_model)
@@ -269,6 +276,7 @@ class ProjectionSink:
             if tr and tr.last_seq and tr.stream and tr.stream != stream:
                 raise ReadModelChanged(t.name, tr.stream, stream, what="stream")
         self.seqs = {t.name: tracked[t.name].last_seq if t.name in tracked else 0 for t in self.tables}
+        db.follow(stream, list(self.seqs))
         self.last_seq = min(self.seqs.values(), default=0)
         self.cursor = db.con.cursor()
         self.events = 0
