@@ -356,6 +356,31 @@ def test_vector_checkpoints_without_schema_hash_are_upgraded(tmp_path: Path) -> 
     assert reopened.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
 
 
+def test_vector_commit_retried_after_failing_half_way_duplicates_nothing(tmp_path: Path) -> None:
+    """The sink retries a failed batch in place: rows the failed commit added must not stay twice."""
+    bars = _bars(300)
+    ref = VectorStore(tmp_path / "ref")
+    MarketStates(ref).run(enumerate(bars, 1))
+    store = VectorStore(tmp_path / "v")
+    proj = MarketStates(store)
+    proj.run(enumerate(bars[:100], 1))
+    for seq, bar in enumerate(bars[100:], 101):
+        proj.apply(seq, bar)
+    write_checkpoint = store.write_checkpoint
+
+    def disk_full(*args: object, **kw: object) -> None:
+        raise OSError("no space left on device")
+
+    store.write_checkpoint = disk_full  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        proj.flush(force=True)  # the rows are added, the checkpoint is not
+    store.write_checkpoint = write_checkpoint  # type: ignore[method-assign]
+    assert store.count(MARKET_STATES) == 300 and store.checkpoint(MARKET_STATES).last_seq == 100
+    assert proj.flush(force=True) == 300
+    assert store.count(MARKET_STATES) == 300
+    assert store.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
+
+
 class PickyStates(MarketStates):
     """A market-state read model that rejects a bar with a non-positive close: its poison."""
 
