@@ -7,28 +7,30 @@
 * :class:`ClockFeed`: a feed of :class:`ClockTick` events, so the (pure) heartbeat watchdog can
   notice silence even when no heartbeat arrives at all; time enters only as an event.
 * :class:`WebhookNotifier`: posts alerts to a Discord-compatible webhook with retries and
-  backoff; :class:`AlertNotifierSink` runs it as a durable consumer sink on ``ops.alert.>``.
-  The URL holds a token: it comes from the environment and is never logged (only its host).
-  Delivery is at-least-once: a redelivered alert can be posted twice.
+  backoff; :class:`NotifierGateway` is the component (a gateway: one post per alert, recorded as a
+  :class:`Notification` event, never repeated for an alert whose notification is stored, never
+  made in replay). The URL holds a token: it comes from the environment and is never logged
+  (only its host).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 import structlog
 
-from schemas.events import Alert, ClockTick, Event, Heartbeat, Severity
+from schemas.components import Consumes, Feed, Gateway, draft
+from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Notification, Severity
 from schemas.ids import derive_event_id, new_event_id
-
-if TYPE_CHECKING:
-    from bus.runtime import Failure, Received
 
 log = structlog.get_logger("tapeline.feed")
 
@@ -138,27 +140,42 @@ class HeartbeatClock:
         return hb
 
 
-class ClockFeed:
-    """Yields a :class:`ClockTick` for ``schedule`` every ``interval_s`` (the watchdog's clock)."""
+class ClockConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # ClockTicks go to a record stream that never expires: below 1 s they would flood it.
+    interval_s: Annotated[float, msgspec.Meta(ge=1.0)] = 10.0
 
-    def __init__(self, schedule: str = "watchdog", interval_s: float = 1.0, *, count: int | None = None) -> None:
-        self.name = f"clock-{schedule}"
+
+class ClockFeed(Feed):
+    """Yields a :class:`ClockTick` for ``schedule`` every ``interval_s`` (the watchdog's clock).
+
+    Ids come from the schedule and the whole interval, so a restarted clock repeats no tick.
+    """
+
+    name: ClassVar[str] = "clock"
+    role: ClassVar[str] = "handlers"
+    Config: ClassVar[type[msgspec.Struct]] = ClockConfig
+    emits: ClassVar[tuple[type[Event], ...]] = (ClockTick,)
+
+    def __init__(self, config: ClockConfig | None = None, *, schedule: str = "watchdog", count: int | None = None):
+        super().__init__(config)
         self.schedule = schedule
-        self.interval_s = interval_s
+        self.interval_s: float = self.config.interval_s
         self.count = count
 
-    async def stream(self) -> AsyncIterator[list[ClockTick]]:
+    async def stream(self) -> AsyncIterator[list[Event]]:
         n = 0
+        step = int(self.interval_s * 1e9)
         while self.count is None or n < self.count:
             now = time.time_ns()
+            slot = now - now % step
             yield [
                 ClockTick(
-                    event_id=derive_event_id(now, "clock", self.schedule, now),
+                    event_id=derive_event_id(slot, "clock", self.schedule, slot),
                     ts_event=now,
                     ts_init=now,
-                    source=self.name,
+                    source=f"clock-{self.schedule}",
                     schedule=self.schedule,
-                    scheduled_ns=now,
+                    scheduled_ns=slot,
                 )
             ]
             n += 1
@@ -193,7 +210,11 @@ def discord_payload(alert: Alert, *, username: str = "Tapeline") -> dict[str, An
 
 
 class NotifyError(RuntimeError):
-    """The webhook did not accept the alert after all retries."""
+    """The webhook did not accept the alert: refused (``final``) or failed after all retries."""
+
+    def __init__(self, message: str, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class WebhookNotifier:
@@ -264,7 +285,7 @@ class WebhookNotifier:
                 if resp.status_code == 429:
                     wait = max(wait, _retry_after(resp))
                 elif 400 <= resp.status_code < 500:
-                    raise NotifyError(f"webhook at {self.host} refused the alert: {last}")
+                    raise NotifyError(f"webhook at {self.host} refused the alert: {last}", final=True)
             if attempt == self.retries:
                 break
             log.warning("webhook retry", host=self.host, attempt=attempt + 1, error=last, wait_s=round(wait, 3))
@@ -289,26 +310,89 @@ def _retry_after(resp: httpx.Response) -> float:
     return 0.0
 
 
-class AlertNotifierSink:
-    """A bus sink (``bus.runtime.Sink``) forwarding alerts from ``ops.alert.>`` to the webhook.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
-    A failed post is retried by the runtime (nak with growing delay) and finally dead-lettered.
+
+class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    webhook_url_env: str = "TAPELINE_ALERT_WEBHOOK_URL"  # the NAME of the variable: the URL holds a token
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    backoff_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    username: str = "Tapeline"
+
+    def __post_init__(self) -> None:
+        if not _ENV_NAME.fullmatch(self.webhook_url_env):
+            raise ValueError(
+                f"webhook_url_env: {self.webhook_url_env!r} must be the NAME of an environment variable "
+                "(e.g. TAPELINE_ALERT_WEBHOOK_URL), not the URL itself"
+            )
+
+
+class NotifierGateway(Gateway):
+    """Alerts to a Discord-compatible webhook: each alert posted once, recorded as a Notification.
+
+    Runs only when its URL variable is set. An alert below ``min_severity`` is recorded as not
+    delivered (so it is never reconsidered); a refusal (4xx) is recorded with its reason; network
+    errors and 5xx after the notifier's own retries make the runner retry later, then dead-letter.
     """
 
-    def __init__(self, notifier: WebhookNotifier) -> None:
-        self.notifier = notifier
+    name: ClassVar[str] = "notifier"
+    role: ClassVar[str] = "notifier"
+    Config: ClassVar[type[msgspec.Struct]] = NotifierConfig
+    emits: ClassVar[tuple[type[Event], ...]] = (Notification,)
+    consumes = (Consumes(Alert),)
 
-    async def process(self, batch: list[Received]) -> dict[int, Failure]:
-        from bus.runtime import Failure
+    def __init__(self, config: NotifierConfig | None = None, *, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(config)
+        self._client = client
+        self._notifier: WebhookNotifier | None = None
 
-        failures: dict[int, Failure] = {}
-        for j, rec in enumerate(batch):
-            for ev in rec.events:
-                if not isinstance(ev, Alert):
-                    continue
-                try:
-                    await self.notifier.notify(ev)
-                except NotifyError as e:
-                    failures[j] = Failure(str(e), retry=True)
-                    break
-        return failures
+    def active(self) -> bool:
+        return bool(os.environ.get(self.config.webhook_url_env))
+
+    @property
+    def notifier(self) -> WebhookNotifier:
+        if self._notifier is None:
+            c: NotifierConfig = self.config
+            self._notifier = WebhookNotifier(
+                os.environ.get(c.webhook_url_env, ""),
+                retries=c.retries,
+                backoff_s=c.backoff_s,
+                timeout_s=c.timeout_s,
+                min_severity=c.min_severity,
+                username=c.username,
+                client=self._client,
+            )
+        return self._notifier
+
+    def wants(self, event: AnyEvent) -> bool:
+        return isinstance(event, Alert)
+
+    async def perform(self, event: AnyEvent) -> Sequence[Event]:
+        assert isinstance(event, Alert)
+        n = self.notifier
+        before = n.attempts
+        try:
+            delivered = await n.notify(event)
+            detail = "" if delivered else f"below min_severity {n.min_severity}"
+        except NotifyError as e:
+            if not e.final:
+                raise
+            delivered, detail = False, str(e)
+        return [
+            draft(
+                Notification,
+                ts_event=time.time_ns(),
+                channel="webhook",
+                alert_id=event.event_id,
+                alert_key=event.key,
+                delivered=delivered,
+                detail=detail,
+                attempts=n.attempts - before,
+            )
+        ]
+
+    async def aclose(self) -> None:
+        if self._notifier is not None:
+            await self._notifier.aclose()

@@ -146,12 +146,12 @@ async def resume_cursors(
 
     from bus.jetstream import JetStreamApi, JetStreamError
     from schemas.codec import decode
-    from schemas.subjects import MD, tick_subject
+    from schemas.subjects import MD
 
     api = JetStreamApi(nc)
     out: dict[str, TickCursor] = {}
     for sym in symbols:
-        subject = tick_subject(prefix, venue, sym)
+        subject = Tick.subject_pattern(prefix, venue=venue, symbol=sym)
         try:
             reply = await api.call(f"STREAM.MSG.GET.{MD.stream(prefix)}", {"last_by_subj": subject})
         except JetStreamError:

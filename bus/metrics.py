@@ -50,3 +50,10 @@ def serve_metrics(port: int, host: str = "") -> None:
     """Expose ``/metrics`` on loopback (``TAPELINE_METRICS_HOST`` to widen, e.g. in a container); 0 disables it."""
     if port:
         start_http_server(port, addr=host or os.environ.get("TAPELINE_METRICS_HOST", "127.0.0.1"))
+
+
+COMPONENT_EVENTS = Counter(
+    "tapeline_component_events_total",
+    "Events a component counted by outcome (e.g. bars: late ticks; rejected input).",
+    ["component", "outcome"],
+)

@@ -1,58 +1,117 @@
-"""Read a stream back: every (sequence, event) on a subject, through an ephemeral consumer.
+"""The one stream reader: stored events between two positions, in stream order, in bounded batches.
 
-For tools that need recorded history in order (what-if replay, tests, feed resume): no acks,
-nothing left behind on the server.
+An ephemeral consumer (no acks, memory-backed, removed when done or idle) pulled batch by batch,
+so memory stays bounded whatever the stream's size. Rebuilds, state warm-up, what-if, restart
+de-duplication and tests all read history through :func:`read`. It ends at ``stop_seq``, or at the
+last message matching the filter when the read began (the server's ``pending`` count says so), so
+a stream that keeps growing does not keep a reader going. Undecodable messages are skipped (and
+counted): the live consumer dead-lettered them when it first met them.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
+
 from nats.aio.client import Client
 
-from bus.consumer import PullLoop
+from bus.consumer import Delivery, PullLoop
 from bus.jetstream import JetStreamApi
 from schemas.codec import MalformedEvent, decode
 from schemas.events import AnyEvent
 
 
-async def read_stream(
-    nc: Client, stream: str, subject: str = "", *, until_ns: int | None = None, since: str | None = None
-) -> list[tuple[int, AnyEvent]]:
-    """Events stored in ``stream`` (under ``subject`` if given, stream time <= ``until_ns`` if given,
-    stored at or after ``since`` (RFC 3339) if given).
+class Received(NamedTuple):
+    delivery: Delivery
+    events: list[AnyEvent]
 
-    Undecodable messages are left out: they were dead-lettered when first consumed.
+
+class ReadStalled(RuntimeError):
+    """The server stopped delivering before the end of the range."""
+
+
+async def read(
+    nc: Client,
+    stream: str,
+    subjects: Sequence[str] = (),
+    *,
+    start_seq: int | None = None,
+    start_time: str | None = None,
+    stop_seq: int | None = None,
+    until_ns: int | None = None,
+    batch: int = 5000,
+    max_bytes: int = 16 * 1024 * 1024,
+    stall_s: float = 60.0,
+) -> AsyncIterator[list[Received]]:
+    """Yield batches of decoded messages of ``stream`` (optionally only ``subjects``).
+
+    Starts at ``start_seq`` or ``start_time`` (RFC 3339, stored time) or the beginning; stops after
+    ``stop_seq``, at the first message stored after ``until_ns`` (stream time), or at the end.
     """
     api = JetStreamApi(nc)
     info = await api.stream_info(stream)
     if not info or not info["state"]["messages"]:
-        return []
+        return
     last = int(info["state"]["last_seq"])
-    config: dict[str, object] = {
-        "deliver_policy": "all",
-        "ack_policy": "none",
-        "mem_storage": True,
-        "inactive_threshold": 30_000_000_000,
-    }
-    if subject:
-        config["filter_subjects"] = [subject]
-    if since:
-        config |= {"deliver_policy": "by_start_time", "opt_start_time": since}
+    end = min(last, stop_seq) if stop_seq is not None else last
+    if start_seq is not None and start_seq > end:
+        return
+    config: dict[str, object] = {"ack_policy": "none", "mem_storage": True, "inactive_threshold": 30_000_000_000}
+    if subjects:
+        config["filter_subjects"] = list(subjects)
+    if start_seq is not None:
+        config |= {"deliver_policy": "by_start_sequence", "opt_start_seq": max(1, start_seq)}
+    elif start_time is not None:
+        config |= {"deliver_policy": "by_start_time", "opt_start_time": start_time}
+    else:
+        config["deliver_policy"] = "all"
     name = await api.create_ordered_consumer(stream, config)
-    loop = PullLoop(nc, stream, name, batch=5000, idle_s=0.5)
+    loop = PullLoop(nc, stream, name, batch=batch, idle_s=0.5, max_bytes=max_bytes)
     await loop.start()
-    out: list[tuple[int, AnyEvent]] = []
+    progress = time.monotonic()
     try:
         while True:
-            batch = await loop.next_batch()
-            for d in batch:
-                if until_ns is None or d.ts_ns <= until_ns:
-                    try:
-                        out.extend((d.stream_seq, e) for e in decode(d.data).events)
-                    except MalformedEvent:
-                        continue
-            if not batch or batch[-1].stream_seq >= last or batch[-1].pending == 0:
-                break
+            got = await loop.next_batch()
+            if not got:
+                state = await api.consumer_info(stream, name)
+                if state is None or int(state.get("num_pending", 0)) == 0:
+                    return  # nothing (more) matches the filter up to the end
+                if time.monotonic() - progress > stall_s:
+                    raise ReadStalled(f"{stream}: no message for {stall_s:.0f}s with {state['num_pending']} pending")
+                continue
+            progress = time.monotonic()
+            out: list[Received] = []
+            done = False
+            for d in got:
+                if d.stream_seq > end or (until_ns is not None and d.ts_ns > until_ns):
+                    done = True
+                    break
+                try:
+                    out.append(Received(d, decode(d.data).events))
+                except MalformedEvent:
+                    continue
+            if out:
+                yield out
+            if done or got[-1].stream_seq >= end or got[-1].pending == 0:
+                return
     finally:
         await loop.stop()
         await api.delete_consumer(stream, name)
+
+
+async def read_events(
+    nc: Client, stream: str, subjects: Sequence[str] = (), **kwargs: object
+) -> list[tuple[int, AnyEvent]]:
+    """Everything :func:`read` yields, as (sequence, event) pairs: for tests and small ranges."""
+    out: list[tuple[int, AnyEvent]] = []
+    async for batch in read(nc, stream, subjects, **kwargs):  # type: ignore[arg-type]
+        out.extend((r.delivery.stream_seq, e) for r in batch for e in r.events)
     return out
+
+
+async def read_stream(
+    nc: Client, stream: str, subject: str = "", *, until_ns: int | None = None, since: str | None = None
+) -> list[tuple[int, AnyEvent]]:
+    """:func:`read_events` with the argument shape older callers use (one subject, ``since`` time)."""
+    return await read_events(nc, stream, [subject] if subject else [], until_ns=until_ns, start_time=since)

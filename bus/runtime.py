@@ -1,20 +1,22 @@
 """The one way to consume: a durable pull consumer, batched, acked only after the work is done.
 
-A *sink* does the work for a batch (a handler publishes its outputs, a projection commits its
+A *sink* does the work for a batch (a handler publishes its outputs, a read model commits its
 rows). The runtime owns everything around it: decoding, unknown versions, retries with a
 growing delay, dead letters with stream sequence and reason, acks, metrics, and a graceful drain.
+What a consumer is (stream, durable, filters, ordering) comes from a typed :class:`ConsumerSpec`
+that ``bus.components`` derives from a component's declaration; reading history is
+``bus.reader``'s job, not this loop's.
 
-Ack policies: ``explicit`` (stateless handlers, which may share a durable across processes; each
-message acked, nak'd or terminated on its own) and ``all`` for ordered consumers (projections and
-stateful handlers: acking the last message of a batch acks it all; a failed batch is retried in
-place, never nak'd, so sequences are applied strictly in order; a message that fails on its own
-is dead-lettered at once, since a pure function fails the same way every time).
+Ack policies: ``explicit`` for stateless consumers, which may share a durable across processes
+(each message acked, nak'd or terminated on its own), and ``all`` for ordered consumers (read
+models and stateful components: acking the last message of a batch acks it all; a failed batch is
+retried in place, never nak'd, so sequences are applied strictly in order; a message that fails on
+its own is dead-lettered at once, since a pure function fails the same way every time).
 
 Order after a crash: JetStream redelivers a dead process's unacked messages only after
-``ack_wait``, *after* newer ones. Consumers that need stream order (projections, stateful
-handlers) therefore re-create their durable on start at the position they trust: the
-projection's committed checkpoint + 1, or the handler's ack floor + 1 (after warm-up). Re-done
-work republishes the same deterministic ids, which JetStream de-duplicates.
+``ack_wait``, *after* newer ones. Ordered consumers therefore re-create their durable on start at
+the position their owner trusts (a read model's checkpoint + 1, a snapshot's position + 1, the
+ack floor + 1 after a warm-up); re-done work republishes the same deterministic ids.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -31,7 +33,7 @@ import structlog
 from nats.aio.client import Client
 
 from bus.consumer import Delivery, PullLoop
-from bus.jetstream import JetStreamApi, JetStreamError
+from bus.jetstream import JetStreamApi
 from bus.metrics import (
     BATCH_SECONDS,
     CONSUMER_PENDING,
@@ -41,12 +43,11 @@ from bus.metrics import (
     EVENTS_SKIPPED,
 )
 from bus.publisher import Publisher
-from bus.reader import read_stream
+from bus.reader import Received
 from bus.topology import AckPolicy, durable_config
 from schemas.codec import MalformedEvent, decode
-from schemas.events import AnyEvent, DeadLetter, Event
+from schemas.events import DeadLetter, Event
 from schemas.ids import derive_event_id
-from schemas.subjects import family_of
 
 log = structlog.get_logger("tapeline.bus")
 
@@ -58,11 +59,6 @@ def _parse_time(s: str) -> datetime:
         raise ValueError(f"not an RFC 3339 time: {s!r}")
     frac = (m.group(2) or "0")[:6].ljust(6, "0")
     return datetime.strptime(f"{m.group(1)}.{frac}", "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
-
-
-class Received(NamedTuple):
-    delivery: Delivery
-    events: list[AnyEvent]
 
 
 class Failure(NamedTuple):
@@ -99,78 +95,71 @@ def dead_letter(d: Delivery, stream: str, consumer: str, reason: str) -> DeadLet
     )
 
 
+class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything about one durable consumer; built from a component's declaration (``bus.components``).
+
+    ``ordered``: one active instance (a lease), ack policy ``all``, and the durable re-created at
+    ``start_seq`` (the position its owner trusts) on every start.
+    """
+
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ordered: bool = False
+    batch: int = 1000
+    max_bytes: int = 8 * 1024 * 1024
+    max_deliver: int = 5
+    backoff_s: float = 0.5
+    ack_wait_s: float = 30.0
+    expires_s: float = 1.0
+
+    @property
+    def ack_policy(self) -> AckPolicy:
+        return "all" if self.ordered else "explicit"
+
+
 class ConsumerRuntime:
     def __init__(
         self,
         nc: Client,
         publisher: Publisher,
-        *,
-        stream: str,
-        durable: str | None,
-        filter_subjects: Sequence[str],
+        spec: ConsumerSpec,
         sink: Sink,
-        ack_policy: AckPolicy = "explicit",
-        batch: int = 1000,
-        max_deliver: int = 5,
-        backoff_s: float = 0.5,
-        ack_wait_s: float = 30.0,
-        expires_s: float = 1.0,
+        *,
         start_seq: int | None = None,
         publish_dead_letters: bool = True,
-        warmup: Reaction | None = None,
-        warmup_s: float = 0.0,
-        ordered: bool = False,
-        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.nc = nc
         self.publisher = publisher
-        self.stream = stream
-        self.durable = durable or f"replay_{stream.lower()}"
-        self.ephemeral = durable is None
-        self.start_seq = start_seq  # ordered/ephemeral consumers: where to (re)start; None: the ack floor + 1
+        self.spec = spec
+        self.stream = spec.stream
+        self.durable = spec.durable
+        self.start_seq = start_seq  # ordered consumers: where to (re)start
         self.publish_dead_letters = publish_dead_letters
-        self.warmup = warmup
-        self.warmup_s = warmup_s
-        self.ordered = ordered or ack_policy == "all"
-        self.warmed = 0
-        self.filter_subjects = list(filter_subjects)
+        self.ordered = spec.ordered
+        self.filter_subjects = list(spec.filter_subjects)
         self.sink = sink
-        self.ack_policy = ack_policy
-        self.max_deliver = max_deliver
-        self.backoff_s = backoff_s
-        self.ack_wait_s = ack_wait_s
-        self.loop = PullLoop(nc, stream, self.durable, batch=batch, expires_s=expires_s, max_bytes=max_bytes)
+        self.ack_policy = spec.ack_policy
+        self.max_deliver = spec.max_deliver
+        self.backoff_s = spec.backoff_s
+        self.ack_wait_s = spec.ack_wait_s
+        self.loop = PullLoop(
+            nc, spec.stream, spec.durable, batch=spec.batch, expires_s=spec.expires_s, max_bytes=spec.max_bytes
+        )
         self.processed = 0
         self.dead = 0
         self.skipped = 0
+        self.last_acked = 0  # stream sequence of the last message acked (ordered consumers: all before it too)
         self.idle = asyncio.Event()  # set whenever a pull comes back empty
+        self.started = asyncio.Event()  # the durable exists and the loop pulls
         self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
         self._held: Delivery | None = None  # newest processed delivery the sink has not committed yet
+        self.after_ack: Callable[[int], Awaitable[None]] | None = None  # e.g. write a snapshot
+        self.on_stop: Callable[[], Awaitable[None]] | None = None  # after the last batch, e.g. a final snapshot
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
-        if self.ephemeral:  # replay: from start_seq, no acks, removed by the server when idle
-            self.loop.consumer = await api.create_ordered_consumer(
-                self.stream,
-                {
-                    "deliver_policy": "by_start_sequence",
-                    "opt_start_seq": self.start_seq or 1,
-                    "ack_policy": "none",
-                    "filter_subjects": self.filter_subjects,
-                    "inactive_threshold": 30 * 1_000_000_000,
-                    "mem_storage": True,
-                    "replay_policy": "instant",
-                },
-            )
-            return
-        start: int | None = None
-        if self.ordered:
-            if self.start_seq is not None:
-                start = self.start_seq  # a position the sink owns, e.g. a projection's checkpoint + 1
-            else:  # a handler: after what it acknowledged
-                info = await api.consumer_info(self.stream, self.durable)
-                floor = int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
-                start = floor + 1 if info else None
+        if self.ordered:  # at the position the owner trusts, not where the server's ack floor says
             await api.delete_consumer(self.stream, self.durable)
         cfg = durable_config(
             self.durable,
@@ -178,7 +167,7 @@ class ConsumerRuntime:
             ack_policy=self.ack_policy,
             max_deliver=self.max_deliver,
             ack_wait_s=self.ack_wait_s,
-            start_seq=start,
+            start_seq=self.start_seq if self.ordered else None,
         )
         await api.ensure_consumer(self.stream, cfg)
 
@@ -187,17 +176,9 @@ class ConsumerRuntime:
         self.loop.stopping = True
 
     async def run(self) -> None:
-        api = JetStreamApi(self.nc)
-        resuming = self.ordered and self.start_seq is None and not self.ephemeral  # a restarted stateful handler
-        before = await api.consumer_info(self.stream, self.durable) if resuming else None
-        if before:
-            floor = int((before.get("ack_floor") or {}).get("stream_seq", 0))
-            since = await self._stored_time(api, floor) if floor else None
-            if self.warmup is not None and self.warmup_s > 0 and since is not None:
-                await self._warm_up(self.warmup, floor, since - timedelta(seconds=self.warmup_s))
-            await self._collect_published(since)
         await self.ensure_consumer()
         await self.loop.start()
+        self.started.set()
         try:
             while True:
                 batch = await self.loop.next_batch()
@@ -219,9 +200,9 @@ class ConsumerRuntime:
                 await on_close()
             if self._held is not None and self.nc.is_connected:
                 await self._ack_committed([])
+            if self.on_stop is not None:
+                await self.on_stop()
             await self.loop.stop()
-            if self.ephemeral:
-                await JetStreamApi(self.nc).delete_consumer(self.stream, self.loop.consumer)
 
     async def _handle(self, batch: list[Delivery]) -> None:
         started = time.perf_counter()
@@ -272,9 +253,7 @@ class ConsumerRuntime:
             for ev in letters:
                 log.error("dead letter", consumer=self.durable, seq=ev.stream_seq, reason=ev.reason)  # type: ignore[attr-defined]
 
-        if self.ack_policy == "none":
-            pass
-        elif self.ack_policy == "all":
+        if self.ack_policy == "all":
             await self._ack_committed(batch)
         else:
             for i, d in enumerate(batch):
@@ -298,145 +277,24 @@ class ConsumerRuntime:
             )
 
     async def _ack_committed(self, batch: list[Delivery]) -> None:
-        """Ack policy ``all``: ack the batch's last delivery, or, if the sink buffers, the newest it committed.
+        """Ack policy ``all``: ack the newest processed delivery the sink has committed.
 
-        The newest processed delivery past ``committed_seq`` is held and acked once a later commit
-        covers it (on the next batch, on idle, on close).
+        A sink that buffers tells how far that is with ``committed_seq`` (others: all it processed).
+        The newest processed delivery past it is held and acked once a later commit covers it (on the
+        next batch, on idle, on close).
         """
-        committed: int | None = getattr(self.sink, "committed_seq", None)
-        if committed is None:
-            await self.loop.ack(batch[-1])
-            return
         seen = [d for d in (self._held, *batch) if d is not None]
-        done = [d for d in seen if d.stream_seq <= committed]
+        if not seen:
+            return
+        committed: int | None = getattr(self.sink, "committed_seq", None)
+        limit = seen[-1].stream_seq if committed is None else committed
+        done = [d for d in seen if d.stream_seq <= limit]
+        self._held = seen[-1] if seen[-1].stream_seq > limit else None
         if done:
             await self.loop.ack(done[-1])
-        self._held = seen[-1] if seen and seen[-1].stream_seq > committed else None
-
-    async def _stored_time(self, api: JetStreamApi, seq: int) -> datetime | None:
-        """When message ``seq`` was stored (None if it aged out of the stream)."""
-        try:
-            stored = await api.call(f"STREAM.MSG.GET.{self.stream}", {"seq": seq})
-        except JetStreamError:
-            return None
-        return _parse_time(str(stored["message"]["time"]))
-
-    async def _collect_published(self, since: datetime | None) -> None:
-        """Ids the handler already published for input it never acknowledged (it died in between).
-
-        Re-processing that input yields the same ids; within JetStream's duplicate window they are
-        dropped anyway, but a restart after the window would store them twice. So the sink skips
-        ids found on the handler's output subjects since the ack floor's input was stored.
-        """
-        outputs = getattr(getattr(self.sink, "reaction", None), "outputs", ())
-        skip: set[str] | None = getattr(self.sink, "skip_ids", None)
-        if not outputs or skip is None:
-            return
-        prefix = self.publisher.prefix
-        stamp = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if since else None
-        for pattern in outputs:
-            subject = f"{prefix}.{pattern}"
-            stream = family_of(subject, prefix).stream(prefix)
-            skip.update(e.event_id for _, e in await read_stream(self.nc, stream, subject, since=stamp))
-        log.info("resuming handler", consumer=self.durable, already_published=len(skip))
-
-    async def _warm_up(self, reaction: Reaction, floor: int, start: datetime) -> None:
-        """Rebuild a stateful handler after a restart: replay the input it already acked, discard outputs.
-
-        The window is in stream time, anchored on when the ack floor's message was stored.
-        """
-        api = JetStreamApi(self.nc)
-        name = await api.create_ordered_consumer(
-            self.stream,
-            {
-                "deliver_policy": "by_start_time",
-                "opt_start_time": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "ack_policy": "none",
-                "filter_subjects": self.filter_subjects,
-                "inactive_threshold": 30 * 1_000_000_000,
-                "mem_storage": True,
-            },
-        )
-        loop = PullLoop(self.nc, self.stream, name, batch=2000, expires_s=1.0, idle_s=0.5)
-        await loop.start()
-        try:
-            while True:
-                batch = await loop.next_batch()
-                for d in batch:
-                    if d.stream_seq > floor:
-                        return
-                    try:
-                        for ev in decode(d.data).events:
-                            reaction.handle(ev)
-                            self.warmed += 1
-                    except Exception as exc:  # already dead-lettered when first seen
-                        log.debug("warm-up skipped a message", seq=d.stream_seq, error=repr(exc))
-                    if d.stream_seq == floor:
-                        return
-                if not batch:
-                    return
-        finally:
-            await loop.stop()
-            await api.delete_consumer(self.stream, name)
-            log.info("handler warmed up", consumer=self.durable, events=self.warmed, upto=floor)
+            self.last_acked = done[-1].stream_seq
+            if self.after_ack is not None:
+                await self.after_ack(self.last_acked)
 
     def _delay(self, d: Delivery) -> float:
         return float(min(self.backoff_s * 2 ** (d.deliveries - 1), 60.0))
-
-
-class Reaction(Protocol):
-    """What bus needs of a handler (see ``handlers.base.Handler``)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> int: ...
-    def handle(self, event: AnyEvent) -> Sequence[Event]: ...
-
-
-def react(reaction: Reaction, event: AnyEvent) -> list[Event]:
-    """Run a handler on one event and stamp identity on its outputs.
-
-    ``event_id`` = hash(handler name, handler version, cause id, output index): a re-run
-    (redelivery, restart, replay) produces the same ids, so JetStream drops the copies.
-    """
-    now = time.time_ns()
-    return [
-        msgspec.structs.replace(
-            ev,
-            event_id=derive_event_id(ev.ts_event, reaction.name, reaction.version, event.event_id, i),
-            ts_init=now,
-            source=ev.source or reaction.name,
-            causation_id=event.event_id,
-            correlation_id=event.correlation_id or event.event_id,
-        )
-        for i, ev in enumerate(reaction.handle(event))
-    ]
-
-
-class ReactionSink:
-    """Runs a handler over a batch; outputs get deterministic ids and are published before acks."""
-
-    def __init__(self, reaction: Reaction, publisher: Publisher) -> None:
-        self.reaction = reaction
-        self.publisher = publisher
-        self.emitted = 0
-        self.skip_ids: set[str] = set()  # outputs already stored before a restart (see ConsumerRuntime)
-
-    def outputs(self, event: AnyEvent) -> list[Event]:
-        return react(self.reaction, event)
-
-    async def process(self, batch: list[Received]) -> dict[int, Failure]:
-        failures: dict[int, Failure] = {}
-        pending: list[Event] = []
-        for j, rec in enumerate(batch):
-            try:
-                for ev in rec.events:
-                    pending.extend(o for o in self.outputs(ev) if o.event_id not in self.skip_ids)
-            except Exception as exc:  # a handler bug or bad data: retry, then dead-letter
-                log.warning("handler failed", handler=self.reaction.name, seq=rec.delivery.stream_seq, error=repr(exc))
-                failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
-        if pending:
-            await self.publisher.publish(pending)
-            self.emitted += len(pending)
-        return failures

@@ -3,40 +3,46 @@
 ensemble = sum(w * strength * confidence) / sum(w * confidence) over fresh signals;
 BUY above ``threshold``, SELL below ``-threshold``, HOLD between. Confidence is the weighted mean
 confidence scaled by how much the agents agree. Signals older than ``max_age_s`` (event time)
-no longer vote.
+no longer vote. That age is also the handler's state window: after a restart the runner replays
+exactly ``max_age_s`` of signals (event time) before resuming, so the votes equal an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Annotated, ClassVar
 
-from handlers.base import Handler, draft
+import msgspec
+
+from schemas.components import Consumes, Handler, Window, draft
 from schemas.events import AgentSignal, AnyEvent, DecisionEnvelope, Event, Signal, Synthesis, Target, Verdict
 
-DEFAULT_WEIGHTS = {"momentum": 1.0, "sentiment": 1.0}
+
+class DecisionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    weights: dict[str, float] = msgspec.field(default_factory=lambda: {"momentum": 1.0, "sentiment": 1.0})
+    threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.25
+    max_age_s: Annotated[float, msgspec.Meta(gt=0)] = 3 * 86400.0  # older signals no longer vote
+    exchange: str = ""
+    asset_class: str = "equity"
 
 
 class DecisionSynthesis(Handler):
-    name = "decision"
-    version = 1
-    outputs = ("decision.>",)
+    name: ClassVar[str] = "decision"
+    version: ClassVar[int] = 1
+    Config: ClassVar[type[msgspec.Struct]] = DecisionConfig
+    emits: ClassVar[tuple[type[Event], ...]] = (DecisionEnvelope,)
+    consumes = (Consumes(Signal),)
 
-    def __init__(
-        self,
-        weights: dict[str, float] | None = None,
-        threshold: float = 0.25,
-        max_age_s: float = 3 * 86400,
-        exchange: str = "",
-        asset_class: str = "equity",
-    ) -> None:
-        self.weights = weights or DEFAULT_WEIGHTS
-        self.threshold = threshold
-        self.max_age_ns = int(max_age_s * 1e9)
-        self.exchange = exchange
-        self.asset_class = asset_class
-        self.subjects = ("intel.signal.>",)
-        self.warmup_s = 3600.0
+    def __init__(self, config: DecisionConfig | None = None) -> None:
+        super().__init__(config)
+        cfg: DecisionConfig = self.config
+        self.weights = cfg.weights
+        self.threshold = cfg.threshold
+        self.max_age_ns = int(cfg.max_age_s * 1e9)
+        self.exchange = cfg.exchange
+        self.asset_class = cfg.asset_class
+        self.state = Window(cfg.max_age_s)  # exactly what the logic uses
         self._latest: dict[str, dict[str, Signal]] = {}
 
     def handle(self, event: AnyEvent) -> list[Event]:

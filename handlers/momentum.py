@@ -2,47 +2,61 @@
 
 z = r_N / (sigma * sqrt(N)) with sigma the stdev of one-bar log returns over the window;
 strength = tanh(z / 2) in [-1, 1]; confidence grows with |z| and saturates at |z| = 3.
-Uses bar closes as delivered (for daily files: the unadjusted Close, see adapters.files).
+State is the last N+1 closes per symbol whatever their age (daily bars have weekends, quiet
+symbols have gaps), so no time window can rebuild it: it is snapshotted.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
+from typing import Annotated, ClassVar
 
-from handlers.base import Handler, draft
+import msgspec
+
+from schemas.components import Consumes, Handler, Snapshot, draft
 from schemas.events import AnyEvent, Bar, Event, Signal
 from schemas.intervals import interval_ns
 
 
-class MomentumSignal(Handler):
-    name = "momentum"
-    version = 1
-    outputs = ("intel.signal.>",)
+class MomentumConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    window: Annotated[int, msgspec.Meta(ge=2)] = 20
+    interval: str = "1m"
+    neutral_band: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
 
-    def __init__(self, window: int = 20, interval: str = "1m", neutral_band: float = 0.15) -> None:
-        if window < 2:
-            raise ValueError(f"momentum window must be at least 2 bars, got {window}")
-        self.window = window
-        self.interval = interval
-        self.neutral_band = neutral_band
-        self.subjects = (f"md.bar.{interval}.>",)
-        self.warmup_s = 2 * (window + 1) * interval_ns(interval) / 1e9
-        self._closes: dict[str, deque[float]] = {}
+    def __post_init__(self) -> None:
+        interval_ns(self.interval)
+
+
+class MomentumSignal(Handler):
+    name: ClassVar[str] = "momentum"
+    version: ClassVar[int] = 1
+    Config: ClassVar[type[msgspec.Struct]] = MomentumConfig
+    emits: ClassVar[tuple[type[Event], ...]] = (Signal,)
+    state = Snapshot()
+
+    def __init__(self, config: MomentumConfig | None = None) -> None:
+        super().__init__(config)
+        cfg: MomentumConfig = self.config
+        self.window = cfg.window
+        self.interval = cfg.interval
+        self.neutral_band = cfg.neutral_band
+        self.consumes = (Consumes(Bar, {"interval": cfg.interval}),)
+        self._closes: dict[str, list[float]] = {}
 
     def handle(self, event: AnyEvent) -> list[Event]:
         if not isinstance(event, Bar) or event.interval != self.interval or event.close <= 0:
             return []
-        closes = self._closes.setdefault(event.symbol, deque(maxlen=self.window + 1))
+        closes = self._closes.setdefault(event.symbol, [])
         closes.append(event.close)
+        if len(closes) > self.window + 1:
+            del closes[0]
         if len(closes) <= self.window:
             return []
-        c = list(closes)
-        rets = [math.log(b / a) for a, b in itertools.pairwise(c)]
+        rets = [math.log(b / a) for a, b in itertools.pairwise(closes)]
         mean = sum(rets) / len(rets)
         sigma = math.sqrt(sum((r - mean) ** 2 for r in rets) / max(1, len(rets) - 1))
-        total = math.log(c[-1] / c[0])
+        total = math.log(closes[-1] / closes[0])
         z = total / (sigma * math.sqrt(self.window)) if sigma > 0 else 0.0
         strength = math.tanh(z / 2)
         direction = "NEUTRAL" if abs(strength) < self.neutral_band else ("BULLISH" if strength > 0 else "BEARISH")
@@ -61,3 +75,9 @@ class MomentumSignal(Handler):
                 metrics={"z": round(z, 6), "return": round(math.expm1(total), 8), "volatility": round(sigma, 8)},
             )
         ]
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self._closes)
+
+    def restore(self, data: bytes) -> None:
+        self._closes = msgspec.msgpack.decode(data, type=dict[str, list[float]])

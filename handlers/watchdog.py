@@ -9,41 +9,59 @@ interval (from ``expected``, else the ``interval_s`` its heartbeats announce). F
 ``expected`` that were never seen count from the first event the watchdog saw. A heartbeat
 with ``stale=True`` (the feed is alive but its source is disconnected) raises ``feed_stale``.
 Alerts use ``key = "watchdog:<kind>:<feed>"``; the resolution carries the same key.
+Which alerts are open is state no time window can rebuild, so it is snapshotted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Annotated, ClassVar
 
-from handlers.base import Handler, draft
+import msgspec
+
+from schemas.components import Consumes, Handler, Snapshot, draft
 from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Severity
 
 
-class HeartbeatWatchdog(Handler):
-    name = "watchdog"
-    version = 1
-    outputs = ("ops.alert.>",)
+class WatchdogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    expected: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = {}  # feed -> heartbeat interval (s)
+    missed_intervals: Annotated[int, msgspec.Meta(ge=1)] = 3  # alert after this many silent intervals
+    alert_on_stale: bool = True
 
-    def __init__(
-        self,
-        expected: Mapping[str, float] | None = None,
-        *,
-        missed_intervals: int = 3,
-        alert_on_stale: bool = True,
-    ) -> None:
-        if missed_intervals < 1:
-            raise ValueError("missed_intervals must be at least 1")
-        self.expected = dict(expected or {})
-        self.missed = missed_intervals
-        self.alert_on_stale = alert_on_stale
-        self.subjects = ("ops.heartbeat.>", "ops.clock.>")
-        longest = max([*self.expected.values(), 60.0])
-        self.warmup_s = longest * (missed_intervals + 1)
+
+class _State(msgspec.Struct):
+    last: dict[str, tuple[int, float]]
+    missing: set[str]
+    stale: set[str]
+    origin: int | None
+    now: int
+
+
+class HeartbeatWatchdog(Handler):
+    name: ClassVar[str] = "watchdog"
+    version: ClassVar[int] = 1
+    Config: ClassVar[type[msgspec.Struct]] = WatchdogConfig
+    emits: ClassVar[tuple[type[Event], ...]] = (Alert,)
+    consumes = (Consumes(Heartbeat), Consumes(ClockTick))
+    state = Snapshot()
+
+    def __init__(self, config: WatchdogConfig | None = None) -> None:
+        super().__init__(config)
+        cfg: WatchdogConfig = self.config
+        self.expected = dict(cfg.expected)
+        self.missed = cfg.missed_intervals
+        self.alert_on_stale = cfg.alert_on_stale
         self.last: dict[str, tuple[int, float]] = {}  # feed -> (last heartbeat ns, interval s)
         self.missing: set[str] = set()
         self.stale: set[str] = set()
         self.origin: int | None = None
         self.now = 0
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(_State(self.last, self.missing, self.stale, self.origin, self.now))
+
+    def restore(self, data: bytes) -> None:
+        s = msgspec.msgpack.decode(data, type=_State)
+        self.last, self.missing, self.stale, self.origin, self.now = s.last, s.missing, s.stale, s.origin, s.now
 
     def _alert(self, kind: str, feed: str, message: str, *, severity: Severity, resolved: bool) -> Alert:
         return draft(

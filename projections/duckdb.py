@@ -28,7 +28,8 @@ import duckdb
 import structlog
 
 from bus.metrics import PROJECTION_CHECKPOINT, PROJECTION_LAG
-from bus.runtime import Failure, Received
+from bus.reader import Received
+from bus.runtime import Failure
 from projections.table import ReadModelChanged, Row, Table, View, schema_hash
 from projections.tables import TABLES, VIEWS
 from schemas.subjects import StreamFamily

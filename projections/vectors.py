@@ -68,7 +68,8 @@ import pyarrow.compute as pc
 import structlog
 from numpy.typing import NDArray
 
-from bus.runtime import Failure, Received
+from bus.reader import Received
+from bus.runtime import Failure
 from projections.embedder import DIM as TEXT_DIM
 from projections.embedder import TextEmbedder
 from projections.table import ReadModelChanged, schema_hash

@@ -1,6 +1,6 @@
 """Rebuild projections from the streams, and verify a rebuild against the live projections.
 
-A rebuild reads each stream from sequence 1 with ephemeral consumers (no acks, nothing
+A rebuild reads each stream from sequence 1 with the stream reader (no acks, nothing
 published) into a fresh DuckDB file and, optionally, a fresh LanceDB directory. ``until_ns``
 gives point-in-time state (stream time = when the system knew it). Verification rebuilds each
 stream up to the highest live checkpoint of its read models and compares each table's content
@@ -18,17 +18,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from nats.aio.client import Client
 
 from bus.jetstream import JetStreamApi
-from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime
 from projections.duckdb import ProjectionDb, columns_sql, hash_sql
 from projections.query import QueryError, query_file, query_remote
-from projections.runtimes import projection_runtimes, vector_runtimes
+from projections.runtimes import Binding, projection_bindings, replay_into, vector_bindings
 from projections.table import schema_hash
 from projections.tables import TABLES
 from schemas.subjects import FAMILIES
@@ -87,10 +85,6 @@ async def stream_last_seqs(nc: Client, prefix: str, keys: set[str]) -> dict[str,
     return out
 
 
-def _finished(rt: ConsumerRuntime, sink: Any) -> bool:
-    return bool(sink.done.is_set() or (rt.idle.is_set() and not rt.pending))
-
-
 async def rebuild(
     nc: Client,
     prefix: str,
@@ -111,13 +105,9 @@ async def rebuild(
     db = ProjectionDb(out_path)
     families = {t.family.key for t in db.tables}
     targets = stop_at if stop_at is not None else await stream_last_seqs(nc, prefix, families)
-    publisher = await Publisher(nc, prefix, role="replay").start()
-    pairs: list[tuple[ConsumerRuntime, Any]] = [
-        (rt, sink)
-        for rt, sink in projection_runtimes(
-            nc, publisher, prefix, db, durable=False, until_ns=until_ns, stop_at=targets
-        )
-        if targets.get(sink.family.key, 0) > 0
+    work: list[tuple[Binding, int | None]] = [
+        (b, targets.get(b.sink.family.key, 0))
+        for b in projection_bindings(prefix, db, until_ns=until_ns, stop_at=targets)
     ]
     store = None
     if vectors_dir is not None:
@@ -125,35 +115,24 @@ async def rebuild(
         from projections.vectors import VectorStore
 
         store = VectorStore(vectors_dir)
-        pairs += [
-            (rt, sink)
-            for rt, sink in vector_runtimes(
-                nc,
-                publisher,
-                prefix,
-                store,
-                embedder or TextEmbedder(),
-                durable=False,
-                stop_at=vector_stop_at,
-                until_ns=until_ns,
-            )
-            if vector_stop_at is None or vector_stop_at.get(sink.projection.table, 0) > 0
-        ]
-    tasks = [asyncio.create_task(rt.run()) for rt, _ in pairs]
+        for b in vector_bindings(prefix, store, embedder or TextEmbedder(), stop_at=vector_stop_at, until_ns=until_ns):
+            work.append((b, None if vector_stop_at is None else vector_stop_at.get(b.sink.projection.table, 0)))
+    work = [(b, stop) for b, stop in work if stop != 0]  # 0: nothing to rebuild up to
+    bindings = [b for b, _ in work]
+    tasks = [asyncio.create_task(replay_into(nc, b, stop_seq=stop, until_ns=until_ns)) for b, stop in work]
     try:
-        while not all(_finished(rt, s) for rt, s in pairs):
+        while not all(t.done() for t in tasks):
             if progress:
-                progress(sum(getattr(s, "events", 0) for _, s in pairs))
+                progress(sum(getattr(b.sink, "events", 0) for b in bindings))
             failed = [t for t in tasks if t.done() and t.exception()]
             if failed:
                 raise failed[0].exception()  # type: ignore[misc]
             await asyncio.sleep(0.05)
     finally:
-        for rt, _ in pairs:
-            rt.stop()
+        for t in tasks:
+            t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await publisher.close()
-    events = sum(getattr(s, "events", 0) for _, s in pairs)
+    events = sum(getattr(b.sink, "events", 0) for b in bindings)
     stats = RebuildStats(str(out_path), events, time.perf_counter() - started, db.checkpoints())
     if store is not None:
         stats.vector_checkpoints = {t: store.checkpoint(t).last_seq for t in VECTOR_TABLES}

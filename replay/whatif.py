@@ -1,9 +1,10 @@
 """What-if replay: recorded inputs through another handler configuration, into an isolated prefix.
 
-Recorded market data, news and LLM responses are read back from the source prefix in stream
-order and pushed through a chain of handlers in-process (each output feeds the handlers that
-subscribe to it), exactly as the live runtime would, but without any provider or broker: LLM
-responses are recorded events, so a sentiment handler reads them instead of calling a model.
+Recorded inputs (everything that entered from outside: ticks, news, heartbeats, clock ticks) are
+read back from the source prefix, each stream in its own order, merged by event time, and run
+through the declared system with the in-process runner (``bus.inprocess``), exactly as the live
+runner would but with no provider or broker: gateways (LLM calls, notifiers, brokers) answer with
+the results recorded by the live run, looked up by the ids those results must have.
 The derived events are published under the isolated prefix for inspection with the usual tools,
 and the decisions are diffed against the recorded ones.
 
@@ -13,6 +14,7 @@ the symbol's next decision and marked at bar closes; where the two runs differ, 
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,16 +22,29 @@ from collections.abc import Callable, Sequence
 import msgspec
 from nats.aio.client import Client
 
+from bus.inprocess import InProcessRunner
 from bus.publisher import Publisher
-from bus.reader import read_stream
-from bus.runtime import react
+from bus.reader import read_events
 from bus.topology import provision
-from handlers.base import Handler
-from schemas.events import AnyEvent, Bar, DecisionEnvelope, Event
-from schemas.subjects import DECISION, INTEL, MD, NEWS, StreamFamily
+from schemas.components import Component, Consumes
+from schemas.events import AnyEvent, Bar, ClockTick, DecisionEnvelope, Event, Heartbeat, NewsItem, Tick
+from schemas.subjects import StreamFamily
 
 # Recorded inputs a what-if reuses: everything that entered from outside (DESIGN §2).
-INPUTS: tuple[tuple[StreamFamily, str], ...] = ((MD, "md.tick.>"), (NEWS, "news.>"), (INTEL, "intel.llm.>"))
+INPUTS: tuple[type[Event], ...] = (Tick, NewsItem, Heartbeat, ClockTick)
+
+
+def _stream(event: type[Event], prefix: str) -> tuple[StreamFamily, str]:
+    c = Consumes(event)
+    return c.family, c.pattern(prefix)
+
+
+async def _recorded(nc: Client, prefix: str, events: Sequence[type[Event]], until_ns: int | None) -> list[AnyEvent]:
+    out: list[AnyEvent] = []
+    for t in events:
+        fam, subject = _stream(t, prefix)
+        out += [e for _, e in await read_events(nc, fam.stream(prefix), [subject], until_ns=until_ns)]
+    return out
 
 
 class VerdictChange(msgspec.Struct, frozen=True):
@@ -49,38 +64,6 @@ class WhatIfReport(msgspec.Struct):
     pnl_recorded: dict[str, float]
     pnl_what_if: dict[str, float]
     seconds: float
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard matching: ``*`` one token, ``>`` the rest."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(p) == len(s)
-
-
-async def read_events(nc: Client, stream: str, subject: str, until_ns: int | None = None) -> list[AnyEvent]:
-    return [e for _, e in await read_stream(nc, stream, subject, until_ns=until_ns)]
-
-
-def run_chain(handlers: Sequence[Handler], inputs: Sequence[AnyEvent], prefix: str) -> list[Event]:
-    """Feed inputs through the handlers, each output to every handler subscribed to its subject."""
-    patterns = [(h, [f"{prefix}.{s}" for s in h.subjects]) for h in handlers]
-    derived: list[Event] = []
-    for event in inputs:
-        queue: list[AnyEvent] = [event]
-        while queue:
-            ev = queue.pop(0)
-            subject = ev.subject(prefix)
-            for h, pats in patterns:
-                if any(subject_matches(p, subject) for p in pats):
-                    outs = react(h, ev)
-                    derived.extend(outs)
-                    queue.extend(outs)  # type: ignore[arg-type]
-    return derived
 
 
 def unit_pnl(decisions: Sequence[DecisionEnvelope], bars: Sequence[Bar]) -> dict[str, float]:
@@ -108,20 +91,24 @@ async def what_if(
     nc: Client,
     source_prefix: str,
     target_prefix: str,
-    handlers: Sequence[Handler],
+    components: Sequence[Component],
     *,
     until_ns: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> WhatIfReport:
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
-    inputs: list[AnyEvent] = []
-    for fam, subject in INPUTS:
-        got = await read_events(nc, fam.stream(source_prefix), f"{source_prefix}.{subject}", until_ns)
-        say(f"read {len(got):,} recorded events from {fam.stream(source_prefix)}")
-        inputs.extend(got)
-    inputs.sort(key=lambda e: (e.ts_event, e.event_id))  # one timeline across the input streams
-    derived = run_chain(handlers, inputs, source_prefix)
+    per_stream: list[list[AnyEvent]] = []
+    for t in INPUTS:
+        got = await _recorded(nc, source_prefix, [t], until_ns)
+        say(f"read {len(got):,} recorded {t.__name__} events")
+        per_stream.append(got)
+    # One timeline: streams merged by event time, each kept in its own stored order.
+    inputs = list(heapq.merge(*per_stream, key=lambda e: e.ts_event))
+    effects = {t for c in components for t in c.emits if c.kind == "gateway"}
+    recorded_effects = await _recorded(nc, source_prefix, sorted(effects, key=lambda t: t.__name__), until_ns)
+    runner = InProcessRunner(components, source_prefix, recorded=recorded_effects)
+    derived = await runner.run(inputs)
     say(f"{len(derived):,} derived events; publishing under {target_prefix}")
     await provision(nc, target_prefix)
     pub = await Publisher(nc, target_prefix, role="what-if").start()
@@ -131,16 +118,10 @@ async def what_if(
     finally:
         await pub.close()
     recorded = [
-        e
-        for e in await read_events(nc, DECISION.stream(source_prefix), f"{source_prefix}.decision.>", until_ns)
-        if isinstance(e, DecisionEnvelope)
+        e for e in await _recorded(nc, source_prefix, [DecisionEnvelope], until_ns) if isinstance(e, DecisionEnvelope)
     ]
     mine = [e for e in derived if isinstance(e, DecisionEnvelope)]
-    bars = [
-        e
-        for e in await read_events(nc, MD.stream(source_prefix), f"{source_prefix}.md.bar.>", until_ns)
-        if isinstance(e, Bar)
-    ]
+    bars = [e for e in await _recorded(nc, source_prefix, [Bar], until_ns) if isinstance(e, Bar)]
     before = {(d.target.ticker, d.ts_event): d.synthesis.verdict for d in recorded}
     after = {(d.target.ticker, d.ts_event): d.synthesis.verdict for d in mine}
     changes = [

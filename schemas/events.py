@@ -8,11 +8,11 @@ Prices are floats in the instrument's quote currency; times are UNIX nanoseconds
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from schemas.subjects import encode_token, tick_subject
+from schemas.subjects import SubjectTemplate
 
 Direction = Literal["BULLISH", "BEARISH", "NEUTRAL"]
 Verdict = Literal["BUY", "HOLD", "SELL"]
@@ -31,11 +31,24 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     causation_id: str = ""
     version: int = 1
 
-    family: ClassVar[str]
+    subject_template: ClassVar[str]  # relative to the prefix, e.g. "md.bar.{interval}.{symbol}"
+    family: ClassVar[str]  # the stream family: the template's first token
+    _subject: ClassVar[SubjectTemplate]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "subject_template" in cls.__dict__:
+            cls._subject = SubjectTemplate(cls.subject_template)
+            cls.family = cls._subject.family
 
     def subject(self, prefix: str) -> str:
         """The subject this event is published on under ``prefix``."""
-        raise NotImplementedError
+        return self._subject.render(self, prefix)
+
+    @classmethod
+    def subject_pattern(cls, prefix: str, **fixed: str) -> str:
+        """The filter subject that consumes this type (``fixed`` narrows named tokens)."""
+        return cls._subject.pattern(prefix, **fixed)
 
     @property
     def tag(self) -> str:
@@ -52,7 +65,7 @@ class Tick(Event, frozen=True, kw_only=True, tag="tick"):
     the tick's deterministic id, so a restarted feed republishes the same ids.
     """
 
-    family: ClassVar[str] = "md"
+    subject_template: ClassVar[str] = "md.tick.{venue}.{symbol}"
     venue: str
     symbol: str
     account: str = ""
@@ -63,9 +76,6 @@ class Tick(Event, frozen=True, kw_only=True, tag="tick"):
     volume_real: float = 0.0
     flags: int = 0
     seq: int = 0
-
-    def subject(self, prefix: str) -> str:
-        return tick_subject(prefix, self.venue, self.symbol)
 
     @property
     def price(self) -> float:
@@ -80,7 +90,7 @@ class Tick(Event, frozen=True, kw_only=True, tag="tick"):
 class Bar(Event, frozen=True, kw_only=True, tag="bar"):
     """An OHLCV bar; ``ts_event`` is the bar's close time (``start_ns + interval``)."""
 
-    family: ClassVar[str] = "md"
+    subject_template: ClassVar[str] = "md.bar.{interval}.{symbol}"
     symbol: str
     interval: str
     start_ns: int
@@ -92,9 +102,6 @@ class Bar(Event, frozen=True, kw_only=True, tag="bar"):
     ticks: int = 0
     venue: str = ""
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.md.bar.{self.interval}.{encode_token(self.symbol)}"
-
 
 # ---------------------------------------------------------------- ops
 
@@ -102,7 +109,7 @@ class Bar(Event, frozen=True, kw_only=True, tag="bar"):
 class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
     """A feed is alive; ``lag_ns`` is now minus the newest tick time, ``stale`` while disconnected."""
 
-    family: ClassVar[str] = "ops"
+    subject_template: ClassVar[str] = "ops.heartbeat.{feed}"
     feed: str
     interval_s: float
     lag_ns: int = 0
@@ -111,14 +118,11 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
     symbols: int = 0
     events_since_last: int = 0
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.ops.heartbeat.{encode_token(self.feed)}"
-
 
 class Alert(Event, frozen=True, kw_only=True, tag="alert"):
     """Something a human should know. ``key`` groups an alert with its later ``resolved`` one."""
 
-    family: ClassVar[str] = "ops"
+    subject_template: ClassVar[str] = "ops.alert.{severity}"
     severity: Severity
     kind: str
     key: str
@@ -127,14 +131,11 @@ class Alert(Event, frozen=True, kw_only=True, tag="alert"):
     feed: str = ""
     symbol: str = ""
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.ops.alert.{self.severity}"
-
 
 class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
     """A message a consumer could not process: where it is in its stream, and why."""
 
-    family: ClassVar[str] = "ops"
+    subject_template: ClassVar[str] = "ops.deadletter.{stream:lower}"
     stream: str
     stream_seq: int
     subject_of_message: str
@@ -143,33 +144,36 @@ class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
     deliveries: int = 1
     payload: str = ""  # the message body, truncated to 4 KiB, decoded with replacement
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.ops.deadletter.{encode_token(self.stream.lower())}"
-
 
 class ModelDeployed(Event, frozen=True, kw_only=True, tag="model_deployed"):
     """A model version became the live one (atomic swap); replay uses the version recorded here."""
 
-    family: ClassVar[str] = "ops"
+    subject_template: ClassVar[str] = "ops.model.{model}"
     model: str
     model_version: str
     sha256: str
     path: str = ""
     previous_version: str = ""
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.ops.model.{encode_token(self.model)}"
-
 
 class ClockTick(Event, frozen=True, kw_only=True, tag="clock_tick"):
     """A schedule fired (e.g. the weekly rebalance); time enters the system only as an event."""
 
-    family: ClassVar[str] = "ops"
+    subject_template: ClassVar[str] = "ops.clock.{schedule}"
     schedule: str
     scheduled_ns: int
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.ops.clock.{encode_token(self.schedule)}"
+
+class Notification(Event, frozen=True, kw_only=True, tag="notification"):
+    """The record of an alert sent to a channel (a webhook): what the notifier gateway did, once."""
+
+    subject_template: ClassVar[str] = "ops.notify.{channel}"
+    channel: str
+    alert_id: str
+    alert_key: str
+    delivered: bool
+    detail: str = ""  # why it was not delivered (filtered by severity, refused by the endpoint)
+    attempts: int = 0
 
 
 # ---------------------------------------------------------------- news and intelligence
@@ -178,7 +182,7 @@ class ClockTick(Event, frozen=True, kw_only=True, tag="clock_tick"):
 class NewsItem(Event, frozen=True, kw_only=True, tag="news_item"):
     """An article or headline. Version 2 replaced v1's single ``ticker`` with ``tickers``."""
 
-    family: ClassVar[str] = "news"
+    subject_template: ClassVar[str] = "news.{provider}"
     version: int = 2
     provider: str
     article_id: str
@@ -188,14 +192,11 @@ class NewsItem(Event, frozen=True, kw_only=True, tag="news_item"):
     url: str = ""
     published_ns: int = 0
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.news.{encode_token(self.provider)}"
-
 
 class LlmCall(Event, frozen=True, kw_only=True, tag="llm_call"):
     """One LLM request and its raw reply, recorded so replay never calls a provider again."""
 
-    family: ClassVar[str] = "intel"
+    subject_template: ClassVar[str] = "intel.llm.{provider}"
     provider: str
     model: str
     prompt_version: str
@@ -208,14 +209,11 @@ class LlmCall(Event, frozen=True, kw_only=True, tag="llm_call"):
     input_tokens: int = 0
     output_tokens: int = 0
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.intel.llm.{encode_token(self.provider)}"
-
 
 class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
     """A validated ``{ticker, score, relevance, impact}`` (each score in [-1, 1])."""
 
-    family: ClassVar[str] = "intel"
+    subject_template: ClassVar[str] = "intel.sentiment.{ticker}"
     ticker: str
     score: float
     relevance: float
@@ -227,14 +225,11 @@ class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
     model: str = ""
     neutral_fallback: bool = False
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.intel.sentiment.{encode_token(self.ticker)}"
-
 
 class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
     """Features of a symbol at a bar: numeric features, market phase, confidence, nudges."""
 
-    family: ClassVar[str] = "intel"
+    subject_template: ClassVar[str] = "intel.enrichment.{symbol}"
     symbol: str
     interval: str
     features: dict[str, float] = {}
@@ -242,14 +237,11 @@ class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
     confidence: float = 0.0
     nudges: list[str] = []
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.intel.enrichment.{encode_token(self.symbol)}"
-
 
 class Signal(Event, frozen=True, kw_only=True, tag="signal"):
     """One agent's view of a symbol; ``strength`` in [-1, 1], ``confidence`` in [0, 1]."""
 
-    family: ClassVar[str] = "intel"
+    subject_template: ClassVar[str] = "intel.signal.{symbol}"
     symbol: str
     agent: str
     domain: str
@@ -259,9 +251,6 @@ class Signal(Event, frozen=True, kw_only=True, tag="signal"):
     summary: str = ""
     key_factors: list[str] = []
     metrics: dict[str, float] = {}
-
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.intel.signal.{encode_token(self.symbol)}"
 
 
 # ---------------------------------------------------------------- decisions
@@ -293,35 +282,27 @@ class AgentSignal(msgspec.Struct, frozen=True, kw_only=True):
 class DecisionEnvelope(Event, frozen=True, kw_only=True, tag="decision"):
     """The versioned verdict on a symbol; the latest per symbol is also in the decisions KV bucket."""
 
-    family: ClassVar[str] = "decision"
+    subject_template: ClassVar[str] = "decision.{target.ticker}"
     target: Target
     synthesis: Synthesis
     agent_signals: list[AgentSignal] = []
     source_metrics: dict[str, float] = {}
     phase_timings: dict[str, float] = {}  # milliseconds per phase
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.decision.{encode_token(self.target.ticker)}"
-
 
 # ---------------------------------------------------------------- orders
 
 
 class _OrderEvent(Event, frozen=True, kw_only=True):
-    family: ClassVar[str] = "order"
-    _stage: ClassVar[str] = ""
     account: str
     symbol: str
     client_order_id: str
-
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.order.{self._stage}.{encode_token(self.account)}.{encode_token(self.symbol)}"
 
 
 class OrderIntent(_OrderEvent, frozen=True, kw_only=True, tag="order_intent"):
     """What we want to trade; ``client_order_id`` derives from the decision, one broker order per intent."""
 
-    _stage: ClassVar[str] = "intent"
+    subject_template: ClassVar[str] = "order.intent.{account}.{symbol}"
     side: Side
     quantity: float
     order_type: Literal["MARKET", "LIMIT"] = "MARKET"
@@ -331,24 +312,24 @@ class OrderIntent(_OrderEvent, frozen=True, kw_only=True, tag="order_intent"):
 
 
 class OrderSubmitted(_OrderEvent, frozen=True, kw_only=True, tag="order_submitted"):
-    _stage: ClassVar[str] = "submitted"
+    subject_template: ClassVar[str] = "order.submitted.{account}.{symbol}"
     broker: str
 
 
 class OrderAccepted(_OrderEvent, frozen=True, kw_only=True, tag="order_accepted"):
-    _stage: ClassVar[str] = "accepted"
+    subject_template: ClassVar[str] = "order.accepted.{account}.{symbol}"
     broker: str
     broker_order_id: str
 
 
 class OrderRejected(_OrderEvent, frozen=True, kw_only=True, tag="order_rejected"):
-    _stage: ClassVar[str] = "rejected"
+    subject_template: ClassVar[str] = "order.rejected.{account}.{symbol}"
     broker: str
     reason: str
 
 
 class OrderFilled(_OrderEvent, frozen=True, kw_only=True, tag="order_filled"):
-    _stage: ClassVar[str] = "filled"
+    subject_template: ClassVar[str] = "order.filled.{account}.{symbol}"
     broker: str
     fill_id: str
     side: Side
@@ -358,7 +339,7 @@ class OrderFilled(_OrderEvent, frozen=True, kw_only=True, tag="order_filled"):
 
 
 class OrderCancelled(_OrderEvent, frozen=True, kw_only=True, tag="order_cancelled"):
-    _stage: ClassVar[str] = "cancelled"
+    subject_template: ClassVar[str] = "order.cancelled.{account}.{symbol}"
     broker: str
     reason: str = ""
 
@@ -369,7 +350,7 @@ class OrderCancelled(_OrderEvent, frozen=True, kw_only=True, tag="order_cancelle
 class RiskCheck(Event, frozen=True, kw_only=True, tag="risk_check"):
     """A pre-trade or portfolio check (Expected Shortfall, correlation, exposure...)."""
 
-    family: ClassVar[str] = "risk"
+    subject_template: ClassVar[str] = "risk.check.{check}"
     check: str
     symbol: str = ""
     account: str = ""
@@ -378,33 +359,24 @@ class RiskCheck(Event, frozen=True, kw_only=True, tag="risk_check"):
     limit: float = 0.0
     detail: str = ""
 
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.risk.check.{encode_token(self.check)}"
-
 
 class CircuitBreakerTripped(Event, frozen=True, kw_only=True, tag="breaker_tripped"):
     """Trading halted for ``scope`` until a human resumes it."""
 
-    family: ClassVar[str] = "risk"
+    subject_template: ClassVar[str] = "risk.breaker.{breaker}"
     breaker: str
     scope: str = "all"
     reason: str
-
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.risk.breaker.{encode_token(self.breaker)}"
 
 
 class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resumed"):
     """Manual resume; ``operator`` is who did it."""
 
-    family: ClassVar[str] = "risk"
+    subject_template: ClassVar[str] = "risk.breaker.{breaker}"
     breaker: str
     scope: str = "all"
     operator: str
     note: str = ""
-
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.risk.breaker.{encode_token(self.breaker)}"
 
 
 class PlanItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -420,12 +392,9 @@ class PlanItem(msgspec.Struct, frozen=True, kw_only=True):
 class RebalancePlan(Event, frozen=True, kw_only=True, tag="rebalance_plan"):
     """The weekly rebalance: momentum + weighted sentiment -> actions -> delta quantities."""
 
-    family: ClassVar[str] = "risk"
+    subject_template: ClassVar[str] = "risk.rebalance.{account}"
     account: str
     items: list[PlanItem] = []
-
-    def subject(self, prefix: str) -> str:
-        return f"{prefix}.risk.rebalance.{encode_token(self.account)}"
 
 
 AnyEvent = (
@@ -436,6 +405,7 @@ AnyEvent = (
     | DeadLetter
     | ModelDeployed
     | ClockTick
+    | Notification
     | NewsItem
     | LlmCall
     | SentimentScore
@@ -462,6 +432,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeadLetter,
     ModelDeployed,
     ClockTick,
+    Notification,
     NewsItem,
     LlmCall,
     SentimentScore,

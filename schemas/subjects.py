@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-]+")
 _ESCAPED = re.compile(r"=([0-9A-F]{2})")
+_TEMPLATE_TOKEN = re.compile(r"\{[^}]*\}|[^.]+")
 _PREFIX = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*")
 
 
@@ -91,9 +92,51 @@ def family_of(subject: str, prefix: str) -> StreamFamily:
     raise ValueError(f"subject {subject!r} belongs to no stream family under {prefix!r}")
 
 
-def tick_subject(prefix: str, venue: str, symbol: str) -> str:
-    """``<prefix>.md.tick.<venue>.<symbol>``: where a venue's ticks of a symbol are published."""
-    return f"{prefix}.md.tick.{encode_token(venue)}.{encode_token(symbol)}"
+class SubjectTemplate:
+    """The one subject grammar: an event class declares ``family.kind.{field}.{field}``, relative to the prefix.
+
+    ``{a.b}`` reads a nested field, ``{x:lower}`` lower-cases it; every field token goes through
+    :func:`encode_token`, so any value is exactly one token. The same template gives an event's
+    subject (:meth:`render`) and the filter that consumes the type (:meth:`pattern`), so no
+    subject string is written anywhere else.
+    """
+
+    __slots__ = ("_fields", "_fmt", "family", "template")
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.family = template.split(".", 1)[0]
+        parts: list[str] = []
+        self._fields: list[tuple[str, tuple[str, ...], bool]] = []  # (name, attribute path, lower)
+        for tok in _TEMPLATE_TOKEN.findall(template):
+            if tok.startswith("{") and tok.endswith("}"):
+                name, _, flag = tok[1:-1].partition(":")
+                self._fields.append((name, tuple(name.split(".")), flag == "lower"))
+                parts.append("{}")
+            else:
+                parts.append(tok)
+        self._fmt = "{}." + ".".join(parts)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self._fields)
+
+    def render(self, event: object, prefix: str) -> str:
+        values = []
+        for _, path, lower in self._fields:
+            v: object = event
+            for attr in path:
+                v = getattr(v, attr)
+            text = str(v)
+            values.append(encode_token(text.lower() if lower else text))
+        return self._fmt.format(prefix, *values)
+
+    def pattern(self, prefix: str, **fixed: str) -> str:
+        """The subject filter for this type; ``fixed`` narrows named fields (``interval="1m"``)."""
+        unknown = set(fixed) - set(self.fields)
+        if unknown:
+            raise ValueError(f"{self.template!r} has no field(s) {sorted(unknown)}")
+        return self._fmt.format(prefix, *(encode_token(fixed[n]) if n in fixed else "*" for n in self.fields))
 
 
 def decisions_bucket(prefix: str) -> str:

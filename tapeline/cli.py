@@ -33,7 +33,7 @@ from replay.rebuild import verify
 from schemas.codec import decode
 from schemas.events import DecisionEnvelope
 from schemas.export import export_json_schemas
-from schemas.subjects import FAMILIES, OPS, decisions_bucket, encode_token
+from schemas.subjects import FAMILIES, decisions_bucket, encode_token
 from tapeline.config import ConfigError, Settings, load_settings
 from tapeline.feeds import feed_app
 from tapeline.pipeline import ROLES, Pipeline
@@ -116,13 +116,7 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
     pipeline = Pipeline(
-        nc,
-        s.prefix,
-        handlers=s.handlers,
-        db_path=s.duckdb_path,
-        roles=ROLES,
-        retention=s.retention,
-        watchdog=s.feeds.watchdog,
+        nc, s.prefix, configs=s.components(), db_path=s.duckdb_path, selected=ROLES, retention=s.retention
     )
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
@@ -152,7 +146,7 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     with Live(progress, console=console, refresh_per_second=8):
         while True:
             await asyncio.sleep(0.25)
-            made = {r.durable: getattr(r.sink, "emitted", 0) for r in pipeline.runtimes}
+            made = {r.component.name: sum(getattr(k, "emitted", 0) for k in r.sinks) for r in pipeline.runners}
             committed = sum(sink.events for sink in pipeline.sinks)
             progress.update(
                 t_feed,
@@ -162,8 +156,8 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
             progress.update(
                 t_proj,
                 completed=committed,
-                info=f"made {made.get('h_bars_md', 0):,} bars → {made.get('h_momentum_md', 0):,} signals → "
-                f"{made.get('h_decision_intel', 0):,} decisions; {committed:,} rows committed",
+                info=f"made {made.get('bars', 0):,} bars → {made.get('momentum', 0):,} signals → "
+                f"{made.get('decision', 0):,} decisions; {committed:,} rows committed",
             )
             if feed_task.done():
                 if feed_task.exception():
@@ -189,13 +183,13 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
 
 async def _caught_up(api: JetStreamApi, pipeline: Pipeline) -> bool:
     """Every handler idle with nothing pending, every projection at its stream's last sequence."""
-    if not all(r.idle.is_set() for r in pipeline.runtimes):
+    if not all(r.idle.is_set() for r in pipeline.consumers):
         return False
     for sink in pipeline.sinks:
         info = await api.stream_info(sink.stream)
         if info and int(info["state"]["last_seq"]) > sink.last_seq:
             return False
-    for rt in pipeline.runtimes:
+    for rt in pipeline.consumers:
         ci = await api.consumer_info(rt.stream, rt.durable)
         if ci and (ci.get("num_pending") or ci.get("num_ack_pending")):
             return False
@@ -248,27 +242,34 @@ def _print_checks(checks: list[Any], events: int, seconds: float) -> None:
 def up(
     config: ConfigOpt = Path("tapeline.toml"),
     nats: NatsOpt = "",
-    only: Annotated[list[str] | None, typer.Option("--only", help=f"roles to run: {', '.join(ROLES)}")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help=f"roles ({', '.join(ROLES)}) or component names to run")
+    ] = None,
+    standby: Annotated[
+        bool, typer.Option("--standby/--no-standby", help="wait while another process runs an ordered role")
+    ] = True,
     prefix: PrefixOpt = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off)")] = None,
 ) -> None:
     """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully)."""
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
     serve_metrics(s.metrics_port)
-    asyncio.run(_up(s, tuple(only or ROLES)))
+    asyncio.run(_up(s, tuple(only or ROLES), standby))
 
 
-async def _up(s: Settings, roles: tuple[str, ...]) -> None:
+async def _up(s: Settings, roles: tuple[str, ...], standby: bool) -> None:
+    from bus.lease import LeaseHeld, LeaseLost
+
     async with nats_session(s.nats_url, s.data_path, name="tapeline-up") as (nc, url):
         try:
             pipeline = Pipeline(
                 nc,
                 s.prefix,
-                handlers=s.handlers,
+                configs=s.components(),
                 db_path=s.duckdb_path,
-                roles=roles,
+                selected=roles,
                 retention=s.retention,
-                watchdog=s.feeds.watchdog,
+                standby=standby,
             )
         except ValueError as e:
             console.print(f"[red]{e}[/]")
@@ -278,7 +279,6 @@ async def _up(s: Settings, roles: tuple[str, ...]) -> None:
         except ReadModelChanged as e:  # refused at start: the user rebuilds it
             await pipeline.stop()
             _refused(e)
-        extras = await _side_processes(nc, s, roles)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -286,47 +286,13 @@ async def _up(s: Settings, roles: tuple[str, ...]) -> None:
         console.print(f"[bold]tapeline up[/] on {url} prefix={s.prefix} roles={','.join(roles)}; Ctrl-C to stop")
         waiter = asyncio.create_task(pipeline.wait())
         await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        for task in extras:
-            task.cancel()
-        await asyncio.gather(*extras, return_exceptions=True)
         await pipeline.stop()
-        if waiter.done() and waiter.exception():
-            raise waiter.exception()  # type: ignore[misc]
-
-
-async def _side_processes(nc: Any, s: Settings, roles: tuple[str, ...]) -> list[asyncio.Task[Any]]:
-    """With the handlers: the watchdog's clock, and the webhook notifier when its URL is in the environment."""
-    import os
-
-    from adapters.alerts import AlertNotifierSink, ClockFeed, WebhookNotifier
-    from bus.runtime import ConsumerRuntime
-
-    if "handlers" not in roles:
-        return []
-    publisher = await Publisher(nc, s.prefix, role="ops").start()
-    clock = ClockFeed("watchdog", s.feeds.watchdog.clock_s)
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(run_feed(clock, publisher))]
-    a = s.feeds.alerts
-    url = os.environ.get(a.webhook_url_env, "")
-    if url:
-        notifier = WebhookNotifier(
-            url,
-            retries=a.retries,
-            backoff_s=a.backoff_s,
-            timeout_s=a.timeout_s,
-            min_severity=a.min_severity,
-            username=a.username,
-        )
-        rt = ConsumerRuntime(
-            nc,
-            publisher,
-            stream=OPS.stream(s.prefix),
-            durable="alert_webhook",
-            filter_subjects=[f"{s.prefix}.ops.alert.>"],
-            sink=AlertNotifierSink(notifier),
-        )
-        tasks.append(asyncio.create_task(rt.run()))
-    return tasks
+        if waiter.done() and not waiter.cancelled() and waiter.exception():
+            exc = waiter.exception()
+            if isinstance(exc, LeaseHeld | LeaseLost):
+                console.print(f"[red]{exc}[/]")
+                raise typer.Exit(2)
+            raise exc  # type: ignore[misc]
 
 
 @app.command()
@@ -556,17 +522,14 @@ def what_if_cmd(
     until: Annotated[str | None, typer.Option(help="only inputs recorded up to this time (ISO 8601, UTC)")] = None,
     show: Annotated[int, typer.Option(help="verdict changes to list")] = 20,
 ) -> None:
-    """Replay recorded inputs through another handler configuration and diff the decisions."""
+    """Replay recorded inputs through another configuration of the system and diff the decisions."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
-    h = s.handlers
-    interval = momentum_interval or h.momentum_interval
-    alt = msgspec.structs.replace(
-        h,
-        momentum_window=momentum_window or h.momentum_window,
-        momentum_interval=interval,
-        bar_intervals=sorted({*h.bar_intervals, interval}),
-        decision_threshold=h.decision_threshold if threshold is None else threshold,
-    )
+    alt = s.components()
+    m, b, d = alt["momentum"], alt["bars"], alt["decision"]
+    interval = momentum_interval or m.interval
+    alt["momentum"] = msgspec.structs.replace(m, window=momentum_window or m.window, interval=interval)
+    alt["bars"] = msgspec.structs.replace(b, intervals=sorted({*b.intervals, interval}))
+    alt["decision"] = d if threshold is None else msgspec.structs.replace(d, threshold=threshold)
     target = f"{s.prefix}-whatif-{name}"
     until_ns = _parse_time(until) if until else None
     asyncio.run(_what_if(s, alt, target, until_ns, show))
@@ -574,10 +537,10 @@ def what_if_cmd(
 
 async def _what_if(s: Settings, alt: Any, target: str, until_ns: int | None, show: int) -> None:
     from replay.whatif import what_if
-    from tapeline.pipeline import build_handlers
+    from tapeline.system import build
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-whatif") as (nc, _):
-        report = await what_if(nc, s.prefix, target, build_handlers(alt), until_ns=until_ns, progress=console.print)
+        report = await what_if(nc, s.prefix, target, build(alt), until_ns=until_ns, progress=console.print)
     console.print(
         f"what-if [bold]{target}[/]: {report.inputs:,} recorded inputs → {report.derived:,} derived events "
         f"in {report.seconds:.1f}s; decisions {report.decisions_recorded:,} recorded vs {report.decisions_what_if:,}"

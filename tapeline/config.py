@@ -6,24 +6,18 @@ A bad value stops start-up with a message naming the key and how to fix it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from adapters.config import FeedConfigError, FeedsConfig, validate_feeds
 from bus.topology import Retention
 from schemas.subjects import validate_prefix
+from tapeline.system import COMPONENTS
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and the fix."""
-
-
-class HandlersConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    bar_intervals: list[str] = msgspec.field(default_factory=lambda: ["1m"])
-    momentum_interval: str = "1m"
-    momentum_window: int = 20
-    decision_threshold: float = 0.25
-    decision_weights: dict[str, float] = msgspec.field(default_factory=lambda: {"momentum": 1.0, "sentiment": 1.0})
 
 
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,6 +28,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The fixed sections; a loaded file also has one section per declared component (``[bars]``, ...)."""
+
     prefix: str = "tape"
     nats_url: str = ""  # empty: embedded server; secrets via TAPELINE_NATS_* env vars
     data_dir: str = ".tapeline"
@@ -41,7 +37,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: str = "info"
     batch_ticks: bool = False
     retention: Retention = Retention()
-    handlers: HandlersConfig = HandlersConfig()
     sim: SimConfig = SimConfig()
     feeds: FeedsConfig = FeedsConfig()
 
@@ -57,6 +52,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def vectors_path(self) -> Path:
         return self.data_path / "projections" / "vectors"
 
+    def components(self) -> dict[str, Any]:
+        """Each declared component's configuration, by component name."""
+        return {c.name: getattr(self, c.name) for c in COMPONENTS}
+
+
+# What a file decodes into: Settings plus one section per declared component.
+_WithComponents: type[Settings] = msgspec.defstruct(  # type: ignore[assignment]
+    "Settings",
+    [(c.name, c.Config, msgspec.field(default_factory=c.Config)) for c in COMPONENTS],
+    bases=(Settings,),
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+)
+
+_MOVED = {
+    "handlers": "[handlers] was split by component: use [bars] intervals, [momentum] window/interval, "
+    "[decision] threshold/weights (see tapeline.example.toml)",
+}
+
 
 def _check(s: Settings) -> Settings:
     try:
@@ -65,22 +80,11 @@ def _check(s: Settings) -> Settings:
         raise ConfigError(f"prefix: {e}") from None
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError(f"metrics_port: {s.metrics_port} is not a port; use 0 to disable or e.g. 9464")
-    from schemas.intervals import interval_ns
-
-    for key, iv in [("handlers.bar_intervals", x) for x in s.handlers.bar_intervals] + [
-        ("handlers.momentum_interval", s.handlers.momentum_interval)
-    ]:
-        try:
-            interval_ns(iv)
-        except ValueError as e:
-            raise ConfigError(f"{key}: {e}") from None
-    if s.handlers.momentum_interval not in s.handlers.bar_intervals:
+    momentum, bars = s.components()["momentum"], s.components()["bars"]
+    if momentum.interval not in bars.intervals:
         raise ConfigError(
-            f"handlers.momentum_interval: {s.handlers.momentum_interval!r} is not produced; "
-            f"add it to handlers.bar_intervals {s.handlers.bar_intervals}"
+            f"momentum.interval: {momentum.interval!r} is not produced; add it to bars.intervals {bars.intervals}"
         )
-    if s.handlers.momentum_window < 2:
-        raise ConfigError("handlers.momentum_window: must be at least 2")
     try:
         validate_feeds(s.feeds)
     except FeedConfigError as e:
@@ -97,8 +101,11 @@ def load_settings(path: Path | None = None, **overrides: object) -> Settings:
         except msgspec.DecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    for key, why in _MOVED.items():
+        if key in raw:
+            raise ConfigError(f"{path or 'settings'}: {why}")
     try:
-        settings = msgspec.convert(raw, Settings)
+        settings = msgspec.convert(raw, _WithComponents)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{path or 'settings'}: {e} (see tapeline.example.toml for valid keys)") from None
     return _check(settings)

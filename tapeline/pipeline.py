@@ -1,161 +1,173 @@
-"""Which processes run: handlers and projections wired onto the bus for one prefix.
+"""The JetStream runner of the declared system (``tapeline.system``) for one prefix.
 
-``roles`` selects what this process runs ("handlers", "projector"), so the same code serves the
-all-in-one demo and separate processes that fail, lag and scale independently.
+``selected`` picks what this process runs: roles (``handlers``, ``notifier``, ``projector``,
+``vectors``) or single components by name, so the same code serves the all-in-one demo and
+separate processes that fail, lag and scale independently. Feeds run as tasks, handlers and
+gateways through :class:`bus.components.ComponentRunner`, read models as ordered consumers behind
+a lease. Every consumer name comes from the declaration.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from adapters.config import WatchdogConfig
+from adapters.runner import run_feed
+from bus.components import ComponentRunner, snapshots_stream_config
+from bus.jetstream import JetStreamApi
+from bus.lease import Lease, leases_stream_config
 from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime, ReactionSink
+from bus.runtime import ConsumerRuntime
 from bus.topology import Retention, provision
-from handlers.bars import BarAggregator
-from handlers.base import Handler
-from handlers.decision import DecisionSynthesis
-from handlers.momentum import MomentumSignal
-from handlers.watchdog import HeartbeatWatchdog
 from projections.duckdb import ProjectionDb, ProjectionSink
 from projections.query import QueryService
-from projections.runtimes import projection_runtimes, vector_runtimes
-from schemas.subjects import FAMILIES, StreamFamily
-from tapeline.config import HandlersConfig
+from projections.runtimes import Binding, projection_bindings, vector_bindings
+from schemas.components import Component, Feed, Gateway, Handler
+from tapeline.system import ROLES, build, check_selection
 
 if TYPE_CHECKING:  # LanceDB and the model runtime take a second to import: only the vectors role pays it
     from projections.vectors import VectorSink
 
 log = structlog.get_logger("tapeline")
-ROLES = ("handlers", "projector", "vectors")
-
-
-def build_handlers(cfg: HandlersConfig, watchdog: WatchdogConfig | None = None) -> list[Handler]:
-    wd = watchdog or WatchdogConfig()
-    return [
-        BarAggregator(cfg.bar_intervals),
-        MomentumSignal(window=cfg.momentum_window, interval=cfg.momentum_interval),
-        DecisionSynthesis(weights=cfg.decision_weights, threshold=cfg.decision_threshold),
-        HeartbeatWatchdog(wd.expected, missed_intervals=wd.missed_intervals),
-    ]
-
-
-def _by_family(subjects: Sequence[str]) -> dict[StreamFamily, list[str]]:
-    out: dict[StreamFamily, list[str]] = defaultdict(list)
-    for s in subjects:
-        head = s.split(".", 1)[0]
-        fam = next((f for f in FAMILIES if f.key == head), None)
-        if fam is None:
-            raise ValueError(f"subject {s!r} is in no stream family")
-        out[fam].append(s)
-    return out
-
-
-def handler_runtimes(nc: Client, publisher: Publisher, prefix: str, handler: Handler) -> list[ConsumerRuntime]:
-    sink = ReactionSink(handler, publisher)
-    runtimes = []
-    for fam, subjects in _by_family(handler.subjects).items():
-        runtimes.append(
-            ConsumerRuntime(
-                nc,
-                publisher,
-                stream=fam.stream(prefix),
-                durable=f"h_{handler.name}_{fam.key}",
-                filter_subjects=[f"{prefix}.{s}" for s in subjects],
-                sink=sink,
-                ack_policy="all" if handler.warmup_s > 0 else "explicit",
-                batch=1000,
-                warmup=handler if handler.warmup_s else None,
-                warmup_s=handler.warmup_s,
-                ordered=handler.warmup_s > 0,
-            )
-        )
-    return runtimes
+LEASE_TTL_S = 15.0
 
 
 def swap_subject(prefix: str) -> str:
     return f"{prefix}.svc.swap"
 
 
+async def provision_system(nc: Client, prefix: str, retention: Retention | None = None) -> None:
+    """Streams, the decisions bucket, and the leases and snapshots buckets the runner needs."""
+    r = retention or Retention()
+    await provision(nc, prefix, r)
+    api = JetStreamApi(nc)
+    await api.ensure_stream(leases_stream_config(prefix, LEASE_TTL_S, r.replicas))
+    await api.ensure_stream(snapshots_stream_config(prefix, r.replicas))
+
+
 class Pipeline:
-    """Start/stop a set of consumer runtimes as asyncio tasks, with a graceful drain."""
+    """Start/stop the selected part of the system as asyncio tasks, with a graceful drain."""
 
     def __init__(
         self,
         nc: Client,
         prefix: str,
         *,
-        handlers: HandlersConfig,
+        configs: Mapping[str, Any],
         db_path: Path,
-        roles: Sequence[str] = ("handlers", "projector"),
+        selected: Sequence[str] = ("handlers", "projector"),
         vectors_path: Path | None = None,
         retention: Retention | None = None,
-        watchdog: WatchdogConfig | None = None,
+        standby: bool = True,
     ) -> None:
-        bad = set(roles) - set(ROLES)
-        if bad:
-            raise ValueError(f"unknown role(s) {sorted(bad)}: choose from {ROLES}")
+        check_selection(selected)
         self.nc = nc
         self.prefix = prefix
-        self.handlers_cfg = handlers
         self.db_path = db_path
         self.vectors_path = vectors_path or db_path.parent / "vectors"  # as Settings.vectors_path
-        self.vector_sinks: list[VectorSink] = []
-        self.roles = tuple(roles)
+        self.selected = tuple(selected)
         self.retention = retention
-        self.watchdog = watchdog
-        self.runtimes: list[ConsumerRuntime] = []
+        self.standby = standby
+        self.components: list[Component] = [c for c in build(configs, self.selected) if c.active()]
+        self.runners: list[ComponentRunner] = []
+        self.runtimes: list[ConsumerRuntime] = []  # read models (component runtimes live in their runners)
         self.sinks: list[ProjectionSink] = []
-        self.handlers: list[Handler] = []
+        self.vector_sinks: list[VectorSink] = []
         self.db: ProjectionDb | None = None
         self.query: QueryService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._projection: list[tuple[ConsumerRuntime, asyncio.Task[None]]] = []
+        self._leases: list[Lease] = []
         self._swap_sub: object = None
+        self._stopping = False
         self.publisher = Publisher(nc, prefix, role="pipeline")
 
+    @property
+    def consumers(self) -> list[ConsumerRuntime]:
+        """Every consumer runtime running now (handlers, gateways, read models)."""
+        return [rt for r in self.runners for rt in r.runtimes] + self.runtimes
+
     async def start(self) -> None:
-        await provision(self.nc, self.prefix, self.retention)
+        await provision_system(self.nc, self.prefix, self.retention)
         await self.publisher.start()
-        if "handlers" in self.roles:
-            self.handlers = build_handlers(self.handlers_cfg, self.watchdog)
-            for h in self.handlers:
-                self.runtimes += handler_runtimes(self.nc, self.publisher, self.prefix, h)
-        if "vectors" in self.roles:
+        for c in self.components:
+            if isinstance(c, Feed):
+                self._tasks.append(asyncio.create_task(self._feed(c), name=c.name))
+            elif isinstance(c, Handler | Gateway):
+                runner = ComponentRunner(
+                    self.nc, self.publisher, c, self.prefix, standby=self.standby, lease_ttl_s=LEASE_TTL_S
+                )
+                self.runners.append(runner)
+                self._tasks.append(asyncio.create_task(runner.run(), name=c.name))
+        if "vectors" in self.selected:
             from projections.embedder import TextEmbedder
             from projections.vectors import VectorStore
 
-            store = VectorStore(self.vectors_path)
-            embedder = TextEmbedder()
-            for rt, vsink in vector_runtimes(self.nc, self.publisher, self.prefix, store, embedder):
-                self.runtimes.append(rt)
-                self.vector_sinks.append(vsink)
-        self._tasks = [asyncio.create_task(rt.run(), name=rt.durable) for rt in self.runtimes]
-        if "projector" in self.roles:
+            for b in vector_bindings(self.prefix, VectorStore(self.vectors_path), TextEmbedder()):
+                self.vector_sinks.append(b.sink)
+                self._start_read_model(b)
+        if "projector" in self.selected:
             self._open_projection()
             assert self.query is not None
             await self.query.start()
             self._swap_sub = await self.nc.subscribe(swap_subject(self.prefix), cb=self._on_swap)
-        log.info("pipeline started", prefix=self.prefix, roles=self.roles, consumers=[r.durable for r in self.runtimes])
+        await self._settled()
+        log.info(
+            "pipeline started", prefix=self.prefix, selected=self.selected, components=[c.name for c in self.components]
+        )
+
+    async def _settled(self) -> None:
+        """Until every runner's consumers run (or wait as standbys); a runner that failed raises."""
+        tasks = {t.get_name(): t for t in self._tasks}
+        for r in self.runners:
+            task = tasks[r.component.name]
+            settled = asyncio.create_task(r.settled.wait())
+            await asyncio.wait([settled, task], return_when=asyncio.FIRST_COMPLETED)
+            settled.cancel()
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+
+    async def _feed(self, feed: Feed) -> None:
+        await run_feed(feed, self.publisher)
+
+    def _start_read_model(self, b: Binding) -> tuple[ConsumerRuntime, asyncio.Task[None]]:
+        rt = ConsumerRuntime(self.nc, self.publisher, b.spec, b.sink, start_seq=b.start_seq)
+        self.runtimes.append(rt)
+        task = asyncio.create_task(self._leased(rt), name=b.spec.durable)
+        self._tasks.append(task)
+        return rt, task
+
+    async def _leased(self, rt: ConsumerRuntime) -> None:
+        """Run an ordered read-model consumer while holding its lease (a standby waits)."""
+        lease = Lease(self.nc, self.prefix, rt.durable, ttl_s=LEASE_TTL_S)
+        if not await lease.acquire(wait=self.standby, stopping=lambda: self._stopping or rt.loop.stopping):
+            return
+        keeper = asyncio.create_task(lease.keep())
+        run = asyncio.create_task(rt.run())
+        try:
+            done, _ = await asyncio.wait([run, keeper], return_when=asyncio.FIRST_COMPLETED)
+            if keeper in done:
+                rt.stop()
+                await run
+                keeper.result()  # raises LeaseLost
+            await run
+        finally:
+            keeper.cancel()
+            await lease.release()
 
     def _open_projection(self) -> None:
         self.db = ProjectionDb(self.db_path)
         self.sinks = []
-        for rt, sink in projection_runtimes(self.nc, self.publisher, self.prefix, self.db):
-            task = asyncio.create_task(rt.run(), name=rt.durable)
-            self._projection.append((rt, task))
-            self.runtimes.append(rt)
-            self._tasks.append(task)
-            self.sinks.append(sink)
+        for b in projection_bindings(self.prefix, self.db):
+            self._projection.append(self._start_read_model(b))
+            self.sinks.append(b.sink)
         if self.query is None:
             self.query = QueryService(self.nc, self.prefix, self.db.con)
         self.query.con = self.db.con
@@ -189,21 +201,36 @@ class Pipeline:
             await msg.respond(f"error: {e}".encode())
 
     async def wait(self) -> None:
-        """Until a runtime fails (re-raised) or all stop."""
+        """Until a task fails (re-raised) or all stop."""
+        if not self._tasks:
+            await asyncio.Event().wait()
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
-            if t.exception():
+            if not t.cancelled() and t.exception():
                 raise t.exception()  # type: ignore[misc]
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._swap_sub is not None:
             await self._swap_sub.unsubscribe()  # type: ignore[attr-defined]
+        for r in self.runners:
+            r.stop()
         for rt in self.runtimes:
             rt.stop()
+        for t in self._tasks:
+            if t.get_name() in {c.name for c in self.components if isinstance(c, Feed)}:
+                t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.query:
             await self.query.stop()
         await self.publisher.close()
+        for c in self.components:
+            close = getattr(c, "aclose", None)
+            if close is not None:
+                await close()
         if self.db:
             self.db.close()
         log.info("pipeline stopped", prefix=self.prefix)
+
+
+__all__ = ["ROLES", "Pipeline", "provision_system", "swap_subject"]

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from bus.connection import NatsSettings, connect
 from bus.publisher import Publisher
 from bus.server import EmbeddedNats
-from bus.topology import provision
+from tapeline.pipeline import provision_system
 from tests.helpers import STARTED
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -62,7 +62,7 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
 @pytest.fixture
 async def provisioned(nc: Client, prefix: str) -> str:
     """The test's prefix, with streams and KV applied."""
-    await provision(nc, prefix)
+    await provision_system(nc, prefix)
     return prefix
 
 

@@ -16,13 +16,14 @@ from nats.aio.client import Client
 
 from bus.jetstream import JetStreamApi
 from bus.reader import read_stream
+from handlers.bars import BarsConfig
+from handlers.momentum import MomentumConfig
 from schemas.events import AnyEvent
-from tapeline.config import HandlersConfig
 from tapeline.pipeline import Pipeline
 
 TAPELINE = [sys.executable, "-m", "tapeline"]
 # Handlers tuned for tests: 1-second bars and a short momentum window, so a few thousand ticks decide.
-FAST = HandlersConfig(bar_intervals=["1s"], momentum_interval="1s", momentum_window=3)
+FAST: dict[str, Any] = {"bars": BarsConfig(intervals=["1s"]), "momentum": MomentumConfig(interval="1s", window=3)}
 
 
 async def wait_until(cond: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> None:  # noqa: ASYNC109
@@ -62,7 +63,7 @@ async def caught_up(nc: Client, pipeline: Pipeline) -> bool:
     for sink in pipeline.sinks:
         if await stream_last_seq(nc, sink.stream) != sink.last_seq:
             return False
-    return all(r.idle.is_set() for r in pipeline.runtimes)
+    return all(r.idle.is_set() for r in pipeline.consumers)
 
 
 async def consumer_state(nc: Client, stream: str, durable: str) -> dict[str, Any] | None:

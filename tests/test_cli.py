@@ -27,8 +27,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ('prefix = "Bad Prefix"', "prefix"),
         ("no_such_key = 1", "no_such_key"),
-        ('[handlers]\nbar_intervals = ["1m"]\nmomentum_interval = "5m"', "handlers.momentum_interval"),
-        ('[handlers]\nbar_intervals = ["90x"]', "handlers.bar_intervals"),
+        ('[bars]\nintervals = ["1m"]\n[momentum]\ninterval = "5m"', "momentum.interval"),
+        ('[bars]\nintervals = ["90x"]', "bars"),
+        ('[handlers]\nbar_intervals = ["1m"]', "split by component"),
         ("metrics_port = 70000", "metrics_port"),
         ('[[feeds.mt5]]\nname = "Raw Feed"\nsymbols = ["EURUSD"]', "feeds.mt5"),
     ],
@@ -63,7 +64,7 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
     cfg = write_config(tmp_path, provisioned, nats_url)
     cfg.write_text(
         cfg.read_text().replace("metrics_port = 0", f"metrics_port = {port}")
-        + '[handlers]\nbar_intervals = ["1s"]\nmomentum_interval = "1s"\nmomentum_window = 3\n'
+        + '[bars]\nintervals = ["1s"]\n[momentum]\ninterval = "1s"\nwindow = 3\n'
     )
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", "--only", "projector", log=tmp_path / "up.log")
     try:

@@ -60,7 +60,7 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
     # Kill it while it is committing: after its consumer has acknowledged some, not all.
-    ack_floor = await kill_when_acked(nc, proc, stream, "proj_main_md", above=0)
+    ack_floor = await kill_when_acked(nc, proc, stream, "projector_md", above=0)
     assert 0 < ack_floor < len(ticks), f"the kill did not land mid-run (ack floor {ack_floor})"
     assert _checkpoint(db, stream) < len(ticks)
 
@@ -68,7 +68,7 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
     try:
 
         async def done() -> bool:
-            info = await consumer_state(nc, stream, "proj_main_md")
+            info = await consumer_state(nc, stream, "projector_md")
             return bool(info and info["ack_floor"]["stream_seq"] == len(ticks))
 
         await wait_until(done, timeout=60)
@@ -92,7 +92,7 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
 ) -> None:
     cfg = write_config(tmp_path, provisioned, nats_url)
     (tmp_path / "tapeline.toml").write_text(
-        cfg.read_text() + '\n[handlers]\nbar_intervals = ["1s"]\nmomentum_interval = "1s"\nmomentum_window = 5\n'
+        cfg.read_text() + '\n[bars]\nintervals = ["1s"]\n[momentum]\ninterval = "1s"\nwindow = 5\n'
     )
     ticks = list(SimFeed(["NVDA", "ORCL"], ticks=30_000, seed=9, mean_gap_ms=40).generate())
     clean = BarAggregator(["1s"])  # what a single uninterrupted run produces
@@ -107,14 +107,14 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
-    floor = await kill_when_acked(nc, proc, stream, "h_bars_md", above=2000)
+    floor = await kill_when_acked(nc, proc, stream, "bars_md", above=2000)
     assert 0 < floor < len(ticks)
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", log=tmp_path / "handlers.log")
     try:
 
         async def bars_done() -> bool:
-            info = await consumer_state(nc, stream, "h_bars_md")
+            info = await consumer_state(nc, stream, "bars_md")
             return bool(info and info["num_pending"] == 0 and info["num_ack_pending"] == 0)
 
         await wait_until(bars_done, timeout=90)

@@ -9,16 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pytest
 from nats.aio.client import Client
 
 from adapters.runner import run_feed
 from adapters.sim import SimFeed
+from bus.components import ComponentRunner
 from bus.jetstream import JetStreamApi, JetStreamError
 from bus.publisher import Publisher, PublishError
-from bus.runtime import ConsumerRuntime, ReactionSink
-from handlers.base import Handler, draft
-from schemas import AnyEvent, Event, Signal, Tick, decisions_bucket, new_event_id
+from schemas import AnyEvent, Bar, Event, Signal, Tick, decisions_bucket, new_event_id
+from schemas.components import Consumes, Handler, Replay, Snapshot, StatePolicy, Window, draft
 from tapeline.pipeline import Pipeline
 from tests.helpers import FAST, caught_up, read_stream, stream_last_seq, wait_until
 
@@ -56,7 +57,7 @@ async def test_publishing_outside_any_stream_fails_clearly(nc: Client, prefix: s
 async def test_malformed_payload_is_dead_lettered_and_nothing_is_lost(
     nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "p.duckdb")
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "p.duckdb")
     await p.start()
     feed = SimFeed(["NVDA", "ORCL"], ticks=3000, seed=3)
     ticks = list(feed.generate())
@@ -69,7 +70,7 @@ async def test_malformed_payload_is_dead_lettered_and_nothing_is_lost(
     assert db is not None
     dead = db.con.execute("SELECT stream, stream_seq, reason, consumer FROM dead_letters").fetchall()
     consumers = {row[3] for row in dead}
-    assert {"h_bars_md", "proj_main_md"} <= consumers
+    assert {"bars_md", "projector_md"} <= consumers
     assert all(row[0] == f"{provisioned.upper()}_MD" and row[1] == bad.seq for row in dead)
     assert all(row[2].startswith("undecodable: tick:") and "$.bid" in row[2] for row in dead), dead
     assert db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (3000, 3000)
@@ -80,7 +81,7 @@ async def test_malformed_payload_is_dead_lettered_and_nothing_is_lost(
 
 async def test_a_client_that_is_not_ours_gets_decisions(nc: Client, provisioned: str, tmp_path: Path) -> None:
     """Plain nats-py, hand-written JSON on documented subjects, no Tapeline imports used."""
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "p.duckdb")
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "p.duckdb")
     await p.start()
     js = nc.jetstream()
     sub = await nc.subscribe(f"{provisioned}.decision.ACME")
@@ -127,9 +128,11 @@ class _Flaky(Handler):
     """Fails on one symbol always (poison), on another twice (transient)."""
 
     name = "flaky"
-    subjects = ("md.tick.>",)
+    emits = (Signal,)
+    consumes = (Consumes(Tick),)
 
     def __init__(self) -> None:
+        super().__init__()
         self.attempts: dict[str, int] = {}
 
     def handle(self, event: AnyEvent) -> Sequence[Event]:
@@ -155,17 +158,11 @@ async def test_transient_failures_retry_and_poison_is_dead_lettered(
     nc: Client, provisioned: str, publisher: Publisher
 ) -> None:
     h = _Flaky()
-    rt = ConsumerRuntime(
-        nc,
-        publisher,
-        stream=f"{provisioned.upper()}_MD",
-        durable="flaky",
-        filter_subjects=[f"{provisioned}.md.tick.>"],
-        sink=ReactionSink(h, publisher),
-        max_deliver=3,
-        backoff_s=0.05,
-    )
-    task = asyncio.create_task(rt.run())
+    runner = ComponentRunner(nc, publisher, h, provisioned)
+    runner.specs = [msgspec.structs.replace(sp, max_deliver=3, backoff_s=0.05) for sp in runner.specs]
+    task = asyncio.create_task(runner.run())
+    await wait_until(lambda: runner.runtimes, timeout=20)
+    rt = runner.runtimes[0]
     ticks = [
         Tick(event_id=new_event_id(), ts_event=i, ts_init=time.time_ns(), source="t", venue="v", symbol=s, last=1.0)
         for i, s in enumerate(["OK", "SHAKY", "POISON", "OK"])
@@ -176,7 +173,7 @@ async def test_transient_failures_retry_and_poison_is_dead_lettered(
         return rt.processed == 3 and rt.dead == 1
 
     await wait_until(settled, timeout=20)
-    rt.stop()
+    runner.stop()
     await task
     signals = await read_stream(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.>")
     assert sorted(e.symbol for _, e in signals) == ["OK", "OK", "SHAKY"]  # type: ignore[union-attr]
@@ -192,7 +189,7 @@ async def test_replay_rebuild_hashes_equal_live(
 ) -> None:
     from replay.rebuild import verify
 
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "live.duckdb")
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "live.duckdb")
     await p.start()
     await run_feed(SimFeed(["A", "B"], ticks=4000, seed=11), publisher)
     await wait_until(lambda: caught_up(nc, p), timeout=60)
@@ -209,84 +206,80 @@ async def test_replay_rebuild_hashes_equal_live(
     assert [c.table for c in checks if not c.ok] == ["bars"]
 
 
-def bars_runtime(nc: Client, publisher: Publisher, prefix: str, h: Handler) -> ConsumerRuntime:
-    """The bars handler on the bus, as the pipeline runs it (ordered, ack all, warm-up)."""
-    return ConsumerRuntime(
-        nc,
-        publisher,
-        stream=f"{prefix.upper()}_MD",
-        durable="h_bars_md",
-        filter_subjects=[f"{prefix}.md.tick.>"],
-        sink=ReactionSink(h, publisher),
-        ack_policy="all",
-        warmup=h,
-        warmup_s=h.warmup_s,
-        ordered=True,
-    )
+def bars_runner(nc: Client, publisher: Publisher, prefix: str, h: Handler) -> ComponentRunner:
+    """The bars handler on the bus, as the pipeline runs it (ordered, lease, state policy)."""
+    return ComponentRunner(nc, publisher, h, prefix)
 
 
-async def test_restarted_stateful_handler_rebuilds_its_state_from_stored_input(
-    nc: Client, provisioned: str, publisher: Publisher
+async def processed(r: ComponentRunner) -> int:
+    return sum(rt.processed for rt in r.runtimes)
+
+
+@pytest.mark.parametrize("policy", [Window(5.0), Replay(), Snapshot(every_s=0.0)], ids=["window", "replay", "snapshot"])
+async def test_a_crash_and_restart_give_the_outputs_of_one_uninterrupted_run(
+    nc: Client, provisioned: str, publisher: Publisher, policy: StatePolicy
 ) -> None:
-    """Stop mid-bar, restart with a fresh handler: the open bar must come out as in one clean run.
+    """For each state policy: crash mid-stream (state lost, acks kept, no final snapshot), restart with a
+    fresh handler, and require the stored bars (ids and contents) to equal one uninterrupted run."""
+    from bus.inprocess import InProcessRunner
+    from handlers.bars import BarAggregator, BarsConfig
 
-    The first run acknowledges its input 3 s after it was stored, longer than the bars' 2 s
-    warm-up window, so a warm-up anchored on acknowledgement time (instead of stream time) fails.
-    """
-    from handlers.bars import BarAggregator
-    from schemas import Bar
+    class Bars(BarAggregator):
+        state = policy
 
-    ticks = list(SimFeed(["A"], ticks=400, seed=3, mean_gap_ms=40).generate())
-    k = next(i for i in range(200, 400) if ticks[i].ts_event // 10**9 == ticks[i - 1].ts_event // 10**9)
-    clean = BarAggregator(["1s"])
-    expected = {b.start_ns: b.ticks for t in ticks for b in clean.handle(t) if isinstance(b, Bar)}
-
-    def runtime(h: BarAggregator) -> ConsumerRuntime:
-        return bars_runtime(nc, publisher, provisioned, h)
-
-    await publisher.publish(ticks[:k])
-    await asyncio.sleep(3.0)
-    first = runtime(BarAggregator(["1s"]))
+    cfg = BarsConfig(intervals=["1s"])
+    ticks = list(SimFeed(["A", "B"], ticks=900, seed=3, mean_gap_ms=40).generate())
+    expected = [(b.event_id, b.start_ns, b.ticks) for b in await InProcessRunner([Bars(cfg)], provisioned).run(ticks)]
+    k1, k2 = 300, 600
+    first = bars_runner(nc, publisher, provisioned, Bars(cfg))
     task = asyncio.create_task(first.run())
-    await wait_until(lambda: first.processed == k, timeout=20)
-    first.stop()
-    await task
-    second = runtime(BarAggregator(["1s"]))
+    await publisher.publish(ticks[:k1])
+    await wait_until(lambda: first.runtimes and first.runtimes[0].last_acked >= k1, timeout=60)
+    for rt in first.runtimes:  # from here on nothing is saved: the state is lost at the crash
+        rt.after_ack = rt.on_stop = None
+    await publisher.publish(ticks[k1:k2])
+    await wait_until(lambda: first.runtimes[0].last_acked >= k2, timeout=60)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    second = bars_runner(nc, publisher, provisioned, Bars(cfg))
     task = asyncio.create_task(second.run())
-    await publisher.publish(ticks[k:])
-    await wait_until(lambda: second.processed == len(ticks) - k, timeout=20)
+    await publisher.publish(ticks[k2:])
+    await wait_until(lambda: second.runtimes and second.runtimes[0].last_acked >= len(ticks), timeout=60)
     second.stop()
     await task
-    assert second.warmed > 0, "the restarted handler replayed nothing"
     bars = [b for _, b in await read_stream(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>")]
-    assert {b.start_ns: b.ticks for b in bars if isinstance(b, Bar)} == expected
+    assert [(b.event_id, b.start_ns, b.ticks) for b in bars if isinstance(b, Bar)] == expected
+    if not isinstance(policy, Snapshot):
+        assert second.warmed > 0, "the restarted handler replayed nothing"
 
 
 async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
     nc: Client, provisioned: str, publisher: Publisher
 ) -> None:
     """A handler that died after publishing but before acknowledging, restarted after the window."""
+    from bus.components import snapshots_bucket
     from bus.topology import Retention, durable_config, provision
-    from handlers.bars import BarAggregator
+    from handlers.bars import BarAggregator, BarsConfig
 
     await provision(nc, provisioned, Retention(duplicate_window_s=1, record_duplicate_window_s=1))
     ticks = list(SimFeed(["A", "B"], ticks=2000, seed=4, mean_gap_ms=40).generate())
     await publisher.publish(ticks)
-    first = bars_runtime(nc, publisher, provisioned, BarAggregator(["1s"]))
+    first = bars_runner(nc, publisher, provisioned, BarAggregator(BarsConfig(intervals=["1s"])))
     task = asyncio.create_task(first.run())
-    await wait_until(lambda: first.processed == len(ticks), timeout=20)
+    await wait_until(lambda: first.runtimes and first.runtimes[0].last_acked >= len(ticks), timeout=60)
     first.stop()
     await task
     stream = f"{provisioned.upper()}_MD"
     before = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]
-    # The acknowledgements are lost, as when the process dies between publishing and acking.
+    # The acknowledgements and the snapshot are lost, as when the process dies between publishing and acking.
     api = JetStreamApi(nc)
-    await api.delete_consumer(stream, "h_bars_md")
-    await api.ensure_consumer(stream, durable_config("h_bars_md", [f"{provisioned}.md.tick.>"], ack_policy="all"))
+    await api.delete_consumer(stream, "bars_md")
+    await api.ensure_consumer(stream, durable_config("bars_md", [f"{provisioned}.md.tick.>"], ack_policy="all"))
+    await api.call(f"STREAM.PURGE.KV_{snapshots_bucket(provisioned)}")
     await asyncio.sleep(1.5)  # past the duplicate window: JetStream itself would now store copies
-    second = bars_runtime(nc, publisher, provisioned, BarAggregator(["1s"]))
+    second = bars_runner(nc, publisher, provisioned, BarAggregator(BarsConfig(intervals=["1s"])))
     task = asyncio.create_task(second.run())
-    await wait_until(lambda: second.processed == len(ticks), timeout=20)
+    await wait_until(lambda: second.runtimes and second.runtimes[0].last_acked >= len(ticks), timeout=20)
     second.stop()
     await task
     after = [e.event_id for _, e in await read_stream(nc, stream, f"{provisioned}.md.bar.>")]

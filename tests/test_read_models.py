@@ -23,11 +23,12 @@ import pytest
 from nats.aio.client import Client
 
 from adapters.sim import SimFeed
+from bus.components import react
 from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime, react
-from handlers.bars import BarAggregator
+from bus.runtime import ConsumerRuntime, ConsumerSpec
+from handlers.bars import BarAggregator, BarsConfig
 from projections.duckdb import PRE_TRACKING, ProjectionDb
-from projections.runtimes import projection_runtimes
+from projections.runtimes import projection_bindings
 from projections.table import ReadModelChanged, schema_hash
 from projections.tables import BARS, TABLES
 from projections.vectors import CHECKPOINTS, MARKET_DIM, MARKET_STATES, MarketStates, VectorSink, VectorStore
@@ -56,38 +57,41 @@ OLD_CHECKPOINTS = (
 
 def _market(ticks: int, seed: int) -> list[Event]:
     """Ticks with the 1-second bars they make, in stream order (as the bar handler publishes them)."""
-    agg = BarAggregator(["1s"])
+    agg = BarAggregator(BarsConfig(intervals=["1s"]))
     out: list[Event] = []
     for t in SimFeed(["A", "B"], ticks=ticks, seed=seed, mean_gap_ms=40).generate():
         out.append(t)
-        out.extend(react(agg, t))
+        out.extend(e for e in react(agg, t) if isinstance(e, Bar))
     return out
 
 
-async def _project(
-    nc: Client, prefix: str, db: ProjectionDb, *, stop_at: dict[str, int] | None = None
-) -> dict[str, int]:
-    """Run the DuckDB projection runtimes until every family is at its stream's end (or ``stop_at``)."""
+async def _project(nc: Client, prefix: str, db: ProjectionDb, *, upto_md: int | None = None) -> dict[str, int]:
+    """Run the DuckDB projection consumers until every family is at its stream's end (md: ``upto_md``).
+
+    Returns each consumer's start sequence.
+    """
     publisher = await Publisher(nc, prefix, role="test-projection").start()
-    pairs = projection_runtimes(nc, publisher, prefix, db, durable=stop_at is None, stop_at=stop_at)
-    starts = {rt.durable: rt.start_seq or 0 for rt, _ in pairs}
-    tasks = [asyncio.create_task(rt.run()) for rt, _ in pairs]
+    bindings = projection_bindings(prefix, db, stop_at=None if upto_md is None else {"md": upto_md})
+    runtimes = [ConsumerRuntime(nc, publisher, b.spec, b.sink, start_seq=b.start_seq) for b in bindings]
+    tasks = [asyncio.create_task(rt.run()) for rt in runtimes]
 
     async def done() -> bool:
-        for _, sink in pairs:
-            end = (stop_at or {}).get(sink.family.key, await stream_last_seq(nc, sink.stream))
-            if sink.last_seq < end:
+        for b in bindings:
+            end = await stream_last_seq(nc, b.sink.stream)
+            if upto_md is not None and b.sink.family.key == "md":
+                end = upto_md
+            if b.sink.last_seq < end:
                 return False
         return True
 
     try:
         await wait_until(done, timeout=60)
     finally:
-        for rt, _ in pairs:
+        for rt in runtimes:
             rt.stop()
         await asyncio.gather(*tasks)
         await publisher.close()
-    return starts
+    return {b.spec.durable: b.start_seq for b in bindings}
 
 
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -114,8 +118,8 @@ async def test_table_added_to_a_stream_with_history_backfills_itself(
     # The table is added: a partial backfill first, as if the projector stopped half-way through it.
     db = ProjectionDb(live)
     assert db.checkpoints()["bars"] == 0 and db.checkpoint("ticks") == 2000
-    starts = await _project(nc, provisioned, db, stop_at={"md": 700})
-    assert starts[f"replay_{provisioned}_md"] == 1  # the lowest checkpoint of the family (bars: 0) + 1
+    starts = await _project(nc, provisioned, db, upto_md=700)
+    assert starts["projector_md"] == 1  # the lowest checkpoint of the family (bars: 0) + 1
     assert db.checkpoint("bars") == 700 and db.checkpoint("ticks") == 2000
     db.close()
     # Verify bounds each table by its own checkpoint: bars up to 700, ticks up to 2000.
@@ -126,9 +130,9 @@ async def test_table_added_to_a_stream_with_history_backfills_itself(
 
     # Restart with the full table set: the family consumer starts after the lowest checkpoint.
     await publisher.publish(rest)
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=live, roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=live, selected=["projector"])
     await p.start()
-    assert next(r for r in p.runtimes if r.durable == "proj_main_md").start_seq == 701
+    assert next(r for r in p.consumers if r.durable == "projector_md").start_seq == 701
     await wait_until(lambda: caught_up(nc, p), timeout=60)
     await p.stop()
 
@@ -197,9 +201,9 @@ async def test_old_checkpoint_shape_is_upgraded_in_place_and_keeps_projecting(
     assert all(c.verdict == "ok" for c in checks), [c for c in checks if c.verdict != "ok"]
 
     await publisher.publish(events[1500:])
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=live, roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=live, selected=["projector"])
     await p.start()
-    assert next(r for r in p.runtimes if r.durable == "proj_main_md").start_seq == 1501
+    assert next(r for r in p.consumers if r.durable == "projector_md").start_seq == 1501
     await wait_until(lambda: caught_up(nc, p), timeout=60)
     await p.stop()
 
@@ -231,7 +235,7 @@ async def test_cli_refuses_a_changed_read_model_and_replay_swap_rebuilds_it(
     cfg = write_config(tmp_path, provisioned, nats_url)
     live = tmp_path / "data" / "projections" / "tapeline.duckdb"
     await publisher.publish(_market(1500, seed=33))
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=live, roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=live, selected=["projector"])
     await p.start()
     await wait_until(lambda: caught_up(nc, p), timeout=60)
     await p.stop()
@@ -381,6 +385,9 @@ def test_vector_commit_retried_after_failing_half_way_duplicates_nothing(tmp_pat
     assert store.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
 
 
+DURABLE = "market_states_md"
+
+
 class PickyStates(MarketStates):
     """A market-state read model that rejects a bar with a non-positive close: its poison."""
 
@@ -410,20 +417,12 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
     store = VectorStore(tmp_path / "v")
     proj = PickyStates(store, stream=stream, batch_rows=100_000)
     sink = HeldSink(proj, commit_every_s=3600.0)
-    rt = ConsumerRuntime(
-        nc,
-        publisher,
-        stream=stream,
-        durable="proj_market_states",
-        filter_subjects=[f"{provisioned}.md.bar.>"],
-        sink=sink,
-        ack_policy="all",
-        start_seq=sink.last_seq + 1,
-    )
+    spec = ConsumerSpec(stream=stream, durable=DURABLE, filter_subjects=(f"{provisioned}.md.bar.>",), ordered=True)
+    rt = ConsumerRuntime(nc, publisher, spec, sink, start_seq=sink.last_seq + 1)
     task = asyncio.create_task(rt.run())
 
     async def acked() -> int:
-        info = await consumer_state(nc, stream, "proj_market_states")
+        info = await consumer_state(nc, stream, DURABLE)
         return int(info["ack_floor"]["stream_seq"]) if info else -1
 
     def acked_to(seq: int) -> Callable[[], Awaitable[bool]]:
@@ -436,10 +435,8 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
         await publisher.publish(bars[:200])
         await wait_until(lambda: proj.seen == 200, timeout=60)
         letters = await wait_stored(nc, f"{provisioned.upper()}_OPS", "", bool, within=60)
-        assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [
-            (51, "proj_market_states")
-        ]
-        info = await consumer_state(nc, stream, "proj_market_states")
+        assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [(51, DURABLE)]
+        info = await consumer_state(nc, stream, DURABLE)
         assert info is not None and info["num_ack_pending"] == 200  # processed, buffered: nothing acked
         assert await acked() == 0 and store.checkpoint(MARKET_STATES).last_seq == 0
 

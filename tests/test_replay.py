@@ -16,11 +16,13 @@ from nats.aio.client import Client
 from adapters.runner import run_feed
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
+from handlers.momentum import MomentumConfig
 from projections.duckdb import ProjectionDb
 from replay.rebuild import rebuild, verify
 from replay.whatif import what_if
 from schemas import encode
-from tapeline.pipeline import Pipeline, build_handlers
+from tapeline.pipeline import Pipeline
+from tapeline.system import build
 from tests.helpers import FAST, TAPELINE, caught_up, read_stream, start_tapeline, wait_until, write_config
 
 
@@ -76,7 +78,7 @@ async def test_earlier_versions_rebuild_to_the_same_tables(nc: Client, tmp_path:
 async def test_unknown_future_version_is_skipped_and_counted(
     nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "p.duckdb", roles=["projector"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "p.duckdb", selected=["projector"])
     await p.start()
     ticks = list(SimFeed(["A"], ticks=20, seed=2).generate())
     await publisher.publish(ticks[:10])
@@ -84,7 +86,7 @@ async def test_unknown_future_version_is_skipped_and_counted(
     await nc.jetstream().publish(f"{provisioned}.md.tick.sim.A", future, headers={"Nats-Msg-Id": "future"})
     await publisher.publish(ticks[11:])
     await wait_until(lambda: caught_up(nc, p), timeout=30)
-    md = next(r for r in p.runtimes if r.durable == "proj_main_md")
+    md = next(r for r in p.consumers if r.durable == "projector_md")
     assert md.skipped == 1 and md.dead == 0
     assert p.db is not None
     assert p.db.con.execute("SELECT count(*) FROM ticks").fetchone() == (19,)
@@ -94,7 +96,7 @@ async def test_unknown_future_version_is_skipped_and_counted(
 async def test_swap_puts_a_verified_rebuild_live_while_running(
     nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "live.duckdb")
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "live.duckdb")
     await p.start()
     feed = SimFeed(["A", "B"], ticks=2000, seed=3)
     ticks = list(feed.generate())
@@ -114,7 +116,7 @@ async def test_swap_puts_a_verified_rebuild_live_while_running(
 async def test_what_if_same_config_reproduces_and_other_config_differs(
     nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=tmp_path / "p.duckdb", roles=["handlers"])
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "p.duckdb", selected=["handlers"])
     await p.start()
     await run_feed(SimFeed(["A", "B"], ticks=3000, seed=8, mean_gap_ms=50), publisher)
 
@@ -124,7 +126,7 @@ async def test_what_if_same_config_reproduces_and_other_config_differs(
     await wait_until(handled, timeout=30)
     await asyncio.sleep(0.5)
     await p.stop()
-    same = await what_if(nc, provisioned, f"{provisioned}-same", build_handlers(FAST))
+    same = await what_if(nc, provisioned, f"{provisioned}-same", build(FAST))
     assert same.decisions_recorded > 10 and same.changes == []
     assert same.decisions_what_if == same.decisions_recorded
     recorded_ids = {e.event_id for _, e in await read_stream(nc, f"{provisioned.upper()}_DECISION", ">")}
@@ -134,7 +136,7 @@ async def test_what_if_same_config_reproduces_and_other_config_differs(
         nc,
         provisioned,
         f"{provisioned}-wide",
-        build_handlers(FAST.__class__(bar_intervals=["1s"], momentum_interval="1s", momentum_window=8)),
+        build({**FAST, "momentum": MomentumConfig(interval="1s", window=8)}),
     )
     assert other.changes, "a different momentum window must change some verdicts"
     assert set(other.pnl_what_if) <= {"A", "B"}
@@ -191,7 +193,7 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
 
         async def done() -> bool:
             try:
-                info = await nc.jetstream().consumer_info(stream, "proj_main_md")
+                info = await nc.jetstream().consumer_info(stream, "projector_md")
             except Exception:
                 return False
             return bool(info.ack_floor and info.ack_floor.stream_seq == published)
@@ -217,7 +219,7 @@ async def test_query_answers_while_up_runs(
 
         async def projected() -> bool:
             try:
-                info = await nc.jetstream().consumer_info(f"{provisioned.upper()}_MD", "proj_main_md")
+                info = await nc.jetstream().consumer_info(f"{provisioned.upper()}_MD", "projector_md")
             except Exception:
                 return False
             return bool(info.ack_floor and info.ack_floor.stream_seq == 500)

@@ -24,7 +24,7 @@ async def test_vectors_follow_the_streams_verify_and_answer_queries(
 ) -> None:
     cfg = write_config(tmp_path, provisioned, nats_url)
     data = tmp_path / "data" / "projections"
-    p = Pipeline(nc, provisioned, handlers=FAST, db_path=data / "tapeline.duckdb", roles=ROLES)
+    p = Pipeline(nc, provisioned, configs=FAST, db_path=data / "tapeline.duckdb", selected=ROLES)
     await p.start()
     await run_feed(SimFeed(["NVDA", "ORCL"], ticks=8000, seed=21, mean_gap_ms=60), publisher)
     headlines = json.loads((shared_data / "news" / "semeval2017-task5-headlines.json").read_text("utf-8"))[:200]

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 
-from adapters.alerts import ClockFeed, HeartbeatClock
+from adapters.alerts import ClockConfig, ClockFeed, HeartbeatClock
 from adapters.runner import run_feed
+from bus.components import ComponentRunner
 from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime, ReactionSink
-from handlers.base import draft
-from handlers.watchdog import HeartbeatWatchdog
+from handlers.watchdog import HeartbeatWatchdog, WatchdogConfig
+from schemas.components import draft
 from schemas.events import Alert, ClockTick, Event, Heartbeat
 from schemas.subjects import OPS
 from tests.helpers import wait_stored
@@ -33,7 +33,7 @@ def alerts(out: list[Event]) -> list[tuple[str, str, bool]]:
 
 
 def test_missing_then_back() -> None:
-    wd = HeartbeatWatchdog({"mt5-raw": 1.0}, missed_intervals=3)
+    wd = HeartbeatWatchdog(WatchdogConfig(expected={"mt5-raw": 1.0}, missed_intervals=3))
     assert wd.handle(hb("mt5-raw", 100)) == []
     assert wd.handle(clock(102.9)) == []
     out = wd.handle(clock(103.1))
@@ -46,7 +46,7 @@ def test_missing_then_back() -> None:
 
 
 def test_learns_interval_and_expected_feed_never_seen() -> None:
-    wd = HeartbeatWatchdog({"ibkr": 2.0}, missed_intervals=2)
+    wd = HeartbeatWatchdog(WatchdogConfig(expected={"ibkr": 2.0}, missed_intervals=2))
     wd.handle(hb("sim", 0, interval=0.5))
     assert alerts(wd.handle(hb("sim", 0.9, interval=0.5))) == []
     out = wd.handle(clock(4.1))  # sim silent 3.2s > 2 x 0.5; ibkr never seen for 4.1s > 2 x 2
@@ -76,14 +76,10 @@ class Beating:
 
 
 async def test_end_to_end_through_the_bus(nc: Client, publisher: Publisher, provisioned: str) -> None:
-    wd = HeartbeatWatchdog({"beater": 0.2}, missed_intervals=2)
-    rt = ConsumerRuntime(
-        nc, publisher, stream=OPS.stream(provisioned), durable="watchdog",
-        filter_subjects=[f"{provisioned}.{s}" for s in wd.subjects], sink=ReactionSink(wd, publisher),
-        expires_s=0.2,
-    )  # fmt: skip
+    wd = HeartbeatWatchdog(WatchdogConfig(expected={"beater": 0.2}, missed_intervals=2))
+    rt = ComponentRunner(nc, publisher, wd, provisioned)
     runtime = asyncio.create_task(rt.run())
-    ticker = asyncio.create_task(run_feed(ClockFeed("watchdog", 0.05), publisher))
+    ticker = asyncio.create_task(run_feed(ClockFeed(ClockConfig(interval_s=0.05)), publisher))
     beater = Beating(0.2)
     feed = asyncio.create_task(run_feed(beater, publisher))
     subject = f"{provisioned}.ops.alert.>"

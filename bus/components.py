@@ -1,0 +1,468 @@
+"""The JetStream runner of one component: its consumers, lease, state policy and effects.
+
+From a component's declaration (``schemas.components``) this derives one :class:`ConsumerSpec`
+per stream it reads (durable names from :func:`durable_name`, filters from event types) and the
+sink that does its work:
+
+* a handler's outputs get deterministic ids (:func:`react`) and are published before the ack;
+* a gateway's request is performed only if no result for it is stored, its results get ids from
+  (gateway, request key) (:func:`stamp_results`), and a long effect keeps its message in progress;
+* an ordered component first takes its lease (hot standby otherwise), then rebuilds its state by
+  its policy: :class:`Window` replays the event-time window before its ack floor, :class:`Replay`
+  everything, :class:`Snapshot` restores the state saved with its position (and saves it again
+  after acked batches). It then skips outputs it already stored after that position (a restart
+  beyond JetStream's duplicate window must not publish twice) and resumes right after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+
+from bus.jetstream import JetStreamApi, JetStreamError
+from bus.lease import Lease
+from bus.metrics import COMPONENT_EVENTS
+from bus.publisher import Publisher
+from bus.reader import Received, read
+from bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
+from schemas.codec import MalformedEvent, decode
+from schemas.components import (
+    Component,
+    Consumes,
+    Gateway,
+    Handler,
+    Rejected,
+    Replay,
+    Snapshot,
+    Window,
+    durable_name,
+    filters_by_family,
+)
+from schemas.events import AnyEvent, Event
+from schemas.ids import derive_event_id
+
+log = structlog.get_logger("tapeline.bus")
+NO_MESSAGE = 10037
+
+
+def _stamped(component: Component, cause: AnyEvent, drafts: Sequence[Event], key: str, ts: int) -> list[Event]:
+    now = time.time_ns()
+    return [
+        msgspec.structs.replace(
+            ev,
+            event_id=derive_event_id(ts or ev.ts_event, component.name, component.version, key, i),
+            ts_init=now,
+            source=ev.source or component.name,
+            causation_id=cause.event_id,
+            correlation_id=cause.correlation_id or cause.event_id,
+        )
+        for i, ev in enumerate(drafts)
+    ]
+
+
+def react(handler: Handler, event: AnyEvent) -> list[Event]:
+    """Run a handler on one event and stamp identity on its outputs.
+
+    ``event_id`` = hash(handler name, version, cause id, output index), time part from the output's
+    ``ts_event``: a re-run (redelivery, restart, replay, either runner) produces the same ids.
+    """
+    return _stamped(handler, event, handler.handle(event), event.event_id, 0)
+
+
+def result_ids(gateway: Gateway, request: AnyEvent, n: int) -> list[str]:
+    """The ids the first ``n`` results of ``request`` have (or would have)."""
+    key = gateway.request_key(request)
+    return [derive_event_id(request.ts_event, gateway.name, gateway.version, key, i) for i in range(n)]
+
+
+def stamp_results(gateway: Gateway, request: AnyEvent, results: Sequence[Event]) -> list[Event]:
+    """Result ids from (gateway, version, request key, index), time part from the request: computable
+    before the effect, so a stored result can be looked up and replay can find recorded ones."""
+    return _stamped(gateway, request, results, gateway.request_key(request), request.ts_event)
+
+
+class HandlerSink:
+    """Runs a handler over a batch; outputs get deterministic ids and are published before acks."""
+
+    def __init__(self, handler: Handler, publisher: Publisher) -> None:
+        self.component = handler
+        self.publisher = publisher
+        self.emitted = 0
+        self.skip_ids: set[str] = set()  # outputs stored before a restart
+        self._exported: dict[str, int] = {}
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        failures: dict[int, Failure] = {}
+        pending: list[Event] = []
+        for j, rec in enumerate(batch):
+            for ev in rec.events:
+                try:
+                    pending.extend(o for o in react(self.component, ev) if o.event_id not in self.skip_ids)
+                except Rejected as exc:  # bad data: dead-letter the message, keep its other events
+                    COMPONENT_EVENTS.labels(self.component.name, "rejected").inc()
+                    failures[j] = Failure(f"{ev.tag} {ev.event_id}: {exc}", retry=False)
+                except Exception as exc:  # a handler bug: retry, then dead-letter
+                    log.warning(
+                        "handler failed", handler=self.component.name, seq=rec.delivery.stream_seq, error=repr(exc)
+                    )
+                    failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
+                    break
+        if pending:
+            await self.publisher.publish(pending)
+            self.emitted += len(pending)
+        self._export_counters()
+        return failures
+
+    def _export_counters(self) -> None:
+        """Mirror the handler's own monotonic counts (a pure handler cannot touch metrics)."""
+        for outcome, n in self.component.counters.items():
+            seen = self._exported.get(outcome, 0)
+            if n > seen:
+                COMPONENT_EVENTS.labels(self.component.name, outcome).inc(n - seen)
+                self._exported[outcome] = n
+
+
+class GatewaySink:
+    """Performs each request's effect once: skipped when its result is already stored.
+
+    While an effect runs the message is kept in progress (``+WPI``) so it is not redelivered to
+    another process mid-call. Results are published before the request is acked.
+    """
+
+    def __init__(self, gateway: Gateway, publisher: Publisher, runtime: ConsumerRuntime | None = None) -> None:
+        self.component = gateway
+        self.publisher = publisher
+        self.runtime = runtime
+        self.skip_ids: set[str] = set()  # results stored (before a restart, or by this process)
+        self.performed = 0
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        failures: dict[int, Failure] = {}
+        gw = self.component
+        for j, rec in enumerate(batch):
+            for ev in rec.events:
+                if not gw.wants(ev) or result_ids(gw, ev, 1)[0] in self.skip_ids:
+                    continue
+                try:
+                    results = await self._perform(rec, ev)
+                except Rejected as exc:
+                    failures[j] = Failure(f"{ev.tag} {ev.event_id}: {exc}", retry=False)
+                    continue
+                except Exception as exc:  # the outside world failed: nak with backoff, then dead-letter
+                    log.warning("gateway call failed", gateway=gw.name, request=ev.event_id, error=repr(exc))
+                    failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
+                    break
+                out = stamp_results(gw, ev, results)
+                if out:
+                    await self.publisher.publish(out)
+                    self.skip_ids.update(o.event_id for o in out)
+        return failures
+
+    async def _perform(self, rec: Received, ev: AnyEvent) -> Sequence[Event]:
+        self.performed += 1
+        if self.runtime is None:
+            return await self.component.perform(ev)
+        keep = asyncio.create_task(self._in_progress(rec))
+        try:
+            return await self.component.perform(ev)
+        finally:
+            keep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep
+
+    async def _in_progress(self, rec: Received) -> None:
+        assert self.runtime is not None
+        while True:
+            await asyncio.sleep(self.runtime.ack_wait_s / 3)
+            await self.runtime.nc.publish(rec.delivery.reply, b"+WPI")
+
+
+# ---------------------------------------------------------------- state
+
+
+def snapshots_bucket(prefix: str) -> str:
+    return f"{prefix}_snapshots".replace(".", "_").replace("-", "_")
+
+
+def snapshots_stream_config(prefix: str, replicas: int = 1) -> dict[str, Any]:
+    bucket = snapshots_bucket(prefix)
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "discard": "old",
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+        "max_age": 0,
+        "duplicate_window": 120 * 1_000_000_000,
+    }
+
+
+class SavedState(msgspec.Struct, frozen=True):
+    seq: int  # the stream position the state includes (all input up to and including it)
+    state: bytes
+    ts_ns: int
+
+
+_state_enc = msgspec.msgpack.Encoder()
+_state_dec = msgspec.msgpack.Decoder(SavedState)
+
+
+class SnapshotStore:
+    """Latest state per durable in the KV bucket ``<prefix>_snapshots``, with its position."""
+
+    def __init__(self, nc: Client, prefix: str) -> None:
+        self.nc = nc
+        self.bucket = snapshots_bucket(prefix)
+
+    async def load(self, key: str) -> SavedState | None:
+        try:
+            reply = await JetStreamApi(self.nc).call(
+                f"STREAM.MSG.GET.KV_{self.bucket}", {"last_by_subj": f"$KV.{self.bucket}.{key}"}
+            )
+        except JetStreamError as e:
+            if e.err_code == NO_MESSAGE:
+                return None
+            raise
+        return _state_dec.decode(base64.b64decode(reply["message"]["data"]))
+
+    async def save(self, key: str, seq: int, state: bytes) -> None:
+        data = _state_enc.encode(SavedState(seq, state, time.time_ns()))
+        await self.nc.request(f"$KV.{self.bucket}.{key}", data, timeout=10.0)
+
+
+async def _stored(api: JetStreamApi, stream: str, seq: int) -> tuple[str, int] | None:
+    """(stored time as RFC 3339, newest ts_event in it) of message ``seq``; None if gone."""
+    try:
+        msg = (await api.call(f"STREAM.MSG.GET.{stream}", {"seq": seq}))["message"]
+    except JetStreamError:
+        return None
+    try:
+        events = decode(base64.b64decode(msg.get("data") or b"")).events
+    except MalformedEvent:
+        events = []
+    return str(msg["time"]), max((e.ts_event for e in events), default=0)
+
+
+def _rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(max(ns, 0) / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------- the runner of one component
+
+
+class ComponentRunner:
+    """Runs one handler or gateway on JetStream: one consumer per stream it reads."""
+
+    def __init__(
+        self,
+        nc: Client,
+        publisher: Publisher,
+        component: Component,
+        prefix: str,
+        *,
+        standby: bool = True,
+        lease_ttl_s: float = 15.0,
+    ) -> None:
+        self.nc = nc
+        self.publisher = publisher
+        self.component = component
+        self.prefix = prefix
+        self.standby = standby
+        self.lease_ttl_s = lease_ttl_s
+        self.api = JetStreamApi(nc)
+        self.runtimes: list[ConsumerRuntime] = []
+        self.sinks: list[HandlerSink | GatewaySink] = []
+        self.warmed = 0
+        self._leases: list[Lease] = []
+        self._stopping = False
+        self.settled = asyncio.Event()  # consumers running, or waiting as a standby
+        self.standing_by = False
+        families = filters_by_family(component.consumes, prefix)
+        if component.ordered and len(families) != 1:
+            raise ValueError(
+                f"{component.name}: an ordered component reads exactly one stream ({len(families)} declared)"
+            )
+        self.specs = [
+            ConsumerSpec(
+                stream=fam.stream(prefix),
+                durable=durable_name(component.name, fam),
+                filter_subjects=tuple(subjects),
+                ordered=component.ordered,
+                batch=1000 if isinstance(component, Handler) else 100,
+            )
+            for fam, subjects in families.items()
+        ]
+
+    def stop(self) -> None:
+        self._stopping = True
+        for rt in self.runtimes:
+            rt.stop()
+
+    async def run(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for spec in self.specs:
+                rt = await self._prepare(spec)
+                if rt is None:  # stopped while waiting as a standby
+                    return
+                self.runtimes.append(rt)
+                tasks.append(asyncio.create_task(rt.run(), name=spec.durable))
+                await rt.started.wait()
+            self.settled.set()
+            if self._stopping:
+                for rt in self.runtimes:
+                    rt.stop()
+            keepers = [asyncio.create_task(lease.keep()) for lease in self._leases]
+            try:
+                waiting: set[asyncio.Task[None]] = {*tasks, *keepers}
+                while not all(t.done() for t in tasks):
+                    done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    for t in done:
+                        if t.exception():  # a consumer failed, or the lease slipped away: stop all
+                            for rt in self.runtimes:
+                                rt.stop()
+                            await asyncio.gather(*tasks, return_exceptions=True)
+                            raise t.exception()  # type: ignore[misc]
+            finally:
+                for k in keepers:
+                    k.cancel()
+        finally:
+            for t in tasks:  # cancelled from outside: the consumers go with the runner
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for lease in self._leases:
+                await lease.release()
+
+    async def _prepare(self, spec: ConsumerSpec) -> ConsumerRuntime | None:
+        c = self.component
+        if isinstance(c, Handler):
+            sink: HandlerSink | GatewaySink = HandlerSink(c, self.publisher)
+        elif isinstance(c, Gateway):
+            sink = GatewaySink(c, self.publisher)
+        else:
+            raise TypeError(f"{c.name}: a {c.kind} has no consumer runner")
+        start: int | None = None
+        if spec.ordered:
+            lease = Lease(self.nc, self.prefix, spec.durable, ttl_s=self.lease_ttl_s)
+            if not await lease.try_acquire() == "":
+                self.standing_by = True
+                self.settled.set()
+                if not await lease.acquire(wait=self.standby, stopping=lambda: self._stopping):
+                    return None
+                self.standing_by = False
+            self._leases.append(lease)
+            start = await self._restore_state(spec)
+        rt = ConsumerRuntime(self.nc, self.publisher, spec, sink, start_seq=start)
+        if isinstance(sink, GatewaySink):
+            sink.runtime = rt
+        await self._skip_published(spec, sink, start)
+        if isinstance(c.state, Snapshot):
+            rt.after_ack = self._snapshotter(spec.durable, c.state.every_s)
+            rt.on_stop = self._final_snapshot(spec.durable, rt)
+        self.sinks.append(sink)
+        return rt
+
+    async def _floor(self, spec: ConsumerSpec) -> int:
+        info = await self.api.consumer_info(spec.stream, spec.durable)
+        return int(((info or {}).get("ack_floor") or {}).get("stream_seq", 0))
+
+    async def _restore_state(self, spec: ConsumerSpec) -> int:
+        """Rebuild state by the declared policy; returns the sequence to resume at."""
+        c = self.component
+        policy = c.state
+        if isinstance(policy, Snapshot):
+            saved = await SnapshotStore(self.nc, self.prefix).load(spec.durable)
+            if saved is not None:
+                c.restore(saved.state)
+                log.info("state restored from snapshot", consumer=spec.durable, position=saved.seq)
+                return saved.seq + 1
+            floor = await self._floor(spec)  # no snapshot yet: rebuild from everything before the floor
+            await self._warm_up(spec, start_seq=1, floor=floor)
+            return floor + 1
+        floor = await self._floor(spec)
+        if floor == 0:
+            return 1
+        if isinstance(policy, Replay):
+            await self._warm_up(spec, start_seq=policy.from_seq, floor=floor)
+        elif isinstance(policy, Window):
+            stored = await _stored(self.api, spec.stream, floor)
+            if stored is not None:
+                since = stored[1] - int(policy.seconds * 1e9)
+                await self._warm_up(spec, start_time=_rfc3339(since), floor=floor, min_ts=since)
+        return floor + 1
+
+    async def _warm_up(
+        self,
+        spec: ConsumerSpec,
+        *,
+        floor: int,
+        start_seq: int | None = None,
+        start_time: str | None = None,
+        min_ts: int = 0,
+    ) -> None:
+        """Feed stored input up to ``floor`` through the component, outputs discarded."""
+        c = self.component
+        assert isinstance(c, Handler)
+        if floor <= 0:
+            return
+        async for batch in read(
+            self.nc, spec.stream, spec.filter_subjects, start_seq=start_seq, start_time=start_time, stop_seq=floor
+        ):
+            for rec in batch:
+                for ev in rec.events:
+                    if ev.ts_event < min_ts:
+                        continue
+                    with contextlib.suppress(Exception):  # it failed (and was dead-lettered) the first time too
+                        c.handle(ev)
+                        self.warmed += 1
+        log.info("state rebuilt", consumer=spec.durable, policy=type(c.state).__name__, events=self.warmed, upto=floor)
+
+    async def _skip_published(self, spec: ConsumerSpec, sink: HandlerSink | GatewaySink, start: int | None) -> None:
+        """Ids already stored for input at or after the resume point (the process died before acking).
+
+        Within JetStream's duplicate window they would be dropped anyway; a restart after it would
+        store them twice, and a gateway would repeat its effect. Reads only what was stored since
+        the resume point's input.
+        """
+        if start is None:
+            start = await self._floor(spec) + 1
+        stored = await _stored(self.api, spec.stream, start)
+        if stored is None:
+            return  # nothing at or after the resume point yet
+        emitted = [Consumes(t) for t in self.component.emits]
+        for fam, subjects in filters_by_family(emitted, self.prefix).items():
+            async for batch in read(self.nc, fam.stream(self.prefix), subjects, start_time=stored[0]):
+                sink.skip_ids.update(e.event_id for r in batch for e in r.events)
+        if sink.skip_ids:
+            log.info("resuming", consumer=spec.durable, already_published=len(sink.skip_ids))
+
+    def _snapshotter(self, key: str, every_s: float) -> Any:
+        store = SnapshotStore(self.nc, self.prefix)
+        last = [0.0]
+
+        async def after_ack(seq: int) -> None:
+            if self._stopping or time.monotonic() - last[0] >= every_s:
+                await store.save(key, seq, self.component.snapshot())
+                last[0] = time.monotonic()
+
+        return after_ack
+
+    def _final_snapshot(self, key: str, rt: ConsumerRuntime) -> Any:
+        async def on_stop() -> None:
+            if rt.last_acked:
+                await SnapshotStore(self.nc, self.prefix).save(key, rt.last_acked, self.component.snapshot())
+
+        return on_stop

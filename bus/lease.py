@@ -1,0 +1,161 @@
+"""Leases: one active instance per ordered consumer, others wait as hot standbys.
+
+A lease is a key in the JetStream KV bucket ``<prefix>_leases`` whose stream keeps one message per
+key for ``ttl_s`` (``max_age``). Taking it is a publish with ``Nats-Expected-Last-Subject-Sequence``
+(0, or the revision of a delete marker), so two processes can never both win; the holder renews it
+every third of the TTL with the revision it holds. If the holder dies, its key ages out and a
+standby takes over within one TTL. A holder that fails to renew (it was paused longer than the
+TTL and someone else took over) must stop at once: :meth:`Lease.keep` raises :class:`LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+
+from bus.jetstream import JetStreamApi, JetStreamError
+
+log = structlog.get_logger("tapeline.bus")
+
+WRONG_LAST_SEQUENCE = 10071
+NO_MESSAGE = 10037
+_json = msgspec.json.Decoder()
+
+
+class LeaseLost(RuntimeError):
+    """Another process holds the lease now; this one must stop consuming."""
+
+
+class LeaseHeld(RuntimeError):
+    """The lease is held by another live process (raised only when not waiting as a standby)."""
+
+
+def leases_bucket(prefix: str) -> str:
+    return f"{prefix}_leases".replace(".", "_").replace("-", "_")
+
+
+def leases_stream_config(prefix: str, ttl_s: float, replicas: int = 1) -> dict[str, Any]:
+    bucket = leases_bucket(prefix)
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "max_age": int(ttl_s * 1e9),
+        "discard": "old",
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+        "deny_delete": True,
+        "duplicate_window": int(min(ttl_s, 120) * 1e9),
+    }
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class Lease:
+    def __init__(self, nc: Client, prefix: str, name: str, *, ttl_s: float = 15.0) -> None:
+        self.nc = nc
+        self.api = JetStreamApi(nc)
+        self.bucket = leases_bucket(prefix)
+        self.name = name
+        self.subject = f"$KV.{self.bucket}.{name}"
+        self.ttl_s = ttl_s
+        self.holder = holder_id()
+        self.revision = 0
+
+    async def _last(self) -> tuple[int, str, bool]:
+        """(revision, holder, live) of the key's last message; (0, "", False) if none."""
+        try:
+            reply = await self.api.call(f"STREAM.MSG.GET.KV_{self.bucket}", {"last_by_subj": self.subject})
+        except JetStreamError as e:
+            if e.err_code == NO_MESSAGE:
+                return 0, "", False
+            raise
+        msg = reply["message"]
+        headers = base64.b64decode(msg.get("hdrs") or b"")
+        deleted = b"KV-Operation: DEL" in headers or b"KV-Operation: PURGE" in headers
+        holder = base64.b64decode(msg.get("data") or b"").decode("utf-8", "replace")
+        return int(msg["seq"]), holder, not deleted
+
+    async def _put(self, expected: int, data: bytes, op: str = "") -> int | None:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)}
+        if op:
+            headers["KV-Operation"] = op
+        reply = await self.nc.request(self.subject, data, timeout=5.0, headers=headers)
+        ack = _json.decode(reply.data)
+        err = ack.get("error")
+        if err:
+            if err.get("err_code") == WRONG_LAST_SEQUENCE:
+                return None
+            raise JetStreamError(self.subject, err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
+        return int(ack["seq"])
+
+    async def try_acquire(self) -> str:
+        """Take the lease if free; returns "" on success, else who holds it."""
+        rev, holder, live = await self._last()
+        if live:
+            return holder
+        got = await self._put(rev, self.holder.encode())
+        if got is None:
+            return "another process (it won the race)"
+        self.revision = got
+        return ""
+
+    async def acquire(self, *, wait: bool = True, stopping: Callable[[], bool] = lambda: False) -> bool:
+        """Take the lease; as a standby, wait until it is free (or raise :class:`LeaseHeld`).
+
+        Returns False if ``stopping()`` turned true while waiting."""
+        announced = False
+        while True:
+            holder = await self.try_acquire()
+            if not holder:
+                log.info("lease taken", lease=self.name, holder=self.holder)
+                return True
+            if stopping():
+                return False
+            if not wait:
+                raise LeaseHeld(f"{self.name} is running in another process ({holder}); stop it first")
+            if not announced:
+                log.info("standby: waiting for the lease", lease=self.name, held_by=holder)
+                announced = True
+            await asyncio.sleep(self.ttl_s / 5)
+
+    async def renew(self) -> None:
+        got = await self._put(self.revision, self.holder.encode())
+        if got is None:
+            raise LeaseLost(f"lease {self.name} was taken over by another process")
+        self.revision = got
+
+    async def keep(self) -> None:
+        """Renew every third of the TTL until cancelled; raises :class:`LeaseLost` when it slipped away."""
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await self.renew()
+                renewed = time.monotonic()
+            except LeaseLost:
+                raise
+            except Exception as exc:  # the server is away: keep trying until the TTL says we lost it
+                if time.monotonic() - renewed > self.ttl_s:
+                    raise LeaseLost(f"lease {self.name} could not be renewed for {self.ttl_s:.0f}s: {exc}") from None
+                log.warning("lease renewal failed; retrying", lease=self.name, error=str(exc))
+
+    async def release(self) -> None:
+        try:
+            await self._put(self.revision, b"", op="DEL")
+        except Exception as exc:  # it ages out anyway
+            log.debug("lease release failed", lease=self.name, error=str(exc))
