@@ -283,6 +283,11 @@ class ProjectionSink:
         self.events = 0
         self.done = asyncio.Event()
 
+    @property
+    def committed_seq(self) -> int:
+        """Every table of the family has committed up to here: how far the runtime may acknowledge."""
+        return self.last_seq
+
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         rows: dict[str, list[Row]] = {t.name: [] for t in self.tables}
         events = dict.fromkeys(rows, 0)
