@@ -214,10 +214,10 @@ class ConsumerRuntime:
             on_close = getattr(self.sink, "close", None)
             if on_close is not None:
                 await on_close()
-            if self.on_stop is not None:
-                await self.on_stop()
             if self._held is not None and self.nc.is_connected:
                 await self._ack_committed([])
+            if self.on_stop is not None:
+                await self.on_stop()
             await self.loop.stop()
 
     async def _handle(self, batch: list[Delivery]) -> None:
@@ -298,24 +298,24 @@ class ConsumerRuntime:
             )
 
     async def _ack_committed(self, batch: list[Delivery]) -> None:
-        """Ack policy ``all``: ack the batch's last delivery, or, if the sink buffers, the newest it committed.
+        """Ack policy ``all``: ack the newest processed delivery the sink has committed.
 
-        The newest processed delivery past ``committed_seq`` is held and acked once a later commit
-        covers it (on the next batch, on idle, on close).
+        A sink that buffers tells how far that is with ``committed_seq`` (others: all it processed).
+        The newest processed delivery past it is held and acked once a later commit covers it (on the
+        next batch, on idle, on close).
         """
-        committed: int | None = getattr(self.sink, "committed_seq", None)
-        if committed is None:
-            await self.loop.ack(batch[-1])
-            self.last_acked = batch[-1].stream_seq
-            if self.after_ack is not None:  # the sink's state now includes exactly this position
-                await self.after_ack(self.last_acked)
-            return
         seen = [d for d in (self._held, *batch) if d is not None]
-        done = [d for d in seen if d.stream_seq <= committed]
+        if not seen:
+            return
+        committed: int | None = getattr(self.sink, "committed_seq", None)
+        limit = seen[-1].stream_seq if committed is None else committed
+        done = [d for d in seen if d.stream_seq <= limit]
+        self._held = seen[-1] if seen[-1].stream_seq > limit else None
         if done:
             await self.loop.ack(done[-1])
             self.last_acked = done[-1].stream_seq
-        self._held = seen[-1] if seen and seen[-1].stream_seq > committed else None
+            if self.after_ack is not None:
+                await self.after_ack(self.last_acked)
 
     def _delay(self, d: Delivery) -> float:
         return float(min(self.backoff_s * 2 ** (d.deliveries - 1), 60.0))

@@ -202,6 +202,13 @@ class ProjectionDb:
         rows = self.con.execute(f"SELECT read_model, stream, last_seq, schema_hash FROM {CHECKPOINTS}").fetchall()
         return {str(m): Tracking(str(m), str(s), int(q), str(h)) for m, s, q, h in rows}
 
+    def follow(self, stream: str, read_models: list[str]) -> None:
+        """Record the stream of read models that have not committed yet (so status shows it)."""
+        marks = ", ".join("?" * len(read_models))
+        self.con.execute(
+            f"UPDATE {CHECKPOINTS} SET stream = ? WHERE stream = '' AND read_model IN ({marks})", [stream, *read_models]
+        )
+
     def checkpoint(self, read_model: str) -> int:
         """The last stream sequence whose rows ``read_model`` has committed (0: none)."""
         tr = self.tracking().get(read_model)
@@ -314,6 +321,7 @@ class ProjectionSink:
             if tr and tr.last_seq and tr.stream and tr.stream != stream:
                 raise ReadModelChanged(t.name, tr.stream, stream, what="stream")
         self.seqs = {t.name: tracked[t.name].last_seq if t.name in tracked else 0 for t in self.tables}
+        db.follow(stream, list(self.seqs))
         self.last_seq = min(self.seqs.values(), default=0)
         self.cursor = db.con.cursor()
         self._cursor_of = db.con
@@ -342,6 +350,11 @@ class ProjectionSink:
                 if rows and min(self.db.checkpoint(name) for name in rows) >= last:
                     break  # the failed commit was durable after all
         await self.stall.resolved()
+
+    @property
+    def committed_seq(self) -> int:
+        """Every table of the family has committed up to here: how far the runtime may acknowledge."""
+        return self.last_seq
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         rows: dict[str, list[Row]] = {t.name: [] for t in self.tables}

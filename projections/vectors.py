@@ -521,6 +521,7 @@ class VectorProjection:
         self._checkpoint = 0
         self._seen = 0  # highest sequence applied (rows may still be buffered)
         self._started = False
+        self._torn = False  # a commit failed after it may have added rows: recover before the retry
 
     @property
     def checkpoint(self) -> int:
@@ -574,7 +575,11 @@ class VectorProjection:
             return self._checkpoint
         t0 = time.perf_counter()
         rows, updates = self._build()
+        if self._torn:  # the last commit failed half-way: its rows may be in, above the checkpoint
+            self.store.recover(self.table)
+        self._torn = True
         self.store.commit(self.table, rows, stream=self.stream, last_seq=self._seen, model=self.model, updates=updates)
+        self._torn = False
         self._committed()
         log.debug(
             "vector_batch_committed",

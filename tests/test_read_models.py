@@ -61,37 +61,37 @@ def _market(ticks: int, seed: int) -> list[Event]:
     out: list[Event] = []
     for t in SimFeed(["A", "B"], ticks=ticks, seed=seed, mean_gap_ms=40).generate():
         out.append(t)
-        out.extend(react(agg, t))
+        out.extend(e for e in react(agg, t) if isinstance(e, Bar))
     return out
 
 
-async def _project(
-    nc: Client, prefix: str, db: ProjectionDb, *, stop_at: dict[str, int] | None = None
-) -> dict[str, int]:
-    """Run the DuckDB projection runtimes until every family is at its stream's end (or ``stop_at``)."""
+async def _project(nc: Client, prefix: str, db: ProjectionDb, *, upto_md: int | None = None) -> dict[str, int]:
+    """Run the DuckDB projection consumers until every family is at its stream's end (md: ``upto_md``).
+
+    Returns each consumer's start sequence.
+    """
     publisher = await Publisher(nc, prefix, role="test-projection").start()
-    pairs = [
-        (ConsumerRuntime(nc, publisher, b.spec, b.sink, start_seq=b.start_seq), b.sink)
-        for b in projection_bindings(prefix, db, stop_at=stop_at)
-    ]
-    starts = {rt.durable: rt.start_seq or 0 for rt, _ in pairs}
-    tasks = [asyncio.create_task(rt.run()) for rt, _ in pairs]
+    bindings = projection_bindings(prefix, db, stop_at=None if upto_md is None else {"md": upto_md})
+    runtimes = [ConsumerRuntime(nc, publisher, b.spec, b.sink, start_seq=b.start_seq) for b in bindings]
+    tasks = [asyncio.create_task(rt.run()) for rt in runtimes]
 
     async def done() -> bool:
-        for _, sink in pairs:
-            end = (stop_at or {}).get(sink.family.key, await stream_last_seq(nc, sink.stream))
-            if sink.last_seq < end:
+        for b in bindings:
+            end = await stream_last_seq(nc, b.sink.stream)
+            if upto_md is not None and b.sink.family.key == "md":
+                end = upto_md
+            if b.sink.last_seq < end:
                 return False
         return True
 
     try:
         await wait_until(done, timeout=60)
     finally:
-        for rt, _ in pairs:
+        for rt in runtimes:
             rt.stop()
         await asyncio.gather(*tasks)
         await publisher.close()
-    return starts
+    return {b.spec.durable: b.start_seq for b in bindings}
 
 
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -118,7 +118,7 @@ async def test_table_added_to_a_stream_with_history_backfills_itself(
     # The table is added: a partial backfill first, as if the projector stopped half-way through it.
     db = ProjectionDb(live)
     assert db.checkpoints()["bars"] == 0 and db.checkpoint("ticks") == 2000
-    starts = await _project(nc, provisioned, db, stop_at={"md": 700})
+    starts = await _project(nc, provisioned, db, upto_md=700)
     assert starts["projector_md"] == 1  # the lowest checkpoint of the family (bars: 0) + 1
     assert db.checkpoint("bars") == 700 and db.checkpoint("ticks") == 2000
     db.close()
@@ -360,6 +360,34 @@ def test_vector_checkpoints_without_schema_hash_are_upgraded(tmp_path: Path) -> 
     assert reopened.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
 
 
+def test_vector_commit_retried_after_failing_half_way_duplicates_nothing(tmp_path: Path) -> None:
+    """The sink retries a failed batch in place: rows the failed commit added must not stay twice."""
+    bars = _bars(300)
+    ref = VectorStore(tmp_path / "ref")
+    MarketStates(ref).run(enumerate(bars, 1))
+    store = VectorStore(tmp_path / "v")
+    proj = MarketStates(store)
+    proj.run(enumerate(bars[:100], 1))
+    for seq, bar in enumerate(bars[100:], 101):
+        proj.apply(seq, bar)
+    write_checkpoint = store.write_checkpoint
+
+    def disk_full(*args: object, **kw: object) -> None:
+        raise OSError("no space left on device")
+
+    store.write_checkpoint = disk_full  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        proj.flush(force=True)  # the rows are added, the checkpoint is not
+    store.write_checkpoint = write_checkpoint  # type: ignore[method-assign]
+    assert store.count(MARKET_STATES) == 300 and store.checkpoint(MARKET_STATES).last_seq == 100
+    assert proj.flush(force=True) == 300
+    assert store.count(MARKET_STATES) == 300
+    assert store.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
+
+
+DURABLE = "market_states_md"
+
+
 class PickyStates(MarketStates):
     """A market-state read model that rejects a bar with a non-positive close: its poison."""
 
@@ -389,14 +417,12 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
     store = VectorStore(tmp_path / "v")
     proj = PickyStates(store, stream=stream, batch_rows=100_000)
     sink = HeldSink(proj, commit_every_s=3600.0)
-    spec = ConsumerSpec(
-        stream=stream, durable="market_states_md", filter_subjects=(f"{provisioned}.md.bar.*.*",), ordered=True
-    )
+    spec = ConsumerSpec(stream=stream, durable=DURABLE, filter_subjects=(f"{provisioned}.md.bar.>",), ordered=True)
     rt = ConsumerRuntime(nc, publisher, spec, sink, start_seq=sink.last_seq + 1)
     task = asyncio.create_task(rt.run())
 
     async def acked() -> int:
-        info = await consumer_state(nc, stream, "market_states_md")
+        info = await consumer_state(nc, stream, DURABLE)
         return int(info["ack_floor"]["stream_seq"]) if info else -1
 
     def acked_to(seq: int) -> Callable[[], Awaitable[bool]]:
@@ -409,8 +435,8 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
         await publisher.publish(bars[:200])
         await wait_until(lambda: proj.seen == 200, timeout=60)
         letters = await wait_stored(nc, f"{provisioned.upper()}_OPS", "", bool, within=60)
-        assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [(51, "market_states_md")]
-        info = await consumer_state(nc, stream, "market_states_md")
+        assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [(51, DURABLE)]
+        info = await consumer_state(nc, stream, DURABLE)
         assert info is not None and info["num_ack_pending"] == 200  # processed, buffered: nothing acked
         assert await acked() == 0 and store.checkpoint(MARKET_STATES).last_seq == 0
 
