@@ -23,7 +23,7 @@ log = structlog.get_logger("tapeline.bus")
 
 
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-family retention. Market data ages out (and is capped in bytes, discarding the oldest); records never expire.
+    """Per-family retention. Market data ages out and is capped in bytes (oldest first); records never expire.
 
     nats-server reserves a stream's ``max_bytes`` against its store limit when the stream is created,
     so every namespace with this retention claims ``md_max_bytes`` (see :func:`provision`).

@@ -264,3 +264,26 @@ async def test_market_data_is_capped_in_bytes_and_discards_old(nc: Client, prefi
     await provision(nc, f"{prefix}x", Retention(md_max_bytes=1 << 60))
     info = await api.stream_info(MD.stream(f"{prefix}x"))
     assert info is not None and info["config"]["max_bytes"] == -1
+
+
+async def test_stopping_while_waiting_for_disk_space_is_prompt_and_loses_nothing(
+    tmpfs: Path, nc: Client, provisioned: str, publisher: Publisher
+) -> None:
+    db = tmpfs / "p.duckdb"
+    pipeline = Pipeline(nc, provisioned, handlers=FAST, db_path=db)
+    await pipeline.start()
+    waiter = asyncio.create_task(pipeline.wait())
+    ballast = fill(tmpfs, leave=1 << 20)
+    await run_feed(SimFeed(["A"], ticks=20_000, seed=7, mean_gap_ms=50), publisher)
+    await _wait_alerts(nc, provisioned, "projection:main:md", 1)
+    await asyncio.wait_for(pipeline.stop(), 30)  # the waiting batch is given up, unacked
+    assert waiter.done() and waiter.exception() is None
+
+    ballast.unlink()
+    again = Pipeline(nc, provisioned, handlers=FAST, db_path=db)
+    await again.start()
+    await wait_until(lambda: caught_up(nc, again), timeout=120)
+    ticks = len(await stored(nc, MD.stream(provisioned), f"{provisioned}.md.tick.>"))
+    assert again.db is not None
+    assert again.db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (ticks, ticks)
+    await again.stop()
