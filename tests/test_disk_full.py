@@ -113,14 +113,14 @@ async def test_full_jetstream_store_stalls_feed_and_handlers_then_resumes(
         await probe.publish([tick])
     await probe.close()
     # It keeps waiting (backoff 0.5, 1, 2, 4 ... 10 s), alerting once, however long the store stays full.
-    await wait_until(lambda: sample("tapeline_store_full_total", role="feed-full") >= 4, timeout=60)
+    await wait_until(lambda: sample("tapeline_store_full_total", role="feed-full") >= 4, timeout=120)
     assert not waiter.done() and not feed.done()
 
     # Free space in JetStream: drop the other namespace. Everything resumes by itself.
     for name in [f.stream("ballast") for f in FAMILIES] + ["KV_ballast_decisions"]:
         await api.call(f"STREAM.DELETE.{name}")
     freed = time.monotonic()
-    await wait_until(lambda: sample("tapeline_stalled", **stalled) == 0, timeout=60)
+    await wait_until(lambda: sample("tapeline_stalled", **stalled) == 0, timeout=120)
     print(f"\nfeed resumed {time.monotonic() - freed:.1f}s after space was freed")
     await asyncio.wait_for(feed, 120)
     await wait_until(lambda: caught_up(nc, pipeline), timeout=120)
@@ -160,7 +160,7 @@ async def test_disk_under_the_store_full_times_out_and_loses_nothing_over_a_serv
         server.stop()
         server = EmbeddedNats(tmpfs, port=int(url.rsplit(":", 1)[1]), log_file=tmp_path / "nats.log")
         server.start()
-        await wait_until(lambda: nc.is_connected, timeout=60)
+        await wait_until(lambda: nc.is_connected, timeout=120)
         await pub.publish(pending)  # only what was not stored; the client reconnected by itself
         ids = [e.event_id for e in await stored(nc, MD.stream("enospc"))]
         assert sorted(ids) == sorted(t.event_id for t in ticks)  # all of them, each once
@@ -199,12 +199,12 @@ async def test_full_duckdb_volume_stalls_only_the_projection_then_resumes(
     bars = len(await stored(nc, md, f"{provisioned}.md.bar.>"))
     later = 1_767_300_000_000_000_000
     await run_feed(SimFeed(["A", "B"], ticks=2000, seed=6, mean_gap_ms=50, start_ns=later), publisher)
-    await wait_until(lambda: _count(nc, md, f"{provisioned}.md.bar.>", more_than=bars), timeout=60)
+    await wait_until(lambda: _count(nc, md, f"{provisioned}.md.bar.>", more_than=bars), timeout=120)
     assert not waiter.done()
 
     ballast.unlink()
     freed = time.monotonic()
-    await wait_until(lambda: sample("tapeline_stalled", component=component, kind="disk_full") == 0, timeout=60)
+    await wait_until(lambda: sample("tapeline_stalled", component=component, kind="disk_full") == 0, timeout=120)
     print(f"\nprojection ({checkpoint}) resumed {time.monotonic() - freed:.1f}s after space was freed")
     await wait_until(lambda: caught_up(nc, pipeline), timeout=120)
     ticks = len(await stored(nc, md, f"{provisioned}.md.tick.>"))
