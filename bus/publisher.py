@@ -251,7 +251,7 @@ class Publisher:
             raise StoreFull(
                 f"JetStream store full: {len(group.full)} message(s) refused, e.g. {group.full[0]}; "
                 "free space in JetStream (delete what-if namespaces, shorten market-data retention) or raise "
-                "the server's max_file_store, and publishing resumes",
+                "the server's max_file_store (a config reload applies it), and publishing resumes",
                 unstored,
             )
         return PublishResult(group.stored, group.duplicates, group.seqs)

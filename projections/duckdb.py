@@ -227,8 +227,8 @@ class ProjectionDb:
         """
         c = cur or self.con
         by_name = {t.name: t for t in self.tables}
-        c.execute("BEGIN TRANSACTION")
         try:
+            c.execute("BEGIN TRANSACTION")  # fails too once DuckDB has invalidated the database
             for name, table_rows in rows.items():
                 if table_rows:
                     arrow = by_name[name].to_arrow(table_rows)

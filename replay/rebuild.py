@@ -71,8 +71,9 @@ def check_space(target: Path, live_db: Path, live_vectors: Path | None = None) -
     free = shutil.disk_usage(where).free
     if free < need:
         raise NotEnoughSpace(
-            f"not enough space for the rebuild in {where}: needs about {_human(need)} (1.5x the live projections' "
-            f"{_human(live)} + {_human(SPACE_MARGIN)}), {_human(free)} free; free space or pass --out on another disk"
+            f"not enough free space for the rebuild at {target.absolute().parent}: needs about {_human(need)} "
+            f"(1.5x the live projections' {_human(live)} + {_human(SPACE_MARGIN)}), {_human(free)} free; "
+            "free space or pass --out on another disk"
         )
     return need
 
