@@ -70,17 +70,22 @@ async def read(
     loop = PullLoop(nc, stream, name, batch=batch, idle_s=0.5, max_bytes=max_bytes)
     await loop.start()
     progress = time.monotonic()
+    received = 0  # messages received: the consumer's delivered count once nothing is still on its way
     try:
         while True:
             got = await loop.next_batch()
             if not got:
                 state = await api.consumer_info(stream, name)
-                if state is None or int(state.get("num_pending", 0)) == 0:
-                    return  # nothing (more) matches the filter up to the end
+                if state is None:
+                    raise ReadStalled(f"{stream}: the reader's consumer vanished (server restart?)")
+                delivered = int((state.get("delivered") or {}).get("consumer_seq", 0))
+                if int(state.get("num_pending", 0)) == 0 and delivered <= received:
+                    return  # nothing (more) matches the filter, and nothing is still on its way to us
                 if time.monotonic() - progress > stall_s:
                     raise ReadStalled(f"{stream}: no message for {stall_s:.0f}s with {state['num_pending']} pending")
                 continue
             progress = time.monotonic()
+            received += len(got)
             out: list[Received] = []
             done = False
             for d in got:

@@ -117,7 +117,8 @@ async def test_two_up_processes_share_an_ordered_role_safely(
     async def done() -> bool:
         info = await consumer_state(nc, stream, "bars_md")
         taken = "lease taken" in (tmp_path / "second.log").read_text()
-        return taken and info is not None and info["num_pending"] == 0 and await stream_last_seq(nc, stream) > 300
+        acked = info is not None and info["num_pending"] == 0 and info["ack_floor"]["stream_seq"] >= 300
+        return taken and acked and await stream_last_seq(nc, stream) >= 300
 
     await wait_until(done, timeout=120)
     second.send_signal(signal.SIGTERM)

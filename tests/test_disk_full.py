@@ -94,7 +94,7 @@ async def test_full_jetstream_store_stalls_feed_and_handlers_then_resumes(
     await run_feed(SimFeed(["Z"], ticks=24_000, chunk=2000, venue="ballast"), ballast, batch_ticks=True)
     await ballast.close()
 
-    pipeline = Pipeline(nc, "full", handlers=FAST, db_path=tmp_path / "p.duckdb")
+    pipeline = Pipeline(nc, "full", configs=FAST, db_path=tmp_path / "p.duckdb")
     await pipeline.start()
     waiter = asyncio.create_task(pipeline.wait())
     publisher = await Publisher(nc, "full", role="feed-full").start()
@@ -177,7 +177,7 @@ async def test_full_duckdb_volume_stalls_only_the_projection_then_resumes(
     """``wal``: the WAL write fails (the transaction is rolled back, the connection stays usable).
     ``checkpoint``: checkpoints after every commit, so the checkpoint fails and DuckDB invalidates
     the database: the sink reopens it."""
-    pipeline = Pipeline(nc, provisioned, handlers=FAST, db_path=tmpfs / "p.duckdb")
+    pipeline = Pipeline(nc, provisioned, configs=FAST, db_path=tmpfs / "p.duckdb")
     await pipeline.start()
     waiter = asyncio.create_task(pipeline.wait())
     assert pipeline.db is not None
@@ -270,7 +270,7 @@ async def test_stopping_while_waiting_for_disk_space_is_prompt_and_loses_nothing
     tmpfs: Path, nc: Client, provisioned: str, publisher: Publisher
 ) -> None:
     db = tmpfs / "p.duckdb"
-    pipeline = Pipeline(nc, provisioned, handlers=FAST, db_path=db)
+    pipeline = Pipeline(nc, provisioned, configs=FAST, db_path=db)
     await pipeline.start()
     waiter = asyncio.create_task(pipeline.wait())
     ballast = fill(tmpfs, leave=1 << 20)
@@ -280,7 +280,7 @@ async def test_stopping_while_waiting_for_disk_space_is_prompt_and_loses_nothing
     assert waiter.done() and waiter.exception() is None
 
     ballast.unlink()
-    again = Pipeline(nc, provisioned, handlers=FAST, db_path=db)
+    again = Pipeline(nc, provisioned, configs=FAST, db_path=db)
     await again.start()
     await wait_until(lambda: caught_up(nc, again), timeout=120)
     ticks = len(await stored(nc, MD.stream(provisioned), f"{provisioned}.md.tick.>"))

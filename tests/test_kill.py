@@ -135,9 +135,9 @@ class StallsAtCommit:
 db = ProjectionDb(Path(sys.argv[1]))
 table = next(t for t in TABLES if t.name == "ticks")
 rows = [r for seq, t in enumerate(SimFeed(["A"], ticks=3000, seed=1).generate(), 1) for r in table.rows(t, seq)]
-db.commit("S_MD", {"ticks": rows[:1000]}, 1000, 1000)
-db.commit("S_MD", {"ticks": rows[1000:2000]}, 2000, 1000)
-db.commit("S_MD", {"ticks": rows[2000:]}, 3000, 1000, StallsAtCommit(db.con.cursor()))
+db.commit("S_MD", {"ticks": rows[:1000]}, 1000, {"ticks": 1000})
+db.commit("S_MD", {"ticks": rows[1000:2000]}, 2000, {"ticks": 1000})
+db.commit("S_MD", {"ticks": rows[2000:]}, 3000, {"ticks": 1000}, StallsAtCommit(db.con.cursor()))
 """
 HOLDING_READER = """
 import sys, duckdb
@@ -179,8 +179,8 @@ async def test_reader_of_a_killed_writer_sees_exactly_what_was_committed(tmp_pat
     assert not wal.exists(), "the reader checkpointed the WAL, as the projector's next start would"
     projector = ProjectionDb(db)  # and the writer carries on from there
     try:
-        assert projector.checkpoint("S_MD") == 2000
-        projector.commit("S_MD", {}, 2001, 1)
+        assert projector.checkpoint("ticks") == 2000
+        projector.commit("S_MD", {"ticks": []}, 2001, {"ticks": 0})
     finally:
         projector.close()
-    assert read_db(db, "SELECT last_seq FROM _checkpoints WHERE stream = 'S_MD'") == (2001,)
+    assert read_db(db, "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks'") == (2001,)
