@@ -147,6 +147,51 @@ async def _read_all(loop: PullLoop) -> None:
     raise AssertionError("the read ended quietly, short of the stream's end")
 
 
+class _Held:
+    """Holds its first batch until released: the server restarts while the consumer is mid-stream."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        if not self.seqs:
+            self.holding.set()
+            await self.release.wait()
+        self.seqs += [r.delivery.stream_seq for r in batch]
+        return {}
+
+
+@pytest.mark.parametrize("durable", ["d_ordered", None], ids=["ordered-durable", "ephemeral-replay"])
+async def test_an_ordered_consumer_goes_on_after_its_last_message_across_a_restart(
+    server: EmbeddedNats, nc: TapelineClient, durable: str | None
+) -> None:
+    """Messages in flight at the restart would otherwise come back only after ack_wait, behind newer ones
+    (an ordered durable), or never (an ephemeral one, gone with the server's memory)."""
+    pub = await Publisher(nc, PREFIX).start()
+    await pub.publish(ticks(3000))
+    sink = _Held()
+    rt = ConsumerRuntime(
+        nc, pub, stream=MD, durable=durable, filter_subjects=[TICKS], sink=sink, batch=200,
+        ack_policy="all" if durable else "none", start_seq=1,
+    )  # fmt: skip
+    task = asyncio.create_task(rt.run())
+    try:
+        await asyncio.wait_for(sink.holding.wait(), 30)
+        before = int(nc.stats["reconnects"])
+        server.stop()  # graceful: the server remembers what it delivered, we lose what was in flight
+        server.start()
+        await wait_until(lambda: reconnected(nc, before), timeout=60)
+        sink.release.set()
+        await wait_until(lambda: len(sink.seqs) >= 3000 or task.done(), timeout=60)
+    finally:
+        rt.stop()
+        await asyncio.wait_for(task, 30)
+        await pub.close()
+    assert sink.seqs == list(range(1, 3001)), "every message once, in stream order"
+
+
 class _Counting:
     def __init__(self) -> None:
         self.n = 0
