@@ -14,6 +14,7 @@ the acks they were waiting for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import ssl
@@ -337,7 +338,8 @@ async def close_connection(nc: Client, timeout: float = 5.0) -> None:  # noqa: A
         try:
             await asyncio.wait_for(nc.drain(), timeout)
             return
-        except (TimeoutError, NatsError):
+        except (TimeoutError, NatsError, OSError):
             pass
     if not nc.is_closed:
-        await nc.close()
+        with contextlib.suppress(OSError):  # the server went away under us: closed all the same
+            await nc.close()
