@@ -65,14 +65,15 @@ class NatsConnectError(RuntimeError):
 
 
 class ConnectionWatcher(Protocol):
-    """Told when the connection drops and when it is back (called in the client's reader, must not block)."""
+    """Told when the connection drops and when it is back (called from the client's reconnect task: no waiting)."""
 
     def connection_lost(self) -> None: ...
     def connection_restored(self) -> None: ...
 
 
 class TapelineClient(Client):
-    """nats-py's client (pinned to 2.16.0) with two fast paths for the message hot path.
+    """nats-py's client (pinned to 2.16.0) with two fast paths for the message hot path, and watchers
+    (``watch``) told when the connection drops and comes back.
 
     * ``subscribe_raw``: messages of our own inboxes (pull-loop deliveries, publish acks) go
       straight from the protocol parser to a synchronous handler as bytes, skipping header
