@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bus.connection import NatsSettings, connect
 from bus.server import EmbeddedNats
-from tests.helpers import TAPELINE, write_config
+from tests.helpers import TAPELINE, wait_until, write_config
 
 PASSWORD = "s3cret-Pw"
 FEW_SECONDS = 10.0  # "within a few seconds", with room for a busy machine and Python start-up
@@ -126,3 +127,17 @@ def test_up_shows_its_server_without_the_password(tmp_path: Path, auth_server: E
     text = log.read_text()
     assert "nats://alice:***@127.0.0.1" in text, text
     assert PASSWORD not in text
+
+
+async def test_credentials_refused_on_reconnect_end_the_connection(tmp_path: Path) -> None:
+    """The server comes back with another password: reconnecting would fail forever, so the client closes."""
+    srv = EmbeddedNats(tmp_path / "nats", extra_config='authorization { user: alice, password: "one" }')
+    srv.start()
+    try:
+        nc = await connect(NatsSettings(url=srv.url, user="alice", password="one"))
+        srv.extra_config = 'authorization { user: alice, password: "two" }'
+        srv.stop()
+        srv.start()
+        await wait_until(lambda: nc.is_closed, timeout=30)
+    finally:
+        srv.stop()
