@@ -8,7 +8,9 @@ ack their inputs safely afterwards. Unacked messages are re-sent (same id) after
 Across a reconnect: acks of messages in flight when the connection dropped never come, so all of
 them are re-sent (same ids, JetStream drops what it already stored) as soon as the connection is
 back. While it is down, ``publish`` waits for it without spending its attempts (the client
-reconnects forever; a closed connection fails at once with PublishError).
+reconnects forever; a closed connection fails at once with PublishError). "No responders" (no
+stream for the subject) is answered while a server stops or starts, too, so it is retried like a
+missing ack and reported only when the attempts run out.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class _Out(msgspec.Struct):
 
 
 class _Group:
-    __slots__ = ("done", "duplicates", "errors", "remaining", "seqs", "stored")
+    __slots__ = ("done", "duplicates", "errors", "refused", "remaining", "seqs", "stored")
 
     def __init__(self, n: int) -> None:
         self.remaining = n
@@ -58,6 +60,7 @@ class _Group:
         self.stored = 0
         self.duplicates = 0
         self.seqs: list[int] = []
+        self.refused = ""  # the last "no responders" answer, reported if the message is never stored
         if n == 0:
             self.done.set_result(None)
 
@@ -136,22 +139,24 @@ class Publisher:
             await self._resend(g)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        out = self._inflight.pop(subject.decode(), None)
+        key = subject.decode()
+        out = self._inflight.get(key)
         if out is None:
             return  # a late ack for a message we already re-sent and counted
-        self._slots.release()
         g = out.group
-        if status_code(headers) == "503":
-            g.errors.append(f"{out.subject}: no stream captures this subject (provision first)")
+        if status_code(headers) == "503":  # no stream, or JetStream stopping/starting with the server:
+            g.refused = f"{out.subject}: no stream captures this subject (provision first)"
+            return  # still in flight: re-sent on reconnect or after ack_timeout, an error once attempts run out
+        del self._inflight[key]
+        self._slots.release()
+        ack = _ack_decoder.decode(data)
+        if ack.error:
+            g.errors.append(f"{out.subject}: {ack.error.get('description')}")
+        elif ack.duplicate:
+            g.duplicates += 1
         else:
-            ack = _ack_decoder.decode(data)
-            if ack.error:
-                g.errors.append(f"{out.subject}: {ack.error.get('description')}")
-            elif ack.duplicate:
-                g.duplicates += 1
-            else:
-                g.stored += 1
-            g.seqs.append(ack.seq)
+            g.stored += 1
+        g.seqs.append(ack.seq)
         g.remaining -= 1
         if g.remaining == 0 and not g.done.done():
             g.done.set_result(None)
@@ -191,7 +196,8 @@ class Publisher:
                 continue  # re-sent by connection_restored when it is back
             attempts += 1
             if attempts >= self.max_attempts:
-                raise PublishError(f"{group.remaining} message(s) not acknowledged after {attempts} attempts")
+                why = f": {group.refused}" if group.refused else ""
+                raise PublishError(f"{group.remaining} message(s) not acknowledged after {attempts} attempts{why}")
             await self._resend(group)
         if group.errors:
             raise PublishError("; ".join(group.errors[:5]))
