@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from bus.connection import TapelineClient
 from bus.consumer import status_code
-from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED
+from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_RETRIES
 from schemas.codec import encode
 from schemas.events import Event
 
@@ -48,6 +48,7 @@ class _Out(msgspec.Struct):
     payload: bytes
     headers: bytes  # a complete NATS header block
     group: _Group
+    refused: bool = False  # JetStream answered "no responders" to the last send
 
 
 class _Group:
@@ -136,7 +137,7 @@ class Publisher:
     async def _resend_all(self) -> None:
         groups = {id(out.group): out.group for out in self._inflight.values()}
         for g in groups.values():
-            await self._resend(g)
+            await self._resend(g, "reconnect")
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         key = subject.decode()
@@ -146,6 +147,7 @@ class Publisher:
         g = out.group
         if status_code(headers) == "503":  # no stream, or JetStream stopping/starting with the server:
             g.refused = f"{out.subject}: no stream captures this subject (provision first)"
+            out.refused = True
             return  # still in flight: re-sent on reconnect or after ack_timeout, an error once attempts run out
         del self._inflight[key]
         self._slots.release()
@@ -198,7 +200,7 @@ class Publisher:
             if attempts >= self.max_attempts:
                 why = f": {group.refused}" if group.refused else ""
                 raise PublishError(f"{group.remaining} message(s) not acknowledged after {attempts} attempts{why}")
-            await self._resend(group)
+            await self._resend(group, "timeout")
         if group.errors:
             raise PublishError("; ".join(group.errors[:5]))
         EVENTS_PUBLISHED.labels(self.role).inc(group.stored)
@@ -206,10 +208,12 @@ class Publisher:
             EVENTS_DUPLICATE.labels(self.role).inc(group.duplicates)
         return PublishResult(group.stored, group.duplicates, group.seqs)
 
-    async def _resend(self, group: _Group) -> None:
+    async def _resend(self, group: _Group, reason: str) -> None:
         stale = [(reply, out) for reply, out in self._inflight.items() if out.group is group]
         for reply, out in stale:
             if self._inflight.pop(reply, None) is None:
                 continue  # acknowledged, or re-sent by someone else, meanwhile
             self._slots.release()
+            PUBLISH_RETRIES.labels(self.role, "no_responders" if out.refused else reason).inc()
+            out.refused = False
             await self._send(out)

@@ -238,3 +238,22 @@ async def test_lag_metric_shows_the_backlog_of_an_idle_consumer(server: Embedded
 )
 def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+async def test_no_responders_is_retried_until_a_stream_takes_the_subject(nc: TapelineClient) -> None:
+    """What a server that is stopping answers, too; the message goes in once the stream is there."""
+    pub = await Publisher(nc, "late", role="late-test", ack_timeout=0.2, max_attempts=1000).start()
+    publishing = asyncio.create_task(pub.publish(ticks(3)))
+
+    def retried() -> float:
+        labels = {"role": "late-test", "reason": "no_responders"}
+        return REGISTRY.get_sample_value("tapeline_publish_retries_total", labels) or 0.0
+
+    try:
+        await wait_until(lambda: retried() >= 3, timeout=30)
+        assert not publishing.done()
+        await provision(nc, "late")
+        result = await asyncio.wait_for(publishing, 30)
+    finally:
+        await pub.close()
+    assert result.stored == 3
