@@ -64,14 +64,15 @@ class NatsConnectError(RuntimeError):
 
 
 class ConnectionWatcher(Protocol):
-    """Told when the connection drops and when it is back (called in the client's reader, must not block)."""
+    """Told when the connection drops and when it is back (called from the client's reconnect task: no waiting)."""
 
     def connection_lost(self) -> None: ...
     def connection_restored(self) -> None: ...
 
 
 class TapelineClient(Client):
-    """nats-py's client (pinned to 2.16.0) with two fast paths for the message hot path.
+    """nats-py's client (pinned to 2.16.0) with two fast paths for the message hot path, and watchers
+    (``watch``) told when the connection drops and comes back.
 
     * ``subscribe_raw``: messages of our own inboxes (pull-loop deliveries, publish acks) go
       straight from the protocol parser to a synchronous handler as bytes, skipping header
@@ -86,6 +87,7 @@ class TapelineClient(Client):
         self._watchers: list[ConnectionWatcher] = []
         self.shown_url = ""  # the server, credentials redacted: for log lines
         self._lost_at = 0.0
+        self._closing: asyncio.Task[None] | None = None
 
     def watch(self, watcher: ConnectionWatcher) -> None:
         self._watchers.append(watcher)
@@ -109,11 +111,19 @@ class TapelineClient(Client):
             w.connection_restored()
 
     async def _on_error(self, exc: Exception) -> None:
-        """nats-py's default prints a traceback per failed reconnect attempt; one line (or none) is enough."""
+        """nats-py's default prints a traceback per failed reconnect attempt; one line (or none) is enough.
+
+        Refused credentials on a reconnect end the connection: retrying them would go on forever.
+        """
+        cause = describe_error(exc)
+        if (self.is_reconnecting or self.is_connecting) and cause.startswith("authorization"):
+            log.error("NATS refused our credentials on reconnect; closing the connection", server=self.shown_url)
+            self._closing = asyncio.create_task(self.close())
+            return
         if self.is_reconnecting or self.is_connecting or isinstance(exc, UnexpectedEOF | StaleConnectionError):
-            log.debug("NATS connection attempt failed", server=self.shown_url, error=describe_error(exc))
+            log.debug("NATS connection attempt failed", server=self.shown_url, error=cause)
         else:
-            log.warning("NATS error", server=self.shown_url, error=describe_error(exc))
+            log.warning("NATS error", server=self.shown_url, error=cause)
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
         """Subscribe with a handler called synchronously, in the reader, for each message."""
@@ -285,7 +295,7 @@ async def connect(settings: NatsSettings, *, retry_for: float = 0.0, connect_tim
         errors: list[BaseException] = []
 
         async def on_error(exc: Exception, nc: TapelineClient = nc, errors: list[BaseException] = errors) -> None:
-            if nc.is_connected or nc.is_reconnecting:
+            if nc.options["allow_reconnect"]:  # connected once (see below)
                 await nc._on_error(exc)
             else:
                 errors.append(exc)

@@ -117,6 +117,7 @@ class PullLoop:
         self.on_reconnect = on_reconnect
         self.refresh_s = refresh_s
         self._info_at = -math.inf
+        self._quiet_until = 0.0  # no new requests before this (monotonic), after a "no responders"
         self.stopping = False
 
     @property
@@ -151,7 +152,10 @@ class PullLoop:
         if self._lost:  # into a request from before the drop: it may follow a gap; it comes again after recovery
             return
         if not reply:  # a status on the request's own inbox: 404/408 expired, 409 conflict, 100 heartbeat
-            if status_code(headers) != "100":
+            status = status_code(headers)
+            if status == "503":  # no responders: JetStream is stopping (or gone); ask again a little later
+                self._quiet_until = time.monotonic() + self.idle_s
+            if status != "100":
                 self._open.pop(subject.decode(), None)
                 self._arrived.set()
             return
@@ -177,6 +181,8 @@ class PullLoop:
     async def _top_up(self) -> None:
         self._expire()
         if self.stopping or self._lost or not self.nc.is_connected or self.credit > self.batch // 2:
+            return
+        if time.monotonic() < self._quiet_until:
             return
         self._n += 1
         reply = f"{self._inbox}.{self._n}"

@@ -12,6 +12,12 @@ EVENTS_PUBLISHED = Counter(
 EVENTS_DUPLICATE = Counter(
     "tapeline_events_duplicate_total", "Publishes JetStream dropped as duplicates (same event id)", ["role"]
 )
+PUBLISH_RETRIES = Counter(
+    "tapeline_publish_retries_total",
+    "Messages a publisher sends again, by role and reason: timeout (no ack in time), reconnect (acks lost "
+    "with the connection), no_responders (JetStream not there: no stream, or a server stopping)",
+    ["role", "reason"],
+)
 EVENTS_CONSUMED = Counter("tapeline_events_consumed_total", "Events processed, by consumer", ["consumer"])
 EVENTS_FAILED = Counter(
     "tapeline_events_failed_total",

@@ -18,6 +18,9 @@ resources available" when a reservation is exceeded): that is :class:`StoreFull`
 under the store fills before JetStream's own limit (``max_file_store``, by default 75% of the free
 disk when the server started), the server logs "no space left on device" and answers nothing:
 :class:`PublishTimeout`; that stream then stores nothing until nats-server restarts.
+ "No responders" (no stream for the
+subject) is answered while a server stops or starts, too, so it is retried like a missing ack and
+reported only when the attempts run out.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from nats.aio.subscription import Subscription
 
 from bus.connection import TapelineClient
 from bus.consumer import status_code
-from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_TIMEOUTS, STORE_FULL
+from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_RETRIES, PUBLISH_TIMEOUTS, STORE_FULL
 from bus.stall import Stalled
 from schemas.codec import encode
 from schemas.events import Event
@@ -76,10 +79,11 @@ class _Out(msgspec.Struct):
     headers: bytes  # a complete NATS header block
     group: _Group
     index: int  # which of the group's messages
+    refused: bool = False  # JetStream answered "no responders" to the last send
 
 
 class _Group:
-    __slots__ = ("done", "duplicates", "errors", "full", "refused", "remaining", "seqs", "stored")
+    __slots__ = ("done", "duplicates", "errors", "full", "no_stream", "refused", "remaining", "seqs", "stored")
 
     def __init__(self, n: int) -> None:
         self.remaining = n
@@ -87,6 +91,7 @@ class _Group:
         self.errors: list[str] = []
         self.full: list[str] = []  # refusals for a full store
         self.refused: list[int] = []  # indexes of messages JetStream refused
+        self.no_stream = ""  # the last "no responders" answer (no stream, or JetStream stopping/starting)
         self.stored = 0
         self.duplicates = 0
         self.seqs: list[int] = []
@@ -165,31 +170,31 @@ class Publisher:
     async def _resend_all(self) -> None:
         groups = {id(out.group): out.group for out in self._inflight.values()}
         for g in groups.values():
-            await self._resend(g)
+            await self._resend(g, "reconnect")
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        out = self._inflight.pop(subject.decode(), None)
+        key = subject.decode()
+        out = self._inflight.get(key)
         if out is None:
             return  # a late ack for a message we already re-sent and counted
-        self._slots.release()
         g = out.group
-        if status_code(headers) == "503":
+        if status_code(headers) == "503":  # no stream, or JetStream stopping/starting with the server:
+            g.no_stream = f"{out.subject}: no stream captures this subject (provision first), or JetStream is off"
+            out.refused = True
+            return  # still in flight: re-sent on reconnect or after ack_timeout, an error once attempts run out
+        del self._inflight[key]
+        self._slots.release()
+        ack = _ack_decoder.decode(data)
+        if ack.error:
             g.refused.append(out.index)
-            g.errors.append(
-                f"{out.subject}: no stream captures this subject (provision first), or JetStream is off on the server"
-            )
+            code = ack.error.get("err_code")
+            what = f"{ack.stream or out.subject}: {ack.error.get('description')} (err_code {code})"
+            (g.full if code in STORE_FULL_CODES else g.errors).append(what)
+        elif ack.duplicate:
+            g.duplicates += 1
         else:
-            ack = _ack_decoder.decode(data)
-            if ack.error:
-                g.refused.append(out.index)
-                code = ack.error.get("err_code")
-                what = f"{ack.stream or out.subject}: {ack.error.get('description')} (err_code {code})"
-                (g.full if code in STORE_FULL_CODES else g.errors).append(what)
-            elif ack.duplicate:
-                g.duplicates += 1
-            else:
-                g.stored += 1
-            g.seqs.append(ack.seq)
+            g.stored += 1
+        g.seqs.append(ack.seq)
         g.remaining -= 1
         if g.remaining == 0 and not g.done.done():
             g.done.set_result(None)
@@ -232,16 +237,23 @@ class Publisher:
                 continue  # re-sent by connection_restored when it is back
             attempts += 1
             if attempts >= self.max_attempts:
-                unacked = [out.index for out in self._take(group)]
+                taken = self._take(group)
+                unacked = [out.index for out in taken]
                 self._count(group)
+                unstored = events if batch else [events[i] for i in sorted(unacked + group.refused)]
+                if group.no_stream and all(out.refused for out in taken):
+                    raise PublishError(
+                        f"{len(unacked)} message(s) not acknowledged after {attempts} attempts: {group.no_stream}",
+                        unstored,
+                    )
                 PUBLISH_TIMEOUTS.labels(self.role).inc()
                 raise PublishTimeout(
                     f"{len(unacked)} message(s) not acknowledged after {self.max_attempts} attempts of "
                     f"{self.ack_timeout:g}s: the server is unreachable, or the disk under its store is full "
                     "(nats-server then logs 'no space left on device' and needs a restart once space is freed)",
-                    events if batch else [events[i] for i in sorted(unacked + group.refused)],
+                    unstored,
                 )
-            await self._resend(group)
+            await self._resend(group, "timeout")
         self._count(group)
         unstored = events if batch else [events[i] for i in sorted(group.refused)]
         if group.errors:
@@ -272,6 +284,8 @@ class Publisher:
             taken.append(out)
         return taken
 
-    async def _resend(self, group: _Group) -> None:
+    async def _resend(self, group: _Group, reason: str) -> None:
         for out in self._take(group):
+            PUBLISH_RETRIES.labels(self.role, "no_responders" if out.refused else reason).inc()
+            out.refused = False
             await self._send(out)

@@ -271,7 +271,11 @@ def up(
     prefix: PrefixOpt = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off)")] = None,
     drain_timeout: Annotated[
-        float, typer.Option(help="seconds SIGINT/SIGTERM waits for in-flight work before exiting anyway")
+        float,
+        typer.Option(
+            help="seconds from SIGINT/SIGTERM to exit, even with NATS gone: work in flight gets all but "
+            "2/5 of it (at most 4 s), kept to close the connection and exit"
+        ),
     ] = 10.0,
 ) -> None:
     """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully).
@@ -286,7 +290,7 @@ def up(
 async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
     from bus.lease import LeaseHeld, LeaseLost
 
-    close_s = min(2.0, drain_s / 4)  # of the drain budget, kept for closing the connection
+    close_s = min(2.0, drain_s / 5)  # of the budget, for closing the connection; as much again to exit
     async with nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s) as (nc, url):
         try:
             pipeline = Pipeline(
@@ -324,7 +328,7 @@ async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float
         waiter = asyncio.create_task(pipeline.wait())
         await asyncio.wait([waiter, stopped], return_when=asyncio.FIRST_COMPLETED)
         try:  # bounded: a server that is gone, or forgot our requests, must not keep us here
-            async with asyncio.timeout(drain_s - close_s):
+            async with asyncio.timeout(drain_s - 2 * close_s):
                 await pipeline.stop()
         except TimeoutError:
             log.warning("drain timed out; unacknowledged work will be redelivered", drain_timeout_s=drain_s)

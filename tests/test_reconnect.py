@@ -148,6 +148,51 @@ async def _read_all(loop: PullLoop) -> None:
     raise AssertionError("the read ended quietly, short of the stream's end")
 
 
+class _Held:
+    """Holds its first batch until released: the server restarts while the consumer is mid-stream."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        if not self.seqs:
+            self.holding.set()
+            await self.release.wait()
+        self.seqs += [r.delivery.stream_seq for r in batch]
+        return {}
+
+
+@pytest.mark.parametrize("durable", ["d_ordered", None], ids=["ordered-durable", "ephemeral-replay"])
+async def test_an_ordered_consumer_goes_on_after_its_last_message_across_a_restart(
+    server: EmbeddedNats, nc: TapelineClient, durable: str | None
+) -> None:
+    """Messages in flight at the restart would otherwise come back only after ack_wait, behind newer ones
+    (an ordered durable), or never (an ephemeral one, gone with the server's memory)."""
+    pub = await Publisher(nc, PREFIX).start()
+    await pub.publish(ticks(3000))
+    sink = _Held()
+    rt = ConsumerRuntime(
+        nc, pub, stream=MD, durable=durable, filter_subjects=[TICKS], sink=sink, batch=200,
+        ack_policy="all" if durable else "none", start_seq=1,
+    )  # fmt: skip
+    task = asyncio.create_task(rt.run())
+    try:
+        await asyncio.wait_for(sink.holding.wait(), 30)
+        before = int(nc.stats["reconnects"])
+        server.stop()  # graceful: the server remembers what it delivered, we lose what was in flight
+        server.start()
+        await wait_until(lambda: reconnected(nc, before), timeout=60)
+        sink.release.set()
+        await wait_until(lambda: len(sink.seqs) >= 3000 or task.done(), timeout=60)
+    finally:
+        rt.stop()
+        await asyncio.wait_for(task, 30)
+        await pub.close()
+    assert sink.seqs == list(range(1, 3001)), "every message once, in stream order"
+
+
 class _Counting:
     def __init__(self) -> None:
         self.n = 0
@@ -194,3 +239,22 @@ async def test_lag_metric_shows_the_backlog_of_an_idle_consumer(server: Embedded
 )
 def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+async def test_no_responders_is_retried_until_a_stream_takes_the_subject(nc: TapelineClient) -> None:
+    """What a server that is stopping answers, too; the message goes in once the stream is there."""
+    pub = await Publisher(nc, "late", role="late-test", ack_timeout=0.2, max_attempts=1000).start()
+    publishing = asyncio.create_task(pub.publish(ticks(3)))
+
+    def retried() -> float:
+        labels = {"role": "late-test", "reason": "no_responders"}
+        return REGISTRY.get_sample_value("tapeline_publish_retries_total", labels) or 0.0
+
+    try:
+        await wait_until(lambda: retried() >= 3, timeout=30)
+        assert not publishing.done()
+        await provision(nc, "late")
+        result = await asyncio.wait_for(publishing, 30)
+    finally:
+        await pub.close()
+    assert result.stored == 3
