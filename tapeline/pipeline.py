@@ -120,7 +120,11 @@ class Pipeline:
             self._swap_sub = await self.nc.subscribe(swap_subject(self.prefix), cb=self._on_swap)
         await self._settled()
         log.info(
-            "pipeline started", prefix=self.prefix, selected=self.selected, components=[c.name for c in self.components]
+            "pipeline started",
+            prefix=self.prefix,
+            selected=self.selected,
+            components=[c.name for c in self.components],
+            consumers=[rt.durable for rt in self.consumers],
         )
 
     async def _settled(self) -> None:
