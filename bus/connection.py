@@ -321,6 +321,11 @@ async def connect(settings: NatsSettings, *, retry_for: float = 0.0, connect_tim
                 pending_size=64 * 1024 * 1024,
                 flush_timeout=30,
             )
+        except ModuleNotFoundError as exc:  # nats-py reads a creds file with the optional nkeys package
+            raise NatsConnectError(
+                f"cannot connect to NATS at {shown}: a creds file (TAPELINE_NATS_CREDS) needs the {exc.name!r} "
+                "package; install it (pip install 'nats-py[nkeys]') or use user/password or a token"
+            ) from None
         except (OSError, NatsError, TimeoutError) as exc:
             real = [e for e in errors if not isinstance(e, NoServersError)]  # NoServers: the last real cause
             cause = describe_error(real[-1] if isinstance(exc, NoServersError) and real else exc)

@@ -3,7 +3,9 @@
 The projector answers read-only SQL on ``<prefix>.svc.query`` (core NATS request/reply) from a
 cursor of its own connection: live data, no second writer, no file copies. When no projector
 runs, ``tapeline query`` opens the file read-only instead (:func:`open_read_only`). Only
-SELECT/EXPLAIN statements pass.
+SELECT/EXPLAIN statements pass, on a connection that cannot touch files (:func:`confine`): DuckDB's
+``read_text('/proc/self/environ')``, ``read_csv``, ``glob`` and the like would otherwise hand anyone
+who can send a query the projector's environment (its secrets) and any file it can read.
 """
 
 from __future__ import annotations
@@ -48,13 +50,29 @@ def check_read_only(sql: str) -> None:
             raise QueryError(f"read-only: {st.type.name} statements are not allowed, only SELECT")
 
 
+def confine(cur: duckdb.DuckDBPyConnection) -> None:
+    """No file or network access from SQL on ``cur``'s database, locked so a query cannot undo it.
+
+    The settings hold for the whole database instance, the projector's writes included: those
+    insert registered Arrow batches and need no file access (DuckDB's own files are not "external").
+    """
+    (locked,) = cur.execute("SELECT current_setting('lock_configuration')").fetchone() or (False,)
+    if not locked:
+        cur.execute("SET enable_external_access = false")
+        cur.execute("SET lock_configuration = true")
+
+
 def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
     check_read_only(sql)
     cur = con.cursor()
     try:
+        confine(cur)
         rel = cur.execute(sql)
         columns = [d[0] for d in rel.description or []]
         rows = rel.fetchmany(MAX_ROWS + 1)
+    except duckdb.PermissionException as e:
+        first = str(e).splitlines()[0].removeprefix("Permission Error: ")
+        raise QueryError(f"refused: queries read the projection tables only, not files ({first})") from None
     finally:
         cur.close()
     return QueryResult(columns, [list(r) for r in rows[:MAX_ROWS]], truncated=len(rows) > MAX_ROWS)

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from adapters.runner import FeedStats, run_feed
 from adapters.sim import SimFeed
-from bus.connection import NatsConnectError, redact_url
+from bus.connection import NatsConnectError, NatsSettings, redact_url
 from bus.consumer import ConsumerLost
 from bus.jetstream import JetStreamApi
 from bus.logging import configure_logging
@@ -132,7 +132,7 @@ def demo(
 
 
 async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> bool:
-    from bus.connection import NatsSettings, connect
+    from bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
     pipeline = Pipeline(
@@ -442,7 +442,7 @@ def query(
     s = _settings(config, prefix=prefix, nats_url=nats or None)
     res = _run(_query_cmd(s, sql))
     if res.error:
-        console.print(f"[red]{res.error}[/]")
+        console.print(f"[red]{escape(res.error)}[/]", soft_wrap=True)
         raise typer.Exit(1)
     if json_out:
         for row in res.rows:
@@ -459,7 +459,8 @@ def query(
 
 
 async def _query_cmd(s: Settings, sql: str) -> QueryResult:
-    if not s.nats_url and running_embedded(s.data_path) is None:  # nothing runs: read the file
+    external = NatsSettings.from_env(s.nats_url).url  # the config's URL, else TAPELINE_NATS_URL
+    if not external and running_embedded(s.data_path) is None:  # nothing runs: read the file
         try:
             return await asyncio.to_thread(query_file, s.duckdb_path, sql)
         except QueryError as e:
