@@ -34,7 +34,6 @@ from projections.tables import BARS, TABLES
 from projections.vectors import (
     CHECKPOINT_SCHEMA,
     CHECKPOINTS,
-    MARKET_DIM,
     MARKET_RETURNS,
     MARKET_STATES,
     MarketReturns,
@@ -44,6 +43,7 @@ from projections.vectors import (
 )
 from replay.rebuild import rebuild, verify
 from schemas.events import Bar, DeadLetter, Enrichment, Event
+from schemas.features import MARKET_DIM
 from schemas.ids import derive_event_id
 from tapeline.pipeline import Pipeline
 from tests.helpers import (
