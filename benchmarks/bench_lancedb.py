@@ -17,13 +17,13 @@ import pyarrow as pa
 
 from projections.embedder import DIM as TEXT_DIM
 from projections.vectors import (
-    MARKET_DIM,
     MARKET_STATES,
     NEWS_VECTORS,
     VectorStore,
     news_schema,
     vector_column,
 )
+from schemas.features import MARKET_DIM
 
 N = 100_000
 QUERIES = 200
@@ -56,16 +56,7 @@ def market_rows(n: int) -> pa.Table:
         "interval": ["1m"] * n,
         "ts_event": ids * 60_000_000_000,
         "stream_seq": ids + 1,
-        "open": np.ones(n),
-        "high": np.ones(n),
-        "low": np.ones(n),
-        "close": np.ones(n),
-        "volume": np.ones(n),
-        "warm": np.ones(n, dtype=bool),
         "vector": vector_column(rng.standard_normal((n, MARKET_DIM)).astype(np.float32), MARKET_DIM),
-        "fwd_ret_1": np.zeros(n),
-        "fwd_ret_5": np.zeros(n),
-        "fwd_ret_20": np.zeros(n),
     }
     return pa.table(cols)
 
@@ -155,7 +146,7 @@ def bench_queries(root: Path) -> None:
             f"  (build {build:.1f} s, recall@10 {r:.2f})"
         )
         if table == MARKET_STATES:
-            p50, p99 = latency(store, table, q, where="warm AND symbol = 'NVDA' AND ts_event <= 3000000000000000")
+            p50, p99 = latency(store, table, q, where="symbol = 'NVDA' AND ts_event <= 3000000000000000")
             print(f"  {dim:3d}-d {table:14s} IVF_SQ + filter (symbol, time): {p50:7.2f} / {p99:7.2f} ms")
 
 

@@ -17,9 +17,9 @@ from bus.reader import read
 from bus.runtime import ConsumerSpec
 from bus.stall import Publishes
 from projections.duckdb import ProjectionDb, ProjectionSink
-from schemas.components import durable_name
-from schemas.events import Bar, DecisionEnvelope, Event, NewsItem
-from schemas.subjects import DECISION, MD, NEWS
+from schemas.components import durable_name, family_named
+from schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem
+from schemas.subjects import DECISION, INTEL, MD, NEWS
 
 if TYPE_CHECKING:  # LanceDB and the model runtime take a second to import: only the vectors role pays it
     from projections.embedder import TextEmbedder
@@ -79,17 +79,19 @@ def vector_bindings(
     stop_at: dict[str, int] | None = None,
     until_ns: int | None = None,
 ) -> list[Binding]:
-    """The LanceDB read models: market states from bars, news and decision-reasoning embeddings."""
-    from projections.vectors import DecisionVectors, MarketStates, NewsVectors, VectorSink
+    """The LanceDB read models, one stream each: market states from enrichments, news and
+    decision-reasoning embeddings, and bars with their forward returns."""
+    from projections.vectors import DecisionVectors, MarketReturns, MarketStates, NewsVectors, VectorSink
 
     out = []
     source: tuple[tuple[type[Event], Any], ...] = (
-        (Bar, MarketStates(store, stream=MD.stream(prefix))),
+        (Enrichment, MarketStates(store, stream=INTEL.stream(prefix))),
         (NewsItem, NewsVectors(store, embedder, stream=NEWS.stream(prefix))),
         (DecisionEnvelope, DecisionVectors(store, embedder, stream=DECISION.stream(prefix))),
+        (Bar, MarketReturns(store, stream=MD.stream(prefix))),
     )
     for event, projection in source:
-        fam = {"md": MD, "news": NEWS, "decision": DECISION}[event.family]
+        fam = family_named(event.family)
         sink = VectorSink(projection, stop_at_seq=(stop_at or {}).get(projection.table), until_ns=until_ns)
         spec = _spec(durable_name(projection.table, fam), fam.stream(prefix), [event.subject_pattern(prefix)])
         out.append(Binding(spec, sink, sink.last_seq + 1))

@@ -2,17 +2,23 @@
 
 Tables
 ------
-- ``market_states``: one row per bar (every symbol and interval), with the bar's OHLCV, a normalised
-  feature vector of the window ending at that bar (:func:`market_features`; ``warm`` is false and the
-  vector zero until :data:`WINDOW` bars exist) and the forward returns ``fwd_ret_{1,5,20}``, filled in
-  when bar t+1, t+5, t+20 arrive (``close[t+h] / close[t] - 1``, the bar's ``close`` field as published).
+- ``market_states``: one row per :class:`~schemas.events.Enrichment` (INTEL stream): the market feature
+  vector (:data:`~schemas.features.MARKET_FEATURES`) of a bar, keyed by the bar's id (the enrichment's
+  ``causation_id``). The ``enrichment`` handler computes the features and emits them only for bars with
+  a full window of history, so every row is "warm"; this read model only stores them.
+- ``market_returns``: one row per bar (every symbol and interval, MD stream), with the bar's OHLCV and the
+  forward returns ``fwd_ret_{1,5,20}``, filled in when bar t+1, t+5, t+20 arrive (``close[t+h] / close[t]
+  - 1``, the bar's ``close`` field as published). It has no vector column.
 - ``news_vectors``: one row per :class:`~schemas.events.NewsItem`, the title (plus summary, if any)
   embedded with the pinned all-MiniLM-L6-v2 (:mod:`projections.embedder`).
 - ``decision_vectors``: one row per :class:`~schemas.events.DecisionEnvelope` whose synthesis has
   reasoning, the reasoning embedded.
 
-What happened after a news item or decision is not stored on its row (those projections read only their
-own stream); :func:`search_news` joins it from ``market_states`` at query time, so it is always current.
+Each table reads exactly one stream. What happened after a market state, news item or decision is not
+stored on its row: :func:`similar_situations` and :func:`search_news` join it from ``market_returns`` by
+bar id or time at query time, so it is always current. (One table fed by two streams would need a join
+that holds whatever arrives first across two checkpoints; LanceDB has no cross-table transaction to make
+that crash-safe, and rebuilds and ``--verify`` work per table and stream.)
 
 Read-model discipline (the same as the DuckDB tables)
 ----------------------------------------------------
@@ -73,98 +79,22 @@ from bus.runtime import Failure
 from projections.embedder import DIM as TEXT_DIM
 from projections.embedder import TextEmbedder
 from projections.table import ReadModelChanged, schema_hash
-from schemas.events import Bar, DecisionEnvelope, Event, NewsItem
+from schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem
+from schemas.features import MARKET_DIM, MARKET_FEATURES
 
 log = structlog.get_logger(__name__)
 
-MARKET_FEATURES: tuple[str, ...] = (
-    "ret_1",  # log return of the last bar / sigma20
-    "ret_5",  # log return over 5 bars / (sigma20 * sqrt 5)
-    "ret_20",  # log return over 20 bars / (sigma20 * sqrt 20)
-    "vol_5_20",  # log(sigma5 / sigma20): volatility expanding (+) or contracting (-)
-    "vol_20_60",  # log(sigma20 / sigma60): volatility regime against the longer window
-    "range",  # log(bar range / mean range of the last 20 bars), range = (high - low) / close
-    "close_loc",  # where the close sits in the bar, -1 at the low, +1 at the high
-    "volume_z",  # z-score of log(1 + volume) against the last 20 bars (0 when volume is absent)
-    "dist_sma_10",  # log(close / SMA10) / (sigma20 * sqrt 10)
-    "dist_sma_20",  # log(close / SMA20) / (sigma20 * sqrt 20)
-    "dist_sma_50",  # log(close / SMA50) / (sigma20 * sqrt 50)
-    "pos_20",  # where the close sits in the 20-bar high-low range, -1 .. +1
-)
-MARKET_DIM = len(MARKET_FEATURES)
-WINDOW = 61  # bars a feature vector needs: 60 one-bar returns for sigma60
-FEATURE_CLIP = 4.0
 HORIZONS: tuple[int, ...] = (1, 5, 20)
 FWD_COLUMNS: tuple[str, ...] = tuple(f"fwd_ret_{h}" for h in HORIZONS)
+TAIL = HORIZONS[-1] + 1  # bars of a series whose forward returns may still change
 MIN_BATCH_ROWS = 1000
 INDEX_MIN_ROWS: dict[str, int] = {"market_states": 100_000, "news_vectors": 20_000, "decision_vectors": 20_000}
 """Row counts above which a table gets an ANN index (exhaustive search stays under ~20 ms below them)."""
 CHECKPOINTS = "_checkpoints"
 MARKET_STATES = "market_states"
+MARKET_RETURNS = "market_returns"
 NEWS_VECTORS = "news_vectors"
 DECISION_VECTORS = "decision_vectors"
-_EPS = 1e-12
-
-
-# ---------------------------------------------------------------- market features
-
-
-def _features(
-    o: NDArray[np.float64],
-    h: NDArray[np.float64],
-    lo: NDArray[np.float64],
-    c: NDArray[np.float64],
-    v: NDArray[np.float64],
-) -> NDArray[np.float32]:
-    del o  # the open carries no information the close of the previous bar does not
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logc = np.log(c)
-        r = np.diff(logc)
-        s20 = float(np.std(r[-20:]))
-        s5 = float(np.std(r[-5:]))
-        s60 = float(np.std(r[-60:]))
-        sig = max(s20, _EPS)
-        rng_rel = (h - lo) / c
-        mean_rng = float(np.mean(rng_rel[-20:]))
-        lv = np.log1p(np.maximum(v[-20:], 0.0))
-        lv_sd = float(np.std(lv))
-        bar_rng = h[-1] - lo[-1]
-        hi20, lo20 = float(np.max(h[-20:])), float(np.min(lo[-20:]))
-        f = np.array(
-            [
-                r[-1] / sig,
-                (logc[-1] - logc[-6]) / (sig * math.sqrt(5)),
-                (logc[-1] - logc[-21]) / (sig * math.sqrt(20)),
-                math.log(max(s5, _EPS) / sig) if s20 > 0 else 0.0,
-                math.log(sig / max(s60, _EPS)) if s60 > 0 else 0.0,
-                math.log(max(rng_rel[-1], _EPS) / mean_rng) if mean_rng > 0 else 0.0,
-                2 * (c[-1] - lo[-1]) / bar_rng - 1 if bar_rng > 0 else 0.0,
-                (lv[-1] - float(np.mean(lv))) / lv_sd if lv_sd > 0 else 0.0,
-                (logc[-1] - math.log(float(np.mean(c[-10:])))) / (sig * math.sqrt(10)),
-                (logc[-1] - math.log(float(np.mean(c[-20:])))) / (sig * math.sqrt(20)),
-                (logc[-1] - math.log(float(np.mean(c[-50:])))) / (sig * math.sqrt(50)),
-                2 * (c[-1] - lo20) / (hi20 - lo20) - 1 if hi20 > lo20 else 0.0,
-            ],
-            dtype=np.float64,
-        )
-    f = np.nan_to_num(f, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP)
-    return np.clip(f, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
-
-
-def market_features(bars: Sequence[Bar]) -> NDArray[np.float32]:
-    """Feature vector (:data:`MARKET_FEATURES`) of the last :data:`WINDOW` bars, oldest first.
-
-    Normalised per window, not against global statistics: returns and distances from moving averages
-    are divided by the window's own 20-bar volatility (so they read as z-scores and compare across
-    symbols, price levels and regimes), volatility and range enter as log ratios, and every feature is
-    clipped to ±4. Nothing is fitted, so a row never changes once written and a rebuild reproduces it.
-    Uses the ``close`` field as published (split-adjusted or not is the feed's choice).
-    """
-    if len(bars) < WINDOW:
-        raise ValueError(f"market_features needs {WINDOW} bars, got {len(bars)}")
-    w = bars[-WINDOW:]
-    arr = np.array([(b.open, b.high, b.low, b.close, b.volume) for b in w], dtype=np.float64)
-    return _features(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4])
 
 
 # ---------------------------------------------------------------- schemas
@@ -182,13 +112,24 @@ def market_schema(dim: int = MARKET_DIM) -> pa.Schema:
             pa.field("interval", pa.string(), nullable=False),
             pa.field("ts_event", pa.int64(), nullable=False),
             pa.field("stream_seq", pa.int64(), nullable=False),
+            pa.field("vector", _vec(dim)),
+        ]
+    )
+
+
+def returns_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("bar_event_id", pa.string(), nullable=False),
+            pa.field("symbol", pa.string(), nullable=False),
+            pa.field("interval", pa.string(), nullable=False),
+            pa.field("ts_event", pa.int64(), nullable=False),
+            pa.field("stream_seq", pa.int64(), nullable=False),
             pa.field("open", pa.float64()),
             pa.field("high", pa.float64()),
             pa.field("low", pa.float64()),
             pa.field("close", pa.float64()),
             pa.field("volume", pa.float64()),
-            pa.field("warm", pa.bool_(), nullable=False),
-            pa.field("vector", _vec(dim)),
             *[pa.field(c, pa.float64(), nullable=True) for c in FWD_COLUMNS],
         ]
     )
@@ -236,14 +177,15 @@ CHECKPOINT_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A vector read model's declaration: events it reads, schema and version; key, metric, index threshold."""
+    """A LanceDB read model's declaration: events it reads, schema and version; key, metric, index threshold
+    (no metric: a table without vectors, e.g. ``market_returns``)."""
 
     name: str
     events: tuple[type[Event], ...]
     key: str
     schema: pa.Schema
-    metric: Literal["l2", "cosine"]
-    index_min_rows: int
+    metric: Literal["l2", "cosine"] | None = None
+    index_min_rows: int = 0
     version: int = 1  # bump when rows change meaning without a schema change: forces a rebuild
     schema_hash: str = field(init=False)
 
@@ -259,7 +201,13 @@ def vector_tables(market_dim: int = MARKET_DIM, text_dim: int = TEXT_DIM) -> dic
     """The LanceDB read models (the dimensions are parameters for tests and benchmarks)."""
     specs = (
         TableSpec(
-            MARKET_STATES, (Bar,), "bar_event_id", market_schema(market_dim), "l2", INDEX_MIN_ROWS[MARKET_STATES]
+            MARKET_STATES,
+            (Enrichment,),
+            "bar_event_id",
+            market_schema(market_dim),
+            "l2",
+            INDEX_MIN_ROWS[MARKET_STATES],
+            version=2,  # 2: rows from Enrichment events; OHLCV and forward returns moved to market_returns
         ),
         TableSpec(NEWS_VECTORS, (NewsItem,), "event_id", news_schema(text_dim), "cosine", INDEX_MIN_ROWS[NEWS_VECTORS]),
         TableSpec(
@@ -270,6 +218,7 @@ def vector_tables(market_dim: int = MARKET_DIM, text_dim: int = TEXT_DIM) -> dic
             "cosine",
             INDEX_MIN_ROWS[DECISION_VECTORS],
         ),
+        TableSpec(MARKET_RETURNS, (Bar,), "bar_event_id", returns_schema()),
     )
     return {s.name: s for s in specs}
 
@@ -441,6 +390,8 @@ class VectorStore:
     ) -> list[dict[str, Any]]:
         """The ``k`` nearest rows to ``vector`` (``_distance`` ascending), filtered before ranking."""
         spec = self.specs[name]
+        if spec.metric is None:
+            raise ValueError(f"{name} has no vectors to search")
         cols = list(columns) if columns is not None else [n for n in spec.schema.names if n != "vector"]
         q = self.table(name).search(np.asarray(vector, dtype=np.float32)).distance_type(spec.metric)
         q = q.nprobes(nprobes)
@@ -459,6 +410,8 @@ class VectorStore:
         from lancedb.index import IvfSq
 
         spec = self.specs[name]
+        if spec.metric is None:
+            raise ValueError(f"{name} has no vectors to index")
         if self.has_index(name):
             return True
         n = self.count(name)
@@ -476,24 +429,27 @@ class VectorStore:
         self.table(CHECKPOINTS).optimize(cleanup_older_than=keep_versions)
 
     def checksum(self, name: str, upto_seq: int | None = None) -> str:
-        """``"<rows>:<sha256 prefix>"`` over rows sorted by key: key, vector rounded to 1e-4, forward returns.
+        """``"<rows>:<sha256 prefix>"`` over rows sorted by key: key, vector rounded to 1e-4 (tables with
+        vectors), forward returns (``market_returns``).
 
         Equal for two builds of the same events (embeddings are bit-reproducible on one machine; the
         rounding absorbs last-bit differences between CPUs in all but rare cases). Index and fragment
         layout do not enter it.
         """
         spec = self.specs[name]
-        extra = list(FWD_COLUMNS) if name == MARKET_STATES else []
+        vector = ["vector"] if spec.metric is not None else []
+        extra = list(FWD_COLUMNS) if name == MARKET_RETURNS else []
         where = f"stream_seq <= {int(upto_seq)}" if upto_seq is not None else None
-        t = self.scan(name, [spec.key, "vector", *extra], where=where)
+        t = self.scan(name, [spec.key, *vector, *extra], where=where)
         h = hashlib.sha256(f"{name}:{t.num_rows}".encode())
         if t.num_rows:
             t = t.take(pc.sort_indices(t, [(spec.key, "ascending")]))
             for key in t[spec.key].to_pylist():
                 h.update(key.encode())
                 h.update(b"\0")
-            vec = t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            h.update((np.round(vec.astype(np.float64), 4) + 0.0).astype(np.float32).tobytes())
+            if vector:
+                vec = t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                h.update((np.round(vec.astype(np.float64), 4) + 0.0).astype(np.float32).tobytes())
             for col in extra:
                 vals = t[col].to_numpy(zero_copy_only=False).astype(np.float64)
                 h.update((np.round(vals, 10) + 0.0).tobytes())  # nulls are NaN: hashed as such
@@ -709,8 +665,60 @@ class DecisionVectors(VectorProjection):
         self._ids.clear()
 
 
+class MarketStates(VectorProjection):
+    """``market_states``: the feature vector of each :class:`~schemas.events.Enrichment`, keyed by its bar.
+
+    Stores what the ``enrichment`` handler computed, nothing more: the vector is the enrichment's
+    ``features`` in :data:`~schemas.features.MARKET_FEATURES` order. An enrichment without a
+    ``causation_id`` (its bar) or with a feature missing cannot make a row: it is poison.
+    """
+
+    table = MARKET_STATES
+
+    def __init__(self, store: VectorStore, *, stream: str = "INTEL", batch_rows: int = MIN_BATCH_ROWS) -> None:
+        super().__init__(store, stream=stream, batch_rows=batch_rows, model=f"features-v1:{MARKET_DIM}")
+        self._buf: list[tuple[int, Enrichment, NDArray[np.float32]]] = []
+        self._ids: set[str] = set()  # a message redelivered before the commit is not buffered twice
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def _take(self, seq: int, event: Event) -> None:
+        if not isinstance(event, Enrichment) or event.causation_id in self._ids:
+            return
+        if not event.causation_id:
+            raise ValueError(f"enrichment {event.event_id} names no bar (causation_id)")
+        missing = [n for n in MARKET_FEATURES if n not in event.features]
+        if missing:
+            raise ValueError(f"enrichment {event.event_id} lacks features {missing}")
+        vec = np.array([event.features[n] for n in MARKET_FEATURES], dtype=np.float32)
+        self._ids.add(event.causation_id)
+        self._buf.append((seq, event, vec))
+
+    def _build(self) -> tuple[pa.Table | None, pa.Table | None]:
+        if not self._buf:
+            return None, None
+        b = self._buf
+        return pa.table(
+            {
+                "bar_event_id": [e.causation_id for _, e, _ in b],
+                "symbol": [e.symbol for _, e, _ in b],
+                "interval": [e.interval for _, e, _ in b],
+                "ts_event": [e.ts_event for _, e, _ in b],
+                "stream_seq": [s for s, _, _ in b],
+                "vector": vector_column(np.stack([v for _, _, v in b]), MARKET_DIM),
+            },
+            schema=self.store.specs[self.table].schema,
+        ), None
+
+    def _committed(self) -> None:
+        self._buf.clear()
+        self._ids.clear()
+
+
 @dataclass(eq=False)
-class _StateRow:
+class _BarRow:
     bar_event_id: str
     symbol: str
     interval: str
@@ -721,8 +729,6 @@ class _StateRow:
     low: float
     close: float
     volume: float
-    warm: bool
-    vector: NDArray[np.float32]
     fwd: list[float | None] = field(default_factory=lambda: [None] * len(HORIZONS))
     committed: bool = False
 
@@ -732,21 +738,21 @@ def _fwd(later: float, now: float) -> float | None:
     return later / now - 1 if now else None
 
 
-class MarketStates(VectorProjection):
-    """``market_states``: a feature vector per bar, forward returns filled in as later bars arrive.
+class MarketReturns(VectorProjection):
+    """``market_returns``: a row per bar, forward returns filled in as later bars arrive.
 
-    Keeps the last :data:`WINDOW` bars of each (symbol, interval) in memory; on start it reloads them
+    Keeps the last :data:`TAIL` bars of each (symbol, interval) in memory; on start it reloads them
     from the table and recomputes their forward returns, which repairs a crash between the add and the
     update. Bars must arrive in time order per series; an older or repeated bar is skipped with a warning.
     """
 
-    table = MARKET_STATES
+    table = MARKET_RETURNS
 
     def __init__(self, store: VectorStore, *, stream: str = "MD", batch_rows: int = MIN_BATCH_ROWS) -> None:
-        super().__init__(store, stream=stream, batch_rows=batch_rows, model=f"features-v1:{MARKET_DIM}")
-        self._series: dict[tuple[str, str], deque[_StateRow]] = {}
-        self._buf: list[_StateRow] = []
-        self._dirty: dict[str, _StateRow] = {}
+        super().__init__(store, stream=stream, batch_rows=batch_rows)
+        self._series: dict[tuple[str, str], deque[_BarRow]] = {}
+        self._buf: list[_BarRow] = []
+        self._dirty: dict[str, _BarRow] = {}
 
     @property
     def pending(self) -> int:
@@ -767,7 +773,6 @@ class MarketStates(VectorProjection):
             "low",
             "close",
             "volume",
-            "warm",
             *FWD_COLUMNS,
         ]
         t = self.store.scan(self.table, cols)
@@ -779,11 +784,11 @@ class MarketStates(VectorProjection):
         ends = [i for i in range(1, len(sym)) if (sym[i], itv[i]) != (sym[i - 1], itv[i - 1])] + [len(sym)]
         start = 0
         for end in ends:
-            tail = t.slice(max(start, end - WINDOW), end - max(start, end - WINDOW)).to_pylist()
-            dq: deque[_StateRow] = deque(maxlen=WINDOW)
+            tail = t.slice(max(start, end - TAIL), end - max(start, end - TAIL)).to_pylist()
+            dq: deque[_BarRow] = deque(maxlen=TAIL)
             for r in tail:
                 dq.append(
-                    _StateRow(
+                    _BarRow(
                         r["bar_event_id"],
                         r["symbol"],
                         r["interval"],
@@ -794,8 +799,6 @@ class MarketStates(VectorProjection):
                         r["low"],
                         r["close"],
                         r["volume"],
-                        r["warm"],
-                        np.zeros(0, np.float32),
                         [r[c] for c in FWD_COLUMNS],
                         committed=True,
                     )
@@ -809,7 +812,7 @@ class MarketStates(VectorProjection):
             self._series[(sym[start], itv[start])] = dq
             start = end
         if self._dirty:
-            log.info("market_states_forward_returns_repaired", rows=len(self._dirty))
+            log.info("market_returns_repaired", rows=len(self._dirty))
 
     def _take(self, seq: int, event: Event) -> None:
         if not isinstance(event, Bar):
@@ -817,11 +820,11 @@ class MarketStates(VectorProjection):
         key = (event.symbol, event.interval)
         dq = self._series.get(key)
         if dq is None:
-            dq = self._series[key] = deque(maxlen=WINDOW)
+            dq = self._series[key] = deque(maxlen=TAIL)
         if dq and event.ts_event <= dq[-1].ts_event:
             log.warning("bar_out_of_order_skipped", symbol=event.symbol, interval=event.interval, seq=seq)
             return
-        row = _StateRow(
+        row = _BarRow(
             event.event_id,
             event.symbol,
             event.interval,
@@ -832,14 +835,8 @@ class MarketStates(VectorProjection):
             event.low,
             event.close,
             event.volume,
-            False,
-            np.zeros(MARKET_DIM, np.float32),
         )
         dq.append(row)
-        if len(dq) >= WINDOW:
-            arr = np.array([(r.open, r.high, r.low, r.close, r.volume) for r in dq], dtype=np.float64)
-            row.vector = _features(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4])
-            row.warm = True
         n = len(dq)
         for j, hz in enumerate(HORIZONS):
             if n > hz:
@@ -865,8 +862,6 @@ class MarketStates(VectorProjection):
                 "low": [r.low for r in b],
                 "close": [r.close for r in b],
                 "volume": [r.volume for r in b],
-                "warm": [r.warm for r in b],
-                "vector": vector_column(np.stack([r.vector for r in b]), MARKET_DIM),
             }
             for j, c in enumerate(FWD_COLUMNS):
                 cols[c] = pa.array([r.fwd[j] for r in b], type=pa.float64())
@@ -891,19 +886,19 @@ class MarketStates(VectorProjection):
 
 
 def _state_rows(store: VectorStore, symbol: str, at_ns: int | None, interval: str | None) -> pa.Table:
-    where = f"symbol = {_quote(symbol)} AND warm"
+    where = f"symbol = {_quote(symbol)}"
     if interval:
         where += f" AND `interval` = {_quote(interval)}"
     if at_ns is not None:
         where += f" AND ts_event <= {int(at_ns)}"
-    t = store.scan(MARKET_STATES, ["bar_event_id", "interval", "ts_event", "close", *FWD_COLUMNS], where=where)
+    t = store.scan(MARKET_STATES, ["bar_event_id", "interval", "ts_event"], where=where)
     return t.take(pc.sort_indices(t, [("ts_event", "ascending")]))
 
 
 def market_state_at(
     store: VectorStore, symbol: str, at_ns: int | None = None, *, interval: str | None = None
 ) -> dict[str, Any] | None:
-    """The symbol's latest warm market state at or before ``at_ns`` (None: the latest), with its vector."""
+    """The symbol's latest market state at or before ``at_ns`` (None: the latest), with its vector."""
     t = _state_rows(store, symbol, at_ns, interval)
     if not t.num_rows:
         return None
@@ -912,15 +907,25 @@ def market_state_at(
     return rows[0] if rows else None
 
 
+def bar_outcomes(store: VectorStore, bar_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``close`` and forward returns of the given bars, from ``market_returns`` (bars not there yet: absent)."""
+    if not bar_ids:
+        return {}
+    where = f"bar_event_id IN ({', '.join(_quote(b) for b in bar_ids)})"
+    t = store.scan(MARKET_RETURNS, ["bar_event_id", "close", *FWD_COLUMNS], where=where)
+    return {r.pop("bar_event_id"): r for r in t.to_pylist()}
+
+
 def similar_situations(
     store: VectorStore, symbol: str, at_ns: int | None = None, k: int = 10, *, interval: str | None = None
 ) -> list[dict[str, Any]]:
     """The ``k`` past market states nearest to ``symbol``'s state at ``at_ns``, with their forward returns.
 
-    Candidates are warm rows of the same interval, any symbol, that ended at least 20 bars of ``symbol``
+    Candidates are states of the same interval, any symbol, that ended at least 20 bars of ``symbol``
     before the query bar: their 20-bar outcome was known at the query time (no look-ahead), and the
     query's own overlapping windows, which are trivially similar, are excluded. Each row has
-    ``symbol, interval, ts_event, close, fwd_ret_1, fwd_ret_5, fwd_ret_20, distance, bar_event_id``.
+    ``symbol, interval, ts_event, close, fwd_ret_1, fwd_ret_5, fwd_ret_20, distance, bar_event_id``;
+    close and returns are joined from ``market_returns`` (None while that bar is not projected yet).
     """
     t = _state_rows(store, symbol, at_ns, interval)
     if not t.num_rows:
@@ -931,11 +936,24 @@ def similar_situations(
     ts = t["ts_event"].to_numpy()
     horizon = HORIZONS[-1]
     cutoff = int(ts[-1 - horizon]) if len(ts) > horizon else int(ts[0]) - 1
-    where = f"warm AND `interval` = {_quote(query['interval'])} AND ts_event <= {cutoff}"
-    cols = ["symbol", "interval", "ts_event", "close", *FWD_COLUMNS, "bar_event_id"]
-    rows = store.search(MARKET_STATES, query["vector"], k, where=where, columns=cols)
-    for r in rows:
-        r["distance"] = float(r.pop("_distance"))
+    where = f"`interval` = {_quote(query['interval'])} AND ts_event <= {cutoff}"
+    cols = ["symbol", "interval", "ts_event", "bar_event_id"]
+    found = store.search(MARKET_STATES, query["vector"], k, where=where, columns=cols)
+    outcomes = bar_outcomes(store, [r["bar_event_id"] for r in found])
+    rows = []
+    for r in found:
+        known = outcomes.get(r["bar_event_id"], {})
+        rows.append(
+            {
+                "symbol": r["symbol"],
+                "interval": r["interval"],
+                "ts_event": r["ts_event"],
+                "close": known.get("close"),
+                **{c: known.get(c) for c in FWD_COLUMNS},
+                "bar_event_id": r["bar_event_id"],
+                "distance": float(r["_distance"]),
+            }
+        )
     return rows
 
 
@@ -946,7 +964,7 @@ def forward_returns_after(
     where = f"symbol = {_quote(symbol)} AND ts_event >= {int(ts_ns)}"
     if interval:
         where += f" AND `interval` = {_quote(interval)}"
-    t = store.scan(MARKET_STATES, ["interval", "ts_event", *FWD_COLUMNS], where=where)
+    t = store.scan(MARKET_RETURNS, ["interval", "ts_event", *FWD_COLUMNS], where=where)
     if not t.num_rows:
         return None
     first: dict[str, Any] = t.take([int(pc.index(t["ts_event"], pc.min(t["ts_event"])).as_py())]).to_pylist()[0]

@@ -36,7 +36,12 @@ from schemas.subjects import FAMILIES
 if TYPE_CHECKING:
     from projections.embedder import TextEmbedder
 
-VECTOR_TABLES = ("market_states", "news_vectors", "decision_vectors")  # projections.vectors, imported lazily
+VECTOR_TABLES = (
+    "market_states",
+    "news_vectors",
+    "decision_vectors",
+    "market_returns",
+)  # projections.vectors, imported lazily
 SPACE_FACTOR = 1.5  # a rebuild writes files about the size of the live ones, plus DuckDB's WAL while it builds
 SPACE_MARGIN = 256 * 1024**2  # and room for everything else on that disk (the live projector keeps writing)
 

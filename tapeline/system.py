@@ -19,6 +19,7 @@ from typing import Any
 from adapters.alerts import ClockFeed, NotifierGateway
 from handlers.bars import BarAggregator
 from handlers.decision import DecisionSynthesis
+from handlers.enrichment import MarketFeatures
 from handlers.momentum import MomentumSignal
 from handlers.watchdog import HeartbeatWatchdog
 from schemas.components import Component, check_declaration, durable_name, filters_by_family
@@ -26,6 +27,7 @@ from schemas.components import Component, check_declaration, durable_name, filte
 COMPONENTS: tuple[type[Component], ...] = (
     ClockFeed,
     BarAggregator,
+    MarketFeatures,
     MomentumSignal,
     DecisionSynthesis,
     HeartbeatWatchdog,

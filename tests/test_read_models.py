@@ -31,9 +31,19 @@ from projections.duckdb import PRE_TRACKING, ProjectionDb
 from projections.runtimes import projection_bindings
 from projections.table import ReadModelChanged, schema_hash
 from projections.tables import BARS, TABLES
-from projections.vectors import CHECKPOINTS, MARKET_DIM, MARKET_STATES, MarketStates, VectorSink, VectorStore
+from projections.vectors import (
+    CHECKPOINT_SCHEMA,
+    CHECKPOINTS,
+    MARKET_RETURNS,
+    MARKET_STATES,
+    MarketReturns,
+    MarketStates,
+    VectorSink,
+    VectorStore,
+)
 from replay.rebuild import rebuild, verify
-from schemas.events import Bar, DeadLetter, Event
+from schemas.events import Bar, DeadLetter, Enrichment, Event
+from schemas.features import MARKET_DIM
 from schemas.ids import derive_event_id
 from tapeline.pipeline import Pipeline
 from tests.helpers import (
@@ -46,6 +56,7 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
+from tests.vector_support import enrichments
 
 REBUILD_FIX = "rebuild it with `tapeline replay --verify --swap`"
 # The `_checkpoints` table as projections/duckdb.py created it before tracking was per read model.
@@ -305,11 +316,11 @@ def _bars(n: int, *, poison_at: int | None = None) -> list[Bar]:
 
 
 def test_vector_checkpoint_records_the_schema_and_a_change_is_refused_until_rebuilt(tmp_path: Path) -> None:
-    bars = _bars(300)
+    states = enrichments(_bars(300))
     store = VectorStore(tmp_path / "v")
-    assert MarketStates(store).run(enumerate(bars, 1)) == 300
+    assert MarketStates(store).run(enumerate(states, 1)) == 240
     spec = store.specs[MARKET_STATES]
-    assert spec.events == (Bar,) and spec.version == 1
+    assert spec.events == (Enrichment,) and spec.version == 2
     assert store.checkpoint(MARKET_STATES).schema_hash == spec.schema_hash
     reference = store.checksum(MARKET_STATES)
 
@@ -326,19 +337,48 @@ def test_vector_checkpoint_records_the_schema_and_a_change_is_refused_until_rebu
     again = VectorStore(tmp_path / "v")
     proj = MarketStates(again)
     assert proj.start() == 0
-    assert proj.run(enumerate(bars, 1)) == 300
+    assert proj.run(enumerate(states, 1)) == 240
     assert again.checksum(MARKET_STATES) == reference
+
+
+# market_states as version 1 wrote it: one row per bar, features computed in the projection.
+V1_MARKET_STATES = pa.schema(
+    [
+        *[pa.field(n, pa.string(), nullable=False) for n in ("bar_event_id", "symbol", "interval")],
+        *[pa.field(n, pa.int64(), nullable=False) for n in ("ts_event", "stream_seq")],
+        *[pa.field(n, pa.float64()) for n in ("open", "high", "low", "close", "volume")],
+        pa.field("warm", pa.bool_(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), MARKET_DIM)),
+        *[pa.field(f"fwd_ret_{h}", pa.float64(), nullable=True) for h in (1, 5, 20)],
+    ]
+)
+
+
+def test_a_version_1_market_states_table_is_refused_with_the_rebuild_fix(tmp_path: Path) -> None:
+    store = VectorStore(tmp_path / "v")
+    lancedb.connect(str(tmp_path / "v")).create_table(MARKET_STATES, schema=V1_MARKET_STATES)
+    old_hash = schema_hash(1, [(f.name, f.type) for f in V1_MARKET_STATES])
+    row = {"table": [MARKET_STATES], "stream": ["INTEL"], "last_seq": [5], "model": ["features-v1:12"]}
+    cp = pa.table({**row, "written_ns": [1], "schema_hash": [old_hash]}, schema=CHECKPOINT_SCHEMA)
+    store.table(CHECKPOINTS).add(cp)
+    with pytest.raises(ReadModelChanged) as refused:
+        MarketStates(VectorStore(tmp_path / "v")).start()
+    new_hash = store.specs[MARKET_STATES].schema_hash
+    assert str(refused.value) == (
+        f"read model 'market_states' changed (schema {old_hash} -> {new_hash}): stop the vectors role "
+        f"and delete {tmp_path / 'v' / 'market_states.lance'}; it rebuilds from the stream on start"
+    )
 
 
 def test_vector_checkpoints_without_schema_hash_are_upgraded(tmp_path: Path) -> None:
     bars = _bars(400)
     ref = VectorStore(tmp_path / "ref")
-    MarketStates(ref).run(enumerate(bars, 1))
+    MarketReturns(ref).run(enumerate(bars, 1))
     store = VectorStore(tmp_path / "v")
-    MarketStates(store).run(enumerate(bars[:250], 1))
+    MarketReturns(store).run(enumerate(bars[:250], 1))
     # Rewrite the checkpoint table as the code before schema hashes wrote it.
     db = lancedb.connect(str(tmp_path / "v"))
-    cp = store.checkpoint(MARKET_STATES)
+    cp = store.checkpoint(MARKET_RETURNS)
     db.drop_table(CHECKPOINTS)
     old = pa.schema(
         [
@@ -349,24 +389,24 @@ def test_vector_checkpoints_without_schema_hash_are_upgraded(tmp_path: Path) -> 
             pa.field("written_ns", pa.int64(), nullable=False),
         ]
     )
-    row = {"table": [MARKET_STATES], "stream": [cp.stream], "last_seq": [250], "model": [cp.model], "written_ns": [1]}
+    row = {"table": [MARKET_RETURNS], "stream": [cp.stream], "last_seq": [250], "model": [cp.model], "written_ns": [1]}
     db.create_table(CHECKPOINTS, schema=old).add(pa.table(row, schema=old))
     reopened = VectorStore(tmp_path / "v")
-    assert reopened.checkpoint(MARKET_STATES).schema_hash == ""
-    proj = MarketStates(reopened)
+    assert reopened.checkpoint(MARKET_RETURNS).schema_hash == ""
+    proj = MarketReturns(reopened)
     assert proj.start() == 250
     assert proj.run(enumerate(bars, 1)) == 400
-    assert reopened.checkpoint(MARKET_STATES).schema_hash == reopened.specs[MARKET_STATES].schema_hash
-    assert reopened.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
+    assert reopened.checkpoint(MARKET_RETURNS).schema_hash == reopened.specs[MARKET_RETURNS].schema_hash
+    assert reopened.checksum(MARKET_RETURNS) == ref.checksum(MARKET_RETURNS)
 
 
 def test_vector_commit_retried_after_failing_half_way_duplicates_nothing(tmp_path: Path) -> None:
     """The sink retries a failed batch in place: rows the failed commit added must not stay twice."""
     bars = _bars(300)
     ref = VectorStore(tmp_path / "ref")
-    MarketStates(ref).run(enumerate(bars, 1))
+    MarketReturns(ref).run(enumerate(bars, 1))
     store = VectorStore(tmp_path / "v")
-    proj = MarketStates(store)
+    proj = MarketReturns(store)
     proj.run(enumerate(bars[:100], 1))
     for seq, bar in enumerate(bars[100:], 101):
         proj.apply(seq, bar)
@@ -379,17 +419,17 @@ def test_vector_commit_retried_after_failing_half_way_duplicates_nothing(tmp_pat
     with pytest.raises(OSError):
         proj.flush(force=True)  # the rows are added, the checkpoint is not
     store.write_checkpoint = write_checkpoint  # type: ignore[method-assign]
-    assert store.count(MARKET_STATES) == 300 and store.checkpoint(MARKET_STATES).last_seq == 100
+    assert store.count(MARKET_RETURNS) == 300 and store.checkpoint(MARKET_RETURNS).last_seq == 100
     assert proj.flush(force=True) == 300
-    assert store.count(MARKET_STATES) == 300
-    assert store.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
+    assert store.count(MARKET_RETURNS) == 300
+    assert store.checksum(MARKET_RETURNS) == ref.checksum(MARKET_RETURNS)
 
 
-DURABLE = "market_states_md"
+DURABLE = "market_returns_md"
 
 
-class PickyStates(MarketStates):
-    """A market-state read model that rejects a bar with a non-positive close: its poison."""
+class PickyReturns(MarketReturns):
+    """A market-returns read model that rejects a bar with a non-positive close: its poison."""
 
     def _take(self, seq: int, event: Event) -> None:
         if isinstance(event, Bar) and event.close <= 0:
@@ -400,7 +440,7 @@ class PickyStates(MarketStates):
 class HeldSink(VectorSink):
     """A vector sink whose idle commit waits for ``release``, so a test can see what is acked before it."""
 
-    def __init__(self, projection: MarketStates, **kw: float) -> None:
+    def __init__(self, projection: MarketReturns, **kw: float) -> None:
         super().__init__(projection, **kw)
         self.release = asyncio.Event()
 
@@ -415,7 +455,7 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
     stream = f"{provisioned.upper()}_MD"
     bars = _bars(211, poison_at=50)
     store = VectorStore(tmp_path / "v")
-    proj = PickyStates(store, stream=stream, batch_rows=100_000)
+    proj = PickyReturns(store, stream=stream, batch_rows=100_000)
     sink = HeldSink(proj, commit_every_s=3600.0)
     spec = ConsumerSpec(stream=stream, durable=DURABLE, filter_subjects=(f"{provisioned}.md.bar.>",), ordered=True)
     rt = ConsumerRuntime(nc, publisher, spec, sink, start_seq=sink.last_seq + 1)
@@ -438,23 +478,23 @@ async def test_vector_sink_dead_letters_poison_and_acks_only_committed_rows(
         assert [(e.stream_seq, e.consumer) for e in letters if isinstance(e, DeadLetter)] == [(51, DURABLE)]
         info = await consumer_state(nc, stream, DURABLE)
         assert info is not None and info["num_ack_pending"] == 200  # processed, buffered: nothing acked
-        assert await acked() == 0 and store.checkpoint(MARKET_STATES).last_seq == 0
+        assert await acked() == 0 and store.checkpoint(MARKET_RETURNS).last_seq == 0
 
         sink.commit_every_s = 0.0  # the oldest buffered message waited longer: the next fetch commits
         await publisher.publish(bars[200:201])
-        await wait_until(lambda: store.checkpoint(MARKET_STATES).last_seq == 201, timeout=60)
+        await wait_until(lambda: store.checkpoint(MARKET_RETURNS).last_seq == 201, timeout=60)
         await wait_until(acked_to(201), timeout=60)
 
         sink.commit_every_s = 3600.0
         await publisher.publish(bars[201:])
         await wait_until(lambda: proj.seen == 211, timeout=60)
-        assert await acked() == 201 and store.checkpoint(MARKET_STATES).last_seq == 201
+        assert await acked() == 201 and store.checkpoint(MARKET_RETURNS).last_seq == 201
         sink.release.set()  # idle commits now; the held delivery is acked after it
         await wait_until(acked_to(211), timeout=60)
-        assert store.checkpoint(MARKET_STATES).last_seq == 211
+        assert store.checkpoint(MARKET_RETURNS).last_seq == 211
         assert not task.done() and rt.dead == 1
     finally:
         rt.stop()
         await task
-    ids = store.scan(MARKET_STATES, ["bar_event_id"])["bar_event_id"].to_pylist()
+    ids = store.scan(MARKET_RETURNS, ["bar_event_id"])["bar_event_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 210 and bars[50].event_id not in ids

@@ -1,4 +1,4 @@
-"""LanceDB read models through the real pipeline: bars and decisions in, vectors out, verified, queried."""
+"""LanceDB read models through the real pipeline: bars, enrichments and decisions in, vectors out, verified, queried."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 from nats.aio.client import Client
 
 from adapters.runner import run_feed
 from adapters.sim import SimFeed
 from bus.publisher import Publisher
-from projections.vectors import DECISION_VECTORS, MARKET_STATES, NEWS_VECTORS, VectorStore
+from handlers.enrichment import WINDOW, market_features
+from projections.vectors import DECISION_VECTORS, MARKET_RETURNS, MARKET_STATES, NEWS_VECTORS, VectorStore
 from replay.rebuild import verify
-from schemas import NewsItem, new_event_id
+from schemas import Bar, Enrichment, NewsItem, new_event_id
 from tapeline.pipeline import ROLES, Pipeline
 from tests.helpers import FAST, TAPELINE, stored, stream_last_seq, wait_until, write_config
 
@@ -51,22 +53,29 @@ async def test_vectors_follow_the_streams_verify_and_answer_queries(
         return all(r.idle.is_set() for r in p.runtimes) and p.vector_sinks[1].last_seq > 0
 
     await wait_until(caught_up, timeout=120)
-    bars = [e for e in await stored(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>")]
+    bars = [e for e in await stored(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>") if isinstance(e, Bar)]
+    states = await stored(nc, f"{provisioned.upper()}_INTEL", f"{provisioned}.intel.enrichment.>")
     decisions = await stored(nc, f"{provisioned.upper()}_DECISION")
     store = VectorStore(data / "vectors")
-    assert store.count(MARKET_STATES) == len(bars) > 100
+    nvda = sorted((b for b in bars if b.symbol == "NVDA"), key=lambda b: b.ts_event)
+    series = [len([b for b in bars if b.symbol == s]) for s in ("NVDA", "ORCL")]
+    # The enrichment handler emitted a state for every bar with a full window; market_states stores them all.
+    assert len(states) == sum(n - WINDOW + 1 for n in series) > 0 and all(isinstance(e, Enrichment) for e in states)
+    assert store.count(MARKET_STATES) == len(states)
+    assert store.count(MARKET_RETURNS) == len(bars) > 100
     assert store.count(DECISION_VECTORS) == len(decisions) > 0
     assert store.count(NEWS_VECTORS) == len(news)
+    last = store.scan(MARKET_STATES, ["vector"], where=f"bar_event_id = '{nvda[-1].event_id}'")
+    assert np.array_equal(np.array(last["vector"][0].as_py(), np.float32), market_features(nvda))
     # A bar's 1-bar forward return is the next bar's close over its own, known once that bar exists.
-    nvda = sorted((b for b in bars if b.symbol == "NVDA"), key=lambda b: b.ts_event)  # type: ignore[union-attr]
-    row = store.scan(MARKET_STATES, ["ts_event", "fwd_ret_1"], where=f"bar_event_id = '{nvda[10].event_id}'")
-    assert abs(row["fwd_ret_1"][0].as_py() - (nvda[11].close / nvda[10].close - 1)) < 1e-9  # type: ignore[union-attr]
+    row = store.scan(MARKET_RETURNS, ["ts_event", "fwd_ret_1"], where=f"bar_event_id = '{nvda[10].event_id}'")
+    assert abs(row["fwd_ret_1"][0].as_py() - (nvda[11].close / nvda[10].close - 1)) < 1e-9
 
     checks, _ = await verify(
         nc, provisioned, data / "tapeline.duckdb", tmp_path / "rebuilt.duckdb", live_vectors_dir=data / "vectors"
     )
     vector_checks = [c for c in checks if c.table.startswith("lancedb:")]
-    assert len(vector_checks) == 3 and all(c.ok for c in checks), [c for c in checks if not c.ok]
+    assert len(vector_checks) == 4 and all(c.ok for c in checks), [c for c in checks if not c.ok]
     await p.stop()
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:

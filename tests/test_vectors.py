@@ -5,29 +5,32 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from adapters.files import read_bars
+from handlers.enrichment import WINDOW, market_features
 from projections.embedder import TextEmbedder
 from projections.vectors import (
     FWD_COLUMNS,
     HORIZONS,
-    MARKET_DIM,
+    MARKET_RETURNS,
     MARKET_STATES,
     NEWS_VECTORS,
-    WINDOW,
+    TAIL,
     DecisionVectors,
+    MarketReturns,
     MarketStates,
     NewsVectors,
     VectorStore,
-    market_features,
     search_decisions,
     search_news,
     similar_situations,
 )
-from schemas.events import Bar, DecisionEnvelope, Event, NewsItem, Synthesis, Target, Verdict
-from tests.vector_support import DAY_NS, embedder, headlines
+from schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem, Synthesis, Target, Verdict
+from schemas.features import MARKET_DIM, MARKET_FEATURES
+from tests.vector_support import DAY_NS, embedder, enrichments, headlines
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,17 @@ def text_embedder(tmp_path_factory: pytest.TempPathFactory) -> TextEmbedder:
 @pytest.fixture
 def nvda(shared_data: Path) -> list[Bar]:
     return list(read_bars(shared_data / "bars" / "nvda-daily-1999-2014.csv", "NVDA", interval="1d").events)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def nvda_states(nvda: list[Bar]) -> list[Enrichment]:
+    return enrichments(nvda)
+
+
+def _project(store: VectorStore, bars: list[Bar], states: list[Enrichment]) -> None:
+    """Both market read models, each from its own stream (sequences as if alone on it)."""
+    MarketReturns(store).run(enumerate(bars, 1))
+    MarketStates(store).run(enumerate(states, 1))
 
 
 def _news(shared_data: Path, base_ts: int) -> list[NewsItem]:
@@ -56,25 +70,15 @@ def _news(shared_data: Path, base_ts: int) -> list[NewsItem]:
     ]
 
 
-def test_market_features_are_normalised(nvda: list[Bar]) -> None:
-    vecs = np.stack([market_features(nvda[i - WINDOW : i]) for i in range(WINDOW, len(nvda), 7)])
-    assert vecs.shape[1] == MARKET_DIM and vecs.dtype == np.float32
-    assert np.isfinite(vecs).all() and np.abs(vecs).max() <= 4.0
-    assert 0.3 < float(np.median(np.abs(vecs))) < 1.5  # z-score scale, not price scale
-    with pytest.raises(ValueError):
-        market_features(nvda[:10])
-
-
-def test_market_states_forward_returns_equal_later_closes(tmp_path: Path, nvda: list[Bar]) -> None:
+def test_market_returns_equal_later_closes(tmp_path: Path, nvda: list[Bar]) -> None:
     store = VectorStore(tmp_path / "v")
-    proj = MarketStates(store)
+    proj = MarketReturns(store)
     assert proj.run((i + 1, b) for i, b in enumerate(nvda)) == len(nvda)
-    t = store.scan(MARKET_STATES, ["bar_event_id", "warm", *FWD_COLUMNS]).to_pylist()
+    t = store.scan(MARKET_RETURNS, ["bar_event_id", *FWD_COLUMNS]).to_pylist()
     by_id = {r["bar_event_id"]: r for r in t}
     assert len(by_id) == len(nvda)
     for i, bar in enumerate(nvda):
         row = by_id[bar.event_id]
-        assert row["warm"] == (i >= WINDOW - 1)
         for h, col in zip(HORIZONS, FWD_COLUMNS, strict=True):
             if i + h < len(nvda):
                 assert math.isclose(row[col], nvda[i + h].close / bar.close - 1, rel_tol=1e-12, abs_tol=1e-15)
@@ -82,16 +86,43 @@ def test_market_states_forward_returns_equal_later_closes(tmp_path: Path, nvda: 
                 assert row[col] is None  # not known yet
 
 
+def test_market_states_store_the_enrichment_features(
+    tmp_path: Path, nvda: list[Bar], nvda_states: list[Enrichment]
+) -> None:
+    """A row per bar with a full window: exactly the vector the features of that window give."""
+    store = VectorStore(tmp_path / "v")
+    assert MarketStates(store).run(enumerate(nvda_states, 1)) == len(nvda_states) == len(nvda) - WINDOW + 1
+    rows = {r["bar_event_id"]: r for r in store.scan(MARKET_STATES, None).to_pylist()}
+    assert len(rows) == len(nvda_states)
+    for i in range(WINDOW - 1, len(nvda), 97):
+        row = rows[nvda[i].event_id]
+        assert (row["symbol"], row["interval"], row["ts_event"]) == ("NVDA", "1d", nvda[i].ts_event)
+        assert np.array_equal(np.array(row["vector"], np.float32), market_features(nvda[: i + 1]))
+    assert nvda[WINDOW - 2].event_id not in rows  # too little history: no state
+
+
+def test_an_enrichment_that_cannot_make_a_row_is_poison(tmp_path: Path, nvda_states: list[Enrichment]) -> None:
+    proj = MarketStates(VectorStore(tmp_path / "v"))
+    proj.start()
+    partial = dict(nvda_states[0].features)
+    del partial[MARKET_FEATURES[3]]
+    with pytest.raises(ValueError, match="lacks features"):
+        proj.apply(1, msgspec.structs.replace(nvda_states[0], features=partial))
+    with pytest.raises(ValueError, match="names no bar"):
+        proj.apply(2, msgspec.structs.replace(nvda_states[0], causation_id=""))
+    assert len(nvda_states[0].features) == MARKET_DIM
+
+
 def test_crash_between_add_and_checkpoint_duplicates_nothing(tmp_path: Path, nvda: list[Bar]) -> None:
     bars = nvda[:3000]
     events: list[tuple[int, Event]] = [(i + 1, b) for i, b in enumerate(bars)]
     ref = VectorStore(tmp_path / "ref")
-    MarketStates(ref).run(events)
+    MarketReturns(ref).run(events)
 
     store = VectorStore(tmp_path / "crash")
-    first = MarketStates(store)
+    first = MarketReturns(store)
     first.run(events[:1200])  # commits 1000 rows, then the 200-row tail on the final forced flush
-    assert store.checkpoint(MARKET_STATES).last_seq == 1200
+    assert store.checkpoint(MARKET_RETURNS).last_seq == 1200
     # The next batch's rows (and forward-return updates) land, then the process dies before its checkpoint.
     write_checkpoint = store.write_checkpoint
     store.write_checkpoint = lambda *a, **k: None  # type: ignore[method-assign]
@@ -99,32 +130,32 @@ def test_crash_between_add_and_checkpoint_duplicates_nothing(tmp_path: Path, nvd
         first.apply(seq, ev)
     first.flush(force=True)
     store.write_checkpoint = write_checkpoint  # type: ignore[method-assign]
-    assert store.count(MARKET_STATES) == 2300 and store.checkpoint(MARKET_STATES).last_seq == 1200
+    assert store.count(MARKET_RETURNS) == 2300 and store.checkpoint(MARKET_RETURNS).last_seq == 1200
 
     reopened = VectorStore(tmp_path / "crash")
-    resumed = MarketStates(reopened)
+    resumed = MarketReturns(reopened)
     assert resumed.start() == 1200
-    assert reopened.count(MARKET_STATES) == 1200
+    assert reopened.count(MARKET_RETURNS) == 1200
     resumed.run(events)  # the stream redelivers from the start; rows at or below the checkpoint are skipped
-    assert reopened.count(MARKET_STATES) == len(bars)
-    ids = reopened.scan(MARKET_STATES, ["bar_event_id"])["bar_event_id"].to_pylist()
+    assert reopened.count(MARKET_RETURNS) == len(bars)
+    ids = reopened.scan(MARKET_RETURNS, ["bar_event_id"])["bar_event_id"].to_pylist()
     assert len(set(ids)) == len(ids)
-    assert reopened.checksum(MARKET_STATES) == ref.checksum(MARKET_STATES)
+    assert reopened.checksum(MARKET_RETURNS) == ref.checksum(MARKET_RETURNS)
 
 
 def test_restart_repairs_forward_returns_of_the_tail(tmp_path: Path, nvda: list[Bar]) -> None:
     """Rows committed, the forward-return update lost: a restart recomputes them from the rows present."""
     store = VectorStore(tmp_path / "v")
-    MarketStates(store, batch_rows=1000).run((i + 1, b) for i, b in enumerate(nvda[:500]))
-    store.table(MARKET_STATES).update(values={"fwd_ret_1": None, "fwd_ret_5": None})  # as if never updated
-    proj = MarketStates(store)
+    MarketReturns(store, batch_rows=1000).run((i + 1, b) for i, b in enumerate(nvda[:500]))
+    store.table(MARKET_RETURNS).update(values={"fwd_ret_1": None, "fwd_ret_5": None})  # as if never updated
+    proj = MarketReturns(store)
     proj.start()
     proj.run((i + 1, b) for i, b in enumerate(nvda[:520]))
     ref = VectorStore(tmp_path / "ref")
-    MarketStates(ref).run((i + 1, b) for i, b in enumerate(nvda[:520]))
-    tail = {r["bar_event_id"]: r for r in store.scan(MARKET_STATES, None).to_pylist()}
-    want = {r["bar_event_id"]: r for r in ref.scan(MARKET_STATES, None).to_pylist()}
-    for bar in nvda[500 - WINDOW : 520]:  # the restored window is repaired; older rows stay as they were
+    MarketReturns(ref).run((i + 1, b) for i, b in enumerate(nvda[:520]))
+    tail = {r["bar_event_id"]: r for r in store.scan(MARKET_RETURNS, None).to_pylist()}
+    want = {r["bar_event_id"]: r for r in ref.scan(MARKET_RETURNS, None).to_pylist()}
+    for bar in nvda[500 - TAIL : 520]:  # the restored tail is repaired; older rows stay as they were
         assert tail[bar.event_id]["fwd_ret_1"] == want[bar.event_id]["fwd_ret_1"]
 
 
@@ -159,7 +190,7 @@ def test_text_projections_checksum_reproducible_and_search(
     assert checks[0] == checks[1] and checks[0].startswith(f"{len(news)}:")
     assert store.checkpoint(NEWS_VECTORS).model == text_embedder.version
 
-    MarketStates(store).run((i + 1, b) for i, b in enumerate(nvda))
+    MarketReturns(store).run((i + 1, b) for i, b in enumerate(nvda))
     hits = search_news(store, text_embedder, "stock falls after profit warning", k=10)
     assert len(hits) == 10 and hits[0]["score"] >= hits[-1]["score"]
     assert "Weir leads FTSE lower after oil price profits warning" in [h["title"] for h in hits]
@@ -172,9 +203,11 @@ def test_text_projections_checksum_reproducible_and_search(
     assert [d["verdict"] for d in dec] == ["SELL", "BUY"]
 
 
-def test_similar_situations_are_past_and_carry_outcomes(tmp_path: Path, nvda: list[Bar]) -> None:
+def test_similar_situations_are_past_and_carry_outcomes(
+    tmp_path: Path, nvda: list[Bar], nvda_states: list[Enrichment]
+) -> None:
     store = VectorStore(tmp_path / "v")
-    MarketStates(store).run((i + 1, b) for i, b in enumerate(nvda))
+    _project(store, nvda, nvda_states)
     at = nvda[2500].ts_event
     rows = similar_situations(store, "NVDA", at, k=10)
     assert len(rows) == 10
@@ -183,15 +216,18 @@ def test_similar_situations_are_past_and_carry_outcomes(tmp_path: Path, nvda: li
     close_at = {b.ts_event: b.close for b in nvda}
     idx = {b.ts_event: i for i, b in enumerate(nvda)}
     for r in rows:
+        assert r["close"] == close_at[r["ts_event"]] and r["bar_event_id"] == nvda[idx[r["ts_event"]]].event_id
         assert math.isclose(r["fwd_ret_20"], nvda[idx[r["ts_event"]] + 20].close / close_at[r["ts_event"]] - 1)
     latest = similar_situations(store, "NVDA", None, k=3)
     assert len(latest) == 3
     assert similar_situations(store, "ORCL", None) == []
 
 
-def test_index_above_threshold_keeps_search_working(tmp_path: Path, nvda: list[Bar]) -> None:
+def test_index_above_threshold_keeps_search_working(
+    tmp_path: Path, nvda: list[Bar], nvda_states: list[Enrichment]
+) -> None:
     store = VectorStore(tmp_path / "v")
-    MarketStates(store).run((i + 1, b) for i, b in enumerate(nvda))
+    _project(store, nvda, nvda_states)
     before = similar_situations(store, "NVDA", nvda[3000].ts_event, k=5)
     assert not store.ensure_index(MARKET_STATES)  # 4k rows: below the documented threshold
     assert store.ensure_index(MARKET_STATES, min_rows=1000) and store.has_index(MARKET_STATES)
