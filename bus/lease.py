@@ -64,6 +64,21 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+def _dead_here(holder: str) -> bool:
+    """The holder is a process of this host that no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Lease:
     def __init__(self, nc: Client, prefix: str, name: str, *, ttl_s: float = 15.0) -> None:
         self.nc = nc
@@ -103,9 +118,13 @@ class Lease:
         return int(ack["seq"])
 
     async def try_acquire(self) -> str:
-        """Take the lease if free; returns "" on success, else who holds it."""
+        """Take the lease if free; returns "" on success, else who holds it.
+
+        A holder on this host whose process is gone (a crash, a SIGKILL) is not waited for: its
+        lease is taken over at once. A holder elsewhere is given its TTL.
+        """
         rev, holder, live = await self._last()
-        if live:
+        if live and not _dead_here(holder):
             return holder
         got = await self._put(rev, self.holder.encode())
         if got is None:
