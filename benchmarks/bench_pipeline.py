@@ -156,6 +156,7 @@ def main() -> None:
                 cfg = tmp / f"{prefix}.toml"
                 cfg.write_text(
                     f'prefix = "{prefix}"\nnats_url = "{url}"\ndata_dir = "{tmp / prefix}"\nmetrics_port = 0\n'
+                    '[momentum]\ninterval = "1m"\n'  # simulated ticks make 1-minute bars
                 )
                 procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in roles]
                 time.sleep(2.5)  # process start-up (imports) is not part of the measurement
@@ -169,7 +170,10 @@ def main() -> None:
                     p.terminate()
                     p.wait()
             cfg = tmp / "lat.toml"
-            cfg.write_text(f'prefix = "lat"\nnats_url = "{url}"\ndata_dir = "{tmp / "lat"}"\nmetrics_port = 0\n')
+            cfg.write_text(
+                f'prefix = "lat"\nnats_url = "{url}"\ndata_dir = "{tmp / "lat"}"\nmetrics_port = 0\n'
+                '[momentum]\ninterval = "1m"\n'
+            )
             procs = [start(r, cfg, tmp / f"lat-{r}.log") for r in ("projector", "handlers")]
             time.sleep(2.5)
             lat = asyncio.run(latency(url, "lat", args.rate, args.seconds))

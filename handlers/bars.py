@@ -50,7 +50,7 @@ class _Open(msgspec.Struct):
 
 
 class _State(msgspec.Struct):
-    open: dict[str, _Open]  # "<symbol>\x1f<interval>" -> open bar
+    open: dict[str, dict[str, _Open]]  # symbol -> interval -> open bar
     late_since: dict[str, int]  # symbol -> ts_event of its first late tick in the current run of late ones
     alerted: list[str]
 
@@ -85,14 +85,16 @@ class BarAggregator(Handler):
         out: list[Event] = []
         vol = event.volume_real or event.volume
         late = False
+        bars = self._s.open.get(event.symbol)
+        if bars is None:
+            bars = self._s.open[event.symbol] = {}
         for iv, ns in self.intervals:
             start = event.ts_event - event.ts_event % ns
-            key = f"{event.symbol}\x1f{iv}"
-            bar = self._s.open.get(key)
+            bar = bars.get(iv)
             if bar is None or start > bar.start:
                 if bar is not None:
                     out.append(self._close(event.symbol, iv, ns, bar))
-                self._s.open[key] = _Open(start, price, price, price, price, vol, 1, event.venue)
+                bars[iv] = _Open(start, price, price, price, price, vol, 1, event.venue)
             elif start < bar.start:
                 late = True
             else:
@@ -101,7 +103,8 @@ class BarAggregator(Handler):
                 bar.close = price
                 bar.volume += vol
                 bar.ticks += 1
-        out += self._lateness(event, late)
+        if late or self._s.late_since:  # the common case, on time with no symbol late, costs nothing more
+            out += self._lateness(event, late)
         return out
 
     def _lateness(self, tick: Tick, late: bool) -> list[Event]:
