@@ -35,6 +35,7 @@ from bus.publisher import Publisher, PublishTimeout, StoreFull
 from bus.reader import Received, read
 from bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
 from bus.stall import Stall
+from bus.topology import latest_kv_config
 from schemas.codec import MalformedEvent, decode
 from schemas.components import (
     Component,
@@ -216,20 +217,7 @@ def snapshots_bucket(prefix: str) -> str:
 
 
 def snapshots_stream_config(prefix: str, replicas: int = 1) -> dict[str, Any]:
-    bucket = snapshots_bucket(prefix)
-    return {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "retention": "limits",
-        "storage": "file",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "old",
-        "allow_rollup_hdrs": True,
-        "allow_direct": True,
-        "max_age": 0,
-        "duplicate_window": 120 * 1_000_000_000,
-    }
+    return latest_kv_config(snapshots_bucket(prefix), replicas=replicas)
 
 
 class SavedState(msgspec.Struct, frozen=True):

@@ -22,6 +22,7 @@ import structlog
 from nats.aio.client import Client
 
 from bus.jetstream import JetStreamApi, JetStreamError
+from bus.topology import latest_kv_config
 
 log = structlog.get_logger("tapeline.bus")
 
@@ -43,21 +44,7 @@ def leases_bucket(prefix: str) -> str:
 
 
 def leases_stream_config(prefix: str, ttl_s: float, replicas: int = 1) -> dict[str, Any]:
-    bucket = leases_bucket(prefix)
-    return {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "retention": "limits",
-        "storage": "file",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "max_age": int(ttl_s * 1e9),
-        "discard": "old",
-        "allow_rollup_hdrs": True,
-        "allow_direct": True,
-        "deny_delete": True,
-        "duplicate_window": int(min(ttl_s, 120) * 1e9),
-    }
+    return latest_kv_config(leases_bucket(prefix), max_age_s=ttl_s, replicas=replicas)
 
 
 def holder_id() -> str:

@@ -94,6 +94,23 @@ def decisions_kv_config(prefix: str, r: Retention) -> dict[str, Any]:
     }
 
 
+def latest_kv_config(bucket: str, *, max_age_s: float = 0, replicas: int = 1) -> dict[str, Any]:
+    """A JetStream KV bucket keeping only the latest value per key (leases, snapshots)."""
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "max_age": int(max_age_s * NS),
+        "discard": "old",
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+        "duplicate_window": int(min(max_age_s or 120, 120) * NS),
+    }
+
+
 AckPolicy = Literal["explicit", "all", "none"]
 
 

@@ -44,12 +44,16 @@ def swap_subject(prefix: str) -> str:
 
 
 async def provision_system(nc: Client, prefix: str, retention: Retention | None = None) -> None:
-    """Streams, the decisions bucket, and the leases and snapshots buckets the runner needs."""
-    r = retention or Retention()
-    await provision(nc, prefix, r)
+    """Streams, the decisions bucket, and the leases and snapshots buckets the runner needs.
+
+    ``retention`` goes to :func:`provision` as given: None there means no market-data byte cap
+    (tests, what-if namespaces), so it is not replaced by the defaults here.
+    """
+    await provision(nc, prefix, retention)
+    replicas = (retention or Retention()).replicas
     api = JetStreamApi(nc)
-    await api.ensure_stream(leases_stream_config(prefix, LEASE_TTL_S, r.replicas))
-    await api.ensure_stream(snapshots_stream_config(prefix, r.replicas))
+    await api.ensure_stream(leases_stream_config(prefix, LEASE_TTL_S, replicas))
+    await api.ensure_stream(snapshots_stream_config(prefix, replicas))
 
 
 class Pipeline:
