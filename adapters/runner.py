@@ -9,17 +9,16 @@ and retries only what was not stored, alerting once (``bus.stall``): it never di
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import structlog
 
+from adapters.alerts import make_alert
 from bus.publisher import Publisher, PublishError, PublishTimeout, StoreFull
 from bus.stall import Stall
-from schemas.events import Alert, Event, Tick
-from schemas.ids import new_event_id
+from schemas.events import Event, Tick
 
 log = structlog.get_logger("tapeline.feed")
 
@@ -34,22 +33,6 @@ class FeedStats:
     def __init__(self) -> None:
         self.events = 0
         self.messages = 0
-
-
-def feed_alert(feed: str, kind: str, message: str, *, severity: str = "critical", resolved: bool = False) -> Alert:
-    now = time.time_ns()
-    return Alert(
-        event_id=new_event_id(now),
-        ts_event=now,
-        ts_init=now,
-        source=feed,
-        severity=severity,  # type: ignore[arg-type]
-        kind=kind,
-        key=f"{feed}:{kind}",
-        message=message,
-        resolved=resolved,
-        feed=feed,
-    )
 
 
 async def publish_events(publisher: Publisher, events: Sequence[Event], *, batch_ticks: bool) -> int:
@@ -106,6 +89,8 @@ async def run_feed(
                 stats.events += len(events)
     except Exception as exc:
         log.error("feed failed", feed=feed.name, error=repr(exc))
-        await publisher.publish([feed_alert(feed.name, "feed_failed", f"{type(exc).__name__}: {exc}")])
+        await publisher.publish(
+            [make_alert(feed.name, "feed_failed", f"{type(exc).__name__}: {exc}", severity="critical")]
+        )
         raise
     return stats

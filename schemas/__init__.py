@@ -44,7 +44,6 @@ from schemas.subjects import (
     decisions_bucket,
     decode_token,
     encode_token,
-    family_of,
     validate_prefix,
 )
 
@@ -93,7 +92,6 @@ __all__ = [
     "derive_event_id",
     "encode",
     "encode_token",
-    "family_of",
     "new_event_id",
     "upcaster",
     "validate_prefix",

@@ -83,15 +83,6 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
-def family_of(subject: str, prefix: str) -> StreamFamily:
-    """The stream family a subject under ``prefix`` belongs to."""
-    head = subject[len(prefix) + 1 :].split(".", 1)[0]
-    for fam in FAMILIES:
-        if fam.key == head:
-            return fam
-    raise ValueError(f"subject {subject!r} belongs to no stream family under {prefix!r}")
-
-
 class SubjectTemplate:
     """The one subject grammar: an event class declares ``family.kind.{field}.{field}``, relative to the prefix.
 
