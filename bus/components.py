@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 
@@ -460,19 +461,28 @@ class ComponentRunner:
             log.info("resuming", consumer=spec.durable, already_published=len(sink.skip_ids))
 
     def _snapshotter(self, key: str, every_s: float) -> Any:
-        store = SnapshotStore(self.nc, self.prefix)
         last = [0.0]
 
         async def after_ack(seq: int) -> None:
             if self._stopping or time.monotonic() - last[0] >= every_s:
-                await store.save(key, seq, self.component.snapshot())
+                await self._save_snapshot(key, seq)
                 last[0] = time.monotonic()
 
         return after_ack
 
+    async def _save_snapshot(self, key: str, seq: int) -> None:
+        """Best effort: a snapshot that cannot be saved (the server is away) leaves the previous one,
+        older and still right — a restart resumes from it and skips the outputs already stored."""
+        if not self.nc.is_connected:
+            return
+        try:
+            await SnapshotStore(self.nc, self.prefix).save(key, seq, self.component.snapshot())
+        except (nats.errors.Error, JetStreamError, TimeoutError) as exc:
+            log.warning("snapshot not saved; the previous one stays", consumer=key, position=seq, error=repr(exc))
+
     def _final_snapshot(self, key: str, rt: ConsumerRuntime) -> Any:
         async def on_stop() -> None:
-            if rt.last_acked and self.nc.is_connected:  # else the saved one is older, and still right
-                await SnapshotStore(self.nc, self.prefix).save(key, rt.last_acked, self.component.snapshot())
+            if rt.last_acked:
+                await self._save_snapshot(key, rt.last_acked)
 
         return on_stop
