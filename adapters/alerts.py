@@ -28,9 +28,9 @@ import httpx
 import msgspec
 import structlog
 
-from schemas.components import Consumes, Feed, Gateway, draft
-from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Notification, Severity
-from schemas.ids import derive_event_id, new_event_id
+from tapeline.schemas.components import Consumes, Feed, Gateway, draft
+from tapeline.schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Notification, Severity
+from tapeline.schemas.ids import derive_event_id, new_event_id
 
 log = structlog.get_logger("tapeline.feed")
 

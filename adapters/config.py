@@ -19,8 +19,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from adapters.sessions import parse_session
-from schemas.intervals import interval_ns
+from tapeline.adapters.sessions import parse_session
+from tapeline.schemas.intervals import interval_ns
 
 
 class FeedConfigError(ValueError):

@@ -63,9 +63,9 @@ from typing import Literal
 import msgspec
 import structlog
 
-from schemas.events import Alert, Bar, Event, Severity, Tick
-from schemas.ids import bar_id, derive_event_id, tick_id
-from schemas.intervals import interval_ns
+from tapeline.schemas.events import Alert, Bar, Event, Severity, Tick
+from tapeline.schemas.ids import bar_id, derive_event_id, tick_id
+from tapeline.schemas.intervals import interval_ns
 
 log = structlog.get_logger("tapeline.feed")
 

@@ -31,12 +31,12 @@ from typing import Any
 
 import structlog
 
-from adapters.alerts import make_alert
-from adapters.runner import Feed
-from schemas.events import Bar, Event
-from schemas.ids import bar_id
-from schemas.intervals import interval_ns
-from schemas.subjects import decode_token, encode_token
+from tapeline.adapters.alerts import make_alert
+from tapeline.adapters.runner import Feed
+from tapeline.schemas.events import Bar, Event
+from tapeline.schemas.ids import bar_id
+from tapeline.schemas.intervals import interval_ns
+from tapeline.schemas.subjects import decode_token, encode_token
 
 log = structlog.get_logger("tapeline.feed")
 DAY_NS = 86_400_000_000_000

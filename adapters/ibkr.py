@@ -38,11 +38,11 @@ from typing import Any
 
 import structlog
 
-from adapters.alerts import AlertLatch, HeartbeatClock
-from adapters.config import IbkrConfig, IbkrContractConfig
-from schemas.events import Bar, Event, Heartbeat, Tick
-from schemas.ids import bar_id, tick_id
-from schemas.intervals import interval_ns
+from tapeline.adapters.alerts import AlertLatch, HeartbeatClock
+from tapeline.adapters.config import IbkrConfig, IbkrContractConfig
+from tapeline.schemas.events import Bar, Event, Heartbeat, Tick
+from tapeline.schemas.ids import bar_id, tick_id
+from tapeline.schemas.intervals import interval_ns
 
 log = structlog.get_logger("tapeline.feed")
 

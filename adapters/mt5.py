@@ -42,11 +42,11 @@ from typing import Any, TypeVar
 
 import structlog
 
-from adapters.alerts import AlertLatch, HeartbeatClock
-from adapters.config import Mt5TerminalConfig
-from adapters.sessions import parse_session
-from schemas.events import Event, Tick
-from schemas.ids import tick_id
+from tapeline.adapters.alerts import AlertLatch, HeartbeatClock
+from tapeline.adapters.config import Mt5TerminalConfig
+from tapeline.adapters.sessions import parse_session
+from tapeline.schemas.events import Event, Tick
+from tapeline.schemas.ids import tick_id
 
 log = structlog.get_logger("tapeline.feed")
 T = TypeVar("T")
@@ -92,9 +92,9 @@ async def resume_cursors(
     """Cursors from the last tick stored on each symbol's subject (empty for a symbol with none)."""
     import base64
 
-    from bus.jetstream import JetStreamApi, JetStreamError
-    from schemas.codec import decode
-    from schemas.subjects import MD
+    from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+    from tapeline.schemas.codec import decode
+    from tapeline.schemas.subjects import MD
 
     api = JetStreamApi(nc)
     out: dict[str, TickCursor] = {}

@@ -15,10 +15,10 @@ from typing import Protocol
 
 import structlog
 
-from adapters.alerts import make_alert
-from bus.publisher import Publisher, PublishError, PublishTimeout, StoreFull
-from bus.stall import Stall
-from schemas.events import Event, Tick
+from tapeline.adapters.alerts import make_alert
+from tapeline.bus.publisher import Publisher, PublishError, PublishTimeout, StoreFull
+from tapeline.bus.stall import Stall
+from tapeline.schemas.events import Event, Tick
 
 log = structlog.get_logger("tapeline.feed")
 

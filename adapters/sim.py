@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from schemas.events import Tick
-from schemas.ids import tick_id
+from tapeline.schemas.events import Tick
+from tapeline.schemas.ids import tick_id
 
 DEFAULT_SYMBOLS = ("NVDA", "ORCL", "AAPL", "MSFT", "BRK.B")
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.config import FeedsConfig, SourceChoice
-from adapters.runner import Feed
+from tapeline.adapters.config import FeedsConfig, SourceChoice
+from tapeline.adapters.runner import Feed
 
 NewsFactory = Callable[[FeedsConfig], Feed]
 _NEWS: dict[str, NewsFactory] = {}
@@ -36,19 +36,19 @@ def market_feed(cfg: FeedsConfig, *, terminal: str | None = None, mt5: Any = Non
     if choice.market == "files":
         feed = files_feed(cfg)
     elif choice.market == "ibkr":
-        from adapters.ibkr import IbkrFeed
+        from tapeline.adapters.ibkr import IbkrFeed
 
         feed = IbkrFeed(cfg.ibkr, ib=ib)
     elif choice.market == "mt5":
-        from adapters.mt5 import Mt5Feed
+        from tapeline.adapters.mt5 import Mt5Feed
 
         feed = Mt5Feed(pick_terminal(cfg, terminal), mt5=mt5)
     else:
-        from adapters.sim import SimFeed
+        from tapeline.adapters.sim import SimFeed
 
         feed = SimFeed()
     if cfg.history.enabled and choice.history != "none":
-        from adapters.history import HistoryFeed, store_from_config
+        from tapeline.adapters.history import HistoryFeed, store_from_config
 
         series = [(c.symbol, cfg.ibkr.bar_interval) for c in cfg.ibkr.contracts] if choice.market == "ibkr" else []
         feed = HistoryFeed(feed, store_from_config(cfg.history), series, days=cfg.history.warmup_days)
@@ -66,7 +66,7 @@ def news_feed(cfg: FeedsConfig) -> Feed | None:
 
 
 def files_feed(cfg: FeedsConfig) -> Feed:
-    from adapters.files import FileFeed, FileSource
+    from tapeline.adapters.files import FileFeed, FileSource
 
     fc = cfg.files
     sources = [FileSource(Path(s.path), s.symbol, s.kind, s.interval) for s in fc.sources] or None

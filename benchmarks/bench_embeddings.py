@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from projections.embedder import Backend, TextEmbedder
+from tapeline.models.embedder import Backend, TextEmbedder
 
 HEADLINES = Path(__file__).resolve().parents[2] / "shared" / "data" / "news" / "semeval2017-task5-headlines.json"
 N = 2000

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from projections.embedder import DIM as TEXT_DIM
-from projections.vectors import (
+from tapeline.models.embedder import DIM as TEXT_DIM
+from tapeline.projections.vectors import (
     MARKET_STATES,
     NEWS_VECTORS,
     VectorStore,
     news_schema,
     vector_column,
 )
-from schemas.features import MARKET_DIM
+from tapeline.schemas.features import MARKET_DIM
 
 N = 100_000
 QUERIES = 200

@@ -27,15 +27,15 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.runner import publish_events
-from adapters.sim import SimFeed
-from bus.connection import NatsSettings, connect
-from bus.jetstream import JetStreamApi
-from bus.publisher import Publisher
-from bus.server import EmbeddedNats
-from bus.topology import provision
-from schemas.codec import decode
-from schemas.events import Tick
+from tapeline.adapters.runner import publish_events
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.server import EmbeddedNats
+from tapeline.bus.topology import provision
+from tapeline.schemas.codec import decode
+from tapeline.schemas.events import Tick
 
 SYMBOLS = ["NVDA", "ORCL", "AAPL", "MSFT", "BRK.B", "AMD", "INTC", "IBM"]
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.runner import publish_events
-from adapters.sim import SimFeed
-from bus.connection import NatsSettings, connect
-from bus.publisher import Publisher
-from bus.server import EmbeddedNats
-from bus.topology import provision
-from replay.rebuild import rebuild
+from tapeline.adapters.runner import publish_events
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.server import EmbeddedNats
+from tapeline.bus.topology import provision
+from tapeline.replay.rebuild import rebuild
 
 
 async def run(url: str, tmp: Path, n: int) -> list[tuple[str, int, float]]:

@@ -33,15 +33,15 @@ from nats.aio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.sim import SimFeed
-from bus.connection import NatsSettings, close_connection, connect
-from bus.jetstream import JetStreamApi
-from bus.publisher import Publisher
-from bus.server import EmbeddedNats
-from bus.topology import provision
-from projections.query import query_remote
-from schemas.subjects import FAMILIES, MD
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.connection import NatsSettings, close_connection, connect
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.server import EmbeddedNats
+from tapeline.bus.topology import provision
 from tapeline.config import SimConfig
+from tapeline.projections.query import query_remote
+from tapeline.schemas.subjects import FAMILIES, MD
 
 PREFIX = "soak"
 DEMO_RATE = 1000 / SimConfig().mean_gap_ms  # ticks per second of market time in the demo's simulator

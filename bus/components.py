@@ -29,16 +29,16 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 
-from bus.jetstream import JetStreamApi, JetStreamError
-from bus.lease import Lease
-from bus.metrics import COMPONENT_EVENTS
-from bus.publisher import Publisher, PublishTimeout, StoreFull
-from bus.reader import Received, read
-from bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
-from bus.stall import Stall
-from bus.topology import latest_kv_config
-from schemas.codec import MalformedEvent, decode
-from schemas.components import (
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.bus.lease import Lease
+from tapeline.bus.metrics import COMPONENT_EVENTS
+from tapeline.bus.publisher import Publisher, PublishTimeout, StoreFull
+from tapeline.bus.reader import Received, read
+from tapeline.bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
+from tapeline.bus.stall import Stall
+from tapeline.bus.topology import latest_kv_config
+from tapeline.schemas.codec import MalformedEvent, decode
+from tapeline.schemas.components import (
     Component,
     Consumes,
     Gateway,
@@ -50,8 +50,8 @@ from schemas.components import (
     durable_name,
     filters_by_family,
 )
-from schemas.events import AnyEvent, Event
-from schemas.ids import derive_event_id
+from tapeline.schemas.events import AnyEvent, Event
+from tapeline.schemas.ids import derive_event_id
 
 log = structlog.get_logger("tapeline.bus")
 NO_MESSAGE = 10037

@@ -32,9 +32,9 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from bus.connection import TapelineClient
-from bus.jetstream import JetStreamApi, JetStreamError
-from bus.topology import NS
+from tapeline.bus.connection import TapelineClient
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.bus.topology import NS
 
 _enc = msgspec.json.Encoder()
 log = structlog.get_logger("tapeline.bus")

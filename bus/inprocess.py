@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from bus.components import react, result_ids, stamp_results
-from schemas.components import Component, Gateway, Handler
-from schemas.events import AnyEvent, Event
+from tapeline.bus.components import react, result_ids, stamp_results
+from tapeline.schemas.components import Component, Gateway, Handler
+from tapeline.schemas.events import AnyEvent, Event
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

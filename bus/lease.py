@@ -21,8 +21,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 
-from bus.jetstream import JetStreamApi, JetStreamError
-from bus.topology import latest_kv_config
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.bus.topology import latest_kv_config
 
 log = structlog.get_logger("tapeline.bus")
 

@@ -32,12 +32,12 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from bus.connection import TapelineClient
-from bus.consumer import status_code
-from bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_RETRIES, PUBLISH_TIMEOUTS, STORE_FULL
-from bus.stall import Stalled
-from schemas.codec import encode
-from schemas.events import Event
+from tapeline.bus.connection import TapelineClient
+from tapeline.bus.consumer import status_code
+from tapeline.bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_RETRIES, PUBLISH_TIMEOUTS, STORE_FULL
+from tapeline.bus.stall import Stalled
+from tapeline.schemas.codec import encode
+from tapeline.schemas.events import Event
 
 
 class PublishError(RuntimeError):

@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 from nats.aio.client import Client
 
-from bus.consumer import Delivery, PullLoop
-from bus.jetstream import JetStreamApi
-from schemas.codec import MalformedEvent, decode
-from schemas.events import AnyEvent
+from tapeline.bus.consumer import Delivery, PullLoop
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.schemas.codec import MalformedEvent, decode
+from tapeline.schemas.events import AnyEvent
 
 
 class Received(NamedTuple):

@@ -30,9 +30,9 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 
-from bus.consumer import Delivery, PullLoop
-from bus.jetstream import JetStreamApi
-from bus.metrics import (
+from tapeline.bus.consumer import Delivery, PullLoop
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.metrics import (
     BATCH_SECONDS,
     CONSUMER_PENDING,
     EVENT_LATENCY,
@@ -40,13 +40,13 @@ from bus.metrics import (
     EVENTS_FAILED,
     EVENTS_SKIPPED,
 )
-from bus.publisher import Publisher
-from bus.reader import Received
-from bus.stall import Stalled
-from bus.topology import AckPolicy, durable_config
-from schemas.codec import MalformedEvent, decode
-from schemas.events import DeadLetter, Event
-from schemas.ids import derive_event_id
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.reader import Received
+from tapeline.bus.stall import Stalled
+from tapeline.bus.topology import AckPolicy, durable_config
+from tapeline.schemas.codec import MalformedEvent, decode
+from tapeline.schemas.events import DeadLetter, Event
+from tapeline.schemas.ids import derive_event_id
 
 log = structlog.get_logger("tapeline.bus")
 

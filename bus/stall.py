@@ -18,9 +18,9 @@ from typing import ClassVar, Protocol
 
 import structlog
 
-from bus.metrics import STALLED
-from schemas.events import Alert, Event
-from schemas.ids import new_event_id
+from tapeline.bus.metrics import STALLED
+from tapeline.schemas.events import Alert, Event
+from tapeline.schemas.ids import new_event_id
 
 log = structlog.get_logger("tapeline.stall")
 

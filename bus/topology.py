@@ -13,8 +13,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 
-from bus.jetstream import JetStreamApi, JetStreamError
-from schemas.subjects import DECISION, FAMILIES, StreamFamily, decisions_bucket
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.schemas.subjects import DECISION, FAMILIES, StreamFamily, decisions_bucket
 
 NS = 1_000_000_000
 GIB = 1024**3

@@ -16,9 +16,9 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from schemas.components import Consumes, Handler, Rejected, Snapshot, draft
-from schemas.events import Alert, AnyEvent, Bar, Event, Tick
-from schemas.intervals import interval_ns
+from tapeline.schemas.components import Consumes, Handler, Rejected, Snapshot, draft
+from tapeline.schemas.events import Alert, AnyEvent, Bar, Event, Tick
+from tapeline.schemas.intervals import interval_ns
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 

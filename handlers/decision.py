@@ -15,8 +15,8 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from schemas.components import Consumes, Handler, Window, draft
-from schemas.events import AgentSignal, AnyEvent, DecisionEnvelope, Event, Signal, Synthesis, Target, Verdict
+from tapeline.schemas.components import Consumes, Handler, Window, draft
+from tapeline.schemas.events import AgentSignal, AnyEvent, DecisionEnvelope, Event, Signal, Synthesis, Target, Verdict
 
 
 class DecisionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -21,10 +21,10 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from schemas.components import Consumes, Handler, Snapshot, draft
-from schemas.events import AnyEvent, Bar, Enrichment, Event
-from schemas.features import MARKET_FEATURES
-from schemas.intervals import interval_ns
+from tapeline.schemas.components import Consumes, Handler, Snapshot, draft
+from tapeline.schemas.events import AnyEvent, Bar, Enrichment, Event
+from tapeline.schemas.features import MARKET_FEATURES
+from tapeline.schemas.intervals import interval_ns
 
 WINDOW = 61  # bars a feature vector needs: 60 one-bar returns for sigma60
 FEATURE_CLIP = 4.0

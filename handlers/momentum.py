@@ -14,9 +14,9 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from schemas.components import Consumes, Handler, Snapshot, draft
-from schemas.events import AnyEvent, Bar, Event, Signal
-from schemas.intervals import interval_ns
+from tapeline.schemas.components import Consumes, Handler, Snapshot, draft
+from tapeline.schemas.events import AnyEvent, Bar, Event, Signal
+from tapeline.schemas.intervals import interval_ns
 
 AUTO = "auto"
 

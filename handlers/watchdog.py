@@ -18,8 +18,8 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from schemas.components import Consumes, Handler, Snapshot, draft
-from schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Severity
+from tapeline.schemas.components import Consumes, Handler, Snapshot, draft
+from tapeline.schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Severity
 
 
 class WatchdogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

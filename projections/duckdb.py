@@ -34,13 +34,13 @@ from typing import Any, NamedTuple
 import duckdb
 import structlog
 
-from bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG
-from bus.reader import Received
-from bus.runtime import Failure
-from bus.stall import Publishes, Stall, Stalled
-from projections.table import ReadModelChanged, Row, Table, View, schema_hash
-from projections.tables import TABLES, VIEWS
-from schemas.subjects import StreamFamily
+from tapeline.bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG
+from tapeline.bus.reader import Received
+from tapeline.bus.runtime import Failure
+from tapeline.bus.stall import Publishes, Stall, Stalled
+from tapeline.projections.table import ReadModelChanged, Row, Table, View, schema_hash
+from tapeline.projections.tables import TABLES, VIEWS
+from tapeline.schemas.subjects import StreamFamily
 
 log = structlog.get_logger(__name__)
 CHECKPOINTS = "_checkpoints"

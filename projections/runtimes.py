@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nats.aio.client import Client
 
-from bus.reader import read
-from bus.runtime import ConsumerSpec
-from bus.stall import Publishes
-from projections.duckdb import ProjectionDb, ProjectionSink
-from schemas.components import durable_name, family_named
-from schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem
-from schemas.subjects import DECISION, INTEL, MD, NEWS
+from tapeline.bus.reader import read
+from tapeline.bus.runtime import ConsumerSpec
+from tapeline.bus.stall import Publishes
+from tapeline.projections.duckdb import ProjectionDb, ProjectionSink
+from tapeline.schemas.components import durable_name, family_named
+from tapeline.schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem
+from tapeline.schemas.subjects import DECISION, INTEL, MD, NEWS
 
 if TYPE_CHECKING:  # LanceDB and the model runtime take a second to import: only the vectors role pays it
-    from projections.embedder import TextEmbedder
-    from projections.vectors import VectorStore
+    from tapeline.models.embedder import TextEmbedder
+    from tapeline.projections.vectors import VectorStore
 
 PROJECTOR = "projector"
 
@@ -81,7 +81,7 @@ def vector_bindings(
 ) -> list[Binding]:
     """The LanceDB read models, one stream each: market states from enrichments, news and
     decision-reasoning embeddings, and bars with their forward returns."""
-    from projections.vectors import DecisionVectors, MarketReturns, MarketStates, NewsVectors, VectorSink
+    from tapeline.projections.vectors import DecisionVectors, MarketReturns, MarketStates, NewsVectors, VectorSink
 
     out = []
     source: tuple[tuple[type[Event], Any], ...] = (

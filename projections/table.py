@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.events import Event
-from schemas.subjects import StreamFamily
+from tapeline.schemas.events import Event
+from tapeline.schemas.subjects import StreamFamily
 
 Row = tuple[Any, ...]
 REBUILD = "rebuild it with `tapeline replay --verify --swap`"

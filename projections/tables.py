@@ -12,9 +12,9 @@ from collections.abc import Iterable
 import msgspec
 import pyarrow as pa
 
-from projections.table import Row, Table, View
-from schemas import events as ev
-from schemas.subjects import DECISION, INTEL, MD, NEWS, OPS, ORDER, RISK
+from tapeline.projections.table import Row, Table, View
+from tapeline.schemas import events as ev
+from tapeline.schemas.subjects import DECISION, INTEL, MD, NEWS, OPS, ORDER, RISK
 
 S, I64, F64, B, TS = pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.timestamp("ns")
 LS = pa.list_(pa.string())
@@ -325,10 +325,10 @@ def _order_rows(e: ev.Event, s: int) -> Iterable[Row]:
 ORDERS = Table(
     "orders",
     ORDER,
-    (ev.OrderIntent, ev.OrderSubmitted, ev.OrderAccepted, ev.OrderRejected, ev.OrderCancelled),
+    (ev.OrderIntent, ev.OrderApproved, ev.OrderSubmitted, ev.OrderAccepted, ev.OrderRejected, ev.OrderCancelled),
     _ORDER_COLS,
     _order_rows,
-    "Order lifecycle: intent, submitted, accepted, rejected, cancelled (one row per event).",
+    "Order lifecycle: intent, approved, submitted, accepted, rejected, cancelled (one row per event).",
 )
 FILLS = Table(
     "fills",

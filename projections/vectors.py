@@ -10,7 +10,7 @@ Tables
   forward returns ``fwd_ret_{1,5,20}``, filled in when bar t+1, t+5, t+20 arrive (``close[t+h] / close[t]
   - 1``, the bar's ``close`` field as published). It has no vector column.
 - ``news_vectors``: one row per :class:`~schemas.events.NewsItem`, the title (plus summary, if any)
-  embedded with the pinned all-MiniLM-L6-v2 (:mod:`projections.embedder`).
+  embedded with the pinned all-MiniLM-L6-v2 (:mod:`models.embedder`).
 - ``decision_vectors``: one row per :class:`~schemas.events.DecisionEnvelope` whose synthesis has
   reasoning, the reasoning embedded.
 
@@ -74,13 +74,13 @@ import pyarrow.compute as pc
 import structlog
 from numpy.typing import NDArray
 
-from bus.reader import Received
-from bus.runtime import Failure
-from projections.embedder import DIM as TEXT_DIM
-from projections.embedder import TextEmbedder
-from projections.table import ReadModelChanged, schema_hash
-from schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem
-from schemas.features import MARKET_DIM, MARKET_FEATURES
+from tapeline.bus.reader import Received
+from tapeline.bus.runtime import Failure
+from tapeline.models.embedder import DIM as TEXT_DIM
+from tapeline.models.embedder import TextEmbedder
+from tapeline.projections.table import ReadModelChanged, schema_hash
+from tapeline.schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem
+from tapeline.schemas.features import MARKET_DIM, MARKET_FEATURES
 
 log = structlog.get_logger(__name__)
 

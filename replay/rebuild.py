@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 import msgspec
 from nats.aio.client import Client
 
-from bus.jetstream import JetStreamApi
-from projections.duckdb import ProjectionDb, columns_sql, hash_sql
-from projections.query import QueryError, query_file, query_remote
-from projections.runtimes import Binding, projection_bindings, replay_into, vector_bindings
-from projections.table import schema_hash
-from projections.tables import TABLES
-from schemas.subjects import FAMILIES
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.projections.duckdb import ProjectionDb, columns_sql, hash_sql
+from tapeline.projections.query import QueryError, query_file, query_remote
+from tapeline.projections.runtimes import Binding, projection_bindings, replay_into, vector_bindings
+from tapeline.projections.table import schema_hash
+from tapeline.projections.tables import TABLES
+from tapeline.schemas.subjects import FAMILIES
 
 if TYPE_CHECKING:
-    from projections.embedder import TextEmbedder
+    from tapeline.models.embedder import TextEmbedder
 
 VECTOR_TABLES = (
     "market_states",
@@ -157,8 +157,8 @@ async def rebuild(
     ]
     store = None
     if vectors_dir is not None:
-        from projections.embedder import TextEmbedder
-        from projections.vectors import VectorStore
+        from tapeline.models.embedder import TextEmbedder
+        from tapeline.projections.vectors import VectorStore
 
         store = VectorStore(vectors_dir)
         for b in vector_bindings(prefix, store, embedder or TextEmbedder(), stop_at=vector_stop_at, until_ns=until_ns):
@@ -227,7 +227,7 @@ async def live_state(nc: Client, prefix: str, live_path: Path) -> tuple[dict[str
 
 def live_vectors(path: Path) -> tuple[dict[str, int], dict[str, str], set[str]]:
     """Checkpoint and checksum of each live vector table, and which are changed (LanceDB allows readers)."""
-    from projections.vectors import VectorStore
+    from tapeline.projections.vectors import VectorStore
 
     store = VectorStore(path)
     cps = {t: store.checkpoint(t) for t in VECTOR_TABLES}
@@ -281,7 +281,7 @@ async def verify(
     finally:
         db.close()
     if vectors_dir is not None and vec_cps is not None:
-        from projections.vectors import VectorStore
+        from tapeline.projections.vectors import VectorStore
 
         store = VectorStore(vectors_dir)
         for vt in VECTOR_TABLES:

@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 import msgspec
 from nats.aio.client import Client
 
-from bus.inprocess import InProcessRunner
-from bus.publisher import Publisher
-from bus.reader import read_events
-from bus.topology import provision
-from schemas.components import Component, Consumes
-from schemas.events import AnyEvent, Bar, ClockTick, DecisionEnvelope, Event, Heartbeat, NewsItem, Tick
-from schemas.subjects import StreamFamily
+from tapeline.bus.inprocess import InProcessRunner
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.reader import read_events
+from tapeline.bus.topology import provision
+from tapeline.schemas.components import Component, Consumes
+from tapeline.schemas.events import AnyEvent, Bar, ClockTick, DecisionEnvelope, Event, Heartbeat, NewsItem, Tick
+from tapeline.schemas.subjects import StreamFamily
 
 # Recorded inputs a what-if reuses: everything that entered from outside (DESIGN §2).
 INPUTS: tuple[type[Event], ...] = (Tick, NewsItem, Heartbeat, ClockTick)

@@ -1,7 +1,7 @@
 """Every event type, its subject, versions and upcasters. Imports nothing of ours."""
 
-from schemas.codec import Decoded, MalformedEvent, decode, encode, upcaster
-from schemas.events import (
+from tapeline.schemas.codec import Decoded, MalformedEvent, decode, encode, upcaster
+from tapeline.schemas.events import (
     CURRENT_VERSION,
     EVENT_TYPES,
     AgentSignal,
@@ -22,6 +22,7 @@ from schemas.events import (
     NewsItem,
     Notification,
     OrderAccepted,
+    OrderApproved,
     OrderCancelled,
     OrderFilled,
     OrderIntent,
@@ -37,8 +38,8 @@ from schemas.events import (
     Tick,
     Verdict,
 )
-from schemas.ids import derive_event_id, new_event_id
-from schemas.subjects import (
+from tapeline.schemas.ids import derive_event_id, new_event_id
+from tapeline.schemas.subjects import (
     FAMILIES,
     StreamFamily,
     decisions_bucket,
@@ -71,6 +72,7 @@ __all__ = [
     "NewsItem",
     "Notification",
     "OrderAccepted",
+    "OrderApproved",
     "OrderCancelled",
     "OrderFilled",
     "OrderIntent",

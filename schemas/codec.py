@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import BY_TAG, CURRENT_VERSION, AnyEvent, Event
+from tapeline.schemas.events import BY_TAG, CURRENT_VERSION, AnyEvent, Event
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

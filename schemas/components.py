@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from schemas.events import AnyEvent, Event
-from schemas.subjects import FAMILIES, StreamFamily
+from tapeline.schemas.events import AnyEvent, Event
+from tapeline.schemas.subjects import FAMILIES, StreamFamily
 
 E = TypeVar("E", bound=Event)
 Kind = Literal["feed", "handler", "gateway", "read_model"]

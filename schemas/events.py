@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from schemas.subjects import SubjectTemplate
+from tapeline.schemas.subjects import SubjectTemplate
 
 Direction = Literal["BULLISH", "BEARISH", "NEUTRAL"]
 Verdict = Literal["BUY", "HOLD", "SELL"]
@@ -309,6 +309,21 @@ class OrderIntent(_OrderEvent, frozen=True, kw_only=True, tag="order_intent"):
     limit_price: float = 0.0
     decision_id: str = ""
     reason: str = ""
+    stop_loss: float = 0.0  # price levels; 0 = none
+    take_profit: float = 0.0
+
+
+class OrderApproved(_OrderEvent, frozen=True, kw_only=True, tag="order_approved"):
+    """Every pre-trade risk check passed: the only event the execution gateway turns into a broker order."""
+
+    subject_template: ClassVar[str] = "order.approved.{account}.{symbol}"
+    side: Side
+    quantity: float
+    order_type: Literal["MARKET", "LIMIT"] = "MARKET"
+    limit_price: float = 0.0
+    stop_loss: float = 0.0
+    take_profit: float = 0.0
+    intent_id: str = ""
 
 
 class OrderSubmitted(_OrderEvent, frozen=True, kw_only=True, tag="order_submitted"):
@@ -413,6 +428,7 @@ AnyEvent = (
     | Signal
     | DecisionEnvelope
     | OrderIntent
+    | OrderApproved
     | OrderSubmitted
     | OrderAccepted
     | OrderRejected

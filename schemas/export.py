@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.events import EVENT_TYPES
+from tapeline.schemas.events import EVENT_TYPES
 
 
 def export_json_schemas(directory: Path) -> list[Path]:

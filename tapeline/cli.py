@@ -23,25 +23,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from adapters.runner import FeedStats, run_feed
-from adapters.sim import SimFeed
-from bus.connection import NatsConnectError, NatsSettings, redact_url
-from bus.consumer import ConsumerLost
-from bus.jetstream import JetStreamApi
-from bus.logging import configure_logging
-from bus.metrics import serve_metrics
-from bus.publisher import Publisher
-from bus.server import EmbeddedNats
-from projections.query import QueryError, QueryResult, query_file, query_remote
-from projections.table import ReadModelChanged
-from replay.rebuild import NotEnoughSpace, check_space, verify
-from schemas.codec import decode
-from schemas.events import DecisionEnvelope
-from schemas.export import export_json_schemas
-from schemas.subjects import FAMILIES, decisions_bucket, encode_token
+from tapeline.adapters.runner import FeedStats, run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.connection import NatsConnectError, NatsSettings, redact_url
+from tapeline.bus.consumer import ConsumerLost
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.logging import configure_logging
+from tapeline.bus.metrics import serve_metrics
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.server import EmbeddedNats
 from tapeline.config import ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
+from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
+from tapeline.projections.table import ReadModelChanged
+from tapeline.replay.rebuild import NotEnoughSpace, check_space, verify
+from tapeline.schemas.codec import decode
+from tapeline.schemas.events import DecisionEnvelope
+from tapeline.schemas.export import export_json_schemas
+from tapeline.schemas.subjects import FAMILIES, decisions_bucket, encode_token
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
@@ -132,7 +132,7 @@ def demo(
 
 
 async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> bool:
-    from bus.connection import connect
+    from tapeline.bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
     pipeline = Pipeline(
@@ -142,7 +142,7 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
     if files:
-        from adapters.sources import files_feed
+        from tapeline.adapters.sources import files_feed
 
         feed = files_feed(s.feeds)
         total = None
@@ -288,7 +288,7 @@ def up(
 
 
 async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
-    from bus.lease import LeaseHeld, LeaseLost
+    from tapeline.bus.lease import LeaseHeld, LeaseLost
 
     close_s = min(2.0, drain_s / 5)  # of the budget, for closing the connection; as much again to exit
     async with nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s) as (nc, url):
@@ -513,7 +513,7 @@ def _parse_time(text: str) -> int:
 
 
 async def _replay(s: Settings, target: Path, check: bool, until_ns: int | None, swap: bool) -> bool:
-    from replay.rebuild import rebuild
+    from tapeline.replay.rebuild import rebuild
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-replay") as (nc, _):
         with Progress(
@@ -614,7 +614,7 @@ def what_if_cmd(
 
 
 async def _what_if(s: Settings, alt: Any, target: str, until_ns: int | None, show: int) -> None:
-    from replay.whatif import what_if
+    from tapeline.replay.whatif import what_if
     from tapeline.system import build
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-whatif") as (nc, _):
@@ -650,7 +650,7 @@ def _when(ns: object) -> str:
 
 def _vector_store(config: Path) -> Any:
     """The live LanceDB read models (readers may open them beside the writer), or a clear exit."""
-    from projections.vectors import VectorStore
+    from tapeline.projections.vectors import VectorStore
 
     s = _settings(config)
     if not s.vectors_path.exists():
@@ -668,7 +668,7 @@ def similar(
     config: ConfigOpt = Path("tapeline.toml"),
 ) -> None:
     """The most similar past market situations (LanceDB market-state vectors) and what happened next."""
-    from projections.vectors import similar_situations
+    from tapeline.projections.vectors import similar_situations
 
     rows = similar_situations(_vector_store(config), symbol, _parse_time(at) if at else None, k, interval=interval)
     if not rows:
@@ -701,8 +701,8 @@ def search_news_cmd(
     config: ConfigOpt = Path("tapeline.toml"),
 ) -> None:
     """Find news by meaning (all-MiniLM-L6-v2 embeddings in LanceDB), with what the price did next."""
-    from projections.embedder import TextEmbedder
-    from projections.vectors import search_news
+    from tapeline.models.embedder import TextEmbedder
+    from tapeline.projections.vectors import search_news
 
     rows = search_news(_vector_store(config), TextEmbedder(), text, k)
     t = Table(title=f"News nearest to {text!r}")

@@ -23,12 +23,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from adapters.config import FeedConfigError, FeedsConfig, FilesConfig, Text, validate_feeds
-from bus.topology import Retention
-from handlers.bars import BarsConfig
-from handlers.momentum import AUTO, MomentumConfig
-from schemas.intervals import interval_ns
-from schemas.subjects import validate_prefix
+from tapeline.adapters.config import FeedConfigError, FeedsConfig, FilesConfig, Text, validate_feeds
+from tapeline.bus.topology import Retention
+from tapeline.handlers.bars import BarsConfig
+from tapeline.handlers.momentum import AUTO, MomentumConfig
+from tapeline.schemas.intervals import interval_ns
+from tapeline.schemas.subjects import validate_prefix
 from tapeline.system import COMPONENTS
 
 Market = Literal["files", "ibkr", "mt5", "sim"]
@@ -109,7 +109,7 @@ def file_bar_intervals(files: FilesConfig) -> list[str]:
     """The interval of every bar file the file feed reads (the listed sources, else the sample set)."""
     if files.sources:
         return [src.interval for src in files.sources if src.kind == "bars"]
-    from adapters.files import default_sources
+    from tapeline.adapters.files import default_sources
 
     return [src.interval for src in default_sources(Path(files.data_dir)) if src.kind == "bars"]
 
@@ -184,7 +184,7 @@ def check_file_sources(files: FilesConfig) -> None:
         if not p.is_file():
             raise ConfigError(f"{key}: {src.path} is not a file; give the path of a CSV or Parquet file")
     if not files.sources:
-        from adapters.files import default_sources
+        from tapeline.adapters.files import default_sources
 
         d = Path(files.data_dir)
         missing = [src.path for src in default_sources(d) if not src.path.is_file()]

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import structlog
 import typer
 
-from adapters.runner import Feed, run_feed
+from tapeline.adapters.runner import Feed, run_feed
 from tapeline.config import ConfigError, Market, Settings, load_settings, require_config_file
 
 feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
@@ -54,9 +54,9 @@ def _settings(config: Path, prefix: str | None, feed: Market | Literal["active"]
 
 
 async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
-    from bus.connection import NatsSettings, close_connection, connect
-    from bus.publisher import Publisher
-    from bus.topology import provision
+    from tapeline.bus.connection import NatsSettings, close_connection, connect
+    from tapeline.bus.publisher import Publisher
+    from tapeline.bus.topology import provision
 
     nats = NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}")
     nc = await connect(nats, retry_for=nats.start_retry_s)
@@ -73,7 +73,7 @@ async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
 
 
 def _go(settings: Settings, nats_url: str, feed: Feed) -> None:
-    from bus.connection import NatsConnectError
+    from tapeline.bus.connection import NatsConnectError
 
     try:
         asyncio.run(_run(settings, nats_url, feed))
@@ -92,8 +92,8 @@ def mt5_cmd(
     terminal: Annotated[str | None, typer.Option("--terminal", help="[[feeds.mt5]] name")] = None,
 ) -> None:
     """MetaTrader 5 ticks of one terminal (Windows only; one terminal per process)."""
-    from adapters.mt5 import Mt5Feed, Mt5Unavailable, load_mt5_module, resume_cursors
-    from adapters.sources import pick_terminal
+    from tapeline.adapters.mt5 import Mt5Feed, Mt5Unavailable, load_mt5_module, resume_cursors
+    from tapeline.adapters.sources import pick_terminal
 
     s = _settings(config, prefix)
     try:
@@ -104,7 +104,7 @@ def mt5_cmd(
         raise typer.Exit(2) from None
 
     async def main() -> None:
-        from bus.connection import NatsSettings, close_connection, connect
+        from tapeline.bus.connection import NatsSettings, close_connection, connect
 
         settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume")
         nc = await connect(settings, retry_for=settings.start_retry_s)
@@ -115,7 +115,7 @@ def mt5_cmd(
             await close_connection(nc)
         await _run(s, nats, Mt5Feed(term, mt5=module, resume=cursors))
 
-    from bus.connection import NatsConnectError
+    from tapeline.bus.connection import NatsConnectError
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -128,8 +128,8 @@ def mt5_cmd(
 @feed_app.command("ibkr")
 def ibkr_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """Interactive Brokers quotes/trades (+ warm-up bars, history store when enabled)."""
-    from adapters.history import HistoryFeed, store_from_config
-    from adapters.ibkr import IbkrFeed
+    from tapeline.adapters.history import HistoryFeed, store_from_config
+    from tapeline.adapters.ibkr import IbkrFeed
 
     s = _settings(config, prefix)
     if not s.feeds.ibkr.contracts:
@@ -145,7 +145,7 @@ def ibkr_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
 @feed_app.command("files")
 def files_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """Bars and ticks from CSV/Parquet files ([feeds.files]); bad rows are reported as an alert."""
-    from adapters.sources import files_feed
+    from tapeline.adapters.sources import files_feed
 
     s = _settings(config, prefix, feed="files")
     _go(s, nats, files_feed(s.feeds))
@@ -154,7 +154,7 @@ def files_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pre
 @feed_app.command("sim")
 def sim_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """The seeded simulator ([sim])."""
-    from adapters.sim import SimFeed
+    from tapeline.adapters.sim import SimFeed
 
     s = _settings(config, prefix)
     _go(s, nats, SimFeed(tuple(s.sim.symbols), seed=s.sim.seed, ticks=s.sim.ticks, mean_gap_ms=s.sim.mean_gap_ms))
@@ -163,7 +163,7 @@ def sim_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefi
 @feed_app.command("auto")
 def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """The market feed of the active source set ([feeds.sources] active = legacy | live)."""
-    from adapters.sources import market_feed
+    from tapeline.adapters.sources import market_feed
 
     s = _settings(config, prefix, feed="active")
     try:

@@ -19,21 +19,21 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from adapters.runner import run_feed
-from bus.components import ComponentRunner, snapshots_stream_config
-from bus.jetstream import JetStreamApi
-from bus.lease import Lease, leases_stream_config
-from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime
-from bus.topology import Retention, provision
-from projections.duckdb import ProjectionDb, ProjectionSink
-from projections.query import QueryService
-from projections.runtimes import Binding, projection_bindings, vector_bindings
-from schemas.components import Component, Feed, Gateway, Handler
+from tapeline.adapters.runner import run_feed
+from tapeline.bus.components import ComponentRunner, snapshots_stream_config
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.lease import Lease, leases_stream_config
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.runtime import ConsumerRuntime
+from tapeline.bus.topology import Retention, provision
+from tapeline.projections.duckdb import ProjectionDb, ProjectionSink
+from tapeline.projections.query import QueryService
+from tapeline.projections.runtimes import Binding, projection_bindings, vector_bindings
+from tapeline.schemas.components import Component, Feed, Gateway, Handler
 from tapeline.system import ROLES, build, check_selection
 
 if TYPE_CHECKING:  # LanceDB and the model runtime take a second to import: only the vectors role pays it
-    from projections.vectors import VectorSink
+    from tapeline.projections.vectors import VectorSink
 
 log = structlog.get_logger("tapeline")
 LEASE_TTL_S = 15.0
@@ -111,8 +111,8 @@ class Pipeline:
                 self.runners.append(runner)
                 self._tasks.append(asyncio.create_task(runner.run(), name=c.name))
         if "vectors" in self.selected:
-            from projections.embedder import TextEmbedder
-            from projections.vectors import VectorStore
+            from tapeline.models.embedder import TextEmbedder
+            from tapeline.projections.vectors import VectorStore
 
             for b in vector_bindings(self.prefix, VectorStore(self.vectors_path), TextEmbedder()):
                 self.vector_sinks.append(b.sink)

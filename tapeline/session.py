@@ -10,8 +10,8 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from bus.connection import NatsSettings, close_connection, connect
-from bus.server import EmbeddedNats
+from tapeline.bus.connection import NatsSettings, close_connection, connect
+from tapeline.bus.server import EmbeddedNats
 
 
 def running_embedded(data_dir: Path) -> str | None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adapters.alerts import ClockFeed, NotifierGateway
-from handlers.bars import BarAggregator
-from handlers.decision import DecisionSynthesis
-from handlers.enrichment import MarketFeatures
-from handlers.momentum import MomentumSignal
-from handlers.watchdog import HeartbeatWatchdog
-from schemas.components import Component, check_declaration, durable_name, filters_by_family
+from tapeline.adapters.alerts import ClockFeed, NotifierGateway
+from tapeline.handlers.bars import BarAggregator
+from tapeline.handlers.decision import DecisionSynthesis
+from tapeline.handlers.enrichment import MarketFeatures
+from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.watchdog import HeartbeatWatchdog
+from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
 COMPONENTS: tuple[type[Component], ...] = (
     ClockFeed,

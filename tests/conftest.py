@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from bus.connection import NatsSettings, connect
-from bus.publisher import Publisher
-from bus.server import EmbeddedNats
+from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.server import EmbeddedNats
 from tapeline.pipeline import provision_system
 from tests.helpers import STARTED
 

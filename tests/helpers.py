@@ -18,13 +18,13 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from bus.jetstream import JetStreamApi
-from bus.reader import read_stream
-from handlers.bars import BarsConfig
-from handlers.momentum import MomentumConfig
-from projections.query import open_read_only
-from schemas.events import AnyEvent
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.reader import read_stream
+from tapeline.handlers.bars import BarsConfig
+from tapeline.handlers.momentum import MomentumConfig
 from tapeline.pipeline import Pipeline
+from tapeline.projections.query import open_read_only
+from tapeline.schemas.events import AnyEvent
 from tapeline.system import build, durables
 
 TAPELINE = [sys.executable, "-m", "tapeline"]

@@ -11,12 +11,12 @@ import pytest
 import structlog
 from nats.aio.client import Client
 
-from adapters.alerts import NotifierConfig, NotifierGateway, NotifyError, WebhookNotifier, make_alert
-from bus.components import ComponentRunner
-from bus.inprocess import InProcessRunner
-from bus.jetstream import JetStreamApi
-from bus.publisher import Publisher
-from schemas.subjects import OPS
+from tapeline.adapters.alerts import NotifierConfig, NotifierGateway, NotifyError, WebhookNotifier, make_alert
+from tapeline.bus.components import ComponentRunner
+from tapeline.bus.inprocess import InProcessRunner
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher
+from tapeline.schemas.subjects import OPS
 from tests.helpers import stored, wait_stored, wait_until
 
 

@@ -14,15 +14,15 @@ import pytest
 from nats.aio.client import Client
 from structlog.testing import capture_logs
 
-from adapters.files import FileFeed, FileImportError, FileSource, read_bars, read_ticks
-from adapters.runner import run_feed
-from adapters.sources import files_feed
-from bus.jetstream import JetStreamApi, JetStreamError
-from bus.publisher import Publisher
-from schemas.events import Alert, Bar
-from schemas.subjects import DECISION, MD, OPS, encode_token
+from tapeline.adapters.files import FileFeed, FileImportError, FileSource, read_bars, read_ticks
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sources import files_feed
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.bus.publisher import Publisher
 from tapeline.config import ConfigError, Settings, load_settings
 from tapeline.pipeline import Pipeline
+from tapeline.schemas.events import Alert, Bar
+from tapeline.schemas.subjects import DECISION, MD, OPS, encode_token
 from tapeline.system import COMPONENTS
 from tests.helpers import stored, wait_until
 
@@ -155,7 +155,8 @@ def test_config_does_not_import_the_mt5_feed() -> None:
     import sys
 
     code = (
-        "import sys, adapters.config as c; c.validate_feeds(c.FeedsConfig()); sys.exit('adapters.mt5' in sys.modules)"
+        "import sys, tapeline.adapters.config as c; c.validate_feeds(c.FeedsConfig()); "
+        "sys.exit('tapeline.adapters.mt5' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

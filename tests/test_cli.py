@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from adapters.sim import SimFeed
-from bus.publisher import Publisher
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.publisher import Publisher
 from tests.helpers import TAPELINE, start_tapeline, wait_until, write_config
 
 

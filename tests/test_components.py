@@ -12,16 +12,16 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from adapters.alerts import make_alert
-from adapters.runner import run_feed
-from adapters.sim import SimFeed
-from bus.inprocess import InProcessRunner
-from bus.lease import Lease, LeaseHeld
-from bus.publisher import Publisher
-from schemas.components import Component, Handler
-from schemas.events import AnyEvent, DecisionEnvelope, Event, Notification
-from schemas.subjects import DECISION, INTEL, MD, OPS
+from tapeline.adapters.alerts import make_alert
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.inprocess import InProcessRunner
+from tapeline.bus.lease import Lease, LeaseHeld
+from tapeline.bus.publisher import Publisher
 from tapeline.pipeline import Pipeline
+from tapeline.schemas.components import Component, Handler
+from tapeline.schemas.events import AnyEvent, DecisionEnvelope, Event, Notification
+from tapeline.schemas.subjects import DECISION, INTEL, MD, OPS
 from tapeline.system import COMPONENTS, build, durables
 from tests.helpers import (
     FAST,
@@ -169,7 +169,7 @@ class _Counting(Handler):
 
 
 def test_a_component_must_be_fully_declared() -> None:
-    from schemas.components import check_declaration
+    from tapeline.schemas.components import check_declaration
 
     class Nameless(Component):
         kind = "handler"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.connection import NatsSettings, connect
-from bus.server import EmbeddedNats
+from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.server import EmbeddedNats
 from tests.helpers import TAPELINE, wait_until, write_config
 
 PASSWORD = "s3cret-Pw"

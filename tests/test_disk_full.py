@@ -17,20 +17,20 @@ import pytest
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
-from adapters.runner import run_feed
-from adapters.sim import SimFeed
-from bus.connection import NatsSettings, connect
-from bus.jetstream import JetStreamApi
-from bus.publisher import Publisher, PublishTimeout, StoreFull
-from bus.reader import read_stream
-from bus.server import EmbeddedNats
-from bus.topology import Retention, provision
-from projections.duckdb import ProjectionDb
-from replay.rebuild import SPACE_MARGIN, check_space
-from schemas.events import Alert, Tick
-from schemas.ids import new_event_id
-from schemas.subjects import FAMILIES, MD, OPS
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher, PublishTimeout, StoreFull
+from tapeline.bus.reader import read_stream
+from tapeline.bus.server import EmbeddedNats
+from tapeline.bus.topology import Retention, provision
 from tapeline.pipeline import Pipeline
+from tapeline.projections.duckdb import ProjectionDb
+from tapeline.replay.rebuild import SPACE_MARGIN, check_space
+from tapeline.schemas.events import Alert, Tick
+from tapeline.schemas.ids import new_event_id
+from tapeline.schemas.subjects import FAMILIES, MD, OPS
 from tests.helpers import FAST, TAPELINE, caught_up, stored, wait_until, write_config
 
 

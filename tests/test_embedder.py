@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from projections.embedder import DIM, MODEL_VERSION, WEIGHTS_SHA256, TextEmbedder, onnx_path
+from tapeline.models.embedder import DIM, MODEL_VERSION, WEIGHTS_SHA256, TextEmbedder, onnx_path
 from tests.vector_support import embedder, headlines
 
 QUERY = "stock falls after profit warning"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from adapters.files import read_bars
-from bus.inprocess import InProcessRunner
-from handlers.enrichment import WINDOW, EnrichmentConfig, MarketFeatures, market_features, window_features
-from schemas.events import Bar, Enrichment
-from schemas.features import MARKET_DIM, MARKET_FEATURES
-from schemas.ids import derive_event_id
+from tapeline.adapters.files import read_bars
+from tapeline.bus.inprocess import InProcessRunner
+from tapeline.handlers.enrichment import WINDOW, EnrichmentConfig, MarketFeatures, market_features, window_features
+from tapeline.schemas.events import Bar, Enrichment
+from tapeline.schemas.features import MARKET_DIM, MARKET_FEATURES
+from tapeline.schemas.ids import derive_event_id
 from tapeline.system import build
 
 T0 = 1_767_225_600_000_000_000

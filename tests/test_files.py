@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from nats.aio.client import Client
 
-from adapters.files import FileFeed, FileSource, read_bars, read_ticks
-from adapters.runner import run_feed
-from bus.publisher import Publisher
-from schemas.events import Alert, Bar, Tick
-from schemas.subjects import MD, OPS
+from tapeline.adapters.files import FileFeed, FileSource, read_bars, read_ticks
+from tapeline.adapters.runner import run_feed
+from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import Alert, Bar, Tick
+from tapeline.schemas.subjects import MD, OPS
 from tests.helpers import stored
 
 NS = 1_000_000_000
@@ -167,7 +167,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_example_config_is_valid() -> None:
-    from adapters.config import validate_feeds
+    from tapeline.adapters.config import validate_feeds
     from tapeline.config import load_settings
 
     s = load_settings(REPO / "tapeline.example.toml")
@@ -217,7 +217,7 @@ def test_cli_files_runs_against_nats(tmp_path: Path, shared_data: Path, nats_url
 
     import asyncio
 
-    from bus.connection import NatsSettings, connect
+    from tapeline.bus.connection import NatsSettings, connect
 
     async def count() -> int:
         nc = await connect(NatsSettings(url=nats_url))

@@ -9,14 +9,14 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client
 
-from adapters.config import IbkrConfig, IbkrContractConfig
-from adapters.files import read_bars
-from adapters.history import DAY_NS, HistoryFeed, HistoryStore, warm_up
-from adapters.ibkr import IbkrFeed
-from adapters.runner import run_feed
-from bus.publisher import Publisher
-from schemas.events import Alert, Bar, Event
-from schemas.subjects import MD, OPS
+from tapeline.adapters.config import IbkrConfig, IbkrContractConfig
+from tapeline.adapters.files import read_bars
+from tapeline.adapters.history import DAY_NS, HistoryFeed, HistoryStore, warm_up
+from tapeline.adapters.ibkr import IbkrFeed
+from tapeline.adapters.runner import run_feed
+from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import Alert, Bar, Event
+from tapeline.schemas.subjects import MD, OPS
 from tests.helpers import stored, wait_stored
 from tests.standins.ib import T0, IBStandIn, minute_bars
 

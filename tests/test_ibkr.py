@@ -10,12 +10,12 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from adapters.config import IbkrConfig, IbkrContractConfig
-from adapters.ibkr import IbkrFeed
-from adapters.runner import run_feed
-from bus.publisher import Publisher
-from schemas.events import Alert, Bar, Heartbeat, Tick
-from schemas.subjects import MD, OPS
+from tapeline.adapters.config import IbkrConfig, IbkrContractConfig
+from tapeline.adapters.ibkr import IbkrFeed
+from tapeline.adapters.runner import run_feed
+from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import Alert, Bar, Heartbeat, Tick
+from tapeline.schemas.subjects import MD, OPS
 from tests.helpers import stored, wait_stored, wait_until
 from tests.standins.ib import T0, IBStandIn, minute_bars
 

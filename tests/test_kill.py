@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from adapters.sim import SimFeed
-from bus.publisher import Publisher
-from handlers.bars import BarAggregator, BarsConfig
-from projections.duckdb import ProjectionDb
-from projections.query import QueryError, query_file
-from schemas.events import Bar
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.publisher import Publisher
+from tapeline.handlers.bars import BarAggregator, BarsConfig
+from tapeline.projections.duckdb import ProjectionDb
+from tapeline.projections.query import QueryError, query_file
+from tapeline.schemas.events import Bar
 from tests.helpers import (
     ack_floor,
     handlers_drained,
@@ -117,9 +117,9 @@ async def test_handler_killed_mid_stream_publishes_no_duplicates(
 STALLED_WRITER = """
 import sys, time
 from pathlib import Path
-from adapters.sim import SimFeed
-from projections.duckdb import ProjectionDb
-from projections.tables import TABLES
+from tapeline.adapters.sim import SimFeed
+from tapeline.projections.duckdb import ProjectionDb
+from tapeline.projections.tables import TABLES
 
 class StallsAtCommit:
     def __init__(self, cur):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from nats.aio.client import Client
 
-from adapters.config import Mt5TerminalConfig
-from adapters.mt5 import Mt5Feed, Mt5Unavailable, TickCursor, parse_session, resume_cursors
-from adapters.runner import run_feed
-from bus.publisher import Publisher
-from schemas.events import Alert, AnyEvent, Heartbeat, Tick
-from schemas.subjects import MD, OPS
+from tapeline.adapters.config import Mt5TerminalConfig
+from tapeline.adapters.mt5 import Mt5Feed, Mt5Unavailable, TickCursor, parse_session, resume_cursors
+from tapeline.adapters.runner import run_feed
+from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import Alert, AnyEvent, Heartbeat, Tick
+from tapeline.schemas.subjects import MD, OPS
 from tests.helpers import stored, wait_stored, wait_until
 from tests.standins.metatrader5 import (
     TICK_DTYPE,

@@ -13,20 +13,20 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from adapters.runner import run_feed
-from adapters.sim import SimFeed
-from bus.components import ComponentRunner
-from bus.jetstream import JetStreamApi, JetStreamError
-from bus.publisher import Publisher, PublishError
-from schemas import AnyEvent, Bar, Event, Signal, Tick, decisions_bucket, new_event_id
-from schemas.components import Consumes, Handler, Replay, Snapshot, StatePolicy, Window, draft
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.components import ComponentRunner
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.bus.publisher import Publisher, PublishError
 from tapeline.pipeline import Pipeline
+from tapeline.schemas import AnyEvent, Bar, Event, Signal, Tick, decisions_bucket, new_event_id
+from tapeline.schemas.components import Consumes, Handler, Replay, Snapshot, StatePolicy, Window, draft
 from tests.helpers import FAST, caught_up, read_stream, stream_last_seq, wait_until
 
 
 async def test_provisioning_is_idempotent_and_records_are_protected(nc: Client, provisioned: str) -> None:
     api = JetStreamApi(nc)
-    from bus.topology import provision
+    from tapeline.bus.topology import provision
 
     again = await provision(nc, provisioned)
     assert set(again.values()) == {"unchanged"}
@@ -187,7 +187,7 @@ async def test_transient_failures_retry_and_poison_is_dead_lettered(
 async def test_replay_rebuild_hashes_equal_live(
     nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    from replay.rebuild import verify
+    from tapeline.replay.rebuild import verify
 
     p = Pipeline(nc, provisioned, configs=FAST, db_path=tmp_path / "live.duckdb")
     await p.start()
@@ -221,8 +221,8 @@ async def test_a_crash_and_restart_give_the_outputs_of_one_uninterrupted_run(
 ) -> None:
     """For each state policy: crash mid-stream (state lost, acks kept, no final snapshot), restart with a
     fresh handler, and require the stored bars (ids and contents) to equal one uninterrupted run."""
-    from bus.inprocess import InProcessRunner
-    from handlers.bars import BarAggregator, BarsConfig
+    from tapeline.bus.inprocess import InProcessRunner
+    from tapeline.handlers.bars import BarAggregator, BarsConfig
 
     class Bars(BarAggregator):
         state = policy
@@ -257,9 +257,9 @@ async def test_restart_after_the_duplicate_window_publishes_nothing_twice(
     nc: Client, provisioned: str, publisher: Publisher
 ) -> None:
     """A handler that died after publishing but before acknowledging, restarted after the window."""
-    from bus.components import snapshots_bucket
-    from bus.topology import Retention, durable_config, provision
-    from handlers.bars import BarAggregator, BarsConfig
+    from tapeline.bus.components import snapshots_bucket
+    from tapeline.bus.topology import Retention, durable_config, provision
+    from tapeline.handlers.bars import BarAggregator, BarsConfig
 
     await provision(nc, provisioned, Retention(duplicate_window_s=1, record_duplicate_window_s=1))
     ticks = list(SimFeed(["A", "B"], ticks=2000, seed=4, mean_gap_ms=40).generate())

@@ -22,16 +22,17 @@ import pyarrow as pa
 import pytest
 from nats.aio.client import Client
 
-from adapters.sim import SimFeed
-from bus.components import react
-from bus.publisher import Publisher
-from bus.runtime import ConsumerRuntime, ConsumerSpec
-from handlers.bars import BarAggregator, BarsConfig
-from projections.duckdb import PRE_TRACKING, ProjectionDb
-from projections.runtimes import projection_bindings
-from projections.table import ReadModelChanged, schema_hash
-from projections.tables import BARS, TABLES
-from projections.vectors import (
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.components import react
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.runtime import ConsumerRuntime, ConsumerSpec
+from tapeline.handlers.bars import BarAggregator, BarsConfig
+from tapeline.pipeline import Pipeline
+from tapeline.projections.duckdb import PRE_TRACKING, ProjectionDb
+from tapeline.projections.runtimes import projection_bindings
+from tapeline.projections.table import ReadModelChanged, schema_hash
+from tapeline.projections.tables import BARS, TABLES
+from tapeline.projections.vectors import (
     CHECKPOINT_SCHEMA,
     CHECKPOINTS,
     MARKET_RETURNS,
@@ -41,11 +42,10 @@ from projections.vectors import (
     VectorSink,
     VectorStore,
 )
-from replay.rebuild import rebuild, verify
-from schemas.events import Bar, DeadLetter, Enrichment, Event
-from schemas.features import MARKET_DIM
-from schemas.ids import derive_event_id
-from tapeline.pipeline import Pipeline
+from tapeline.replay.rebuild import rebuild, verify
+from tapeline.schemas.events import Bar, DeadLetter, Enrichment, Event
+from tapeline.schemas.features import MARKET_DIM
+from tapeline.schemas.ids import derive_event_id
 from tests.helpers import (
     FAST,
     TAPELINE,

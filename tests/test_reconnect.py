@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from adapters.sim import SimFeed
-from bus.connection import NatsSettings, TapelineClient, close_connection, connect, redact_url
-from bus.consumer import ConsumerLost, Delivery, PullLoop
-from bus.jetstream import JetStreamApi
-from bus.publisher import Publisher
-from bus.reader import Received
-from bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
-from bus.server import EmbeddedNats
-from bus.topology import durable_config, provision
-from schemas.events import Tick
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.connection import NatsSettings, TapelineClient, close_connection, connect, redact_url
+from tapeline.bus.consumer import ConsumerLost, Delivery, PullLoop
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher
+from tapeline.bus.reader import Received
+from tapeline.bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
+from tapeline.bus.server import EmbeddedNats
+from tapeline.bus.topology import durable_config, provision
+from tapeline.schemas.events import Tick
 from tests.helpers import stored, stream_last_seq, wait_until
 
 PREFIX = "rc"

@@ -15,17 +15,17 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from adapters.runner import run_feed
-from adapters.sim import SimFeed
-from bus.publisher import Publisher
-from handlers.momentum import MomentumConfig
-from projections.duckdb import ProjectionDb
-from replay.rebuild import rebuild, verify
-from replay.whatif import what_if
-from schemas import encode
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.publisher import Publisher
 from tapeline.cli import _swap
 from tapeline.config import Settings
+from tapeline.handlers.momentum import MomentumConfig
 from tapeline.pipeline import Pipeline, swap_subject
+from tapeline.projections.duckdb import ProjectionDb
+from tapeline.replay.rebuild import rebuild, verify
+from tapeline.replay.whatif import what_if
+from tapeline.schemas import encode
 from tapeline.system import build
 from tests.helpers import (
     FAST,
@@ -61,7 +61,7 @@ async def test_until_rebuilds_state_as_known_at_that_time(
 
 
 async def test_earlier_versions_rebuild_to_the_same_tables(nc: Client, tmp_path: Path) -> None:
-    from bus.topology import provision
+    from tapeline.bus.topology import provision
 
     base = {"ts_event": 1, "ts_init": 2, "source": "files", "provider": "fnspid", "title": "Nvidia beats"}
     for prefix, version in (("vold", 1), ("vnew", 2)):

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from schemas import (
+from tapeline.schemas import (
     EVENT_TYPES,
     Bar,
     DecisionEnvelope,
@@ -24,8 +24,8 @@ from schemas import (
     encode_token,
     new_event_id,
 )
-from schemas.export import export_json_schemas
-from schemas.ids import id_time_ms
+from tapeline.schemas.export import export_json_schemas
+from tapeline.schemas.ids import id_time_ms
 
 
 def _tick(**kw: object) -> Tick:

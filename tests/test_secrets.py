@@ -22,11 +22,11 @@ import duckdb
 import msgspec
 import pytest
 
-from bus.connection import NatsSettings, close_connection, connect
-from bus.server import EmbeddedNats
-from projections.duckdb import ProjectionDb
-from projections.query import QueryError, open_read_only, query_file, run_query
-from schemas.subjects import FAMILIES, MD
+from tapeline.bus.connection import NatsSettings, close_connection, connect
+from tapeline.bus.server import EmbeddedNats
+from tapeline.projections.duckdb import ProjectionDb
+from tapeline.projections.query import QueryError, open_read_only, query_file, run_query
+from tapeline.schemas.subjects import FAMILIES, MD
 from tests.helpers import TAPELINE, ack_floor, start_tapeline, stored, stream_last_seq, wait_until
 from tests.test_alerts_webhook import WebhookServer
 from tests.test_cli import _free_port

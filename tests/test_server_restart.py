@@ -17,10 +17,10 @@ from typing import Any
 
 import duckdb
 
-from bus.connection import NatsSettings, TapelineClient, close_connection, connect
-from bus.jetstream import JetStreamApi, JetStreamError
-from bus.server import EmbeddedNats
-from schemas.subjects import FAMILIES
+from tapeline.bus.connection import NatsSettings, TapelineClient, close_connection, connect
+from tapeline.bus.jetstream import JetStreamApi, JetStreamError
+from tapeline.bus.server import EmbeddedNats
+from tapeline.schemas.subjects import FAMILIES
 from tests.helpers import TAPELINE, start_tapeline, wait_until, write_config
 
 DRAIN_S = 10.0  # `up --drain-timeout`, default

@@ -7,12 +7,12 @@ import asyncio
 import pytest
 from nats.aio.client import Client
 
-from bus.components import ComponentRunner
-from bus.publisher import Publisher
-from handlers.bars import BarAggregator, BarsConfig
-from schemas.components import Rejected
-from schemas.events import Alert, Bar, DeadLetter, Tick
-from schemas.ids import new_event_id
+from tapeline.bus.components import ComponentRunner
+from tapeline.bus.publisher import Publisher
+from tapeline.handlers.bars import BarAggregator, BarsConfig
+from tapeline.schemas.components import Rejected
+from tapeline.schemas.events import Alert, Bar, DeadLetter, Tick
+from tapeline.schemas.ids import new_event_id
 from tests.helpers import stored, wait_stored
 
 S = 1_000_000_000

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 from nats.aio.client import Client
 
-from adapters.runner import run_feed
-from adapters.sim import SimFeed
-from bus.publisher import Publisher
-from handlers.enrichment import WINDOW, market_features
-from projections.vectors import DECISION_VECTORS, MARKET_RETURNS, MARKET_STATES, NEWS_VECTORS, VectorStore
-from replay.rebuild import verify
-from schemas import Bar, Enrichment, NewsItem, new_event_id
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.publisher import Publisher
+from tapeline.handlers.enrichment import WINDOW, market_features
 from tapeline.pipeline import ROLES, Pipeline
+from tapeline.projections.vectors import DECISION_VECTORS, MARKET_RETURNS, MARKET_STATES, NEWS_VECTORS, VectorStore
+from tapeline.replay.rebuild import verify
+from tapeline.schemas import Bar, Enrichment, NewsItem, new_event_id
 from tests.helpers import FAST, TAPELINE, stored, stream_last_seq, wait_until, write_config
 
 

@@ -9,10 +9,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from adapters.files import read_bars
-from handlers.enrichment import WINDOW, market_features
-from projections.embedder import TextEmbedder
-from projections.vectors import (
+from tapeline.adapters.files import read_bars
+from tapeline.handlers.enrichment import WINDOW, market_features
+from tapeline.models.embedder import TextEmbedder
+from tapeline.projections.vectors import (
     FWD_COLUMNS,
     HORIZONS,
     MARKET_RETURNS,
@@ -28,8 +28,8 @@ from projections.vectors import (
     search_news,
     similar_situations,
 )
-from schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem, Synthesis, Target, Verdict
-from schemas.features import MARKET_DIM, MARKET_FEATURES
+from tapeline.schemas.events import Bar, DecisionEnvelope, Enrichment, Event, NewsItem, Synthesis, Target, Verdict
+from tapeline.schemas.features import MARKET_DIM, MARKET_FEATURES
 from tests.vector_support import DAY_NS, embedder, enrichments, headlines
 
 

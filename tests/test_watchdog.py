@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 
-from adapters.alerts import ClockConfig, ClockFeed, HeartbeatClock
-from adapters.runner import run_feed
-from bus.components import ComponentRunner
-from bus.publisher import Publisher
-from handlers.watchdog import HeartbeatWatchdog, WatchdogConfig
-from schemas.components import draft
-from schemas.events import Alert, ClockTick, Event, Heartbeat
-from schemas.subjects import OPS
+from tapeline.adapters.alerts import ClockConfig, ClockFeed, HeartbeatClock
+from tapeline.adapters.runner import run_feed
+from tapeline.bus.components import ComponentRunner
+from tapeline.bus.publisher import Publisher
+from tapeline.handlers.watchdog import HeartbeatWatchdog, WatchdogConfig
+from tapeline.schemas.components import draft
+from tapeline.schemas.events import Alert, ClockTick, Event, Heartbeat
+from tapeline.schemas.subjects import OPS
 from tests.helpers import wait_stored
 
 S = 1_000_000_000

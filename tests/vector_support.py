@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bus.components import react
-from handlers.enrichment import MarketFeatures
-from projections.embedder import Backend, TextEmbedder
-from schemas.events import Bar, Enrichment
+from tapeline.bus.components import react
+from tapeline.handlers.enrichment import MarketFeatures
+from tapeline.models.embedder import Backend, TextEmbedder
+from tapeline.schemas.events import Bar, Enrichment
 
 DAY_NS = 86_400 * 1_000_000_000
 
