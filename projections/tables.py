@@ -167,8 +167,30 @@ ENRICHMENTS = Table(
     "enrichments",
     INTEL,
     (ev.Enrichment,),
-    (*COMMON, ("symbol", S), ("interval", S), ("features_json", S), ("phase", S), ("confidence", F64), ("nudges", LS)),
-    lambda e, s: [(*_common(e, s), e.symbol, e.interval, _j(e.features), e.phase, e.confidence, e.nudges)],
+    (
+        *COMMON,
+        ("symbol", S),
+        ("interval", S),
+        ("features_json", S),
+        ("phase", S),
+        ("confidence", F64),
+        ("nudges", LS),
+        ("warmup", B),
+        ("manifest_version", S),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.symbol,
+            e.interval,
+            _j(e.features),
+            e.phase,
+            e.confidence,
+            e.nudges,
+            e.warmup,
+            e.manifest_version,
+        )
+    ],
     "Features, market phase, confidence and nudges per symbol and bar.",
 )
 SIGNALS = Table(

@@ -236,6 +236,8 @@ class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
     phase: str = ""
     confidence: float = 0.0
     nudges: list[str] = []
+    warmup: bool = False  # too little history: no features, no phase (not guessed)
+    manifest_version: str = ""  # the nudge manifest the nudges came from
 
 
 class Signal(Event, frozen=True, kw_only=True, tag="signal"):
