@@ -518,10 +518,10 @@ NOTIFICATIONS = Table(
 )
 MODELS = Table(
     "model_deployments",
-    OPS,
+    INTEL,
     (ev.ModelDeployed,),
-    (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S)),
-    lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version)],
+    (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S), ("rollback", B)),
+    lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version, e.rollback)],
     "Model versions as they went live.",
 )
 

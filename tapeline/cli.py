@@ -34,6 +34,7 @@ from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
 from tapeline.config import ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
+from tapeline.models_cli import models_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
 from tapeline.projections.table import ReadModelChanged
@@ -52,6 +53,7 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event schemas.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+app.add_typer(models_app, name="models", help="Train, deploy, roll back and list the price model.")
 console = Console()
 log = structlog.get_logger("tapeline")
 

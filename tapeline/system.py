@@ -20,6 +20,7 @@ from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
+from tapeline.handlers.model_agent import ModelAgent
 from tapeline.handlers.momentum import MomentumSignal
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
@@ -28,6 +29,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     ClockFeed,
     BarAggregator,
     MarketFeatures,
+    ModelAgent,
     MomentumSignal,
     DecisionSynthesis,
     HeartbeatWatchdog,
