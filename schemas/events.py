@@ -158,7 +158,7 @@ class ModelDeployed(Event, frozen=True, kw_only=True, tag="model_deployed"):
     sha256: str
     path: str = ""
     previous_version: str = ""
-    rollback: bool = False  # undoes the deployment of previous_version (the stack of deployments pops)
+    rollback: bool = False  # back to this version: the deployments after it are no longer in force
 
 
 class ClockTick(Event, frozen=True, kw_only=True, tag="clock_tick"):

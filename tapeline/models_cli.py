@@ -26,6 +26,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from nats.aio.client import Client
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -183,15 +184,27 @@ async def history(nc: Client, prefix: str) -> list[ModelDeployed]:
 
 
 def live_stack(events: Sequence[ModelDeployed]) -> list[Deployment]:
-    """Deployments still in force, oldest first; the last is live. A rollback pops."""
+    """Deployments still in force, oldest first; the last is live. A rollback pops down to its target."""
     stack: list[Deployment] = []
     for e in events:
         if e.rollback:
-            if stack:
+            while stack and stack[-1].sha256 != e.sha256:
                 stack.pop()
-        else:
+        if not stack or stack[-1].sha256 != e.sha256:
             stack.append(Deployment(e.model_version, e.sha256, e.ts_event))
     return stack
+
+
+def rollback_target(stack: Sequence[Deployment], store: ModelStore) -> Deployment | None:
+    """The newest deployment below the live one whose model is in the store and loads (a version
+    the handler refused is passed over)."""
+    for d in reversed(stack[:-1]):
+        try:
+            store.load(d.sha256)
+        except ModelRefused:
+            continue
+        return d
+    return None
 
 
 async def _publish(settings: Settings, nats_url: str, event_of: object) -> ModelDeployed | None:
@@ -286,15 +299,20 @@ def rollback_cmd(config: ConfigOpt = Path("tapeline.toml"), nats: NatsOpt = "", 
 
     def event(past: list[ModelDeployed]) -> ModelDeployed | None:
         stack = live_stack(past)
-        if len(stack) < 2:
-            problem.append(f"models rollback: {len(stack)} deployment(s) in force, nothing to roll back to")
+        target = rollback_target(stack, store)
+        if target is None:
+            problem.append(f"models rollback: no earlier deployment of a loadable model ({len(stack)} in force)")
             return None
-        return _deployed(sha256=stack[-2].sha256, store=store, n=len(past), previous=stack[-1].version, rollback=True)
+        return _deployed(sha256=target.sha256, store=store, n=len(past), previous=stack[-1].version, rollback=True)
 
     ev = _run(_publish(s, nats, event))
     if ev is None:
         _fail(problem[0])
     console.print(f"rolled back {MODEL} to {ev.model_version} (was {ev.previous_version})")
+
+
+def _when(ns: int | None) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%m-%d %H:%M") if ns else ""
 
 
 @models_app.command("list")
@@ -318,33 +336,24 @@ def list_cmd(config: ConfigOpt = Path("tapeline.toml"), nats: NatsOpt = "", pref
     stack = live_stack(events)
     live = stack[-1].sha256 if stack else ""
     last_deployed: dict[str, int] = {e.sha256: e.ts_event for e in events}
-    t = Table(title=f"{MODEL} models in {store.root}")
-    for col in (
-        "live",
-        "version",
-        "intervals",
-        "horizon",
-        "trained on",
-        "AUC (wf)",
-        "hit (wf)",
-        "momentum AUC",
-        "last deployed",
-    ):
-        t.add_column(col)
+    t = Table(title=f"{MODEL} models in {store.root}", box=box.SIMPLE_HEAD)
+    for col in ("live", "version", "bars", "trained", "AUC", "hit", "mom. AUC", "deployed"):
+        t.add_column(col, no_wrap=True)
     for sha in sorted(set(store.shas()) | set(last_deployed), key=lambda h: last_deployed.get(h, 0)):
         meta = read_meta(store.path(sha).read_bytes()) if store.path(sha).exists() else {}
         wf = json.loads(meta.get("walk_forward", "{}") or "{}")
         model, mom = wf.get("model", {}), wf.get("momentum", {})
         t.add_row(
             "●" if sha == live else "",
-            version_of(sha) + ("" if meta else " (not in store)"),
-            ", ".join(json.loads(meta.get("intervals", "[]"))),
-            meta.get("horizon", ""),
-            f"{meta.get('train_from', '')[:10]} → {meta.get('train_to', '')[:10]}" if meta else "",
-            f"{model.get('auc', float('nan')):.3f}" if model else "",
-            f"{model.get('hit_rate', float('nan')):.3f}" if model else "",
-            f"{mom.get('auc', float('nan')):.3f}" if mom else "",
-            _day(last_deployed[sha]) if sha in last_deployed else "",
+            version_of(sha) if meta else f"{version_of(sha)} (missing)",
+            f"{','.join(json.loads(meta.get('intervals', '[]')))} h={meta.get('horizon', '')}" if meta else "",
+            f"{meta.get('train_from', '')[:4]}-{meta.get('train_to', '')[:4]}" if meta else "",
+            f"{model['auc']:.3f}" if model else "",
+            f"{model['hit_rate']:.3f}" if model else "",
+            f"{mom['auc']:.3f}" if mom else "",
+            datetime.fromtimestamp(last_deployed[sha] / 1e9, UTC).strftime("%m-%d %H:%M")
+            if sha in last_deployed
+            else "",
             style="bold green" if sha == live else None,
         )
     console.print(t)
