@@ -29,7 +29,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from tapeline.models.price import MODEL, ModelRefused, ModelStore, PriceModel
+from tapeline.models.price import MODEL, ModelRefused, ModelStore, PriceModel, version_of
 from tapeline.schemas.components import Consumes, Handler, Rejected, Snapshot, draft
 from tapeline.schemas.events import Alert, AnyEvent, Enrichment, Event, ModelDeployed, Signal
 
@@ -59,11 +59,18 @@ class ModelAgent(Handler):
         self.neutral_band = cfg.neutral_band
         self.live: PriceModel | None = None
         self._state = _State()
+        self._pending: list[Alert] = []
 
     def _count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1
 
     def handle(self, event: AnyEvent) -> list[Event]:
+        if self._pending:  # a model lost from the store at restore: said once, with the next event
+            pending, self._pending = self._pending, []
+            return [msgspec.structs.replace(a, ts_event=event.ts_event) for a in pending] + self._handle(event)
+        return self._handle(event)
+
+    def _handle(self, event: AnyEvent) -> list[Event]:
         if isinstance(event, ModelDeployed):
             return self._deploy(event) if event.model == MODEL else []
         if not isinstance(event, Enrichment) or event.warmup:
@@ -105,17 +112,7 @@ class ModelAgent(Handler):
         except ModelRefused as e:
             self._count("model_refused")
             self._state.refused = event.model_version
-            keeps = f"{self.live.version} keeps serving" if self.live else "no model serves"
-            return [
-                draft(
-                    Alert,
-                    ts_event=event.ts_event,
-                    severity="critical",
-                    kind="model_refused",
-                    key=f"model:{MODEL}",
-                    message=f"{MODEL} model {event.model_version} refused: {e}; {keeps}",
-                )
-            ]
+            return [self._refused_alert(event.ts_event, event.model_version, e)]
         self.live = model
         self._count("model_swapped")
         out: list[Event] = []
@@ -134,10 +131,28 @@ class ModelAgent(Handler):
         self._state = _State(sha256=model.sha256)
         return out
 
+    def _refused_alert(self, ts: int, version: str, why: ModelRefused) -> Alert:
+        keeps = f"{self.live.version} keeps serving" if self.live else "no model serves"
+        return draft(
+            Alert,
+            ts_event=ts,
+            severity="critical",
+            kind="model_refused",
+            key=f"model:{MODEL}",
+            message=f"{MODEL} model {version} refused: {why}; {keeps}",
+        )
+
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(self._state)
 
     def restore(self, data: bytes) -> None:
-        """The live model again, from the store by its hash (the exact bytes it served)."""
+        """The live model again, from the store by its hash (the exact bytes it served). If the store
+        lost it, nothing serves and the next event raises the alert (a handler only speaks in outputs)."""
         self._state = msgspec.msgpack.decode(data, type=_State)
-        self.live = self.store.load(self._state.sha256) if self._state.sha256 else None
+        self.live = None
+        if self._state.sha256:
+            try:
+                self.live = self.store.load(self._state.sha256)
+            except ModelRefused as e:
+                self._state.refused = version_of(self._state.sha256)
+                self._pending = [self._refused_alert(0, self._state.refused, e)]

@@ -230,3 +230,48 @@ async def test_a_restart_restores_the_live_model_from_its_snapshot(
     assert second.handle(enr) == first.handle(enr)
     assert second.handle(msgspec.structs.replace(enr, interval="1m")) == []  # not what it was trained on
     assert second.counters == {"scored": 1, "other_interval": 1}
+
+
+async def test_a_model_lost_from_the_store_at_restart_is_an_alert_not_a_crash(
+    trained: tuple[bytes, Dataset], tmp_path: Path
+) -> None:
+    data, _ = trained
+    store = ModelStore(tmp_path)
+    sha = store.put(data)
+    first = ModelAgent(store=store)
+    first.handle(_deployed(sha, 1))
+    store.path(sha).unlink()
+    second = ModelAgent(store=store)
+    second.restore(first.snapshot())
+    enr = Enrichment(
+        event_id="E1", ts_event=5, ts_init=5, source="t", symbol="X", interval="1d",
+        features=dict.fromkeys(ENRICHMENT_FEATURES, 0.1),
+    )  # fmt: skip
+    (alert,) = second.handle(enr)
+    assert isinstance(alert, Alert) and alert.severity == "critical" and "not in the model store" in alert.message
+    assert second.handle(enr) == [] and second.counters == {"no_model": 2}
+    store.put(data)
+    (resolved,) = second.handle(_deployed(sha, 2))
+    assert isinstance(resolved, Alert) and resolved.resolved
+
+
+async def test_decisions_combine_the_model_vote_with_momentum(trained: tuple[bytes, Dataset], tmp_path: Path) -> None:
+    from tapeline.handlers.decision import DecisionSynthesis
+    from tapeline.schemas.events import DecisionEnvelope
+
+    data, _ = trained
+    store = ModelStore(tmp_path)
+    sha = store.put(data)
+    momentum = Signal(
+        event_id="MOM1", ts_event=10, ts_init=10, source="momentum", symbol="X", agent="momentum",
+        domain="technical", direction="BULLISH", strength=0.6, confidence=0.5,
+    )  # fmt: skip
+    enr = Enrichment(
+        event_id="E2", ts_event=11, ts_init=11, source="t", symbol="X", interval="1d",
+        features=dict.fromkeys(ENRICHMENT_FEATURES, -0.5),
+    )  # fmt: skip
+    runner = InProcessRunner([ModelAgent(store=store), DecisionSynthesis()], "tape")
+    out = await runner.run([_deployed(sha, 1), momentum, enr])
+    last = [e for e in out if isinstance(e, DecisionEnvelope)][-1]
+    assert {s.agent for s in last.agent_signals} == {"momentum", "model"}
+    assert "model_strength" in last.source_metrics and "momentum_strength" in last.source_metrics
