@@ -222,7 +222,7 @@ def _summary(pipeline: Pipeline, fed: int, elapsed: float) -> None:
     t = Table(title=f"Demo: {fed:,} events fed in {elapsed:.1f}s ({fed / elapsed:,.0f}/s end to end)")
     t.add_column("table")
     t.add_column("rows", justify="right")
-    for name in ("ticks", "bars", "signals", "decisions", "decision_signals", "dead_letters"):
+    for name in ("ticks", "bars", "news", "signals", "decisions", "decision_signals", "dead_letters"):
         row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
         t.add_row(name, f"{row[0] if row else 0:,}")
     for vs in pipeline.vector_sinks:

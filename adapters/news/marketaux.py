@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import msgspec
@@ -30,12 +31,12 @@ PATH = "/v1/news/all"
 log = structlog.get_logger("tapeline.news")
 
 
-class Entity(msgspec.Struct, kw_only=True):
+class Entity(msgspec.Struct, frozen=True, kw_only=True):
     symbol: str = ""
     sentiment_score: float | None = None
 
 
-class Article(msgspec.Struct, kw_only=True):
+class Article(msgspec.Struct, frozen=True, kw_only=True):
     uuid: str
     title: str
     url: str = ""
@@ -46,16 +47,16 @@ class Article(msgspec.Struct, kw_only=True):
     entities: list[Entity] = []
 
 
-class Meta(msgspec.Struct, kw_only=True):
+class Meta(msgspec.Struct, frozen=True, kw_only=True):
     found: int = 0
     returned: int = 0
     limit: int = 0
     page: int = 1
 
 
-class Page(msgspec.Struct, kw_only=True):
+class Page(msgspec.Struct, frozen=True, kw_only=True):
     meta: Meta = Meta()
-    data: list[msgspec.Raw] = []
+    data: list[Any] = []  # articles are decoded one by one: a bad one is skipped, not the page
 
 
 def api_time(ns: int) -> str:
@@ -123,7 +124,7 @@ class MarketauxClient:
                 raise NewsSourceError(f"marketaux: {PATH} answered an unexpected shape ({e})") from None
             for raw in got.data:
                 try:
-                    items.append(to_item(msgspec.json.decode(raw, type=Article), now))
+                    items.append(to_item(msgspec.convert(raw, Article), now))
                 except (msgspec.ValidationError, ValueError) as e:
                     self.skipped += 1
                     log.warning("news article skipped", provider=PROVIDER, reason=str(e)[:160])

@@ -28,7 +28,7 @@ PATH = "/tiingo/news"
 log = structlog.get_logger("tapeline.news")
 
 
-class Article(msgspec.Struct, kw_only=True):
+class Article(msgspec.Struct, frozen=True, kw_only=True):
     id: int | str
     title: str
     url: str = ""
