@@ -46,8 +46,11 @@ def normalise_title(title: str) -> str:
     """Lower-case words only: accents, punctuation, mojibake and spacing do not make a new story."""
     for bad, good in _MOJIBAKE.items():
         title = title.replace(bad, good)
-    text = unicodedata.normalize("NFKD", title)
-    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    if title.isascii():
+        text = title.lower()
+    else:
+        text = unicodedata.normalize("NFKD", title)
+        text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
     return " ".join(_NON_WORD.sub(" ", text).split())
 
 
@@ -57,9 +60,9 @@ def story_key(url: str, title: str) -> str:
     return f"url:{canon}" if canon else f"title:{normalise_title(title)}"
 
 
-def news_id(published_ns: int, url: str, title: str) -> str:
-    """The deterministic, provider-free id of a news item."""
-    return derive_event_id(published_ns, "news", story_key(url, title))
+def news_id(published_ns: int, url: str, title: str, *, key: str = "") -> str:
+    """The deterministic, provider-free id of a news item (``key``: its :func:`story_key`, if known)."""
+    return derive_event_id(published_ns, "news", key or story_key(url, title))
 
 
 class Deduper:

@@ -185,7 +185,7 @@ def read_fnspid(path: Path, *, provider: str = PROVIDER) -> NewsImport:
     for st in sorted(stories.values(), key=lambda st: (st.published, st.line)):
         result.items.append(
             NewsItem(
-                event_id=news_id(st.published, st.url, st.title),
+                event_id=news_id(st.published, st.url, st.title, key=st.key),
                 ts_event=st.published,
                 ts_init=now,
                 source=provider,
