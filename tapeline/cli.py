@@ -41,15 +41,16 @@ from tapeline.replay.rebuild import NotEnoughSpace, check_space, verify
 from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
-from tapeline.schemas.subjects import FAMILIES, decisions_bucket, encode_token
+from tapeline.schemas.subjects import FAMILIES, decisions_bucket, decode_token, encode_token
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
     help="Tapeline: an event-sourced trading-intelligence pipeline on NATS JetStream.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name config sections like [feeds.files]; Rich markup would eat them
 )
-schemas_app = typer.Typer(help="Event schemas.")
+schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
 console = Console()
@@ -72,6 +73,13 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
     except ConsumerLost as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
+    except CommandFailed as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+
+
+class CommandFailed(Exception):
+    """A one-shot command that could not do what was asked (not a bug): one line, exit 1."""
 
 
 def _settings(config: Path, *, feed: Market | None = None, **overrides: Any) -> Settings:
@@ -754,11 +762,25 @@ def _decision_table() -> Table:
     return t
 
 
+async def _keys(kv: Any) -> list[str]:
+    from nats.js.errors import NoKeysError
+
+    try:
+        return list(await kv.keys())
+    except NoKeysError:
+        return []
+
+
 async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
-    from nats.js.errors import KeyNotFoundError, NoKeysError
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-decisions") as (nc, _):
-        kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
+        try:
+            kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
+        except BucketNotFoundError:
+            raise CommandFailed(
+                f"no decisions on this server yet (prefix {s.prefix!r}): run `tapeline demo` or `tapeline up` first"
+            ) from None
         try:
             keys = [encode_token(symbol)] if symbol else sorted(await kv.keys())
         except NoKeysError:
@@ -768,8 +790,8 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
             try:
                 entry = await kv.get(key)
             except KeyNotFoundError:
-                console.print(f"[yellow]no decision for {symbol} yet[/]")
-                continue
+                known = ", ".join(decode_token(k) for k in sorted(await _keys(kv))) or "none"
+                raise CommandFailed(f"no decision for {symbol!r} (symbols with decisions: {known})") from None
             for ev in decode(entry.value or b"").events:
                 if isinstance(ev, DecisionEnvelope):
                     _decision_row(t, ev)
@@ -793,7 +815,12 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
 @schemas_app.command("export")
 def schemas_export(directory: Annotated[Path, typer.Argument(help="output directory")]) -> None:
     """Write one JSON Schema per event type."""
-    for path in export_json_schemas(directory):
+    try:
+        paths = export_json_schemas(directory)
+    except OSError as e:
+        typer.echo(f"cannot write schemas to {directory}: {e.strerror or e}; choose a writable directory", err=True)
+        raise typer.Exit(2) from None
+    for path in paths:
         console.print(str(path))
 
 

@@ -129,6 +129,26 @@ def test_schemas_export_writes_one_schema_per_event(tmp_path: Path) -> None:
     assert {"target", "synthesis", "agent_signals"} <= set(decision["$defs"]["DecisionEnvelope"]["properties"])
 
 
+def test_schemas_export_to_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = run("schemas", "export", str(blocker / "schemas"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and str(blocker / "schemas") in out.stderr, out.stderr
+
+
+async def test_decisions_before_any_pipeline_ran_is_one_line(nats_url: str, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "empty", nats_url)
+    out = await asyncio.to_thread(run, "decisions", "NVDA", "-c", str(cfg))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "no decisions on this server yet" in out.stderr, out.stderr
+
+
+def test_help_texts_show_config_section_names() -> None:
+    assert "[feeds.files]" in run("demo", "--help").stdout
+    assert "[[feeds.mt5]]" in run("feed", "mt5", "--help").stdout
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -173,6 +193,11 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         out = await asyncio.to_thread(run, "decisions", "BRK.B", "-c", str(cfg))
         assert out.returncode == 0, out.stdout + out.stderr
         assert "BRK.B" in out.stdout and any(v in out.stdout for v in ("BUY", "HOLD", "SELL"))
+        unknown = await asyncio.to_thread(run, "decisions", "UNKNOWN", "-c", str(cfg))
+        assert unknown.returncode == 1 and "Traceback" not in unknown.stderr, unknown.stderr
+        assert unknown.stderr.strip().splitlines() == ["no decision for 'UNKNOWN' (symbols with decisions: BRK.B)"], (
+            unknown.stderr
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-2000:]
