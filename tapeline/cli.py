@@ -28,11 +28,12 @@ from tapeline.adapters.sim import SimFeed
 from tapeline.bus.connection import NatsConnectError, NatsSettings, redact_url
 from tapeline.bus.consumer import ConsumerLost
 from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.lock import DirectoryInUse, owner
 from tapeline.bus.logging import configure_logging
 from tapeline.bus.metrics import serve_metrics
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
-from tapeline.config import ConfigError, Market, Settings, load_settings
+from tapeline.config import DEFAULT_METRICS_PORT, ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
@@ -76,6 +77,9 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
     except CommandFailed as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
+    except DirectoryInUse as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
 
 
 class CommandFailed(Exception):
@@ -111,11 +115,15 @@ def demo(
         configure_logging("warning")  # the live display is the demo's output; warnings still show
     if ticks is not None:
         s = msgspec.structs.replace(s, sim=msgspec.structs.replace(s.sim, ticks=ticks))
+    holder = owner(s.data_path / "nats")
+    if holder is not None:
+        typer.echo(f"{s.data_path} is in use by PID {holder}: stop it first, or set data_dir elsewhere", err=True)
+        raise typer.Exit(2)
     if s.data_path.exists() and not keep:
         shutil.rmtree(s.data_path)
+    _serve_metrics(s.metrics_port)
     server = EmbeddedNats(s.data_path / "nats")
-    url = server.start()
-    serve_metrics(s.metrics_port)
+    url = _start(server)
     try:
         ok = asyncio.run(_demo(s, url, files=files, batch_ticks=batch_ticks or s.batch_ticks))
     except ReadModelChanged as e:  # only with --keep: a fresh demo has no old tables
@@ -289,10 +297,24 @@ def up(
     """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully).
 
     An external server that is not up yet is retried for TAPELINE_NATS_START_RETRY_S (30) seconds.
+    Metrics: on metrics_port; with `--only ROLE` and the default port (9464), on 9465 + the role's place
+    in the role list, so one process per role on a host needs no flags; --metrics-port overrides.
     """
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
-    serve_metrics(s.metrics_port)
-    _run(_up(s, tuple(only or ROLES), standby, drain_timeout))
+    selected = tuple(only or ROLES)
+    port = s.metrics_port
+    if metrics_port is None and only and s.metrics_port == DEFAULT_METRICS_PORT and only[0] in ROLES:
+        port = s.metrics_port + 1 + ROLES.index(only[0])
+    _serve_metrics(port)
+    _run(_up(s, selected, standby, drain_timeout))
+
+
+def _serve_metrics(port: int) -> None:
+    try:
+        serve_metrics(port)
+    except OSError as e:
+        typer.echo(f"metrics port {port} is not free ({e.strerror}): pass --metrics-port N (0: off)", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
@@ -355,13 +377,24 @@ def serve(
 ) -> None:
     """Run the embedded NATS server on the demo's data (for the nats CLI) until Ctrl-C."""
     s = _settings(config)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below, not fatal meanwhile
     server = EmbeddedNats(s.data_path / "nats", port=port)
-    url = server.start()
-    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C to stop")
+    url = _start(server)
+    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C or SIGTERM stops it")
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         server.stop()
+
+
+def _start(server: EmbeddedNats) -> str:
+    """Start an embedded server, or one line naming the process that owns its store."""
+    try:
+        return server.start()
+    except DirectoryInUse as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
 
 
 # ----------------------------------------------------------------------------- status

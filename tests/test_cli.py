@@ -15,6 +15,8 @@ from nats.aio.client import Client
 
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import EVENT_TYPES
+from tapeline.schemas.subjects import FAMILIES
 from tests.helpers import TAPELINE, start_tapeline, wait_until, write_config
 
 
@@ -124,9 +126,31 @@ def test_schemas_export_writes_one_schema_per_event(tmp_path: Path) -> None:
     out = run("schemas", "export", str(tmp_path / "schemas"))
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "schemas").glob("*.schema.json"))
-    assert len(files) == 24 and "decision.schema.json" in files
+    events = [f for f in files if not f.startswith("stream.")]
+    assert len(events) == len(EVENT_TYPES) and "decision.schema.json" in files
+    assert {f"stream.{fam.key}.schema.json" for fam in FAMILIES} <= set(files)
     decision = json.loads((tmp_path / "schemas" / "decision.schema.json").read_text())
+    assert decision["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert {"target", "synthesis", "agent_signals"} <= set(decision["$defs"]["DecisionEnvelope"]["properties"])
+
+
+def test_stream_schemas_validate_single_and_batch_messages_and_refuse_others(tmp_path: Path) -> None:
+    import jsonschema
+
+    from tapeline.schemas.codec import encode
+    from tapeline.schemas.export import export_json_schemas
+
+    export_json_schemas(tmp_path)
+    md = json.loads((tmp_path / "stream.md.schema.json").read_text())
+    ticks = list(SimFeed(["NVDA"], ticks=3, seed=1).generate())
+    jsonschema.validate(json.loads(encode(ticks[0])), md)
+    jsonschema.validate(json.loads(encode(ticks)), md)  # the batch form
+    newer = json.loads(encode(ticks[0])) | {"added_by_a_newer_producer": 1}
+    jsonschema.validate(newer, md)  # events are open: consumers ignore fields they do not know
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(encode(ticks[0])) | {"type": "decision"}, md)  # not a type of this stream
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in json.loads(encode(ticks[0])).items() if k != "symbol"}, md)
 
 
 def test_schemas_export_to_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
