@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -188,7 +189,9 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         cfg.read_text().replace("metrics_port = 0", f"metrics_port = {port}")
         + '[bars]\nintervals = ["1s"]\n[momentum]\ninterval = "1s"\nwindow = 3\n'
     )
-    proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", "--only", "projector", log=tmp_path / "up.log")
+    proc = start_tapeline(
+        "up", "-c", str(cfg), "--only", "handlers", "--only", "projector", "--only", "vectors", log=tmp_path / "up.log"
+    )
     try:
         await publisher.publish(list(SimFeed(["BRK.B"], ticks=3000, seed=5, mean_gap_ms=20).generate()))
 
@@ -204,9 +207,15 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         async def decided() -> bool:  # the page that shows it is the one checked below
             nonlocal text
             text = await asyncio.to_thread(metrics)
-            return 'tapeline_events_consumed_total{consumer="decision_intel"}' in text
+            m = re.search(r'tapeline_events_consumed_total\{consumer="decision_intel"\} (\S+)', text)
+            return m is not None and float(m.group(1)) > 0
 
         await wait_until(decided, timeout=60)
+        # labelled counters exist at 0 before anything happened to them (panels read 0, not "No data")
+        assert 'tapeline_events_failed_total{consumer="decision_intel",outcome="dead"} 0.0' in text
+        await wait_until(
+            lambda: 'tapeline_projection_lag_messages{projection="market_returns"' in metrics(), timeout=60
+        )
         for name in (
             "tapeline_events_published_total",
             "tapeline_handler_batch_seconds_bucket",
