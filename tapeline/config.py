@@ -47,13 +47,16 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     mean_gap_ms: Annotated[float, msgspec.Meta(gt=0)] = 250.0
 
 
+DEFAULT_METRICS_PORT = 9464
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The fixed sections; a loaded file also has one section per declared component (``[bars]``, ...)."""
 
     prefix: str = "tape"
     nats_url: str = ""  # empty: embedded server; secrets via TAPELINE_NATS_* env vars
     data_dir: Text = ".tapeline"
-    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464  # 0: off
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_METRICS_PORT  # 0: off
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     batch_ticks: bool = False
     retention: Retention = Retention()

@@ -18,7 +18,9 @@ import typer
 from tapeline.adapters.runner import Feed, run_feed
 from tapeline.config import ConfigError, Market, Settings, load_settings, require_config_file
 
-feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
+feed_app = typer.Typer(
+    help="Run one market-data feed into NATS JetStream.", no_args_is_help=True, rich_markup_mode=None
+)
 log = structlog.get_logger("tapeline.feed")
 
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (or TAPELINE_NATS_URL)")]
