@@ -49,7 +49,7 @@ ALLOWED = {
     "operator": {"read decisions", "KV get", "direct get", "create consumer"},
     "admin": set(ACTIONS) - {"publish orders"},
 }
-DEADLINE_S = 30.0
+DEADLINE_S = 90.0
 
 
 @pytest.fixture
