@@ -81,3 +81,9 @@ COMPONENT_EVENTS = Counter(
     "Events a component counted by outcome (e.g. bars: late ticks; rejected input).",
     ["component", "outcome"],
 )
+
+COMPONENT_VALUE = Gauge(
+    "tapeline_component_value",
+    "A current value a component reports by name (e.g. scanner: skip_ratio, skipped over scanned candidates).",
+    ["component", "name"],
+)
