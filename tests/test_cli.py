@@ -124,7 +124,7 @@ def test_schemas_export_writes_one_schema_per_event(tmp_path: Path) -> None:
     out = run("schemas", "export", str(tmp_path / "schemas"))
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "schemas").glob("*.schema.json"))
-    assert len(files) == 24 and "decision.schema.json" in files
+    assert len(files) == 26 and "decision.schema.json" in files
     decision = json.loads((tmp_path / "schemas" / "decision.schema.json").read_text())
     assert {"target", "synthesis", "agent_signals"} <= set(decision["$defs"]["DecisionEnvelope"]["properties"])
 
