@@ -237,7 +237,7 @@ def expected_shortfall(returns: list[float], level: float = 0.95) -> float:
     """Mean loss (a positive fraction) of the worst ``1 - level`` of the returns, at least one of them."""
     if not returns:
         return math.inf
-    worst = sorted(returns)[: max(1, math.ceil(len(returns) * (1 - level)))]
+    worst = sorted(returns)[: max(1, math.ceil(len(returns) * (1 - level) - 1e-9))]
     return max(0.0, -sum(worst) / len(worst))
 
 
@@ -285,12 +285,12 @@ def _exposure_after(i: OrderIntent, b: Book) -> list[float]:
     return [q * b.bars.price(s) for s, q in pos.items()]
 
 
-def check_gross(i: OrderIntent, b: Book, c: RiskConfig) -> Verdict:
+def check_gross_exposure(i: OrderIntent, b: Book, c: RiskConfig) -> Verdict:
     g = sum(abs(v) for v in _exposure_after(i, b))
     return Verdict("gross_exposure", g, c.max_gross_exposure, g <= c.max_gross_exposure, "$ after the order")
 
 
-def check_net(i: OrderIntent, b: Book, c: RiskConfig) -> Verdict:
+def check_net_exposure(i: OrderIntent, b: Book, c: RiskConfig) -> Verdict:
     n = abs(sum(_exposure_after(i, b)))
     return Verdict("net_exposure", n, c.max_net_exposure, n <= c.max_net_exposure, "$ after the order")
 
@@ -322,8 +322,8 @@ CHECKS: tuple[Callable[[OrderIntent, Book, RiskConfig], Verdict], ...] = (
     check_position_notional,
     check_es95,
     check_correlation,
-    check_gross,
-    check_net,
+    check_gross_exposure,
+    check_net_exposure,
     check_breakers,
     check_duplicate,
 )
