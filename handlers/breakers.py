@@ -223,7 +223,7 @@ class Breakers(Handler):
         acct = self.s.accounts.get(name)
         if acct is None:
             cfg: BreakersConfig = self.config
-            acct = self.s.accounts[name] = Account(peak=cfg.equity)
+            acct = self.s.accounts[name] = Account(peak=cfg.equity, day=self.s.now // DAY_NS, day_start=cfg.equity)
         return acct
 
     def equity(self, acct: Account) -> float:
