@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from rich.console import Console
 from rich.table import Table
 
+from tapeline.bus.jetstream import JetStreamApi
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.reader import read_stream
 from tapeline.config import Settings
@@ -29,8 +30,9 @@ from tapeline.session import nats_session
 
 
 async def publish_control(nc: Client, prefix: str, events: Sequence[Event]) -> None:
-    """Store the events (streams applied first: a halt must work on a fresh namespace too)."""
-    await provision_system(nc, prefix)
+    """Store the events (streams applied first if missing: a halt must work on a fresh namespace too)."""
+    if await JetStreamApi(nc).stream_info(RISK.stream(prefix)) is None:
+        await provision_system(nc, prefix)
     pub = await Publisher(nc, prefix, role="control").start()
     try:
         await pub.publish(list(events))
