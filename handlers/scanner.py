@@ -11,7 +11,7 @@
 Grades (the seeds' scale): A+ >= 8.5, A >= 7.0, B >= 5.5, C below. A candidate below ``min_grade`` is
 skipped: its :class:`Scan` has ``passed=False``. HOLD decisions are not candidates. The skip rate
 (skipped / scanned since the scanner's state began) is in every Scan's ``skip_rate`` and reasoning and
-in the metric ``tapeline_component_value{component="scanner",name="skip_ratio"}``.
+in the metric ``tapeline_scanner_skip_ratio{key="all"}``.
 
 State: the bars of ``interval`` per symbol and the counts, snapshotted; it reads decisions and bars
 (two streams, each in its own order): a decision is scored with the bars seen when it arrives.
@@ -108,7 +108,7 @@ class Scanner(Handler):
         self.s.skipped += not passed
         skip_rate = self.s.skipped / self.s.scanned
         self.counters["passed" if passed else "skipped"] = self.counters.get("passed" if passed else "skipped", 0) + 1
-        self.gauges["skip_ratio"] = skip_rate
+        self.gauges["skip_ratio"] = {"all": skip_rate}
         shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
         cfg: ScannerConfig = self.config
         what = "sized" if passed else f"skipped (below {cfg.min_grade})"

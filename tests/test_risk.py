@@ -225,7 +225,7 @@ def test_the_scanner_grades_candidates_and_reports_its_skip_rate() -> None:
     assert isinstance(s, Scan) and isinstance(w, Scan)
     assert s.passed and s.grade in ("A", "A+") and s.score >= 7.0 and s.skip_rate == 0.0
     assert not w.passed and w.grade in ("B", "C") and w.skip_rate == 0.5 and "skip rate 50%" in w.reasoning
-    assert sc.gauges["skip_ratio"] == 0.5 and sc.counters == {"passed": 1, "skipped": 1}
+    assert sc.gauges["skip_ratio"] == {"all": 0.5} and sc.counters == {"passed": 1, "skipped": 1}
     assert [grade_of(x) for x in (8.5, 8.49, 7.0, 6.99, 5.5, 0.0)] == ["A+", "A", "A", "B", "B", "C"]
 
 
