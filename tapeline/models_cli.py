@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from nats.aio.client import Client
@@ -173,7 +173,6 @@ def train_cmd(
 class Deployment:
     version: str
     sha256: str
-    ts_ns: int
 
 
 async def history(nc: Client, prefix: str) -> list[ModelDeployed]:
@@ -191,7 +190,7 @@ def live_stack(events: Sequence[ModelDeployed]) -> list[Deployment]:
             while stack and stack[-1].sha256 != e.sha256:
                 stack.pop()
         if not stack or stack[-1].sha256 != e.sha256:
-            stack.append(Deployment(e.model_version, e.sha256, e.ts_event))
+            stack.append(Deployment(e.model_version, e.sha256))
     return stack
 
 
@@ -207,7 +206,10 @@ def rollback_target(stack: Sequence[Deployment], store: ModelStore) -> Deploymen
     return None
 
 
-async def _publish(settings: Settings, nats_url: str, event_of: object) -> ModelDeployed | None:
+async def _publish(
+    settings: Settings, nats_url: str, event_of: Callable[[list[ModelDeployed]], ModelDeployed | None]
+) -> ModelDeployed | None:
+    """Publish what ``event_of`` makes of the deployment history (nothing if it returns None)."""
     from tapeline.bus.publisher import Publisher
     from tapeline.bus.topology import provision
     from tapeline.session import nats_session
@@ -215,7 +217,7 @@ async def _publish(settings: Settings, nats_url: str, event_of: object) -> Model
     async with nats_session(nats_url, settings.data_path, "tapeline-models") as (nc, _):
         await provision(nc, settings.prefix, settings.retention)
         past = await history(nc, settings.prefix)
-        ev = event_of(past)  # type: ignore[operator]
+        ev = event_of(past)
         if ev is None:
             return None
         pub = await Publisher(nc, settings.prefix, role="models").start()
@@ -223,7 +225,7 @@ async def _publish(settings: Settings, nats_url: str, event_of: object) -> Model
             await pub.publish([ev])
         finally:
             await pub.close()
-        return ev  # type: ignore[no-any-return]
+        return ev
 
 
 def _deployed(*, sha256: str, store: ModelStore, n: int, previous: str, rollback: bool = False) -> ModelDeployed:
@@ -246,11 +248,11 @@ def _store(settings: Settings) -> ModelStore:
     return ModelStore(settings.components()["model"].store)
 
 
-def _run(coro: object) -> ModelDeployed | None:
+def _run(coro: Coroutine[Any, Any, ModelDeployed | None]) -> ModelDeployed | None:
     from tapeline.bus.connection import NatsConnectError
 
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
     except NatsConnectError as e:
         _fail(str(e))
 
