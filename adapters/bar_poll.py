@@ -49,6 +49,7 @@ class BarPollFeed:
         fetch: Fetch,
         symbols: Sequence[str],
         *,
+        interval: str = "1d",
         warmup_days: int = 30,
         poll_days: int = 5,
         poll_interval_s: float = 3600.0,
@@ -57,12 +58,17 @@ class BarPollFeed:
         self.name = name
         self.fetch = fetch
         self.symbols = list(symbols)
+        self.interval = interval
         self.warmup_days = warmup_days
         self.poll_days = poll_days
         self.poll_interval_s = poll_interval_s
         self.latch = AlertLatch(name, clock)
         self.published: dict[tuple[str, str, int], tuple[float, ...]] = {}
         self.polls = 0
+
+    def series(self) -> list[tuple[str, str]]:
+        """(symbol, interval) this feed delivers (for the history store's warm-up)."""
+        return [(s, self.interval) for s in self.symbols]
 
     def _fresh(self, bars: list[Bar]) -> list[Event]:
         out: list[Event] = []

@@ -38,6 +38,14 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 EverySeconds = Annotated[float, msgspec.Meta(ge=1.0)]
 
 
+# Bar intervals MetaTrader 5 has a timeframe for (the TIMEFRAME_* constants' values).
+MT5_TIMEFRAMES = {
+    **{f"{m}m": m for m in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)},
+    **{f"{h}h": 16384 + h for h in (1, 2, 3, 4, 6, 8, 12)},
+    "1d": 16408,
+}
+
+
 class Mt5TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One MetaTrader 5 terminal/account (``[[feeds.mt5]]``). One process runs one terminal."""
 
@@ -60,7 +68,8 @@ class Mt5TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     sessions: dict[str, str] = {}  # symbol -> session spec
     reconnect_initial_s: Positive = 1.0
     reconnect_max_s: Positive = 60.0
-    bar_interval: str = "1m"  # warm-up bars (copy_rates_range) when the history store is on
+    warmup_days: NonNegativeInt = 30  # on connect: copy_rates_range bars of the last N days (0: none)
+    bar_interval: str = "1m"  # the warm-up bars' interval: an MT5 timeframe (see MT5_TIMEFRAMES)
 
     @property
     def venue(self) -> str:
@@ -268,7 +277,11 @@ def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
     for i, p in enumerate(cfg.polygon.sources):
         _interval(f"feeds.polygon.sources[{i}].interval", p.interval)
     for i, t in enumerate(cfg.mt5):
-        _interval(f"feeds.mt5[{i}].bar_interval", t.bar_interval)
+        if t.bar_interval not in MT5_TIMEFRAMES:
+            raise FeedConfigError(
+                f"feeds.mt5[{i}].bar_interval: {t.bar_interval!r} is not an MT5 timeframe; "
+                f"use one of {', '.join(MT5_TIMEFRAMES)}"
+            )
     if not _ENV.fullmatch(cfg.tiingo.key_env):
         raise FeedConfigError(
             f"feeds.tiingo.key_env: {cfg.tiingo.key_env!r} is not an environment variable name; "

@@ -160,6 +160,7 @@ def yfinance_feed(cfg: YFinanceConfig, symbols: list[str], data_dir: Path, **kw:
         "yfinance",
         client.fetch,
         symbols,
+        interval=cfg.interval,
         warmup_days=cfg.warmup_days,
         poll_days=cfg.poll_days,
         poll_interval_s=cfg.poll_interval_s,
