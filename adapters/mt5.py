@@ -16,6 +16,9 @@
   each subject in JetStream, so a restart continues exactly where the stream ends.
 * Every tick field is kept: bid, ask, last, volume, volume_real, flags, time_msc (as ts_event).
   MT5 stamps ticks in the broker's server time; ``server_time_offset_s`` converts to UTC.
+* Warm-up: once connected, before the first tick, the completed ``bar_interval`` bars of the last
+  ``warmup_days`` (``copy_rates_range``; server time -> UTC), as IBKR's feed does with its
+  historical bars; the history store (when enabled) merges and keeps them.
 * Heartbeat every ``heartbeat_s`` with the lag (now - newest tick) and ``stale``/``connected``.
 * Alerts: ``login_failed`` (initialize/login refused), ``terminal_disconnected``
   (``terminal_info().connected`` is false, or the terminal is gone), ``no_ticks`` (no tick for
@@ -430,9 +433,10 @@ class Mt5Feed:
                     events += await self._check_terminal()
                 if self.initialized and self.connected and not self._warmed:
                     events += await self._warm_up()
-                    self.published += len(events)
-                    yield events  # the warm-up bars before any tick
-                    events = []
+                    if events:  # the warm-up bars before any tick
+                        self.published += len(events)
+                        yield events
+                        events = []
                 if self.initialized and self.connected:
                     for sym in self.cfg.symbols:
                         got, alive = await self._poll_symbol(sym)
