@@ -105,10 +105,13 @@ def _columns(path: Path, header: list[str]) -> _Cols:
     )
 
 
+_EPOCH_ORDINAL = datetime(1970, 1, 1, tzinfo=UTC).toordinal()
+
+
 def day_start_ns(window_start_ns: int) -> int:
     """00:00 UTC of the New York date a daily aggregate's window starts on."""
-    d = datetime.fromtimestamp(window_start_ns / 1e9, UTC).astimezone(NEW_YORK).date()
-    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * 1_000_000_000
+    d = datetime.fromtimestamp(window_start_ns // 1_000_000_000, NEW_YORK).toordinal()
+    return (d - _EPOCH_ORDINAL) * DAY_NS
 
 
 def read_polygon(
