@@ -180,3 +180,27 @@ async def test_halt_cancels_working_orders_and_refuses_new_ones(
     assert "dec-5:9" not in terminal.sent()
     rej = next(e for e in evs if isinstance(e, OrderRejected))
     assert "halted by halt" in rej.reason
+
+
+async def test_paper_fills_at_the_next_tick_with_slippage_and_commission(
+    nc: Client, publisher: Publisher, provisioned: str
+) -> None:
+    from tapeline.schemas.events import OrderFilled, Tick
+
+    cfg = ExecutionConfig(broker="paper", slippage_bps=10.0, commission_per_share=0.01, commission_min=1.0)
+    a = approval("dec-6:0", symbol="NVDA", quantity=200.0)
+    stream = ORDER.stream(provisioned)
+
+    def tick(dt_ns: int, bid: float, ask: float) -> Tick:
+        ts = a.ts_event + dt_ns
+        return Tick(event_id=new_event_id(ts), ts_event=ts, ts_init=time.time_ns(), source="sim", venue="sim",
+                    symbol="NVDA", bid=bid, ask=ask, last=bid)  # fmt: skip
+
+    async with Running(nc, publisher, ExecutionGateway(cfg)):
+        await publisher.publish([tick(-1_000, 99.0, 99.5), a])  # a tick before the order does not fill it
+        await wait_stored(nc, stream, "", lambda e: "order_accepted" in tags(e, "dec-6:0"))
+        await publisher.publish([tick(5_000, 100.0, 100.2), tick(9_000, 101.0, 101.2)])
+        evs = await wait_stored(nc, stream, "", lambda e: "order_filled" in tags(e, "dec-6:0"))
+    f = next(e for e in evs if isinstance(e, OrderFilled))
+    assert f.price == pytest.approx(100.2 * 1.001) and f.commission == 2.0 and f.quantity == 200.0
+    assert f.ts_event == a.ts_event + 5_000 and f.broker == "paper"

@@ -4,6 +4,7 @@ exactly one order per client id at the broker (the MT5 stand-in, served from thi
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from tapeline.bus.publisher import Publisher
-from tapeline.schemas.events import OrderApproved
+from tapeline.schemas.events import AnyEvent, OrderApproved, OrderFilled
 from tapeline.schemas.ids import new_event_id
 from tapeline.schemas.subjects import ORDER
 from tests.helpers import start_tapeline, wait_stored, wait_until, write_config
@@ -32,13 +33,24 @@ async def test_twenty_kills_between_submit_and_answer_one_order_each(
         "PYTHONPATH": os.pathsep.join([str(mt5_ipc.MODULE_DIR), str(ROOT)]),
     }
     cfg = write_config(tmp_path, provisioned, nats_url)
-    cfg.write_text(cfg.read_text() + '\n[execution]\nbroker = "mt5"\naccount = "ACC1"\n[execution.mt5]\npoll_s = 0.05\n')
+    cfg.write_text(
+        cfg.read_text() + '\n[execution]\nbroker = "mt5"\naccount = "ACC1"\n[execution.mt5]\npoll_s = 0.05\n'
+    )
     cids = [f"dec-{i}:0" for i in range(KILLS)]
     now = time.time_ns()
     await publisher.publish(
         [
-            OrderApproved(event_id=new_event_id(), ts_event=now + i, ts_init=now, source="risk", account="ACC1",
-                          symbol="EURUSD", client_order_id=c, side="BUY", quantity=1.0)  # fmt: skip
+            OrderApproved(
+                event_id=new_event_id(),
+                ts_event=now + i,
+                ts_init=now,
+                source="risk",
+                account="ACC1",
+                symbol="EURUSD",
+                client_order_id=c,
+                side="BUY",
+                quantity=1.0,
+            )
             for i, c in enumerate(cids)
         ]
     )
@@ -48,7 +60,7 @@ async def test_twenty_kills_between_submit_and_answer_one_order_each(
         seen = len(terminal.sent())
         proc = start_tapeline("up", "--only", "execution", "-c", str(cfg), log=log, env=env)
 
-        def sent_new(seen: int = seen) -> bool:
+        def sent_new(seen: int = seen, proc: subprocess.Popen[bytes] = proc, k: int = k) -> bool:
             assert proc.poll() is None, f"execution exited {proc.returncode}: {log.read_text()[-2000:]}"
             return len(terminal.sent()) > seen and len(terminal.held) > k
 
@@ -58,10 +70,11 @@ async def test_twenty_kills_between_submit_and_answer_one_order_each(
     terminal.hold = ""
     terminal.release()  # held calls return to nobody; a call held "before" never reaches the book
     proc = start_tapeline("up", "--only", "execution", "-c", str(cfg), log=log, env=env)
-    evs = await wait_stored(
-        nc, ORDER.stream(provisioned), "", lambda e: {x.client_order_id for x in e if x.tag == "order_filled"} >= set(cids),  # type: ignore[union-attr]
-        within=180,
-    )  # fmt: skip
+
+    def all_filled(evs: list[AnyEvent]) -> bool:
+        return {e.client_order_id for e in evs if isinstance(e, OrderFilled)} >= set(cids)
+
+    evs = await wait_stored(nc, ORDER.stream(provisioned), "", all_filled, within=180)
     proc.terminate()
     proc.wait()
     assert len(terminal.held) == KILLS

@@ -1,1 +1,1 @@
-"""Brokers behind the execution gateway: dry-run (default), paper, Interactive Brokers, MetaTrader 5."""
+"""Brokers behind the execution gateway: dry-run (default), paper, MetaTrader 5."""

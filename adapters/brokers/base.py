@@ -36,19 +36,6 @@ class BrokerUnavailable(RuntimeError):
     """The broker cannot say what happened (disconnected, terminal down): never submit now, retry later."""
 
 
-class IbkrBrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """TWS / IB Gateway for orders (``[execution.ibkr]``); its own client id, apart from the feed's."""
-
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 7497
-    client_id: Annotated[int, msgspec.Meta(ge=0)] = 17
-    account: str = ""  # the IB account code orders go to; empty: the login's only account
-    sec_type: str = "STK"
-    exchange: str = "SMART"
-    currency: str = "USD"
-    connect_timeout_s: _Pos = 10.0
-
-
 class Mt5BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The managed MetaTrader 5 account (``[execution.mt5]``); the password only from ``password_env``."""
 
@@ -65,13 +52,12 @@ class Mt5BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class ExecutionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[execution]``: which broker gets the approved orders; ``dry-run`` (the default) sends nothing."""
 
-    broker: Literal["dry-run", "paper", "ibkr", "mt5"] = "dry-run"
+    broker: Literal["dry-run", "paper", "mt5"] = "dry-run"
     account: str = ""  # only approvals for this account; empty: every account
     slippage_bps: _NonNeg = 0.0  # paper: fills this much worse than the next tick or bar
     commission_per_share: _NonNeg = 0.0  # paper
     commission_min: _NonNeg = 0.0  # paper: per fill
     submit_timeout_s: _Pos = 30.0  # wait for the broker's acknowledgement before giving up (then reconcile)
-    ibkr: IbkrBrokerConfig = IbkrBrokerConfig()
     mt5: Mt5BrokerConfig = Mt5BrokerConfig()
 
 

@@ -71,10 +71,6 @@ def make_broker(cfg: ExecutionConfig) -> Broker:
         from tapeline.adapters.brokers.paper import PaperBroker
 
         return PaperBroker(cfg)
-    if cfg.broker == "ibkr":
-        from tapeline.adapters.brokers.ibkr import IbkrBroker
-
-        return IbkrBroker(cfg.ibkr)
     if cfg.broker == "mt5":
         from tapeline.adapters.brokers.mt5 import Mt5Broker
 
