@@ -57,7 +57,6 @@ class ExecutionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     slippage_bps: _NonNeg = 0.0  # paper: fills this much worse than the next tick or bar
     commission_per_share: _NonNeg = 0.0  # paper
     commission_min: _NonNeg = 0.0  # paper: per fill
-    submit_timeout_s: _Pos = 30.0  # wait for the broker's acknowledgement before giving up (then reconcile)
     mt5: Mt5BrokerConfig = Mt5BrokerConfig()
 
 
