@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
+from tapeline.adapters.llm.gateway import NewsLlmGateway
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.sentiment_parser import SentimentParser
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
@@ -32,6 +34,8 @@ COMPONENTS: tuple[type[Component], ...] = (
     DecisionSynthesis,
     HeartbeatWatchdog,
     NotifierGateway,
+    NewsLlmGateway,
+    SentimentParser,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
