@@ -52,6 +52,8 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event schemas.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+eval_app = typer.Typer(help="Evaluate sentiment scoring.")
+app.add_typer(eval_app, name="eval")
 console = Console()
 log = structlog.get_logger("tapeline")
 
@@ -795,6 +797,21 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="output direct
     """Write one JSON Schema per event type."""
     for path in export_json_schemas(directory):
         console.print(str(path))
+
+
+@eval_app.command("sentiment")
+def eval_sentiment(
+    by: Annotated[str, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = "variant",
+    gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    config: ConfigOpt = Path("tapeline.toml"),
+) -> None:
+    """Compare the sentiment variants over the recorded LLM calls and scores (no provider call)."""
+    from tapeline.sentiment_report import sentiment_by_variant
+
+    if by != "variant":
+        typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
+        raise typer.Exit(2)
+    sentiment_by_variant(_settings(config).duckdb_path, gold, console)
 
 
 def main() -> None:

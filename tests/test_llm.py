@@ -341,3 +341,70 @@ async def test_news_to_scores_on_jetstream_and_replay_calls_no_provider(
     ids = lambda evs: sorted(e.event_id for e in evs if isinstance(e, SentimentScore))  # noqa: E731
     assert ids(replayed) == ids(scores) and len(ids(scores)) == 15
     assert {e.event_id for e in replayed if isinstance(e, LlmCall)} == {c.event_id for c in calls}
+
+
+# ---------------------------------------------------------------- eval sentiment --by variant
+
+
+async def test_eval_by_variant_compares_recorded_variants(
+    tmp_path: Path, standin: LlmStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from tapeline.cli import app
+    from tapeline.projections.duckdb import ProjectionDb
+    from tapeline.projections.sentiment_eval import compare_variants
+    from tapeline.projections.tables import LLM_CALLS, NEWS_T, SENTIMENT
+
+    gold = [{"id": i, "company": "ACME", "title": f"ACME shares {'rise' if i % 3 else 'fall'} {i}",
+             "sentiment": 0.6 if i % 3 else -0.4} for i in range(1, 41)]  # fmt: skip
+    gold_file = tmp_path / "gold.json"
+    gold_file.write_text(json.dumps(gold))
+
+    def brain(system: str, user: str, schema: dict[str, Any]) -> str:
+        if "rise 7" in user:
+            return "not json"
+        return json.dumps({"scores": [{"ticker": "ACME", "score": 0.5 if "rise" in user else -0.5,
+                                       "relevance": 1, "impact": 0.5}]})  # fmt: skip
+
+    standin.brain = brain
+    gw = use("openai", standin, monkeypatch, variants={"v1": 0.5, "v2": 0.5})
+    items = [news(str(g["id"]), ["ACME"], title=str(g["title"])) for g in gold]
+    try:
+        derived = await InProcessRunner([gw, SentimentParser()], "tape", live_gateways=True).run(items)
+    finally:
+        await gw.aclose()
+    db_path = tmp_path / "data" / "projections" / "tapeline.duckdb"
+    db = ProjectionDb(db_path)
+    rows: dict[str, list[Any]] = {t.name: [] for t in (NEWS_T, LLM_CALLS, SENTIMENT)}
+    for seq, e in enumerate([*items, *derived], start=1):
+        for t in (NEWS_T, LLM_CALLS, SENTIMENT):
+            if isinstance(e, t.events):
+                rows[t.name] += list(t.rows(e, seq))
+    db.commit("TEST", rows, len(items) + len(derived), {})
+    db.close()
+    stats = {r.variant: r for r in compare_variants(db_path, gold_file)}
+    calls = [e for e in derived if isinstance(e, LlmCall)]
+    assert set(stats) == {"v1", "v2"} and sum(r.calls for r in stats.values()) == 40
+    for v, r in stats.items():
+        mine = [c for c in calls if c.variant == v]
+        assert r.calls == r.scores == r.gold_matched == len(mine) and r.errors == 0
+        assert r.prompt_versions == [load_prompt(v).version]
+        assert r.mean_latency_ms == pytest.approx(sum(c.latency_ms for c in mine) / len(mine))
+        assert r.input_tokens == sum(c.input_tokens for c in mine)
+    failed = next(c.variant for c in calls if c.news_id == items[6].event_id)
+    assert stats[failed].fallback_rate == pytest.approx(1 / stats[failed].scores)
+    assert stats[failed].mean_abs_score == pytest.approx(0.5 * (stats[failed].scores - 1) / stats[failed].scores)
+    other = stats["v1" if failed == "v2" else "v2"]
+    assert other.fallback_rate == 0 and other.cosine is not None and 0.9 < other.cosine <= 1.0
+    assert stats[failed].cosine is not None and stats[failed].cosine < other.cosine
+    cfg = tmp_path / "tapeline.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    res = CliRunner().invoke(
+        app, ["eval", "sentiment", "--by", "variant", "--gold", str(gold_file), "-c", str(cfg)], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 0, res.output
+    assert "sentiment by variant" in res.output and "v1@" in res.output and "cosine" in res.output
+    cfg.write_text(f'data_dir = "{tmp_path / "empty"}"\n')
+    missing = CliRunner().invoke(app, ["eval", "sentiment", "-c", str(cfg)])
+    assert missing.exit_code == 2 and "no projection database" in missing.output
