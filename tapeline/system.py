@@ -18,11 +18,16 @@ from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.adapters.llm.gateway import NewsLlmGateway
+from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.bars import BarAggregator
+from tapeline.handlers.breakers import Breakers
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.risk import RiskGate
+from tapeline.handlers.scanner import Scanner
 from tapeline.handlers.sentiment_parser import SentimentParser
+from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
@@ -34,6 +39,11 @@ COMPONENTS: tuple[type[Component], ...] = (
     DecisionSynthesis,
     HeartbeatWatchdog,
     NotifierGateway,
+    NewsFeed,
+    Scanner,
+    Sizer,
+    RiskGate,
+    Breakers,
     NewsLlmGateway,
     SentimentParser,
 )
