@@ -155,9 +155,10 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     from tapeline.bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
-    pipeline = Pipeline(
-        nc, s.prefix, configs=s.components(), db_path=s.duckdb_path, selected=ROLES, retention=s.retention
-    )
+    configs = s.components()
+    # The demo never calls a paid LLM API with its headlines, whatever keys the shell holds: offline scorer only.
+    configs["news_llm"] = msgspec.structs.replace(configs["news_llm"], provider="offline")
+    pipeline = Pipeline(nc, s.prefix, configs=configs, db_path=s.duckdb_path, selected=ROLES, retention=s.retention)
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
