@@ -21,6 +21,8 @@ from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.sentiment import SentimentAgent
+from tapeline.handlers.similarity import SimilarityAgent
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
@@ -29,6 +31,8 @@ COMPONENTS: tuple[type[Component], ...] = (
     BarAggregator,
     MarketFeatures,
     MomentumSignal,
+    SentimentAgent,
+    SimilarityAgent,
     DecisionSynthesis,
     HeartbeatWatchdog,
     NotifierGateway,
