@@ -16,7 +16,6 @@ from tapeline import contract
 from tapeline.bus.components import react
 from tapeline.bus.publisher import Publisher
 from tapeline.handlers.decision import DecisionConfig, DecisionSynthesis
-from tapeline.handlers.sentiment import SentimentAgent
 from tapeline.pipeline import Pipeline
 from tapeline.schemas.codec import encode
 from tapeline.schemas.events import DecisionEnvelope, SentimentScore, Signal
