@@ -22,6 +22,11 @@ queried: a handler does no I/O, and a read model lags, which would make outputs 
 State per series: the last ``WINDOW`` bars, the ``horizon`` states waiting for their forward return,
 and at most ``max_states`` labelled states (oldest dropped first): about 60 bytes per state, so
 snapshots stay well under the server's 1 MB message limit for tens of series at the default.
+
+Off by default (``[similarity] enabled = true``): the decision handler takes each agent's latest
+signal as it arrives, and signals of two agents computed from the same bars by two consumers arrive
+interleaved differently from run to run, so with a second bar-driven agent voting, a replay or
+what-if would not reproduce the recorded decisions exactly.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ _EPS = 1e-12
 
 
 class SimilarityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False  # opt in: see "Off by default" above
     intervals: list[str] = []  # bar intervals to read; empty: every interval
     k: Annotated[int, msgspec.Meta(ge=1)] = 10
     horizon: Annotated[int, msgspec.Meta(ge=1)] = 5  # bars ahead of a state's forward return
@@ -89,8 +95,11 @@ class SimilarityAgent(Handler):
             self.consumes = tuple(Consumes(Bar, {"interval": iv}) for iv in dict.fromkeys(cfg.intervals))
         self._series: dict[str, _Series] = {}  # "<symbol>\x1f<interval>"
 
+    def active(self) -> bool:
+        return bool(self.cfg.enabled)
+
     def handle(self, event: AnyEvent) -> list[Event]:
-        if not isinstance(event, Bar) or event.close <= 0:
+        if not self.cfg.enabled or not isinstance(event, Bar) or event.close <= 0:  # disabled: as if absent
             return []
         key = f"{event.symbol}\x1f{event.interval}"
         s = self._series.get(key)

@@ -51,7 +51,7 @@ def run(agent: SimilarityAgent, bars: list[Bar]) -> dict[int, Signal]:
 def test_only_states_with_a_known_forward_return_are_candidates() -> None:
     h, m = 5, 3
     bars = [bar(i, close_at(i)) for i in range(WINDOW + 40)]
-    sigs = run(SimilarityAgent(SimilarityConfig(horizon=h, k=3, min_neighbors=m)), bars)
+    sigs = run(SimilarityAgent(SimilarityConfig(enabled=True, horizon=h, k=3, min_neighbors=m)), bars)
     # a state exists from bar WINDOW-1 on; at bar j those of bars <= j-h have their return
     first = WINDOW - 1 + h + m - 1
     assert min(sigs) == first
@@ -66,7 +66,7 @@ def test_a_repeating_market_is_read_from_its_past() -> None:
     h = 3
     closes = [close_at(i) for i in range(WINDOW + 140 * 4)]
     bars = [bar(i, c) for i, c in enumerate(closes)]
-    sigs = run(SimilarityAgent(SimilarityConfig(horizon=h, k=2, min_neighbors=2, max_states=1000)), bars)
+    sigs = run(SimilarityAgent(SimilarityConfig(enabled=True, horizon=h, k=2, min_neighbors=2, max_states=1000)), bars)
     checked = 0
     for j, s in sigs.items():
         if j < WINDOW + 140 * 2 + h or j + h >= len(closes):
@@ -83,12 +83,12 @@ def test_a_repeating_market_is_read_from_its_past() -> None:
 
 def test_memory_is_capped_per_series() -> None:
     bars = [bar(i, close_at(i)) for i in range(WINDOW + 60)]
-    sigs = run(SimilarityAgent(SimilarityConfig(k=5, min_neighbors=5, max_states=12)), bars)
+    sigs = run(SimilarityAgent(SimilarityConfig(enabled=True, k=5, min_neighbors=5, max_states=12)), bars)
     assert max(s.metrics["candidates"] for s in sigs.values()) == 12
 
 
 def test_snapshot_restore_equals_an_uninterrupted_run() -> None:
-    cfg = SimilarityConfig(horizon=4, k=4, min_neighbors=2)
+    cfg = SimilarityConfig(enabled=True, horizon=4, k=4, min_neighbors=2)
     bars = [bar(i, close_at(i) * (1 + 0.001 * ((i * 7919) % 13 - 6)), sym) for i in range(150) for sym in ("A", "B")]
     whole = run(SimilarityAgent(cfg), bars)
     first = SimilarityAgent(cfg)
@@ -102,3 +102,8 @@ def test_snapshot_restore_equals_an_uninterrupted_run() -> None:
 def test_config_refuses_min_neighbors_above_k() -> None:
     with pytest.raises(ValueError, match="min_neighbors"):
         SimilarityConfig(k=3, min_neighbors=4)
+
+
+def test_off_unless_enabled() -> None:
+    agent = SimilarityAgent()
+    assert not agent.active() and run(agent, [bar(i, close_at(i)) for i in range(WINDOW + 20)]) == {}
