@@ -133,10 +133,14 @@ class HistoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     compact_after_parts: Annotated[int, msgspec.Meta(ge=2)] = 64
 
 
+NewsSource = Literal["files", "fnspid", "tiingo", "marketaux", "none"]
+
+
 class SourceChoice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     market: Literal["files", "ibkr", "mt5", "sim"]
     history: Literal["files", "ibkr", "mt5", "none"] = "none"
-    news: Literal["files", "fnspid", "tiingo", "marketaux", "none"] = "none"
+    # one source or several (live: Marketaux and Tiingo); "files"/"fnspid": the [news.files] files
+    news: NewsSource | list[NewsSource] = "none"
 
 
 class SourceSetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -144,7 +148,7 @@ class SourceSetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     active: Literal["legacy", "live"] = "legacy"
     legacy: SourceChoice = SourceChoice(market="files", history="files", news="fnspid")
-    live: SourceChoice = SourceChoice(market="ibkr", history="ibkr", news="tiingo")
+    live: SourceChoice = SourceChoice(market="ibkr", history="ibkr", news=["marketaux", "tiingo"])
 
 
 class FeedsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -3,26 +3,17 @@
 The legacy set is file based (bar/tick files and Polygon-style history in the Parquet store,
 FNSPID-style news files); the live set is broker/vendor based (IBKR or MT5 market data, Tiingo or
 Marketaux news). Switching is a config change only: :func:`active_sources` says what the
-active set is and :func:`market_feed` builds its market-data feed. News adapters are owned by the
-news module; they register a factory with :func:`register_news` under their name.
+active set is and :func:`market_feed` builds its market-data feed. News is the ``news`` component
+(``adapters.news.feed``); its ``providers = "auto"`` follows the active set's ``news`` entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tapeline.adapters.config import FeedsConfig, SourceChoice
 from tapeline.adapters.runner import Feed
-
-NewsFactory = Callable[[FeedsConfig], Feed]
-_NEWS: dict[str, NewsFactory] = {}
-
-
-def register_news(name: str, factory: NewsFactory) -> None:
-    """Make a news source selectable by name in ``feeds.sources.*.news``."""
-    _NEWS[name] = factory
 
 
 def active_sources(cfg: FeedsConfig) -> SourceChoice:
@@ -53,16 +44,6 @@ def market_feed(cfg: FeedsConfig, *, terminal: str | None = None, mt5: Any = Non
         series = [(c.symbol, cfg.ibkr.bar_interval) for c in cfg.ibkr.contracts] if choice.market == "ibkr" else []
         feed = HistoryFeed(feed, store_from_config(cfg.history), series, days=cfg.history.warmup_days)
     return feed
-
-
-def news_feed(cfg: FeedsConfig) -> Feed | None:
-    """The active set's news feed, if its adapter has registered; None for ``news = "none"``."""
-    name = active_sources(cfg).news
-    if name == "none":
-        return None
-    if name not in _NEWS:
-        raise LookupError(f"feeds.sources.{cfg.sources.active}.news: no news adapter registered as {name!r}")
-    return _NEWS[name](cfg)
 
 
 def files_feed(cfg: FeedsConfig) -> Feed:

@@ -31,7 +31,7 @@ from nats.aio.client import Client
 
 from tapeline.bus.jetstream import JetStreamApi, JetStreamError
 from tapeline.bus.lease import Lease
-from tapeline.bus.metrics import COMPONENT_EVENTS
+from tapeline.bus.metrics import COMPONENT_EVENTS, component_gauge
 from tapeline.bus.publisher import Publisher, PublishTimeout, StoreFull
 from tapeline.bus.reader import Received, read
 from tapeline.bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
@@ -102,6 +102,7 @@ class HandlerSink:
         self.emitted = 0
         self.skip_ids: set[str] = set()  # outputs stored before a restart
         self._exported: dict[str, int] = {}
+        COMPONENT_EVENTS.labels(handler.name, "rejected")  # at 0 from the start
         self.stopping = asyncio.Event()
         self.stall = Stall(f"handler:{handler.name}", publisher, stop=self.stopping)
 
@@ -129,12 +130,16 @@ class HandlerSink:
         return failures
 
     def _export_counters(self) -> None:
-        """Mirror the handler's own monotonic counts (a pure handler cannot touch metrics)."""
+        """Mirror the handler's own counts and current values (a pure handler cannot touch metrics)."""
         for outcome, n in self.component.counters.items():
             seen = self._exported.get(outcome, 0)
             if n > seen:
                 COMPONENT_EVENTS.labels(self.component.name, outcome).inc(n - seen)
                 self._exported[outcome] = n
+        for name, values in self.component.gauges.items():
+            gauge = component_gauge(self.component.name, name)
+            for key, value in values.items():
+                gauge.labels(key).set(value)
 
 
 async def publish_waiting_for_space(publisher: Publisher, events: list[Event], stall: Stall) -> int:

@@ -122,6 +122,9 @@ class Component:
     def __init__(self, config: Any = None) -> None:
         self.config: Any = config if config is not None else self.Config()
         self.counters: dict[str, int] = {}  # monotonic counts by outcome, exported as a metric
+        # current values: name -> {key -> value} over a bounded set of keys (e.g. configured feeds),
+        # exported as the gauge tapeline_<component>_<name>{key=...}
+        self.gauges: dict[str, dict[str, float]] = {}
 
     def active(self) -> bool:
         """Whether this component runs at all here (e.g. a notifier without its URL does not)."""

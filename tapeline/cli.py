@@ -28,11 +28,12 @@ from tapeline.adapters.sim import SimFeed
 from tapeline.bus.connection import NatsConnectError, NatsSettings, redact_url
 from tapeline.bus.consumer import ConsumerLost
 from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.lock import DirectoryInUse, owner
 from tapeline.bus.logging import configure_logging
 from tapeline.bus.metrics import serve_metrics
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
-from tapeline.config import ConfigError, Market, Settings, load_settings
+from tapeline.config import DEFAULT_METRICS_PORT, ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
@@ -41,15 +42,16 @@ from tapeline.replay.rebuild import NotEnoughSpace, check_space, verify
 from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
-from tapeline.schemas.subjects import FAMILIES, decisions_bucket, encode_token
+from tapeline.schemas.subjects import FAMILIES, decisions_bucket, decode_token, encode_token
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
     help="Tapeline: an event-sourced trading-intelligence pipeline on NATS JetStream.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name config sections like [feeds.files]; Rich markup would eat them
 )
-schemas_app = typer.Typer(help="Event schemas.")
+schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
 console = Console()
@@ -72,6 +74,16 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
     except ConsumerLost as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
+    except CommandFailed as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    except DirectoryInUse as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+class CommandFailed(Exception):
+    """A one-shot command that could not do what was asked (not a bug): one line, exit 1."""
 
 
 def _settings(config: Path, *, feed: Market | None = None, **overrides: Any) -> Settings:
@@ -103,11 +115,15 @@ def demo(
         configure_logging("warning")  # the live display is the demo's output; warnings still show
     if ticks is not None:
         s = msgspec.structs.replace(s, sim=msgspec.structs.replace(s.sim, ticks=ticks))
+    holder = owner(s.data_path / "nats")
+    if holder is not None:
+        typer.echo(f"{s.data_path} is in use by PID {holder}: stop it first, or set data_dir elsewhere", err=True)
+        raise typer.Exit(2)
     if s.data_path.exists() and not keep:
         shutil.rmtree(s.data_path)
+    _serve_metrics(s.metrics_port)
     server = EmbeddedNats(s.data_path / "nats")
-    url = server.start()
-    serve_metrics(s.metrics_port)
+    url = _start(server)
     try:
         ok = asyncio.run(_demo(s, url, files=files, batch_ticks=batch_ticks or s.batch_ticks))
     except ReadModelChanged as e:  # only with --keep: a fresh demo has no old tables
@@ -222,7 +238,7 @@ def _summary(pipeline: Pipeline, fed: int, elapsed: float) -> None:
     t = Table(title=f"Demo: {fed:,} events fed in {elapsed:.1f}s ({fed / elapsed:,.0f}/s end to end)")
     t.add_column("table")
     t.add_column("rows", justify="right")
-    for name in ("ticks", "bars", "signals", "decisions", "decision_signals", "dead_letters"):
+    for name in ("ticks", "bars", "news", "signals", "decisions", "decision_signals", "dead_letters"):
         row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
         t.add_row(name, f"{row[0] if row else 0:,}")
     for vs in pipeline.vector_sinks:
@@ -281,10 +297,24 @@ def up(
     """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully).
 
     An external server that is not up yet is retried for TAPELINE_NATS_START_RETRY_S (30) seconds.
+    Metrics: on metrics_port; with `--only ROLE` and the default port (9464), on 9465 + the role's place
+    in the role list, so one process per role on a host needs no flags; --metrics-port overrides.
     """
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
-    serve_metrics(s.metrics_port)
-    _run(_up(s, tuple(only or ROLES), standby, drain_timeout))
+    selected = tuple(only or ROLES)
+    port = s.metrics_port
+    if metrics_port is None and only and s.metrics_port == DEFAULT_METRICS_PORT and only[0] in ROLES:
+        port = s.metrics_port + 1 + ROLES.index(only[0])
+    _serve_metrics(port)
+    _run(_up(s, selected, standby, drain_timeout))
+
+
+def _serve_metrics(port: int) -> None:
+    try:
+        serve_metrics(port)
+    except OSError as e:
+        typer.echo(f"metrics port {port} is not free ({e.strerror}): pass --metrics-port N (0: off)", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
@@ -347,13 +377,24 @@ def serve(
 ) -> None:
     """Run the embedded NATS server on the demo's data (for the nats CLI) until Ctrl-C."""
     s = _settings(config)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below, not fatal meanwhile
     server = EmbeddedNats(s.data_path / "nats", port=port)
-    url = server.start()
-    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C to stop")
+    url = _start(server)
+    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C or SIGTERM stops it")
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         server.stop()
+
+
+def _start(server: EmbeddedNats) -> str:
+    """Start an embedded server, or one line naming the process that owns its store."""
+    try:
+        return server.start()
+    except DirectoryInUse as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
 
 
 # ----------------------------------------------------------------------------- status
@@ -769,11 +810,25 @@ def _decision_table() -> Table:
     return t
 
 
+async def _keys(kv: Any) -> list[str]:
+    from nats.js.errors import NoKeysError
+
+    try:
+        return list(await kv.keys())
+    except NoKeysError:
+        return []
+
+
 async def _decisions(s: Settings, symbol: str | None, follow: bool, date: str | None = None) -> None:
-    from nats.js.errors import KeyNotFoundError, NoKeysError
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-decisions") as (nc, _):
-        kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
+        try:
+            kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
+        except BucketNotFoundError:
+            raise CommandFailed(
+                f"no decisions on this server yet (prefix {s.prefix!r}): run `tapeline demo` or `tapeline up` first"
+            ) from None
         try:  # "<ticker>" keys hold the latest verdict, "<ticker>.<date>" the last of a day
             keys = [encode_token(symbol)] if symbol else sorted(k for k in await kv.keys() if "." not in k)
         except NoKeysError:
@@ -785,8 +840,9 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool, date: str | 
             try:
                 entry = await kv.get(key)
             except KeyNotFoundError:
-                console.print(f"[yellow]no decision for {symbol} yet[/]")
-                continue
+                known = ", ".join(decode_token(k) for k in sorted(await _keys(kv)) if "." not in k) or "none"
+                when = f" on {date}" if date else ""
+                raise CommandFailed(f"no decision for {symbol!r}{when} (symbols with decisions: {known})") from None
             for ev in decode(entry.value or b"").events:
                 if isinstance(ev, DecisionEnvelope):
                     _decision_row(t, ev)
@@ -810,7 +866,12 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool, date: str | 
 @schemas_app.command("export")
 def schemas_export(directory: Annotated[Path, typer.Argument(help="output directory")]) -> None:
     """Write one JSON Schema per event type."""
-    for path in export_json_schemas(directory):
+    try:
+        paths = export_json_schemas(directory)
+    except OSError as e:
+        typer.echo(f"cannot write schemas to {directory}: {e.strerror or e}; choose a writable directory", err=True)
+        raise typer.Exit(2) from None
+    for path in paths:
         console.print(str(path))
 
 

@@ -1,4 +1,4 @@
-"""``tapeline feed mt5|ibkr|files|sim|auto``: run one feed against a NATS URL.
+"""``tapeline feed mt5|ibkr|files|sim|auto|news``: run one feed against a NATS URL.
 
 Each command loads tapeline.toml (validated; a bad value stops with the key and the fix),
 connects, provisions the streams idempotently and runs the feed with ``adapters.runner.run_feed``.
@@ -18,7 +18,9 @@ import typer
 from tapeline.adapters.runner import Feed, run_feed
 from tapeline.config import ConfigError, Market, Settings, load_settings, require_config_file
 
-feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
+feed_app = typer.Typer(
+    help="Run one market-data feed into NATS JetStream.", no_args_is_help=True, rich_markup_mode=None
+)
 log = structlog.get_logger("tapeline.feed")
 
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (or TAPELINE_NATS_URL)")]
@@ -171,4 +173,17 @@ def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
     except LookupError as e:
         typer.echo(f"configuration error: {e}", err=True)
         raise typer.Exit(2) from None
+    _go(s, nats, feed)
+
+
+@feed_app.command("news")
+def news_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
+    """News of the active source set ([news], [feeds.sources]): files once, or Marketaux/Tiingo polls."""
+    from tapeline.adapters.news.feed import NewsFeed
+
+    s = _settings(config, prefix, feed="active")
+    feed = NewsFeed(s.components()["news"])
+    if not feed.active():
+        typer.echo("configuration error: no news providers selected ([news] providers, [feeds.sources])", err=True)
+        raise typer.Exit(2)
     _go(s, nats, feed)

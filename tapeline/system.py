@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
+from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
@@ -36,6 +37,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     DecisionSynthesis,
     HeartbeatWatchdog,
     NotifierGateway,
+    NewsFeed,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
