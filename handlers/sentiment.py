@@ -23,9 +23,11 @@ The signal's ``metrics`` carry the LLM calls behind it (``source_calls.<provider
 
 from __future__ import annotations
 
+import bisect
 from typing import Annotated, ClassVar
 
 import msgspec
+import numpy as np
 
 from tapeline.handlers.decision import SOURCE_BYTES, SOURCE_CALLS, SOURCE_FAILED
 from tapeline.schemas.components import Consumes, Handler, Window, draft
@@ -37,6 +39,67 @@ class SentimentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     horizon_s: Annotated[float, msgspec.Meta(gt=0)] = 3 * 86400.0  # older scores are dropped
     evidence: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # total weight at which confidence is 1/2
     neutral_band: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1  # |strength| below: NEUTRAL
+
+
+class _Book:
+    """A ticker's scores within the horizon, ordered by (event time, id), as columns for numpy, with
+    the LLM calls behind them counted as scores come and go (one call may score several tickers)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, str]] = []  # (ts_event, event_id)
+        self.ts: list[int] = []
+        self.scores: list[float] = []
+        self.relevance: list[float] = []  # clamped to [0, 1]; 0 for a neutral fallback
+        self.labels: list[str] = []  # what a key factor names: the news id
+        self.call_ids: list[str] = []
+        self.fallback: list[bool] = []
+        self.fallbacks = 0
+        self.by_source: dict[str, int] = {}  # distinct calls per provider
+        self.failed_calls = 0
+        self.reply_bytes = 0
+        self._calls: dict[str, tuple[str, bool, int]] = {}  # call id -> (provider, failed, bytes)
+        self._refs: dict[str, int] = {}
+
+    def add(self, s: SentimentScore) -> None:
+        key = (s.ts_event, s.event_id)
+        i = bisect.bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            return  # a redelivery: held already
+        call = s.llm_call_id or s.event_id
+        self.keys.insert(i, key)
+        self.ts.insert(i, s.ts_event)
+        self.scores.insert(i, max(-1.0, min(1.0, s.score)))
+        self.relevance.insert(i, 0.0 if s.neutral_fallback else max(0.0, min(1.0, s.relevance)))
+        self.labels.insert(i, s.news_id or s.event_id)
+        self.call_ids.insert(i, call)
+        self.fallback.insert(i, s.neutral_fallback)
+        self.fallbacks += s.neutral_fallback
+        self._refs[call] = self._refs.get(call, 0) + 1
+        if call not in self._calls:
+            self._calls[call] = info = (s.provider or s.model or "llm", s.neutral_fallback, s.reply_bytes)
+            self._count(info, 1)
+
+    def prune(self, oldest: int) -> None:
+        n = bisect.bisect_left(self.ts, oldest)
+        if not n:
+            return
+        for i in range(n):
+            self.fallbacks -= self.fallback[i]
+            call = self.call_ids[i]
+            self._refs[call] -= 1
+            if not self._refs[call]:
+                del self._refs[call]
+                self._count(self._calls.pop(call), -1)
+        for col in (self.keys, self.ts, self.scores, self.relevance, self.labels, self.call_ids, self.fallback):
+            del col[:n]
+
+    def _count(self, info: tuple[str, bool, int], sign: int) -> None:
+        provider, failed, size = info
+        self.by_source[provider] = self.by_source.get(provider, 0) + sign
+        if not self.by_source[provider]:
+            del self.by_source[provider]
+        self.failed_calls += sign * failed
+        self.reply_bytes += sign * size
 
 
 class SentimentAgent(Handler):
@@ -51,65 +114,53 @@ class SentimentAgent(Handler):
         cfg: SentimentConfig = self.config
         self.cfg = cfg
         self.state = Window(cfg.horizon_s)
-        self._scores: dict[str, dict[str, SentimentScore]] = {}  # ticker -> event id -> score
+        self._books: dict[str, _Book] = {}
 
     def handle(self, event: AnyEvent) -> list[Event]:
         if not isinstance(event, SentimentScore):
             return []
-        scores = self._scores.setdefault(event.ticker, {})
-        scores[event.event_id] = event
-        now = max(s.ts_event for s in scores.values())
-        horizon_ns = int(self.cfg.horizon_s * 1e9)
-        for key in [k for k, s in scores.items() if now - s.ts_event > horizon_ns]:
-            del scores[key]
-        if event.event_id not in scores:  # arrived older than the horizon: changes nothing
+        book = self._books.setdefault(event.ticker, _Book())
+        book.add(event)
+        now = book.keys[-1][0]
+        book.prune(now - int(self.cfg.horizon_s * 1e9))
+        if (event.ts_event, event.event_id) < book.keys[0]:  # older than the horizon: changes nothing
             return []
-        return [self._signal(event, sorted(scores.values(), key=lambda s: (s.ts_event, s.event_id)), now)]
+        return [self._signal(event.ticker, book, now)]
 
-    def _weight(self, s: SentimentScore, now: int) -> float:
-        if s.neutral_fallback:
-            return 0.0
-        age_s = (now - s.ts_event) / 1e9
-        decay: float = 0.5 ** (age_s / self.cfg.half_life_s)
-        return max(0.0, min(1.0, s.relevance)) * decay
-
-    def _signal(self, event: SentimentScore, scores: list[SentimentScore], now: int) -> Signal:
-        weights = [self._weight(s, now) for s in scores]
-        total = sum(weights)
-        pairs = list(zip(weights, scores, strict=True))
-        strength = sum(w * max(-1.0, min(1.0, s.score)) for w, s in pairs) / total if total else 0.0
-        dispersion = sum(w * abs(s.score - strength) for w, s in pairs) / total if total else 0.0
+    def _signal(self, ticker: str, book: _Book, now: int) -> Signal:
+        ages = (now - np.array(book.ts, dtype=np.float64)) / 1e9
+        weights = np.array(book.relevance) * np.exp2(-ages / self.cfg.half_life_s)
+        scores = np.array(book.scores)
+        total = float(weights.sum())
+        strength = float(weights @ scores) / total if total > 0 else 0.0
+        dispersion = float(weights @ np.abs(scores - strength)) / total if total > 0 else 0.0
         confidence = total / (total + self.cfg.evidence) * (1 - min(dispersion, 2.0) / 2)
         band = self.cfg.neutral_band
         direction = "NEUTRAL" if abs(strength) < band else ("BULLISH" if strength > 0 else "BEARISH")
-        fallbacks = sum(s.neutral_fallback for s in scores)
-        used = sum(w > 0 for w in weights)
-        drivers = sorted((p for p in pairs if p[0] > 0), key=lambda p: (-abs(p[0] * p[1].score), p[1].event_id))
-        key_factors = [f"{s.news_id or s.event_id}: score {s.score:+.2f}, weight {w:.2f}" for w, s in drivers]
-        key_factors = key_factors[:KEY_FACTORS_MAX]
+        impact = weights * np.abs(scores)
+        used = int(np.count_nonzero(weights > 0))
+        top = [int(i) for i in np.lexsort((np.arange(len(impact)), -impact))[:KEY_FACTORS_MAX] if weights[i] > 0]
+        key_factors = [f"{book.labels[i]}: score {scores[i]:+.2f}, weight {weights[i]:.2f}" for i in top]
+        fallbacks = book.fallbacks
         metrics: dict[str, float] = {
             "weight": round(total, 6),
             "dispersion": round(dispersion, 6),
-            "scores": float(len(scores)),
+            "scores": float(len(book.keys)),
             "fallbacks": float(fallbacks),
+            SOURCE_FAILED: float(book.failed_calls),
+            SOURCE_BYTES: float(book.reply_bytes),
+            **{SOURCE_CALLS + provider: float(n) for provider, n in book.by_source.items()},
         }
-        calls = {s.llm_call_id or s.event_id: s for s in scores}  # one call may score several tickers
-        metrics[SOURCE_FAILED] = float(sum(s.neutral_fallback for s in calls.values()))
-        metrics[SOURCE_BYTES] = float(sum(s.reply_bytes for s in calls.values()))
-        for s in calls.values():
-            key = SOURCE_CALLS + (s.provider or s.model or "llm")
-            metrics[key] = metrics.get(key, 0.0) + 1.0
         summary = (
-            f"news sentiment {strength:+.2f} from {used} of {len(scores)} scores"
+            f"news sentiment {strength:+.2f} from {used} of {len(book.keys)} scores"
             f" ({fallbacks} neutral fallbacks), half-life {self.cfg.half_life_s / 3600:g}h"
         )
-        if drivers:
-            top = drivers[0][1]
-            summary += f"; strongest {top.news_id or top.event_id} {top.score:+.2f}"
+        if top:
+            summary += f"; strongest {book.labels[top[0]]} {scores[top[0]]:+.2f}"
         return draft(
             Signal,
             ts_event=now,
-            symbol=event.ticker,
+            symbol=ticker,
             agent="sentiment",
             domain="news",
             direction=direction,

@@ -79,6 +79,7 @@ def test_horizon_drops_old_scores_and_duplicates_count_once() -> None:
     sigs = run(agent, [s1, s1, score(2, T0 + 3 * HOUR, -0.5)])
     assert sigs[1].metrics["scores"] == 1  # the redelivered score counted once
     assert sigs[2].strength == pytest.approx(-0.5) and sigs[2].metrics["scores"] == 1  # the first aged out
+    assert sigs[2].metrics["source_calls.gemini"] == 1 and sigs[2].metrics["source_bytes"] == 100  # its call too
     assert run(agent, [score(3, T0, 0.9)]) == []  # arrives older than the horizon: nothing changes
 
 
