@@ -156,9 +156,12 @@ async def test_sentiment_score_to_decision_a_contract_consumer_reads(
         for i in range(4)
     ]
     await publisher.publish(scores)
+    export_json_schemas(tmp_path / "schemas")
+    schema = json.loads((tmp_path / "schemas" / "decision.schema.json").read_text())
     envelopes: list[contract.Envelope] = []
     while len(envelopes) < 4:
         msg = await sub.next_msg(timeout=60)
+        jsonschema.validate(json.loads(msg.data), schema)  # as published, against the exported schema
         env = contract.decode_envelope(msg.data)
         assert env is not None, msg.data
         envelopes.append(env)
