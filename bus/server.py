@@ -87,7 +87,11 @@ class EmbeddedNats:
         for old in self.data_dir.glob("*.ports"):
             old.unlink()
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(self._config())
+        # 0600 from the first byte: an authorization block holds passwords (never logged, never elsewhere)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
+        with os.fdopen(fd, "w") as f:
+            f.write(self._config())
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self._proc = subprocess.Popen(
             [find_nats_server(), "-c", str(conf)],

@@ -389,6 +389,16 @@ class OrderApproved(_OrderEvent, frozen=True, kw_only=True, tag="order_approved"
     intent_id: str = ""
 
 
+class OrderReserved(_OrderEvent, frozen=True, kw_only=True, tag="order_reserved"):
+    """The one claim on a client order id, on its own subject: published with
+    ``Nats-Expected-Last-Subject-Sequence: 0`` before the broker is called, so only the first
+    attempt ever wins (the ORDER stream never expires it). Later attempts check the broker instead."""
+
+    subject_template: ClassVar[str] = "order.reserve.{client_order_id}"
+    broker: str
+    approval_id: str = ""
+
+
 class OrderSubmitted(_OrderEvent, frozen=True, kw_only=True, tag="order_submitted"):
     subject_template: ClassVar[str] = "order.submitted.{account}.{symbol}"
     broker: str
@@ -445,6 +455,9 @@ class CircuitBreakerTripped(Event, frozen=True, kw_only=True, tag="breaker_tripp
     breaker: str
     scope: str = "all"
     reason: str
+    hard: bool = True  # False: a soft breaker, resumed automatically when its condition clears
+    value: float = 0.0  # what tripped it (loss in $, drawdown fraction, losses in a row, seconds silent)
+    limit: float = 0.0
 
 
 class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resumed"):
@@ -455,6 +468,22 @@ class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resum
     scope: str = "all"
     operator: str
     note: str = ""
+
+
+class Scan(Event, frozen=True, kw_only=True, tag="scan"):
+    """The scanner's Q* score (0-10) of a decision as a trade candidate; only ``passed`` ones are sized."""
+
+    subject_template: ClassVar[str] = "risk.scan.{symbol}"
+    symbol: str
+    decision_id: str
+    verdict: Verdict
+    confidence: float
+    score: float
+    grade: str  # "A+", "A", "B", "C"
+    passed: bool
+    parts: dict[str, float] = {}  # the score's components, each 0..1
+    skip_rate: float = 0.0  # skipped / scanned so far
+    reasoning: str = ""
 
 
 class PlanItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -492,6 +521,7 @@ AnyEvent = (
     | DecisionEnvelope
     | OrderIntent
     | OrderApproved
+    | OrderReserved
     | OrderSubmitted
     | OrderAccepted
     | OrderRejected
@@ -501,6 +531,7 @@ AnyEvent = (
     | CircuitBreakerTripped
     | CircuitBreakerResumed
     | RebalancePlan
+    | Scan
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)  # the union is the one list of event types

@@ -23,8 +23,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tapeline import ops
 from tapeline.adapters.runner import FeedStats, run_feed
 from tapeline.adapters.sim import SimFeed
+from tapeline.bus.auth import IdentityError, authorization_config, identity_for, passwords_from_env
 from tapeline.bus.connection import NatsConnectError, NatsSettings, redact_url
 from tapeline.bus.consumer import ConsumerLost
 from tapeline.bus.jetstream import JetStreamApi
@@ -301,12 +303,17 @@ def up(
     in the role list, so one process per role on a host needs no flags; --metrics-port overrides.
     """
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
+    try:  # the NATS identity of these roles (bus.auth)
+        identity = identity_for(only or ROLES)
+    except IdentityError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
     selected = tuple(only or ROLES)
     port = s.metrics_port
     if metrics_port is None and only and s.metrics_port == DEFAULT_METRICS_PORT and only[0] in ROLES:
         port = s.metrics_port + 1 + ROLES.index(only[0])
     _serve_metrics(port)
-    _run(_up(s, selected, standby, drain_timeout))
+    _run(_up(s, selected, standby, drain_timeout, identity))
 
 
 def _serve_metrics(port: int) -> None:
@@ -317,11 +324,12 @@ def _serve_metrics(port: int) -> None:
         raise typer.Exit(2) from None
 
 
-async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
+async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float, identity: str = "") -> None:
     from tapeline.bus.lease import LeaseHeld, LeaseLost
 
     close_s = min(2.0, drain_s / 5)  # of the budget, for closing the connection; as much again to exit
-    async with nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s) as (nc, url):
+    session = nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s, identity=identity)
+    async with session as (nc, url):
         try:
             pipeline = Pipeline(
                 nc,
@@ -379,7 +387,9 @@ def serve(
     s = _settings(config)
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below, not fatal meanwhile
-    server = EmbeddedNats(s.data_path / "nats", port=port)
+    passwords = passwords_from_env()  # TAPELINE_NATS_PASSWORD_<IDENTITY> set: only those users get in
+    auth = authorization_config(s.prefix, passwords) if passwords else ""
+    server = EmbeddedNats(s.data_path / "nats", port=port, extra_config=auth)
     url = _start(server)
     console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C or SIGTERM stops it")
     try:
@@ -861,6 +871,52 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool, date: str | 
                         console.print(row)
         except asyncio.CancelledError:
             pass
+
+
+@app.command()
+def halt(
+    operator: Annotated[str, typer.Option("--operator", help="who halts (default: $USER)")] = "",
+    note: Annotated[str, typer.Option("--note", help="why")] = "",
+    scope: Annotated[str, typer.Option("--scope", help="all, account:<a>, symbol:<s> or venue:<v>")] = "all",
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Stop new orders now (a hard breaker) and cancel working ones; `tapeline resume` ends it."""
+    from tapeline import control
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    _run(control.halt(s, operator or os.environ.get("USER", "operator"), note, scope))
+
+
+@app.command()
+def resume(
+    operator: Annotated[str, typer.Option("--operator", help="who resumes (recorded in the event)")],
+    note: Annotated[str, typer.Option("--note", help="why it is safe to trade again")],
+    breaker: Annotated[str, typer.Option("--breaker", help="only this breaker, e.g. halt")] = "",
+    scope: Annotated[str, typer.Option("--scope", help="only this scope, e.g. account:paper")] = "",
+    include_soft: Annotated[bool, typer.Option("--all", help="soft breakers too")] = False,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Resume tripped hard breakers (halt, consecutive losses); exit 1 if none matched."""
+    from tapeline import control
+
+    if not operator.strip() or not note.strip():
+        typer.echo("resume: --operator and --note must not be empty; say who resumes and why", err=True)
+        raise typer.Exit(2)
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    if not _run(control.resume(s, operator, note, breaker, scope, include_soft)):
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- operations (tapeline/ops.py)
+
+app.command("backup")(ops.backup_cmd)
+app.command("restore")(ops.restore_cmd)
+app.command("provision")(ops.provision_cmd)
+app.command("auth-config")(ops.auth_config_cmd)
 
 
 @schemas_app.command("export")

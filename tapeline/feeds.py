@@ -60,7 +60,7 @@ async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
     from tapeline.bus.publisher import Publisher
     from tapeline.bus.topology import provision
 
-    nats = NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}")
+    nats = NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}", identity="feed")
     nc = await connect(nats, retry_for=nats.start_retry_s)
     try:
         await provision(nc, settings.prefix, settings.retention)
@@ -108,7 +108,7 @@ def mt5_cmd(
     async def main() -> None:
         from tapeline.bus.connection import NatsSettings, close_connection, connect
 
-        settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume")
+        settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume", identity="feed")
         nc = await connect(settings, retry_for=settings.start_retry_s)
         try:
             cursors = await resume_cursors(nc, s.prefix, term.venue, term.symbols,

@@ -17,13 +17,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
+from tapeline.adapters.brokers.gateway import ExecutionGateway
 from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.bars import BarAggregator
+from tapeline.handlers.breakers import Breakers
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.risk import RiskGate
+from tapeline.handlers.scanner import Scanner
 from tapeline.handlers.sentiment import SentimentAgent
 from tapeline.handlers.similarity import SimilarityAgent
+from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
@@ -37,7 +42,12 @@ COMPONENTS: tuple[type[Component], ...] = (
     DecisionSynthesis,
     HeartbeatWatchdog,
     NotifierGateway,
+    ExecutionGateway,
     NewsFeed,
+    Scanner,
+    Sizer,
+    RiskGate,
+    Breakers,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
