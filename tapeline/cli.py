@@ -37,6 +37,7 @@ from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
 from tapeline.config import DEFAULT_METRICS_PORT, ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
+from tapeline.perf import perf_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
 from tapeline.projections.table import ReadModelChanged
@@ -56,6 +57,7 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+app.add_typer(perf_app, name="perf")  # tapeline/perf.py
 console = Console()
 log = structlog.get_logger("tapeline")
 

@@ -18,10 +18,12 @@ from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.adapters.news.feed import NewsFeed
+from tapeline.handlers.alerting import OpsAlerts
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.monitor import PriceMoveMonitor
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
@@ -34,6 +36,8 @@ COMPONENTS: tuple[type[Component], ...] = (
     HeartbeatWatchdog,
     NotifierGateway,
     NewsFeed,
+    PriceMoveMonitor,
+    OpsAlerts,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
