@@ -383,6 +383,9 @@ class CircuitBreakerTripped(Event, frozen=True, kw_only=True, tag="breaker_tripp
     breaker: str
     scope: str = "all"
     reason: str
+    hard: bool = True  # False: a soft breaker, resumed automatically when its condition clears
+    value: float = 0.0  # what tripped it (loss in $, drawdown fraction, losses in a row, seconds silent)
+    limit: float = 0.0
 
 
 class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resumed"):
@@ -393,6 +396,22 @@ class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resum
     scope: str = "all"
     operator: str
     note: str = ""
+
+
+class Scan(Event, frozen=True, kw_only=True, tag="scan"):
+    """The scanner's Q* score (0-10) of a decision as a trade candidate; only ``passed`` ones are sized."""
+
+    subject_template: ClassVar[str] = "risk.scan.{symbol}"
+    symbol: str
+    decision_id: str
+    verdict: Verdict
+    confidence: float
+    score: float
+    grade: str  # "A+", "A", "B", "C"
+    passed: bool
+    parts: dict[str, float] = {}  # the score's components, each 0..1
+    skip_rate: float = 0.0  # skipped / scanned so far
+    reasoning: str = ""
 
 
 class PlanItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -439,6 +458,7 @@ AnyEvent = (
     | CircuitBreakerTripped
     | CircuitBreakerResumed
     | RebalancePlan
+    | Scan
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)  # the union is the one list of event types

@@ -857,6 +857,44 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
             pass
 
 
+@app.command()
+def halt(
+    operator: Annotated[str, typer.Option("--operator", help="who halts (default: $USER)")] = "",
+    note: Annotated[str, typer.Option("--note", help="why")] = "",
+    scope: Annotated[str, typer.Option("--scope", help="all, account:<a>, symbol:<s> or venue:<v>")] = "all",
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Stop new orders now (a hard breaker) and cancel working ones; `tapeline resume` ends it."""
+    from tapeline import control
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    _run(control.halt(s, operator or os.environ.get("USER", "operator"), note, scope))
+
+
+@app.command()
+def resume(
+    operator: Annotated[str, typer.Option("--operator", help="who resumes (recorded in the event)")],
+    note: Annotated[str, typer.Option("--note", help="why it is safe to trade again")],
+    breaker: Annotated[str, typer.Option("--breaker", help="only this breaker, e.g. halt")] = "",
+    scope: Annotated[str, typer.Option("--scope", help="only this scope, e.g. account:paper")] = "",
+    include_soft: Annotated[bool, typer.Option("--all", help="soft breakers too")] = False,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Resume tripped hard breakers (halt, consecutive losses); exit 1 if none matched."""
+    from tapeline import control
+
+    if not operator.strip() or not note.strip():
+        typer.echo("resume: --operator and --note must not be empty; say who resumes and why", err=True)
+        raise typer.Exit(2)
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    if not _run(control.resume(s, operator, note, breaker, scope, include_soft)):
+        raise typer.Exit(1)
+
+
 # ----------------------------------------------------------------------------- operations (tapeline/ops.py)
 
 app.command("backup")(ops.backup_cmd)

@@ -20,10 +20,15 @@ from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.alerting import OpsAlerts
 from tapeline.handlers.bars import BarAggregator
+from tapeline.handlers.breakers import Breakers
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
 from tapeline.handlers.monitor import PriceMoveMonitor
+from tapeline.handlers.portfolio import Portfolio
+from tapeline.handlers.risk import RiskGate
+from tapeline.handlers.scanner import Scanner
+from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
@@ -36,8 +41,13 @@ COMPONENTS: tuple[type[Component], ...] = (
     HeartbeatWatchdog,
     NotifierGateway,
     NewsFeed,
+    Scanner,
+    Sizer,
+    RiskGate,
+    Breakers,
     PriceMoveMonitor,
     OpsAlerts,
+    Portfolio,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")

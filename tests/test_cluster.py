@@ -123,6 +123,9 @@ async def test_a_node_killed_mid_stream_loses_no_acknowledged_event(cluster: tup
         md = MD.stream(p)
         info = await api.stream_info(md)
         assert info and info["config"]["num_replicas"] == 3
+        await provision_system(nc, p, Retention(md_max_bytes=-1))  # a process left on the default R1
+        info = await api.stream_info(md)
+        assert info and info["config"]["num_replicas"] == 3, "provisioning must never scale a stream down"
         pipeline = Pipeline(
             nc, p, configs=FAST, db_path=nodes[0].base / "p.duckdb", selected=["handlers"], retention=r3
         )
