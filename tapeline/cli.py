@@ -895,6 +895,30 @@ def resume(
         raise typer.Exit(1)
 
 
+@app.command()
+def rebalance(
+    now: Annotated[bool, typer.Option("--now", help="compute a plan now from the read models")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run/--execute", help="--execute publishes the plan and intents")
+    ] = True,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """The latest [rebalance] plan, or --now a new one (printed; --execute also sends its intents)."""
+    from tapeline.rebalance_cli import rebalance as run_rebalance
+
+    if not dry_run and not now:
+        typer.echo("--execute sends a new plan: add --now (without it the latest stored plan is shown)", err=True)
+        raise typer.Exit(2)
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    try:
+        _run(run_rebalance(s, now=now, execute=now and not dry_run))
+    except QueryError as e:
+        typer.echo(f"{e}".splitlines()[0] + ": run `tapeline demo` or `tapeline up` first", err=True)
+        raise typer.Exit(1) from None
+
+
 # ----------------------------------------------------------------------------- operations (tapeline/ops.py)
 
 app.command("backup")(ops.backup_cmd)

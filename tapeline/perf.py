@@ -51,7 +51,7 @@ def file_rows(path: Path) -> Rows:
     return rows
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -61,7 +61,7 @@ async def accounts(rows: Rows) -> list[str]:
 
 async def curve(rows: Rows, account: str, initial: float) -> list[CurvePoint]:
     """The account's daily equity: ``initial`` + P&L since inception."""
-    got = await rows(f"SELECT day, pnl FROM equity_curve WHERE account = {_quote(account)} ORDER BY day")
+    got = await rows(f"SELECT day, pnl FROM equity_curve WHERE account = {quote(account)} ORDER BY day")
     return [CurvePoint(_day(d), initial + float(p)) for d, p in got]
 
 
@@ -92,7 +92,7 @@ async def decision_hit_rates(
         if not got:
             return "", {}, {}
         interval = str(got[0][0])
-    where = f"{r} IS NOT NULL AND interval = {_quote(interval)}"
+    where = f"{r} IS NOT NULL AND interval = {quote(interval)}"
     calls = await rows(
         f"SELECT confidence, (verdict = 'BUY' AND {r} > 0) OR (verdict = 'SELL' AND {r} < 0) "
         f"FROM decision_returns WHERE verdict IN ('BUY', 'SELL') AND {where}"
@@ -154,7 +154,7 @@ def _settings(config: Path, prefix: str | None, nats: str) -> Settings:
     return s
 
 
-async def _with_rows(s: Settings, work: Callable[[Rows], Awaitable[None]]) -> None:
+async def with_rows(s: Settings, work: Callable[[Rows], Awaitable[None]]) -> None:
     """Run ``work`` against the projector's query service, or the DuckDB file when nothing runs."""
     external = NatsSettings.from_env(s.nats_url).url
     if not external and running_embedded(s.data_path) is None:
@@ -179,7 +179,7 @@ def _go(s: Settings, work: Callable[[Rows], Awaitable[None]]) -> None:
         typer.echo(f"no projection at {s.duckdb_path}: run `tapeline demo` or `tapeline up` first", err=True)
         raise typer.Exit(1)
     try:
-        asyncio.run(_with_rows(s, work))
+        asyncio.run(with_rows(s, work))
     except (QueryError, NatsConnectError, ValueError) as e:
         typer.echo(str(e).splitlines()[0] if str(e) else type(e).__name__, err=True)
         raise typer.Exit(1) from None

@@ -26,6 +26,7 @@ from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
 from tapeline.handlers.monitor import PriceMoveMonitor
 from tapeline.handlers.portfolio import Portfolio
+from tapeline.handlers.rebalance import Rebalancer
 from tapeline.handlers.risk import RiskGate
 from tapeline.handlers.scanner import Scanner
 from tapeline.handlers.sizing import Sizer
@@ -48,6 +49,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     PriceMoveMonitor,
     OpsAlerts,
     Portfolio,
+    Rebalancer,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
