@@ -29,7 +29,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -338,7 +338,8 @@ class ComponentRunner:
                 durable=durable_name(component.name, fam),
                 filter_subjects=tuple(subjects),
                 ordered=component.ordered,
-                batch=1000 if isinstance(component, Handler) else 100,
+                batch=component.batch if isinstance(component, Gateway) else 1000,
+                ack_wait_s=component.ack_wait_s if isinstance(component, Gateway) else 30.0,
             )
             for fam, subjects in families.items()
         ]
@@ -350,7 +351,15 @@ class ComponentRunner:
 
     async def run(self) -> None:
         tasks: list[asyncio.Task[None]] = []
+        reporter: asyncio.Task[None] | None = None  # a gateway's unsolicited results, while it runs
         try:
+            if isinstance(self.component, Gateway):
+                await self.component.open(self.nc, self.prefix)
+                reports = self.component.reports()
+                if reports is not None:
+                    reporter = asyncio.create_task(
+                        self._publish_reports(reports), name=f"{self.component.name}:reports"
+                    )
             for spec in self.specs:
                 rt = await self._prepare(spec)
                 if rt is None:  # stopped while waiting as a standby
@@ -364,7 +373,7 @@ class ComponentRunner:
                     rt.stop()
             keepers = [asyncio.create_task(lease.keep()) for lease in self._leases]
             try:
-                waiting: set[asyncio.Task[None]] = {*tasks, *keepers}
+                waiting: set[asyncio.Task[None]] = {*tasks, *keepers, *([reporter] if reporter else [])}
                 while not all(t.done() for t in tasks):
                     done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     for t in done:
@@ -377,11 +386,23 @@ class ComponentRunner:
                 for k in keepers:
                     k.cancel()
         finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
             for t in tasks:  # cancelled from outside: the consumers go with the runner
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for lease in self._leases:
                 await lease.release()
+
+    async def _publish_reports(self, reports: AsyncIterator[Sequence[Event]]) -> None:
+        """A gateway's unsolicited results (broker fills), published as they come, until stopped."""
+        stall = Stall(f"gateway:{self.component.name}:reports", self.publisher)
+        async for events in reports:
+            if events:
+                await publish_waiting_for_space(self.publisher, list(events), stall)
+            if self._stopping:
+                return
 
     async def _prepare(self, spec: ConsumerSpec) -> ConsumerRuntime | None:
         c = self.component

@@ -50,6 +50,7 @@ from tapeline.schemas.events import (
 
 DAY_NS = 86_400 * 10**9
 HARD = {"consecutive_losses", "halt"}
+BREAKERS = {"daily_loss", "drawdown", "consecutive_losses", "stale_feed", "halt"}
 
 
 class BreakersConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,6 +137,13 @@ class Breakers(Handler):
                       note=note)]  # fmt: skip
 
     def handle(self, event: AnyEvent) -> list[Event]:
+        out = self._handle(event)
+        # tapeline_breakers_tripped{key=<breaker>}: 1 while any scope of that breaker is tripped
+        tripped = {key.split("\x1f", 1)[0] for key in self.s.tripped}
+        self.gauges["tripped"] = {b: float(b in tripped) for b in BREAKERS | tripped}
+        return out
+
+    def _handle(self, event: AnyEvent) -> list[Event]:
         if isinstance(event, CircuitBreakerTripped | CircuitBreakerResumed):
             return self._external(event)
         self.s.now = max(self.s.now, event.ts_event)

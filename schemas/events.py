@@ -327,6 +327,16 @@ class OrderApproved(_OrderEvent, frozen=True, kw_only=True, tag="order_approved"
     intent_id: str = ""
 
 
+class OrderReserved(_OrderEvent, frozen=True, kw_only=True, tag="order_reserved"):
+    """The one claim on a client order id, on its own subject: published with
+    ``Nats-Expected-Last-Subject-Sequence: 0`` before the broker is called, so only the first
+    attempt ever wins (the ORDER stream never expires it). Later attempts check the broker instead."""
+
+    subject_template: ClassVar[str] = "order.reserve.{client_order_id}"
+    broker: str
+    approval_id: str = ""
+
+
 class OrderSubmitted(_OrderEvent, frozen=True, kw_only=True, tag="order_submitted"):
     subject_template: ClassVar[str] = "order.submitted.{account}.{symbol}"
     broker: str
@@ -449,6 +459,7 @@ AnyEvent = (
     | DecisionEnvelope
     | OrderIntent
     | OrderApproved
+    | OrderReserved
     | OrderSubmitted
     | OrderAccepted
     | OrderRejected

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
+from tapeline.adapters.brokers.gateway import ExecutionGateway
 from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.alerting import OpsAlerts
 from tapeline.handlers.bars import BarAggregator
@@ -41,6 +42,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     DecisionSynthesis,
     HeartbeatWatchdog,
     NotifierGateway,
+    ExecutionGateway,
     NewsFeed,
     Scanner,
     Sizer,

@@ -55,8 +55,10 @@ def test_daily_loss_trips_soft_and_resumes_on_the_next_utc_day() -> None:
     tripped = out[0]
     assert isinstance(tripped, CircuitBreakerTripped) and tripped.value == 2_500 and tripped.limit == 2_000
     assert react(b, mark("AAA", 74.0, T0 + 3 * MIN)) == []  # tripped once, not again
+    assert b.gauges["tripped"]["daily_loss"] == 1.0 and b.gauges["tripped"]["drawdown"] == 0.0  # the metric
     next_day = (T0 // DAY + 1) * DAY + MIN
     assert resumes(react(b, mark("AAA", 74.0, next_day))) == [("daily_loss", "account:paper", "auto")]
+    assert b.gauges["tripped"]["daily_loss"] == 0.0
 
 
 def test_drawdown_trips_at_its_limit_and_resumes_below_the_resume_level() -> None:
