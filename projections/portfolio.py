@@ -20,7 +20,7 @@ print: per day / week / month / all, P&L, return, max drawdown, Sharpe, Sortino,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Literal
 
@@ -196,7 +196,7 @@ def performance(initial: float, points: Sequence[CurvePoint], period: Period = "
     return out or [figures("all", initial, [])]
 
 
-def buy_and_hold(initial: float, closes: dict[str, Sequence[tuple[date, float]]]) -> list[CurvePoint]:
+def buy_and_hold(initial: float, closes: Mapping[str, Sequence[tuple[date, float]]]) -> list[CurvePoint]:
     """The equity curve of ``initial`` split equally over the symbols at their first close, then held."""
     live = {s: sorted(c) for s, c in closes.items() if c and c[0][1] > 0}
     if not live:

@@ -919,6 +919,36 @@ def rebalance(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def backtest(
+    name: Annotated[
+        str, typer.Option(help="isolated namespace <prefix>-backtest-<name>, DuckDB file <name>.duckdb")
+    ] = "run1",
+    png: Annotated[Path, typer.Option(help="chart of equity vs buy and hold, and drawdown")] = Path("backtest.png"),
+    threshold: Annotated[float | None, typer.Option(help="decision threshold on the ensemble score")] = None,
+    momentum_window: Annotated[int | None, typer.Option(help="bars in the momentum window")] = None,
+    publish: Annotated[bool, typer.Option(help="publish every event under the isolated namespace")] = True,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Replay the [feeds.files] files through decisions, risk and a paper broker; report vs buy and hold."""
+    from tapeline.adapters.files import FileImportError
+    from tapeline.backtest import run_backtest
+
+    s = _settings(config, feed="files", prefix=prefix, nats_url=nats or None)
+    alt = s.components()
+    if threshold is not None:
+        alt["decision"] = msgspec.structs.replace(alt["decision"], threshold=threshold)
+    if momentum_window is not None:
+        alt["momentum"] = msgspec.structs.replace(alt["momentum"], window=momentum_window)
+    try:
+        _run(run_backtest(s, alt, name, png, publish))
+    except (FileImportError, ValueError) as e:
+        typer.echo(str(e).splitlines()[0], err=True)
+        raise typer.Exit(2) from None
+
+
 # ----------------------------------------------------------------------------- operations (tapeline/ops.py)
 
 app.command("backup")(ops.backup_cmd)
