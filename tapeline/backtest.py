@@ -1,13 +1,14 @@
 """``tapeline backtest``: the price files through decisions, risk and a paper broker, judged against buy-and-hold.
 
-The file feed's events (``[feeds.files]``: bars, ticks, the alerts it raises) are merged by event
-time and run through every declared handler with the in-process runner (bars, features,
-momentum, decision, scanner, sizing, risk gate, breakers, portfolio, ...), exactly as they run
-live. Approved orders fill by the paper broker's own rule (``adapters/brokers/paper.py``: the
-first later tick at the quote, or the open of the first bar that starts after the approval; the
-``[execution]`` slippage and commission), and each fill goes back through the handlers, so risk,
-breakers and the portfolio see it as they would live. Gateways make no calls (no LLM, no broker,
-no webhook): a news-driven agent votes only from what is already recorded.
+The file feed's events (``[feeds.files]``: bars, ticks, the alerts it raises) and the news files
+(``[news.files]``: FNSPID, SemEval) are merged by event time and run through every declared handler
+with the in-process runner (bars, features, momentum, decision, scanner, sizing, risk gate,
+breakers, portfolio, ...), exactly as they run live. Approved orders fill by the paper broker's own
+rule (``adapters/brokers/paper.py``: the first later tick at the quote, or the open of the first
+bar that starts after the approval; the ``[execution]`` slippage and commission), and each fill
+goes back through the handlers, so risk, breakers and the portfolio see it as they would live.
+Gateways make no calls (no LLM, no broker, no webhook): a news-driven agent votes only from what
+is already recorded.
 
 Risk, sizing, the scanner and the breakers read bars of their own ``interval`` (``1m`` by default);
 the backtest sets it to the files' bar interval (``momentum.interval``) so daily files can trade.
@@ -45,6 +46,7 @@ from tapeline.schemas.events import (
     Bar,
     DecisionEnvelope,
     Event,
+    NewsItem,
     OrderApproved,
     OrderFilled,
     OrderIntent,
@@ -205,8 +207,15 @@ async def run_backtest(s: Settings, configs: dict[str, Any], name: str, png: Pat
     configs = aligned_configs(configs)
     say = console.print
     inputs = await read_feed(files_feed(s.feeds))
+    news_cfg = configs["news"]
+    if news_cfg.files.fnspid or news_cfg.files.semeval.path:  # the [news.files] files, as the news feed reads them
+        from tapeline.adapters.news.feed import NewsFeed
+
+        news = await read_feed(NewsFeed(msgspec.structs.replace(news_cfg, providers=["files"])))
+        inputs = list(heapq.merge(inputs, news, key=lambda e: e.ts_event))
     bars = sum(isinstance(e, Bar) for e in inputs)
-    say(f"read {len(inputs):,} events ({bars:,} bars) from the files")
+    items = sum(isinstance(e, NewsItem) for e in inputs)
+    say(f"read {len(inputs):,} events ({bars:,} bars, {items:,} news items) from the files")
     handlers = [c(configs.get(c.name)) for c in COMPONENTS if issubclass(c, Handler)]
     initial = float(configs["portfolio"].initial_cash)
     interval = str(configs["momentum"].interval)
