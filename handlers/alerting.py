@@ -31,7 +31,7 @@ class OpsAlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     breakers: bool = True
     dead_letters: bool = True
     # consumers (durable name prefixes) whose dead letters raise no alert: the notifiers and this handler
-    quiet_consumers: list[str] = msgspec.field(default_factory=lambda: ["notifier_", "email_", "ops_alerts_"])
+    quiet_consumers: list[str] = msgspec.field(default_factory=lambda: ["notifier_", "ops_alerts_"])
 
 
 class OpsAlerts(Handler):
