@@ -196,6 +196,47 @@ def performance(initial: float, points: Sequence[CurvePoint], period: Period = "
     return out or [figures("all", initial, [])]
 
 
+class TradeStats(msgspec.Struct, frozen=True):
+    closed: int  # fills that reduced or closed a position (each a trade)
+    won: int  # ... with a realised gain after commission
+    realised: float  # realised P&L of those fills
+
+    @property
+    def win_rate(self) -> float:
+        return self.won / self.closed if self.closed else 0.0
+
+
+def trade_stats(fills: Sequence[tuple[str, str, float, float, float]]) -> TradeStats:
+    """Average-cost round trips over ``(symbol, side, quantity, price, commission)`` fills in time order.
+
+    A fill that reduces a position realises (price - average cost) x the closed quantity (sign by
+    side) minus its commission: that is a trade, won if positive. The rest of a fill that flips
+    the position opens the new side at the fill price.
+    """
+    qty: dict[str, float] = {}
+    avg: dict[str, float] = {}
+    closed = won = 0
+    realised = 0.0
+    for sym, side, q, price, fee in fills:
+        signed = q if side == "BUY" else -q
+        held = qty.get(sym, 0.0)
+        if held and (held > 0) != (signed > 0):
+            shut = min(abs(held), abs(signed))
+            pnl = shut * (price - avg[sym]) * (1 if held > 0 else -1) - fee
+            closed, won, realised = closed + 1, won + (pnl > 0), realised + pnl
+            rest = signed + (shut if signed < 0 else -shut)
+            held += signed
+            if abs(held) < 1e-12:
+                held = 0.0
+            elif rest:  # flipped: the remainder opens at this price
+                avg[sym] = price
+        else:
+            avg[sym] = (avg.get(sym, 0.0) * abs(held) + price * abs(signed)) / (abs(held) + abs(signed))
+            held += signed
+        qty[sym] = held
+    return TradeStats(closed, won, realised)
+
+
 def buy_and_hold(initial: float, closes: Mapping[str, Sequence[tuple[date, float]]]) -> list[CurvePoint]:
     """The equity curve of ``initial`` split equally over the symbols at their first close, then held."""
     live = {s: sorted(c) for s, c in closes.items() if c and c[0][1] > 0}

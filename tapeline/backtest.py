@@ -38,7 +38,7 @@ from tapeline.adapters.runner import Feed
 from tapeline.bus.inprocess import InProcessRunner
 from tapeline.config import Settings
 from tapeline.projections.duckdb import ProjectionDb
-from tapeline.projections.portfolio import CurvePoint, Figures, buy_and_hold, performance
+from tapeline.projections.portfolio import CurvePoint, Figures, TradeStats, buy_and_hold, performance
 from tapeline.projections.table import Row
 from tapeline.projections.tables import TABLES
 from tapeline.schemas.components import Component, Handler
@@ -65,6 +65,7 @@ class BacktestResult(msgspec.Struct):
     counts: dict[str, int]  # decisions, intents, approved, rejected, fills
     accounts: dict[str, list[Figures]]  # all-time figures per account
     curves: dict[str, list[CurvePoint]]
+    trades: dict[str, TradeStats]
     baseline: list[Figures]
     baseline_curve: list[CurvePoint]
     seconds: float
@@ -159,7 +160,7 @@ async def backtest(
     interval: str,
     db_path: Path,
 ) -> tuple[BacktestResult, list[Event]]:
-    from tapeline.perf import accounts, curve, file_rows
+    from tapeline.perf import accounts, curve, file_rows, trades
 
     started = time.perf_counter()
     derived = await simulate(inputs, components, execution)
@@ -167,7 +168,9 @@ async def backtest(
     rows = file_rows(db_path)
     figures: dict[str, list[Figures]] = {}
     curves: dict[str, list[CurvePoint]] = {}
+    closed: dict[str, TradeStats] = {}
     for name in await accounts(rows):
+        closed[name] = await trades(rows, name)
         curves[name] = await curve(rows, name, initial_cash)
         figures[name] = performance(initial_cash, curves[name], "all")
     bh = buy_and_hold(initial_cash, baseline_closes(inputs, interval))
@@ -186,6 +189,7 @@ async def backtest(
             counts=counts,
             accounts=figures,
             curves=curves,
+            trades=closed,
             baseline=performance(initial_cash, bh, "all"),
             baseline_curve=bh,
             seconds=time.perf_counter() - started,
@@ -201,7 +205,7 @@ async def backtest(
 async def run_backtest(s: Settings, configs: dict[str, Any], name: str, png: Path, publish: bool) -> BacktestResult:
     """Read the files, simulate, project, publish under ``<prefix>-backtest-<name>``, print and chart."""
     from tapeline.adapters.sources import files_feed
-    from tapeline.perf import figures_table, write_chart
+    from tapeline.perf import figures_table, trades_line, write_chart
     from tapeline.system import COMPONENTS
 
     configs = aligned_configs(configs)
@@ -252,6 +256,7 @@ async def run_backtest(s: Settings, configs: dict[str, Any], name: str, png: Pat
         say(figures_table(f"Buy and hold of {interval} closes (no fills: the strategy never traded)", result.baseline))
     for account, figs in result.accounts.items():
         say(figures_table(f"Backtest of {account} vs buy and hold (all time)", figs, result.baseline))
+        say(trades_line(result.trades[account]))
         out = png if len(result.accounts) == 1 else png.with_name(f"{png.stem}-{account}{png.suffix}")
         write_chart(out, initial, result.curves[account], _aligned(result.curves[account], result.baseline_curve))
         say(f"equity (blue) vs buy and hold (orange) and drawdown: {out}")

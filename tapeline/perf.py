@@ -2,7 +2,8 @@
 
 ``tapeline perf`` reads ``equity_curve`` (``projections/portfolio.py``) through the projector's
 query service (or the DuckDB file when nothing runs), prints P&L, return, max drawdown, Sharpe,
-Sortino, Calmar and win rate per day / week / month / all time, and writes a PNG of equity over
+Sortino, Calmar and win rate (days with a gain) per day / week / month / all time, the closed
+trades won (average cost), and writes a PNG of equity over
 drawdown. ``tapeline perf decisions`` reads ``decision_returns`` and shows the hit rate of
 BUY/SELL decisions by confidence bucket and of each agent's call inside them (BULLISH/BEARISH).
 Equity = ``[portfolio] initial_cash`` + the curve's P&L.
@@ -25,7 +26,17 @@ from tapeline.bus.logging import configure_logging
 from tapeline.chart import equity_chart
 from tapeline.config import ConfigError, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit
-from tapeline.projections.portfolio import HORIZONS, PERIODS, CurvePoint, Figures, Period, drawdowns, performance
+from tapeline.projections.portfolio import (
+    HORIZONS,
+    PERIODS,
+    CurvePoint,
+    Figures,
+    Period,
+    TradeStats,
+    drawdowns,
+    performance,
+    trade_stats,
+)
 from tapeline.projections.query import QueryError, query_file, query_remote
 from tapeline.session import nats_session, running_embedded
 
@@ -63,6 +74,19 @@ async def curve(rows: Rows, account: str, initial: float) -> list[CurvePoint]:
     """The account's daily equity: ``initial`` + P&L since inception."""
     got = await rows(f"SELECT day, pnl FROM equity_curve WHERE account = {quote(account)} ORDER BY day")
     return [CurvePoint(_day(d), initial + float(p)) for d, p in got]
+
+
+async def trades(rows: Rows, account: str) -> TradeStats:
+    """Closed trades of the account (average cost), from its fills in stream order."""
+    got = await rows(
+        "SELECT symbol, side, quantity, price, commission FROM fills "
+        f"WHERE account = {quote(account)} ORDER BY ts_event, seq"
+    )
+    return trade_stats([(str(a), str(b), float(c), float(d), float(e)) for a, b, c, d, e in got])
+
+
+def trades_line(t: TradeStats) -> str:
+    return f"closed trades: {t.closed:,}, won {t.win_rate:.0%}, realised P&L {t.realised:+,.2f} (average cost)"
 
 
 def _day(v: Any) -> date:
@@ -219,6 +243,7 @@ def perf_cmd(
             console.print(figures_table(f"Performance of {name} by {chosen}", performance(initial, pts, chosen)))
             if chosen != "all":
                 console.print(figures_table(f"{name}: all time", performance(initial, pts, "all")))
+            console.print(trades_line(await trades(rows, name)))
             out = png if len(names) == 1 else png.with_name(f"{png.stem}-{name}{png.suffix}")
             write_chart(out, initial, pts)
             console.print(f"equity and drawdown chart: {out}")

@@ -14,7 +14,7 @@ from tapeline.bus.components import react
 from tapeline.handlers.portfolio import Portfolio, PortfolioConfig
 from tapeline.perf import decision_hit_rates, file_rows
 from tapeline.projections.duckdb import ProjectionDb
-from tapeline.projections.portfolio import CurvePoint, buy_and_hold, drawdowns, performance
+from tapeline.projections.portfolio import CurvePoint, buy_and_hold, drawdowns, performance, trade_stats
 from tapeline.projections.tables import TABLES
 from tapeline.schemas.components import draft
 from tapeline.schemas.events import (
@@ -194,6 +194,18 @@ def test_performance_figures() -> None:
     assert [d.period for d in performance(100.0, pts, "day")][:2] == ["2024-01-02", "2024-01-03"]
     assert performance(100.0, pts, "month")[0].period == "2024-01"
     assert drawdowns([1.0, 2.0, 1.0, 3.0]) == [0.0, 0.0, 0.5, 0.0]
+
+    t = trade_stats(
+        [
+            ("A", "BUY", 10, 100.0, 1.0),
+            ("A", "BUY", 10, 110.0, 1.0),  # average 105
+            ("A", "SELL", 5, 120.0, 1.0),  # +75 - 1: won
+            ("A", "SELL", 25, 100.0, 1.0),  # closes 15 at -5 each (-76) and opens a short of 10 at 100
+            ("A", "BUY", 10, 90.0, 1.0),  # covers the short: +100 - 1: won
+        ]
+    )
+    assert (t.closed, t.won, t.win_rate) == (3, 2, pytest.approx(2 / 3))
+    assert t.realised == pytest.approx(74.0 - 76.0 + 99.0)
 
     bh = buy_and_hold(1_000.0, {"A": [(days[0], 10.0), (days[1], 20.0)], "B": [(days[1], 5.0)]})
     # 500 in each at its first close; A doubles

@@ -157,6 +157,7 @@ def test_cli_perf_decisions_and_rebalance_on_the_read_models(tmp_path: Path) -> 
     assert "Performance of paper by week" in r.stdout and "Sharpe" in r.stdout and "all time" in r.stdout
     # all time: NVDA 50 @ 110 + 50 sold @ 108, ORCL 100 @ 45: P&L = 50*8 + 50*6 - 300 - 3 fees = 397
     assert "+397.00" in r.stdout
+    assert "closed trades: 1, won 100%" in r.stdout  # sold 50 NVDA at 108 over a 102 average
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
     r = cli("perf", "decisions", "--horizon", "1", config=config)
