@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
+from nats.aio.client import Client
 
 from tapeline.bus.components import react
 from tapeline.bus.inprocess import InProcessRunner
+from tapeline.bus.publisher import Publisher
 from tapeline.handlers.alerting import OpsAlerts
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.monitor import MonitorConfig, PriceMoveMonitor
+from tapeline.pipeline import Pipeline
 from tapeline.schemas.components import draft
 from tapeline.schemas.events import (
     Alert,
@@ -20,6 +26,9 @@ from tapeline.schemas.events import (
     Event,
     Signal,
 )
+from tapeline.schemas.ids import new_event_id
+from tapeline.schemas.subjects import OPS
+from tests.helpers import wait_stored
 
 MIN = 60 * 10**9
 T0 = 1_700_000_000 * 10**9
@@ -114,3 +123,37 @@ def test_breakers_and_dead_letters_become_alerts() -> None:
     (d,) = react(h, dead("momentum_md"))
     assert isinstance(d, Alert) and d.kind == "dead_letter" and "TAPE_MD #42" in d.message
     assert react(h, dead("notifier_ops")) == []  # a failed notification must not alert about itself
+
+
+async def test_ops_alerts_on_a_real_server(nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path) -> None:
+    prefix = provisioned
+    p = Pipeline(nc, prefix, configs={}, db_path=tmp_path / "p.duckdb", selected=["ops_alerts"])
+    await p.start()
+    try:
+        trip = draft(CircuitBreakerTripped, ts_event=T0, breaker="drawdown", scope="account:paper", reason="20% down")
+        quiet = draft(
+            DeadLetter,
+            ts_event=T0,
+            stream="X",
+            stream_seq=1,
+            subject_of_message="s",
+            consumer="notifier_ops",
+            reason="r",
+        )
+        loud = draft(
+            DeadLetter, ts_event=T0, stream="X", stream_seq=2, subject_of_message="s", consumer="bars_md", reason="r"
+        )
+        await publisher.publish(
+            [msgspec.structs.replace(e, event_id=new_event_id(T0), source="test") for e in (trip, quiet, loud)]
+        )
+        evs = await wait_stored(
+            nc,
+            OPS.stream(prefix),
+            f"{prefix}.ops.alert.>",
+            lambda evs: sum(isinstance(e, Alert) for e in evs) >= 2,
+            60,
+        )
+        got = sorted((e.kind, e.key) for e in evs if isinstance(e, Alert))
+        assert got == [("breaker", "breaker:drawdown:account:paper"), ("dead_letter", "deadletter:X:2")]
+    finally:
+        await p.stop()
