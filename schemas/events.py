@@ -209,10 +209,15 @@ class LlmCall(Event, frozen=True, kw_only=True, tag="llm_call"):
     latency_ms: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    request: str = ""  # the request sent, as JSON {system, user, schema} (no key, no headers)
+    tickers: list[str] = []  # the tickers asked about: the only ones a reply may score
+    attempts: int = 0
 
 
 class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
-    """A validated ``{ticker, score, relevance, impact}`` (each score in [-1, 1])."""
+    """A validated ``{ticker, score, relevance, impact}``: score in [-1, 1] (negative .. positive for
+    the stock), relevance and impact in [0, 1] (how much the article is about the ticker; how large
+    a price effect it could have). ``neutral_fallback``: the reply was unusable, all three are 0."""
 
     subject_template: ClassVar[str] = "intel.sentiment.{ticker}"
     ticker: str
@@ -225,6 +230,8 @@ class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
     variant: str = "A"
     model: str = ""
     neutral_fallback: bool = False
+    clamped: bool = False  # a value was outside its range and was clamped
+    detail: str = ""  # why it fell back or what was clamped
 
 
 class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):

@@ -58,6 +58,8 @@ schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
 app.add_typer(perf_app, name="perf")  # tapeline/perf.py
+eval_app = typer.Typer(help="Evaluate sentiment scoring.")
+app.add_typer(eval_app, name="eval")
 console = Console()
 log = structlog.get_logger("tapeline")
 
@@ -155,9 +157,10 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     from tapeline.bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
-    pipeline = Pipeline(
-        nc, s.prefix, configs=s.components(), db_path=s.duckdb_path, selected=ROLES, retention=s.retention
-    )
+    configs = s.components()
+    # The demo never calls a paid LLM API with its headlines, whatever keys the shell holds: offline scorer only.
+    configs["news_llm"] = msgspec.structs.replace(configs["news_llm"], provider="offline")
+    pipeline = Pipeline(nc, s.prefix, configs=configs, db_path=s.duckdb_path, selected=ROLES, retention=s.retention)
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
@@ -967,6 +970,21 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="output direct
         raise typer.Exit(2) from None
     for path in paths:
         console.print(str(path))
+
+
+@eval_app.command("sentiment")
+def eval_sentiment(
+    by: Annotated[str, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = "variant",
+    gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    config: ConfigOpt = Path("tapeline.toml"),
+) -> None:
+    """Compare the sentiment variants over the recorded LLM calls and scores (no provider call)."""
+    from tapeline.sentiment_report import sentiment_by_variant
+
+    if by != "variant":
+        typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
+        raise typer.Exit(2)
+    sentiment_by_variant(_settings(config).duckdb_path, gold, console)
 
 
 def main() -> None:

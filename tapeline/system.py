@@ -18,6 +18,7 @@ from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.adapters.brokers.gateway import ExecutionGateway
+from tapeline.adapters.llm.gateway import NewsLlmGateway
 from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.alerting import OpsAlerts
 from tapeline.handlers.bars import BarAggregator
@@ -30,6 +31,7 @@ from tapeline.handlers.portfolio import Portfolio
 from tapeline.handlers.rebalance import Rebalancer
 from tapeline.handlers.risk import RiskGate
 from tapeline.handlers.scanner import Scanner
+from tapeline.handlers.sentiment_parser import SentimentParser
 from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
@@ -52,6 +54,8 @@ COMPONENTS: tuple[type[Component], ...] = (
     OpsAlerts,
     Portfolio,
     Rebalancer,
+    NewsLlmGateway,
+    SentimentParser,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
