@@ -136,6 +136,8 @@ class SentimentParser(Handler):
             prompt_version=call.prompt_version,
             variant=call.variant,
             model=call.model,
+            provider=call.provider,
+            reply_bytes=len(call.response_text.encode()),
             **kw,
         )
 

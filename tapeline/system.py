@@ -31,31 +31,41 @@ from tapeline.handlers.portfolio import Portfolio
 from tapeline.handlers.rebalance import Rebalancer
 from tapeline.handlers.risk import RiskGate
 from tapeline.handlers.scanner import Scanner
+from tapeline.handlers.sentiment import SentimentAgent
 from tapeline.handlers.sentiment_parser import SentimentParser
+from tapeline.handlers.similarity import SimilarityAgent
 from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
 COMPONENTS: tuple[type[Component], ...] = (
+    # inputs
     ClockFeed,
+    NewsFeed,
+    # market data -> signals
     BarAggregator,
     MarketFeatures,
     MomentumSignal,
+    SimilarityAgent,
+    # news -> sentiment
+    NewsLlmGateway,
+    SentimentParser,
+    SentimentAgent,
+    # signals -> decisions -> orders
     DecisionSynthesis,
-    HeartbeatWatchdog,
-    NotifierGateway,
-    ExecutionGateway,
-    NewsFeed,
     Scanner,
     Sizer,
     RiskGate,
     Breakers,
-    PriceMoveMonitor,
-    OpsAlerts,
+    ExecutionGateway,
+    # portfolio, rebalance, monitor
     Portfolio,
     Rebalancer,
-    NewsLlmGateway,
-    SentimentParser,
+    PriceMoveMonitor,
+    # operations
+    HeartbeatWatchdog,
+    NotifierGateway,
+    OpsAlerts,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")
