@@ -13,8 +13,8 @@ The book lives in the server (a thread of the test process), so a client process
 leaves its orders and executions where they are, as with a real TWS. Market orders fill at once at
 the ask (buy) or bid (sell); limit orders work until ``quote`` makes them marketable or they are
 cancelled. Test controls: ``hold`` ("before": a PLACE_ORDER is taken in but not applied, and is
-lost if its client goes away first; "after": the order is booked but no answer is sent),
-``release``, ``quote``, ``drop`` (close every client socket), ``refuse`` (closes new sockets).
+lost if its client goes away first; "after": the order is booked but no answer is sent; each
+order at most once), ``release``, ``quote``, ``drop`` (close every client socket), ``refuse`` (closes new sockets).
 """
 
 from __future__ import annotations
@@ -146,10 +146,10 @@ class TwsStandIn:
     def release(self) -> None:
         """Held calls go on: "before" ones whose client is still there are applied, answers are sent."""
         with self.lock:
-            held, self.held = self.held, []
-            for conn, fields in held:
+            for conn, fields in self.held:
                 if conn is not None and conn.alive:
                     self._place(conn, fields, hold="")
+            self.held = [(None, fields) for _, fields in self.held]
 
     def drop(self) -> None:
         """TWS restarts: every client socket closes (the book stays)."""
@@ -226,10 +226,11 @@ class TwsStandIn:
             conn.send(55, 1, req_id)
         elif mid == 3:
             self.places.append(f[26])
-            if self.hold == "before":
+            hold = self.hold if f[26] not in {h[1][26] for h in self.held} else ""  # each order held once
+            if hold == "before":
                 self.held.append((conn, f))
             else:
-                self._place(conn, f, hold=self.hold)
+                self._place(conn, f, hold=hold)
         elif mid == 4:
             self._cancel(conn, int(f[2]))
 
