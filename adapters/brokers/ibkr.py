@@ -82,6 +82,7 @@ class IbkrBroker(Broker):
         self._query = asyncio.Lock()  # ib_async keys open/completed order requests by name: one at a time
         self._lost = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
+        self._relinker: asyncio.Task[None] | None = None
 
     # --- connection
     async def start(self, nc: Any, prefix: str) -> None:
@@ -155,7 +156,7 @@ class IbkrBroker(Broker):
         if code == CONNECTIVITY_LOST:
             self.linked = False
         elif code in (RESTORED_DATA_LOST, RESTORED_DATA_KEPT):
-            asyncio.get_running_loop().create_task(self._relink())
+            self._relinker = asyncio.get_running_loop().create_task(self._relink())
 
     async def _relink(self) -> None:
         """TWS is back with the IB servers: read orders and executions afresh before trusting the book."""
