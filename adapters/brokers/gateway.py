@@ -75,6 +75,10 @@ def make_broker(cfg: ExecutionConfig) -> Broker:
         from tapeline.adapters.brokers.mt5 import Mt5Broker
 
         return Mt5Broker(cfg.mt5)
+    if cfg.broker == "ibkr":
+        from tapeline.adapters.brokers.ibkr import IbkrBroker
+
+        return IbkrBroker(cfg.ibkr)
     from tapeline.adapters.brokers.dryrun import DryRunBroker
 
     return DryRunBroker()
