@@ -92,6 +92,7 @@ class ExecutionGateway(Gateway):
     Config: ClassVar[type[msgspec.Struct]] = ExecutionConfig
     ack_wait_s: ClassVar[float] = 3.0  # a killed process's order is taken over (and reconciled) quickly
     batch: ClassVar[int] = 1  # a process that dies costs a delivery attempt of its one order in progress only
+    max_deliver: ClassVar[int] = -1  # a broker whose answer is unknown is asked again until it answers, never dropped
     emits: ClassVar[tuple[type[Event], ...]] = (
         OrderSubmitted,
         OrderAccepted,
