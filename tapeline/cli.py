@@ -42,6 +42,7 @@ from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
 from tapeline.schemas.subjects import FAMILIES, decisions_bucket, encode_token
+from tapeline.sentiment_cli import eval_app, models_app
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
@@ -52,6 +53,8 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event schemas.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")
 console = Console()
 log = structlog.get_logger("tapeline")
 
