@@ -1,14 +1,14 @@
 """The offline sentiment scorer: MiniLM sentence vectors + lexicon counts -> a small ONNX head, in [-1, 1].
 
 Used when no LLM key is set, and as the baseline the LLM scorers are compared with. Everything that
-decides a score ships in ONE file, ``models/artefacts/sentiment-head.onnx``: the head's weights and, in
-its ``metadata_props``, the lexicon word lists, the feature order and scale, and the embedder version it
-was trained on. So the version, ``name@sha256[:12]`` of that file, changes whenever a score could
+decides a score ships in ONE file, ``models/artefacts/sentiment-head.onnx``: the head's weights and
+feature scales and, in its ``metadata_props``, the lexicon word lists and the embedder version it was
+trained on. So the version, ``name@sha256[:12]`` of that file, changes whenever a score could
 change, like a prompt version. ``sentiment-head.json`` beside it is the human-readable record
 (training-data hash, cross-validated figures, hyper-parameters); it is not read to score.
 
 The head is ``clip(sum_i a_i exp(-gamma |z - s_i|^2) + w.z + b, -1, 1)`` over ``z = [embedding,
-scale * lexicon]``: kernel ridge regression plus a linear ridge term (see ``sentiment_train.py``).
+scale * lexicon counts]``: kernel ridge regression plus a linear ridge term (see ``sentiment_train.py``).
 Loading needs no network: the encoder is :class:`~tapeline.models.embedder.TextEmbedder`.
 """
 
@@ -71,7 +71,6 @@ class SentimentModel:
         meta = {p.key: p.value for p in proto.metadata_props}
         try:
             self.lexicon = Lexicon.from_json(meta["lexicon"])
-            self.lexicon_scale = float(meta["lexicon_scale"])
             trained_on = meta["embedder"]
         except (KeyError, ValueError) as e:
             raise SentimentModelError(f"sentiment artefact {path} lacks valid metadata ({e})") from None

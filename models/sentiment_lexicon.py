@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-FEATURES = ("pos_strong", "pos", "neg_strong", "neg", "negator", "hedge", "net")
-"""Names of the columns :meth:`Lexicon.features` returns, in order."""
+SUMMARY = ("pos_strong", "pos", "neg_strong", "neg", "negator", "hedge", "net")
+"""The first columns of :meth:`Lexicon.features`; one count per polar stem follows them."""
 
 _WORD = re.compile(r"[a-z][a-z'\-]*|\?")
 
@@ -49,18 +49,33 @@ class Lexicon:
             raise ValueError("lexicon must map " + ", ".join(fields) + " to lists of strings")
         return cls(**{f: tuple(data[f]) for f in fields})
 
+    @property
+    def stems(self) -> tuple[str, ...]:
+        """Every polar stem, in column order after :data:`SUMMARY`."""
+        return (*self.pos_strong, *self.pos, *self.neg_strong, *self.neg)
+
+    def feature_names(self) -> list[str]:
+        return [*SUMMARY, *(f"stem:{s}" for s in self.stems)]
+
     def features(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Per text: strong/plain positive and negative counts, negators, hedges and a net polarity."""
-        out = np.zeros((len(texts), len(FEATURES)), dtype=np.float32)
+        """Per text: the :data:`SUMMARY` counts (strong/plain positive and negative, negators, hedges, net
+        polarity), then how often each polar stem occurs, so the head can learn each word's own weight."""
+        stems = self.stems
+        out = np.zeros((len(texts), len(SUMMARY) + len(stems)), dtype=np.float32)
         for i, raw in enumerate(texts):
             text = f" {raw.lower()} "
             words = _WORD.findall(text)
-            ps, p, ns, n, neg, hedge = (
-                _count(text, words, stems)
-                for stems in (self.pos_strong, self.pos, self.neg_strong, self.neg, self.negator, self.hedge)
+            per_stem = [_count(text, words, (stem,)) for stem in stems]
+            a, b, c = (
+                len(self.pos_strong),
+                len(self.pos_strong) + len(self.pos),
+                len(self.pos_strong) + len(self.pos) + len(self.neg_strong),
             )
+            ps, p, ns, n = sum(per_stem[:a]), sum(per_stem[a:b]), sum(per_stem[b:c]), sum(per_stem[c:])
+            neg, hedge = _count(text, words, self.negator), _count(text, words, self.hedge)
             net = (2 * ps + p - 2 * ns - n) / (1.0 + ps + p + ns + n)
-            out[i] = (ps, p, ns, n, neg, hedge, net)
+            out[i, : len(SUMMARY)] = (ps, p, ns, n, neg, hedge, net)
+            out[i, len(SUMMARY) :] = per_stem
         return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tapeline.models.sentiment_lexicon import FEATURES, Lexicon
+from tapeline.models.sentiment_lexicon import SUMMARY, Lexicon
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -84,7 +84,8 @@ def cosine(pred: Sequence[float] | F64, gold: Sequence[float] | F64) -> float:
 class HeadParams:
     """Hyper-parameters of the blend (chosen by repeated 10-fold CV on the SemEval file)."""
 
-    lexicon_scale: float = 0.2
+    lexicon_scale: float = 0.2  # weight of the summary counts against the unit-length sentence vector
+    stem_scale: float = 0.3  # weight of each per-stem count
     krr_alpha: float = 0.3
     krr_gamma: float = 1.0
     ridge_alpha: float = 3.0
@@ -100,7 +101,7 @@ class Head:
     weights: F32  # (d,) linear coefficients
     bias: float
     gamma: float
-    lexicon_scale: float
+    lexicon_scale: F32  # (f,) per lexicon column
 
     def predict(self, emb: F32, lex: F32) -> F64:
         """Same arithmetic as the ONNX graph, in numpy (for CV and to check the export)."""
@@ -111,13 +112,21 @@ class Head:
         return np.asarray(np.clip(out, -1.0, 1.0), dtype=np.float64)
 
 
-def _stack(emb: F32, lex: F32, scale: float) -> F32:
-    return np.hstack([emb, scale * lex]).astype(np.float32)
+def _stack(emb: F32, lex: F32, scale: F32) -> F32:
+    return np.hstack([emb, scale[None, :] * lex]).astype(np.float32)
+
+
+def lexicon_scales(params: HeadParams, columns: int) -> F32:
+    """Per-column weights: the summary counts, then the per-stem counts."""
+    scale = np.full(columns, params.stem_scale, dtype=np.float32)
+    scale[: len(SUMMARY)] = params.lexicon_scale
+    return scale
 
 
 def fit_head(emb: F32, lex: F32, y: F64 | Sequence[float], params: HeadParams = HeadParams()) -> Head:
     """Closed-form kernel ridge (RBF) + linear ridge on the same features, blended."""
-    z = _stack(emb, lex, params.lexicon_scale).astype(np.float64)
+    scale = lexicon_scales(params, lex.shape[1])
+    z = _stack(emb, lex, scale).astype(np.float64)
     t = np.asarray(y, dtype=np.float64)
     n = len(t)
     # Kernel ridge around the mean (no intercept in the kernel part).
@@ -136,7 +145,7 @@ def fit_head(emb: F32, lex: F32, y: F64 | Sequence[float], params: HeadParams = 
         weights=((1 - kw) * w).astype(np.float32),
         bias=kw * mean + (1 - kw) * b_ridge,
         gamma=params.krr_gamma,
-        lexicon_scale=params.lexicon_scale,
+        lexicon_scale=scale,
     )
 
 
@@ -214,7 +223,7 @@ def head_to_onnx(head: Head, lexicon: Lexicon, embedder_version: str) -> bytes:
 
     s = head.support
     consts = {
-        "scale": np.array([head.lexicon_scale], dtype=np.float32),
+        "scale": head.lexicon_scale.reshape(1, -1),
         "support_t": np.ascontiguousarray(s.T),
         "support_sq": (s.astype(np.float64) ** 2).sum(1).astype(np.float32),
         "neg_gamma": np.array([-head.gamma], dtype=np.float32),
@@ -246,13 +255,14 @@ def head_to_onnx(head: Head, lexicon: Lexicon, embedder_version: str) -> bytes:
         helper.make_node("Clip", ["raw", "lo", "hi"], ["clipped"]),
         helper.make_node("Squeeze", ["clipped", "axis1"], ["score"]),
     ]
-    dim = s.shape[1] - len(FEATURES)
+    n_lex = len(head.lexicon_scale)
+    dim = s.shape[1] - n_lex
     graph = helper.make_graph(
         nodes,
         "sentiment_head",
         [
             helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim]),
-            helper.make_tensor_value_info("lexicon", TensorProto.FLOAT, ["batch", len(FEATURES)]),
+            helper.make_tensor_value_info("lexicon", TensorProto.FLOAT, ["batch", n_lex]),
         ],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
         initializer=[numpy_helper.from_array(v, name=k) for k, v in consts.items()],
@@ -262,8 +272,6 @@ def head_to_onnx(head: Head, lexicon: Lexicon, embedder_version: str) -> bytes:
     for key, value in {
         "embedder": embedder_version,
         "lexicon": lexicon.to_json(),
-        "lexicon_features": ",".join(FEATURES),
-        "lexicon_scale": repr(head.lexicon_scale),
     }.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -314,7 +322,7 @@ def train_artefact(
         "artefact": onnx_file.name,
         "artefact_sha256": digest,
         "embedder": embedder.version,
-        "features": ["all-MiniLM-L6-v2 sentence vector (384)", *[f"lexicon:{f}" for f in FEATURES]],
+        "features": ["all-MiniLM-L6-v2 sentence vector (384)", *[f"lexicon:{f}" for f in lexicon.feature_names()]],
         "head": "kernel ridge (RBF) + linear ridge blend, clipped to [-1, 1]",
         "params": params_dict(params),
         "training_data": {"file": data.name, "sha256": data_sha256(data), "rows": len(rows)},
