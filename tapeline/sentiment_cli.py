@@ -11,9 +11,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tapeline.models.sentiment import ARTEFACT_DIR, MODEL_NAME, SentimentModelError, load_sentiment_model
+from tapeline.models.sentiment import (
+    ARTEFACT_DIR,
+    MODEL_NAME,
+    SentimentModelError,
+    load_sentiment_model,
+    read_metadata,
+)
 from tapeline.models.sentiment_lexicon import DEFAULT_LEXICON
-from tapeline.models.sentiment_train import HeadlineFileError, HeadParams, cosine, read_headlines, train_artefact
+from tapeline.models.sentiment_train import (
+    HeadlineFileError,
+    HeadParams,
+    cosine,
+    data_sha256,
+    read_headlines,
+    train_artefact,
+)
 
 eval_app = typer.Typer(help="Evaluate scorers against labelled data.", no_args_is_help=True)
 models_app = typer.Typer(help="Train the shipped models.", no_args_is_help=True)
@@ -51,6 +64,11 @@ def eval_sentiment(
         f"{len(rows) / seconds:,.0f}" if seconds > 0 else "-",
     )
     console.print(table)
+    if model is None and data_sha256(file) == read_metadata()["training_data"]["sha256"]:
+        console.print(
+            "note: this is the model's training data (a fit, not a held-out figure); "
+            f"cross-validated: {read_metadata()['cross_validation']['cosine_mean']:.4f}"
+        )
 
 
 @models_app.command("train-sentiment")
