@@ -261,6 +261,7 @@ def _csv_lines(fh: Iterable[str]) -> Iterator[Row]:
     """Non-blank CSV rows with their line numbers; a row the parser cannot read comes as its reason."""
     reader = csv.reader(fh)
     while True:
+        start = reader.line_num + 1  # a quoted field may span lines: report the line the row starts on
         try:
             values = next(reader)
         except StopIteration:
@@ -274,9 +275,9 @@ def _csv_lines(fh: Iterable[str]) -> Iterator[Row]:
         if not any(v.strip() for v in values):
             continue
         if any("\ufffd" in v for v in values):
-            yield reader.line_num, f"not UTF-8 text: {sample(','.join(values))}"
+            yield start, f"not UTF-8 text: {sample(','.join(values))}"
             continue
-        yield reader.line_num, values
+        yield start, values
 
 
 def _csv_rows(path: Path, fh: Iterable[str]) -> tuple[list[str], Iterator[Row]]:

@@ -16,6 +16,7 @@ from tapeline.schemas.events import Tick
 from tapeline.schemas.ids import tick_id
 
 DEFAULT_SYMBOLS = ("NVDA", "ORCL", "AAPL", "MSFT", "BRK.B")
+DEFAULT_START_NS = 1_767_225_600_000_000_000  # 2026-01-01 00:00 UTC
 
 
 @dataclass(slots=True)
@@ -35,7 +36,7 @@ class SimFeed:
         *,
         seed: int = 7,
         ticks: int = 100_000,
-        start_ns: int = 1_767_225_600_000_000_000,  # 2026-01-01 00:00 UTC
+        start_ns: int = DEFAULT_START_NS,
         mean_gap_ms: float = 250.0,
         chunk: int = 500,
         venue: str = "sim",

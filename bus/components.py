@@ -12,6 +12,15 @@ sink that does its work:
   everything, :class:`Snapshot` restores the state saved with its position (and saves it again
   after acked batches). It then skips outputs it already stored after that position (a restart
   beyond JetStream's duplicate window must not publish twice) and resumes right after it.
+
+An ordered component may read several streams (the risk gate: intents and fills, bars, breakers)
+if its state policy is :class:`Snapshot`. Then one lease covers all its consumers (keyed by the
+component name, so two processes never split its input), its consumers process one batch at a
+time (a shared lock: a batch is handled *and its outputs published* before another stream's
+batch starts), and its snapshot, keyed by the component name, holds the position of every
+stream, taken under that lock, so the state always belongs exactly to those positions. Across
+streams there is no order: the component sees each stream in order and the streams interleaved
+batch by batch as they arrive; it must not rely on more.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +40,7 @@ from nats.aio.client import Client
 
 from tapeline.bus.jetstream import JetStreamApi, JetStreamError
 from tapeline.bus.lease import Lease
-from tapeline.bus.metrics import COMPONENT_EVENTS
+from tapeline.bus.metrics import COMPONENT_EVENTS, component_gauge
 from tapeline.bus.publisher import Publisher, PublishTimeout, StoreFull
 from tapeline.bus.reader import Received, read
 from tapeline.bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
@@ -96,12 +105,15 @@ def stamp_results(gateway: Gateway, request: AnyEvent, results: Sequence[Event])
 class HandlerSink:
     """Runs a handler over a batch; outputs get deterministic ids and are published before acks."""
 
-    def __init__(self, handler: Handler, publisher: Publisher) -> None:
+    def __init__(self, handler: Handler, publisher: Publisher, lock: asyncio.Lock | None = None) -> None:
         self.component = handler
         self.publisher = publisher
+        self.lock = lock  # shared by the consumers of a component reading several streams
+        self.position = 0  # stream sequence of the last message handled with its outputs published
         self.emitted = 0
         self.skip_ids: set[str] = set()  # outputs stored before a restart
         self._exported: dict[str, int] = {}
+        COMPONENT_EVENTS.labels(handler.name, "rejected")  # at 0 from the start
         self.stopping = asyncio.Event()
         self.stall = Stall(f"handler:{handler.name}", publisher, stop=self.stopping)
 
@@ -109,6 +121,12 @@ class HandlerSink:
         self.stopping.set()
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
+        if self.lock is None:
+            return await self._process(batch)
+        async with self.lock:
+            return await self._process(batch)
+
+    async def _process(self, batch: list[Received]) -> dict[int, Failure]:
         failures: dict[int, Failure] = {}
         pending: list[Event] = []
         for j, rec in enumerate(batch):
@@ -126,15 +144,21 @@ class HandlerSink:
                     break
         self.emitted += await publish_waiting_for_space(self.publisher, pending, self.stall)
         self._export_counters()
+        if batch:
+            self.position = batch[-1].delivery.stream_seq
         return failures
 
     def _export_counters(self) -> None:
-        """Mirror the handler's own monotonic counts (a pure handler cannot touch metrics)."""
+        """Mirror the handler's own counts and current values (a pure handler cannot touch metrics)."""
         for outcome, n in self.component.counters.items():
             seen = self._exported.get(outcome, 0)
             if n > seen:
                 COMPONENT_EVENTS.labels(self.component.name, outcome).inc(n - seen)
                 self._exported[outcome] = n
+        for name, values in self.component.gauges.items():
+            gauge = component_gauge(self.component.name, name)
+            for key, value in values.items():
+                gauge.labels(key).set(value)
 
 
 async def publish_waiting_for_space(publisher: Publisher, events: list[Event], stall: Stall) -> int:
@@ -225,6 +249,7 @@ class SavedState(msgspec.Struct, frozen=True):
     seq: int  # the stream position the state includes (all input up to and including it)
     state: bytes
     ts_ns: int
+    positions: dict[str, int] = {}  # a component reading several streams: the position in each
 
 
 _state_enc = msgspec.msgpack.Encoder()
@@ -249,8 +274,8 @@ class SnapshotStore:
             raise
         return _state_dec.decode(base64.b64decode(reply["message"]["data"]))
 
-    async def save(self, key: str, seq: int, state: bytes) -> None:
-        data = _state_enc.encode(SavedState(seq, state, time.time_ns()))
+    async def save(self, key: str, seq: int, state: bytes, positions: dict[str, int] | None = None) -> None:
+        data = _state_enc.encode(SavedState(seq, state, time.time_ns(), positions or {}))
         await self.nc.request(f"$KV.{self.bucket}.{key}", data, timeout=5.0)
 
 
@@ -302,17 +327,19 @@ class ComponentRunner:
         self.settled = asyncio.Event()  # consumers running, or waiting as a standby
         self.standing_by = False
         families = filters_by_family(component.consumes, prefix)
-        if component.ordered and len(families) != 1:
-            raise ValueError(
-                f"{component.name}: an ordered component reads exactly one stream ({len(families)} declared)"
-            )
+        self.multi = component.ordered and len(families) > 1
+        if self.multi and not isinstance(component.state, Snapshot):
+            raise ValueError(f"{component.name}: an ordered component reading several streams needs a Snapshot policy")
+        self._lock = asyncio.Lock() if self.multi else None
+        self._saved: SavedState | None = None  # the snapshot restored (several streams: read once)
         self.specs = [
             ConsumerSpec(
                 stream=fam.stream(prefix),
                 durable=durable_name(component.name, fam),
                 filter_subjects=tuple(subjects),
                 ordered=component.ordered,
-                batch=1000 if isinstance(component, Handler) else 100,
+                batch=component.batch if isinstance(component, Gateway) else 1000,
+                ack_wait_s=component.ack_wait_s if isinstance(component, Gateway) else 30.0,
             )
             for fam, subjects in families.items()
         ]
@@ -324,7 +351,15 @@ class ComponentRunner:
 
     async def run(self) -> None:
         tasks: list[asyncio.Task[None]] = []
+        reporter: asyncio.Task[None] | None = None  # a gateway's unsolicited results, while it runs
         try:
+            if isinstance(self.component, Gateway):
+                await self.component.open(self.nc, self.prefix)
+                reports = self.component.reports()
+                if reports is not None:
+                    reporter = asyncio.create_task(
+                        self._publish_reports(reports), name=f"{self.component.name}:reports"
+                    )
             for spec in self.specs:
                 rt = await self._prepare(spec)
                 if rt is None:  # stopped while waiting as a standby
@@ -338,7 +373,7 @@ class ComponentRunner:
                     rt.stop()
             keepers = [asyncio.create_task(lease.keep()) for lease in self._leases]
             try:
-                waiting: set[asyncio.Task[None]] = {*tasks, *keepers}
+                waiting: set[asyncio.Task[None]] = {*tasks, *keepers, *([reporter] if reporter else [])}
                 while not all(t.done() for t in tasks):
                     done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     for t in done:
@@ -351,23 +386,35 @@ class ComponentRunner:
                 for k in keepers:
                     k.cancel()
         finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
             for t in tasks:  # cancelled from outside: the consumers go with the runner
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for lease in self._leases:
                 await lease.release()
 
+    async def _publish_reports(self, reports: AsyncIterator[Sequence[Event]]) -> None:
+        """A gateway's unsolicited results (broker fills), published as they come, until stopped."""
+        stall = Stall(f"gateway:{self.component.name}:reports", self.publisher)
+        async for events in reports:
+            if events:
+                await publish_waiting_for_space(self.publisher, list(events), stall)
+            if self._stopping:
+                return
+
     async def _prepare(self, spec: ConsumerSpec) -> ConsumerRuntime | None:
         c = self.component
         if isinstance(c, Handler):
-            sink: HandlerSink | GatewaySink = HandlerSink(c, self.publisher)
+            sink: HandlerSink | GatewaySink = HandlerSink(c, self.publisher, self._lock)
         elif isinstance(c, Gateway):
             sink = GatewaySink(c, self.publisher)
         else:
             raise TypeError(f"{c.name}: a {c.kind} has no consumer runner")
         start: int | None = None
-        if spec.ordered:
-            lease = Lease(self.nc, self.prefix, spec.durable, ttl_s=self.lease_ttl_s)
+        if spec.ordered and not (self.multi and self._leases):  # several streams: one lease, the component's
+            lease = Lease(self.nc, self.prefix, c.name if self.multi else spec.durable, ttl_s=self.lease_ttl_s)
             if await lease.try_acquire():  # held elsewhere: a standby
                 self.standing_by = True
                 self.settled.set()
@@ -375,14 +422,18 @@ class ComponentRunner:
                     return None
                 self.standing_by = False
             self._leases.append(lease)
+        if spec.ordered:
             start = await self._restore_state(spec)
+            if isinstance(sink, HandlerSink):
+                sink.position = start - 1
         rt = ConsumerRuntime(self.nc, self.publisher, spec, sink, start_seq=start)
         if isinstance(sink, GatewaySink):
             sink.runtime = rt
         await self._skip_published(spec, sink, start)
         if isinstance(c.state, Snapshot):
-            rt.after_ack = self._snapshotter(spec.durable, c.state.every_s)
-            rt.on_stop = self._final_snapshot(spec.durable, rt)
+            key = c.name if self.multi else spec.durable
+            rt.after_ack = self._snapshotter(key, c.state.every_s)
+            rt.on_stop = self._final_snapshot(key, rt)
         self.sinks.append(sink)
         return rt
 
@@ -394,6 +445,8 @@ class ComponentRunner:
         """Rebuild state by the declared policy; returns the sequence to resume at."""
         c = self.component
         policy = c.state
+        if isinstance(policy, Snapshot) and self.multi:
+            return await self._restore_multi(spec)
         if isinstance(policy, Snapshot):
             saved = await SnapshotStore(self.nc, self.prefix).load(spec.durable)
             if saved is not None:
@@ -413,6 +466,20 @@ class ComponentRunner:
             if stored is not None:
                 since = stored[1] - int(policy.seconds * 1e9)
                 await self._warm_up(spec, start_time=_rfc3339(since), floor=floor, min_ts=since)
+        return floor + 1
+
+    async def _restore_multi(self, spec: ConsumerSpec) -> int:
+        """Several streams: the state (restored once) with the position of each; a stream it does not
+        cover yet (or no snapshot at all) is rebuilt from its start up to its ack floor."""
+        if not self.sinks:  # the first stream: restore the state once
+            self._saved = await SnapshotStore(self.nc, self.prefix).load(self.component.name)
+            if self._saved is not None:
+                self.component.restore(self._saved.state)
+                log.info("state restored from snapshot", component=self.component.name, positions=self._saved.positions)
+        if self._saved is not None and spec.stream in self._saved.positions:
+            return self._saved.positions[spec.stream] + 1
+        floor = await self._floor(spec)
+        await self._warm_up(spec, start_seq=1, floor=floor)
         return floor + 1
 
     async def _warm_up(
@@ -460,6 +527,13 @@ class ComponentRunner:
         if sink.skip_ids:
             log.info("resuming", consumer=spec.durable, already_published=len(sink.skip_ids))
 
+    def _positions(self) -> dict[str, int]:
+        return {
+            spec.stream: sink.position
+            for spec, sink in zip(self.specs, self.sinks, strict=False)
+            if isinstance(sink, HandlerSink)
+        }
+
     def _snapshotter(self, key: str, every_s: float) -> Any:
         last = [0.0]
 
@@ -476,6 +550,11 @@ class ComponentRunner:
         if not self.nc.is_connected:
             return
         try:
+            if self._lock is not None:  # no batch half done: the state belongs to these positions
+                async with self._lock:
+                    positions, state = self._positions(), self.component.snapshot()
+                await SnapshotStore(self.nc, self.prefix).save(key, seq, state, positions)
+                return
             await SnapshotStore(self.nc, self.prefix).save(key, seq, self.component.snapshot())
         except (nats.errors.Error, JetStreamError, TimeoutError) as exc:
             log.warning("snapshot not saved; the previous one stays", consumer=key, position=seq, error=repr(exc))

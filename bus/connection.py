@@ -199,13 +199,21 @@ class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
     start_retry_s: float = 30.0  # long-running processes: how long to wait for the server at start
 
     @classmethod
-    def from_env(cls, url: str = "", name: str = "tapeline") -> NatsSettings:
-        """Read ``TAPELINE_NATS_*`` variables; an explicit ``url`` wins over the environment."""
+    def from_env(cls, url: str = "", name: str = "tapeline", identity: str = "") -> NatsSettings:
+        """Read ``TAPELINE_NATS_*`` variables; an explicit ``url`` wins over the environment.
+
+        ``identity`` (``bus.auth``): the user this kind of process connects as when
+        ``TAPELINE_NATS_PASSWORD_<IDENTITY>`` is set and no explicit ``TAPELINE_NATS_USER`` is.
+        """
         env = os.environ.get
+        user, password = env("TAPELINE_NATS_USER", ""), env("TAPELINE_NATS_PASSWORD", "")
+        own = env(f"TAPELINE_NATS_PASSWORD_{identity.upper()}", "") if identity else ""
+        if own and not user:
+            user, password = identity, own
         return cls(
             url=url or env("TAPELINE_NATS_URL", ""),
-            user=env("TAPELINE_NATS_USER", ""),
-            password=env("TAPELINE_NATS_PASSWORD", ""),
+            user=user,
+            password=password,
             token=env("TAPELINE_NATS_TOKEN", ""),
             creds_file=env("TAPELINE_NATS_CREDS", ""),
             tls_ca=env("TAPELINE_NATS_TLS_CA", ""),
@@ -316,6 +324,7 @@ async def connect(settings: NatsSettings, *, retry_for: float = 0.0, connect_tim
                 reconnect_time_wait=0,
                 connect_timeout=connect_timeout,
                 error_cb=on_error,
+                inbox_prefix=f"_INBOX_{settings.user}" if settings.user else "_INBOX",  # private (bus.auth)
                 disconnected_cb=nc._on_disconnected,
                 reconnected_cb=nc._on_reconnected,
                 pending_size=64 * 1024 * 1024,

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import structlog
 from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError
+
+log = structlog.get_logger("tapeline.bus")
 
 _json = msgspec.json.Decoder()
 _enc = msgspec.json.Encoder()
@@ -69,6 +72,15 @@ class JetStreamApi:
             await self.call(f"STREAM.CREATE.{name}", config)
             return "created"
         current = info["config"]
+        if config.get("num_replicas", 1) < current.get("num_replicas", 1):
+            # never scale a stream down: a process with a default config must not undo a cluster's R3
+            log.warning(
+                "stream has more replicas than configured; keeping them",
+                stream=name,
+                replicas=current["num_replicas"],
+                configured=config["num_replicas"],
+            )
+            config = {**config, "num_replicas": current["num_replicas"]}
         if all(_same(current.get(k), v) for k, v in config.items()):
             return "unchanged"
         await self.call(f"STREAM.UPDATE.{name}", {**current, **config})

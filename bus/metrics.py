@@ -81,3 +81,30 @@ COMPONENT_EVENTS = Counter(
     "Events a component counted by outcome (e.g. bars: late ticks; rejected input).",
     ["component", "outcome"],
 )
+
+
+_COMPONENT_GAUGES: dict[str, Gauge] = {}
+
+
+def component_gauge(component: str, name: str) -> Gauge:
+    """The gauge ``tapeline_<component>_<name>{key}`` a component's ``gauges[name]`` is mirrored into."""
+    metric = f"tapeline_{component}_{name}"
+    if metric not in _COMPONENT_GAUGES:
+        _COMPONENT_GAUGES[metric] = Gauge(metric, f"{component}: current {name.replace('_', ' ')}, by key", ["key"])
+    return _COMPONENT_GAUGES[metric]
+
+
+def zero_consumer_counters(consumer: str) -> None:
+    """Create a consumer's labelled series at 0, so panels and rate() read 0 rather than "No data"."""
+    EVENTS_CONSUMED.labels(consumer)
+    EVENTS_SKIPPED.labels(consumer)
+    for outcome in ("retry", "dead"):
+        EVENTS_FAILED.labels(consumer, outcome)
+
+
+def zero_publisher_counters(role: str) -> None:
+    """Create a publisher's labelled series at 0 (see :func:`zero_consumer_counters`)."""
+    for c in (EVENTS_PUBLISHED, EVENTS_DUPLICATE, STORE_FULL, PUBLISH_TIMEOUTS):
+        c.labels(role)
+    for reason in ("timeout", "reconnect", "no_responders"):
+        PUBLISH_RETRIES.labels(role, reason)

@@ -34,7 +34,14 @@ from nats.aio.subscription import Subscription
 
 from tapeline.bus.connection import TapelineClient
 from tapeline.bus.consumer import status_code
-from tapeline.bus.metrics import EVENTS_DUPLICATE, EVENTS_PUBLISHED, PUBLISH_RETRIES, PUBLISH_TIMEOUTS, STORE_FULL
+from tapeline.bus.metrics import (
+    EVENTS_DUPLICATE,
+    EVENTS_PUBLISHED,
+    PUBLISH_RETRIES,
+    PUBLISH_TIMEOUTS,
+    STORE_FULL,
+    zero_publisher_counters,
+)
 from tapeline.bus.stall import Stalled
 from tapeline.schemas.codec import encode
 from tapeline.schemas.events import Event
@@ -136,6 +143,7 @@ class Publisher:
         self.nc = nc
         self.prefix = prefix
         self.role = role
+        zero_publisher_counters(role)
         self.window = window
         self.ack_timeout = ack_timeout
         self.max_attempts = max_attempts

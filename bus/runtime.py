@@ -39,6 +39,7 @@ from tapeline.bus.metrics import (
     EVENTS_CONSUMED,
     EVENTS_FAILED,
     EVENTS_SKIPPED,
+    zero_consumer_counters,
 )
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.reader import Received
@@ -126,6 +127,7 @@ class ConsumerRuntime:
         self.spec = spec
         self.stream = spec.stream
         self.durable = spec.durable
+        zero_consumer_counters(self.durable)
         self.start_seq = start_seq  # ordered consumers: where to (re)start
         self.publish_dead_letters = publish_dead_letters
         self.ordered = spec.ordered

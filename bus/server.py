@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from tapeline.bus.lock import DirectoryLock
+
 
 class ServerError(RuntimeError):
     """The embedded server could not be found, started or health-checked."""
@@ -59,6 +61,7 @@ class EmbeddedNats:
         self.url = ""
         self.monitor_url = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = DirectoryLock(data_dir, "the NATS store")
 
     def _config(self) -> str:
         store = self.data_dir / "jetstream"
@@ -74,12 +77,21 @@ class EmbeddedNats:
         )
 
     def start(self, timeout: float = 15.0) -> str:
-        """Start the server and wait until it is healthy; returns its client URL."""
+        """Start the server and wait until it is healthy; returns its client URL.
+
+        Raises :class:`DirectoryInUse` if another process runs a server on the same store.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._lock.held:
+            self._lock.acquire()
         for old in self.data_dir.glob("*.ports"):
             old.unlink()
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(self._config())
+        # 0600 from the first byte: an authorization block holds passwords (never logged, never elsewhere)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
+        with os.fdopen(fd, "w") as f:
+            f.write(self._config())
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self._proc = subprocess.Popen(
             [find_nats_server(), "-c", str(conf)],
@@ -92,6 +104,7 @@ class EmbeddedNats:
         ports_file = self.data_dir / f"nats-server_{self._proc.pid}.ports"
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._lock.release()
                 raise ServerError(f"nats-server exited with {self._proc.returncode}; see {self.log_file}")
             if ports_file.exists():
                 try:
@@ -125,6 +138,7 @@ class EmbeddedNats:
         """Stop cleanly (SIGTERM, so JetStream flushes), kill if it hangs."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
+            self._lock.release()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -132,6 +146,7 @@ class EmbeddedNats:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self._lock.release()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no flush, no goodbye to clients."""
@@ -139,6 +154,7 @@ class EmbeddedNats:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self._lock.release()
 
     def __enter__(self) -> EmbeddedNats:
         self.start()

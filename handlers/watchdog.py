@@ -10,6 +10,8 @@ interval (from ``expected``, else the ``interval_s`` its heartbeats announce). F
 with ``stale=True`` (the feed is alive but its source is disconnected) raises ``feed_stale``.
 Alerts use ``key = "watchdog:<kind>:<feed>"``; the resolution carries the same key.
 Which alerts are open is state no time window can rebuild, so it is snapshotted.
+Metrics (mirrored by the runner): ``tapeline_watchdog_heartbeat_age_seconds{key=<feed>}`` and
+``tapeline_watchdog_feed_down{key=<feed>}`` (1 while stale or missing).
 """
 
 from __future__ import annotations
@@ -105,7 +107,17 @@ class HeartbeatWatchdog(Handler):
                     out.append(self._alert("feed_stale", feed, f"{feed}: data is fresh again",
                                            severity="info", resolved=True))  # fmt: skip
         out += self._check()
+        self._export_status()
         return out
+
+    def _export_status(self) -> None:
+        """Per feed: seconds since its last heartbeat (event time) and 1 while stale or missing."""
+        feeds = set(self.last) | set(self.expected)
+        self.gauges["heartbeat_age_seconds"] = {
+            f: (self.now - self.last[f][0]) / 1e9 if f in self.last else (self.now - (self.origin or self.now)) / 1e9
+            for f in feeds
+        }
+        self.gauges["feed_down"] = {f: float(f in self.stale or f in self.missing) for f in feeds}
 
     def _check(self) -> list[Event]:
         out: list[Event] = []

@@ -308,6 +308,7 @@ class ProjectionSink:
         self.db = db
         self.family = family
         self.stream = stream
+        DISK_FULL.labels(db.name)  # at 0 from the start
         self.until_ns = until_ns
         self.stop_at_seq = stop_at_seq
         self.tables = [t for t in db.tables if t.family == family]

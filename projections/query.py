@@ -6,11 +6,19 @@ runs, ``tapeline query`` opens the file read-only instead (:func:`open_read_only
 SELECT/EXPLAIN statements pass, on a connection that cannot touch files (:func:`confine`): DuckDB's
 ``read_text('/proc/self/environ')``, ``read_csv``, ``glob`` and the like would otherwise hand anyone
 who can send a query the projector's environment (its secrets) and any file it can read.
+
+A query also gets at most ``QUERY_TIMEOUT_S`` seconds (DuckDB has no statement timeout: a timer
+thread interrupts the cursor) and ``MAX_ROWS`` rows (fetched from a streaming result, so a huge
+result is never materialised), so one query cannot stall the projector that serves it. Who may
+send queries at all is NATS's business: with credentials configured only the operator and admin
+identities may publish on ``<prefix>.svc.query`` (``bus.auth``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 MAX_ROWS = 10_000
+QUERY_TIMEOUT_S = 30.0
 _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_EXPLAIN = re.compile(r"\s*explain(\s+analy[sz]e)?\s+", re.IGNORECASE)
 
 
 class QueryError(ValueError):
@@ -48,6 +58,8 @@ def check_read_only(sql: str) -> None:
     for st in statements:
         if st.type not in _READ_ONLY:
             raise QueryError(f"read-only: {st.type.name} statements are not allowed, only SELECT")
+        if st.type == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs what it explains: that must be a SELECT
+            check_read_only(_EXPLAIN.sub("", st.query, count=1))
 
 
 def confine(cur: duckdb.DuckDBPyConnection) -> None:
@@ -62,20 +74,31 @@ def confine(cur: duckdb.DuckDBPyConnection) -> None:
         cur.execute("SET lock_configuration = true")
 
 
-def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
+def run_query(
+    con: duckdb.DuckDBPyConnection, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S, max_rows: int = MAX_ROWS
+) -> QueryResult:
+    """One read-only query on a confined cursor of ``con``: interrupted after ``timeout_s``, ``max_rows`` at most."""
     check_read_only(sql)
     cur = con.cursor()
+    timer = threading.Timer(timeout_s, cur.interrupt)
+    timer.daemon = True
     try:
         confine(cur)
+        timer.start()
         rel = cur.execute(sql)
         columns = [d[0] for d in rel.description or []]
-        rows = rel.fetchmany(MAX_ROWS + 1)
+        rows = rel.fetchmany(max_rows + 1)
     except duckdb.PermissionException as e:
         first = str(e).splitlines()[0].removeprefix("Permission Error: ")
         raise QueryError(f"refused: queries read the projection tables only, not files ({first})") from None
+    except duckdb.InterruptException:
+        raise QueryError(f"refused: the query ran longer than {timeout_s:g}s; narrow it (WHERE, LIMIT)") from None
+    except duckdb.Error as e:  # a mistake in the SQL: DuckDB's first line says which (the rest echoes the query)
+        raise QueryError(str(e).splitlines()[0]) from None
     finally:
+        timer.cancel()
         cur.close()
-    return QueryResult(columns, [list(r) for r in rows[:MAX_ROWS]], truncated=len(rows) > MAX_ROWS)
+    return QueryResult(columns, [list(r) for r in rows[:max_rows]], truncated=len(rows) > max_rows)
 
 
 def _held(e: duckdb.Error) -> bool:
@@ -151,7 +174,11 @@ class QueryService:
             result = await asyncio.to_thread(run_query, self.con, msg.data.decode())
         except (QueryError, duckdb.Error) as e:
             result = QueryResult([], [], error=str(e))
-        await msg.respond(msgspec.json.encode(result))
+        body = msgspec.json.encode(result)
+        if len(body) > self.nc.max_payload:  # NATS would refuse the reply: say why instead of timing out
+            too_big = f"the result ({len(body):,} bytes) exceeds the NATS max payload; add LIMIT or fewer columns"
+            body = msgspec.json.encode(QueryResult([], [], error=too_big))
+        await msg.respond(body)
 
 
 async def query_remote(nc: Client, prefix: str, sql: str, timeout: float = 30.0) -> QueryResult:  # noqa: ASYNC109

@@ -74,6 +74,7 @@ import pyarrow.compute as pc
 import structlog
 from numpy.typing import NDArray
 
+from tapeline.bus.metrics import PROJECTION_CHECKPOINT, PROJECTION_LAG
 from tapeline.bus.reader import Received
 from tapeline.bus.runtime import Failure
 from tapeline.models.embedder import DIM as TEXT_DIM
@@ -1057,6 +1058,10 @@ class VectorSink:
             self.done.set()
         overdue = self._waiting_since is not None and time.monotonic() - self._waiting_since >= self.commit_every_s
         await self._flush(force=overdue or self.done.is_set())
+        if batch:  # lag = not yet delivered + delivered but not yet committed
+            last = batch[-1].delivery
+            PROJECTION_CHECKPOINT.labels(proj.table, proj.stream).set(proj.checkpoint)
+            PROJECTION_LAG.labels(proj.table, proj.stream).set(last.pending + max(0, last.stream_seq - proj.checkpoint))
         return failures
 
     async def _flush(self, *, force: bool) -> None:

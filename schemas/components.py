@@ -122,6 +122,9 @@ class Component:
     def __init__(self, config: Any = None) -> None:
         self.config: Any = config if config is not None else self.Config()
         self.counters: dict[str, int] = {}  # monotonic counts by outcome, exported as a metric
+        # current values: name -> {key -> value} over a bounded set of keys (e.g. configured feeds),
+        # exported as the gauge tapeline_<component>_<name>{key=...}
+        self.gauges: dict[str, dict[str, float]] = {}
 
     def active(self) -> bool:
         """Whether this component runs at all here (e.g. a notifier without its URL does not)."""
@@ -165,6 +168,11 @@ class Gateway(Component):
     It is never called in replay, and never twice for a request whose result is stored."""
 
     kind: ClassVar[Kind] = "gateway"
+    # A request in progress is kept alive (+WPI) every third of this; a dead process's request is
+    # redelivered after it. Short for effects that must be taken over quickly (broker orders).
+    ack_wait_s: ClassVar[float] = 30.0
+    # Requests fetched at once; each counts a delivery if the process dies (1: only the one in progress).
+    batch: ClassVar[int] = 100
 
     def wants(self, event: AnyEvent) -> bool:
         """Whether this event is a request (others are acked without an effect)."""
@@ -176,6 +184,15 @@ class Gateway(Component):
 
     async def perform(self, event: AnyEvent) -> Sequence[Event]:
         raise NotImplementedError
+
+    async def open(self, nc: Any, prefix: str) -> None:
+        """Called once by the JetStream runner before the first request, with its bus connection:
+        for a gateway whose effect needs the bus (a broker order's reservation). Default: nothing."""
+
+    def reports(self) -> AsyncIterator[Sequence[Event]] | None:
+        """Events the outside world reports on its own after an effect (a broker's fills): the runner
+        publishes them as they come. Their ids come from the source's identity, as a feed's do."""
+        return None
 
 
 class Rejected(ValueError):

@@ -8,7 +8,9 @@ Prices are floats in the instrument's quote currency; times are UNIX nanoseconds
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import typing
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -208,10 +210,15 @@ class LlmCall(Event, frozen=True, kw_only=True, tag="llm_call"):
     latency_ms: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    request: str = ""  # the request sent, as JSON {system, user, schema} (no key, no headers)
+    tickers: list[str] = []  # the tickers asked about: the only ones a reply may score
+    attempts: int = 0
 
 
 class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
-    """A validated ``{ticker, score, relevance, impact}`` (each score in [-1, 1])."""
+    """A validated ``{ticker, score, relevance, impact}``: score in [-1, 1] (negative .. positive for
+    the stock), relevance and impact in [0, 1] (how much the article is about the ticker; how large
+    a price effect it could have). ``neutral_fallback``: the reply was unusable, all three are 0."""
 
     subject_template: ClassVar[str] = "intel.sentiment.{ticker}"
     ticker: str
@@ -224,6 +231,10 @@ class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
     variant: str = "A"
     model: str = ""
     neutral_fallback: bool = False
+    clamped: bool = False  # a value was outside its range and was clamped
+    detail: str = ""  # why it fell back or what was clamped
+    provider: str = ""  # the LLM provider of the call (gemini, openai, offline): the envelope's source_metrics
+    reply_bytes: int = 0  # size of the raw reply it was parsed from: the envelope's source_metrics.total_bytes
 
 
 class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
@@ -279,8 +290,64 @@ class AgentSignal(msgspec.Struct, frozen=True, kw_only=True):
     key_factors: list[str] = []
 
 
+# The decision body of the envelope contract (seed S4, ``schema_version`` "1"): what a consumer written
+# to that contract reads under ``decision``. Ranges are checked at decode.
+UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+SignedUnitFloat = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+ENVELOPE_SCHEMA_VERSION = "1"
+SUMMARY_MAX_CHARS = 300
+KEY_FACTORS_MAX = 10
+
+
+class SynthesisBody(msgspec.Struct, frozen=True, kw_only=True):
+    verdict: Verdict
+    confidence: UnitFloat
+    ensemble_score: SignedUnitFloat
+    reasoning: str = ""
+
+
+class AgentSignalBody(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    domain: str
+    signal: Direction
+    confidence: UnitFloat
+    summary: Annotated[str, msgspec.Meta(max_length=SUMMARY_MAX_CHARS)] = ""
+    key_factors: Annotated[list[str], msgspec.Meta(max_length=KEY_FACTORS_MAX)] = []
+
+
+class SourceMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """The news/LLM calls behind the decision's signals; ``by_source`` is calls per provider."""
+
+    total_calls: Count = 0
+    successful: Count = 0
+    failed: Count = 0
+    total_bytes: Count = 0
+    by_source: dict[str, Count] = {}
+
+
+class PhaseTiming(msgspec.Struct, frozen=True, kw_only=True):
+    phase: str
+    ms: float
+
+
+class DecisionBody(msgspec.Struct, frozen=True, kw_only=True):
+    target: Target
+    synthesis: SynthesisBody
+    agent_signals: list[AgentSignalBody] = []
+    source_metrics: SourceMetrics = msgspec.field(default_factory=SourceMetrics)
+    phase_timings: list[PhaseTiming] = []
+    arena_total_seconds: float | None = None
+
+
 class DecisionEnvelope(Event, frozen=True, kw_only=True, tag="decision"):
-    """The versioned verdict on a symbol; the latest per symbol is also in the decisions KV bucket."""
+    """The versioned verdict on a symbol; the latest per symbol is also in the decisions KV bucket.
+
+    ``schema_version``, ``decision`` and ``published_at`` (with the common ``correlation_id``) are the
+    S4 envelope contract; they are additive, so envelopes written before them still decode (with
+    ``schema_version`` "", which a contract consumer skips). ``target``, ``synthesis`` and the flat
+    ``source_metrics``/``phase_timings`` dicts are the original fields, kept for existing readers.
+    """
 
     subject_template: ClassVar[str] = "decision.{target.ticker}"
     target: Target
@@ -288,6 +355,9 @@ class DecisionEnvelope(Event, frozen=True, kw_only=True, tag="decision"):
     agent_signals: list[AgentSignal] = []
     source_metrics: dict[str, float] = {}
     phase_timings: dict[str, float] = {}  # milliseconds per phase
+    schema_version: str = ""
+    decision: DecisionBody | None = None
+    published_at: datetime | None = None  # the decision's event time (UTC), so a replay republishes it unchanged
 
 
 # ---------------------------------------------------------------- orders
@@ -324,6 +394,16 @@ class OrderApproved(_OrderEvent, frozen=True, kw_only=True, tag="order_approved"
     stop_loss: float = 0.0
     take_profit: float = 0.0
     intent_id: str = ""
+
+
+class OrderReserved(_OrderEvent, frozen=True, kw_only=True, tag="order_reserved"):
+    """The one claim on a client order id, on its own subject: published with
+    ``Nats-Expected-Last-Subject-Sequence: 0`` before the broker is called, so only the first
+    attempt ever wins (the ORDER stream never expires it). Later attempts check the broker instead."""
+
+    subject_template: ClassVar[str] = "order.reserve.{client_order_id}"
+    broker: str
+    approval_id: str = ""
 
 
 class OrderSubmitted(_OrderEvent, frozen=True, kw_only=True, tag="order_submitted"):
@@ -382,6 +462,9 @@ class CircuitBreakerTripped(Event, frozen=True, kw_only=True, tag="breaker_tripp
     breaker: str
     scope: str = "all"
     reason: str
+    hard: bool = True  # False: a soft breaker, resumed automatically when its condition clears
+    value: float = 0.0  # what tripped it (loss in $, drawdown fraction, losses in a row, seconds silent)
+    limit: float = 0.0
 
 
 class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resumed"):
@@ -392,6 +475,22 @@ class CircuitBreakerResumed(Event, frozen=True, kw_only=True, tag="breaker_resum
     scope: str = "all"
     operator: str
     note: str = ""
+
+
+class Scan(Event, frozen=True, kw_only=True, tag="scan"):
+    """The scanner's Q* score (0-10) of a decision as a trade candidate; only ``passed`` ones are sized."""
+
+    subject_template: ClassVar[str] = "risk.scan.{symbol}"
+    symbol: str
+    decision_id: str
+    verdict: Verdict
+    confidence: float
+    score: float
+    grade: str  # "A+", "A", "B", "C"
+    passed: bool
+    parts: dict[str, float] = {}  # the score's components, each 0..1
+    skip_rate: float = 0.0  # skipped / scanned so far
+    reasoning: str = ""
 
 
 class PlanItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -429,6 +528,7 @@ AnyEvent = (
     | DecisionEnvelope
     | OrderIntent
     | OrderApproved
+    | OrderReserved
     | OrderSubmitted
     | OrderAccepted
     | OrderRejected
@@ -438,34 +538,10 @@ AnyEvent = (
     | CircuitBreakerTripped
     | CircuitBreakerResumed
     | RebalancePlan
+    | Scan
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = (
-    Tick,
-    Bar,
-    Heartbeat,
-    Alert,
-    DeadLetter,
-    ModelDeployed,
-    ClockTick,
-    Notification,
-    NewsItem,
-    LlmCall,
-    SentimentScore,
-    Enrichment,
-    Signal,
-    DecisionEnvelope,
-    OrderIntent,
-    OrderSubmitted,
-    OrderAccepted,
-    OrderRejected,
-    OrderFilled,
-    OrderCancelled,
-    RiskCheck,
-    CircuitBreakerTripped,
-    CircuitBreakerResumed,
-    RebalancePlan,
-)
+EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)  # the union is the one list of event types
 
 BY_TAG: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in EVENT_TYPES}  # type: ignore[misc]
 

@@ -23,16 +23,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tapeline import ops
 from tapeline.adapters.runner import FeedStats, run_feed
 from tapeline.adapters.sim import SimFeed
+from tapeline.bus.auth import IdentityError, authorization_config, identity_for, passwords_from_env
 from tapeline.bus.connection import NatsConnectError, NatsSettings, redact_url
 from tapeline.bus.consumer import ConsumerLost
 from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.lock import DirectoryInUse, owner
 from tapeline.bus.logging import configure_logging
 from tapeline.bus.metrics import serve_metrics
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
-from tapeline.config import ConfigError, Market, Settings, load_settings
+from tapeline.config import DEFAULT_METRICS_PORT, ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
@@ -41,18 +44,20 @@ from tapeline.replay.rebuild import NotEnoughSpace, check_space, verify
 from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
-from tapeline.schemas.subjects import FAMILIES, decisions_bucket, encode_token
-from tapeline.sentiment_cli import eval_app, models_app
+from tapeline.schemas.subjects import FAMILIES, decisions_bucket, decode_token, encode_token
+from tapeline.sentiment_cli import evaluate_offline, models_app
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
     help="Tapeline: an event-sourced trading-intelligence pipeline on NATS JetStream.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name config sections like [feeds.files]; Rich markup would eat them
 )
-schemas_app = typer.Typer(help="Event schemas.")
+schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+eval_app = typer.Typer(help="Evaluate sentiment scoring.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
 console = Console()
@@ -75,6 +80,16 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
     except ConsumerLost as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
+    except CommandFailed as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    except DirectoryInUse as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+class CommandFailed(Exception):
+    """A one-shot command that could not do what was asked (not a bug): one line, exit 1."""
 
 
 def _settings(config: Path, *, feed: Market | None = None, **overrides: Any) -> Settings:
@@ -106,11 +121,15 @@ def demo(
         configure_logging("warning")  # the live display is the demo's output; warnings still show
     if ticks is not None:
         s = msgspec.structs.replace(s, sim=msgspec.structs.replace(s.sim, ticks=ticks))
+    holder = owner(s.data_path / "nats")
+    if holder is not None:
+        typer.echo(f"{s.data_path} is in use by PID {holder}: stop it first, or set data_dir elsewhere", err=True)
+        raise typer.Exit(2)
     if s.data_path.exists() and not keep:
         shutil.rmtree(s.data_path)
+    _serve_metrics(s.metrics_port)
     server = EmbeddedNats(s.data_path / "nats")
-    url = server.start()
-    serve_metrics(s.metrics_port)
+    url = _start(server)
     try:
         ok = asyncio.run(_demo(s, url, files=files, batch_ticks=batch_ticks or s.batch_ticks))
     except ReadModelChanged as e:  # only with --keep: a fresh demo has no old tables
@@ -138,9 +157,10 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     from tapeline.bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
-    pipeline = Pipeline(
-        nc, s.prefix, configs=s.components(), db_path=s.duckdb_path, selected=ROLES, retention=s.retention
-    )
+    configs = s.components()
+    # The demo never calls a paid LLM API with its headlines, whatever keys the shell holds: offline scorer only.
+    configs["news_llm"] = msgspec.structs.replace(configs["news_llm"], provider="offline")
+    pipeline = Pipeline(nc, s.prefix, configs=configs, db_path=s.duckdb_path, selected=ROLES, retention=s.retention)
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
@@ -225,7 +245,7 @@ def _summary(pipeline: Pipeline, fed: int, elapsed: float) -> None:
     t = Table(title=f"Demo: {fed:,} events fed in {elapsed:.1f}s ({fed / elapsed:,.0f}/s end to end)")
     t.add_column("table")
     t.add_column("rows", justify="right")
-    for name in ("ticks", "bars", "signals", "decisions", "decision_signals", "dead_letters"):
+    for name in ("ticks", "bars", "news", "signals", "decisions", "decision_signals", "dead_letters"):
         row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
         t.add_row(name, f"{row[0] if row else 0:,}")
     for vs in pipeline.vector_sinks:
@@ -284,17 +304,37 @@ def up(
     """Run handlers and projections against NATS until stopped (SIGINT/SIGTERM drain gracefully).
 
     An external server that is not up yet is retried for TAPELINE_NATS_START_RETRY_S (30) seconds.
+    Metrics: on metrics_port; with `--only ROLE` and the default port (9464), on 9465 + the role's place
+    in the role list, so one process per role on a host needs no flags; --metrics-port overrides.
     """
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
-    serve_metrics(s.metrics_port)
-    _run(_up(s, tuple(only or ROLES), standby, drain_timeout))
+    try:  # the NATS identity of these roles (bus.auth)
+        identity = identity_for(only or ROLES)
+    except IdentityError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    selected = tuple(only or ROLES)
+    port = s.metrics_port
+    if metrics_port is None and only and s.metrics_port == DEFAULT_METRICS_PORT and only[0] in ROLES:
+        port = s.metrics_port + 1 + ROLES.index(only[0])
+    _serve_metrics(port)
+    _run(_up(s, selected, standby, drain_timeout, identity))
 
 
-async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float) -> None:
+def _serve_metrics(port: int) -> None:
+    try:
+        serve_metrics(port)
+    except OSError as e:
+        typer.echo(f"metrics port {port} is not free ({e.strerror}): pass --metrics-port N (0: off)", err=True)
+        raise typer.Exit(2) from None
+
+
+async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float, identity: str = "") -> None:
     from tapeline.bus.lease import LeaseHeld, LeaseLost
 
     close_s = min(2.0, drain_s / 5)  # of the budget, for closing the connection; as much again to exit
-    async with nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s) as (nc, url):
+    session = nats_session(s.nats_url, s.data_path, name="tapeline-up", retry=True, close_s=close_s, identity=identity)
+    async with session as (nc, url):
         try:
             pipeline = Pipeline(
                 nc,
@@ -350,13 +390,26 @@ def serve(
 ) -> None:
     """Run the embedded NATS server on the demo's data (for the nats CLI) until Ctrl-C."""
     s = _settings(config)
-    server = EmbeddedNats(s.data_path / "nats", port=port)
-    url = server.start()
-    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C to stop")
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below, not fatal meanwhile
+    passwords = passwords_from_env()  # TAPELINE_NATS_PASSWORD_<IDENTITY> set: only those users get in
+    auth = authorization_config(s.prefix, passwords) if passwords else ""
+    server = EmbeddedNats(s.data_path / "nats", port=port, extra_config=auth)
+    url = _start(server)
+    console.print(f"nats-server on [bold]{url}[/] (monitoring {server.monitor_url}); Ctrl-C or SIGTERM stops it")
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         server.stop()
+
+
+def _start(server: EmbeddedNats) -> str:
+    """Start an embedded server, or one line naming the process that owns its store."""
+    try:
+        return server.start()
+    except DirectoryInUse as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
 
 
 # ----------------------------------------------------------------------------- status
@@ -730,10 +783,25 @@ def decisions(
     config: ConfigOpt = Path("tapeline.toml"),
     nats: NatsOpt = "",
     prefix: PrefixOpt = None,
+    date: Annotated[str | None, typer.Option("--date", help="the last verdict of that trade date (YYYY-MM-DD)")] = None,
 ) -> None:
-    """The latest verdict per symbol, from the decisions KV bucket; --follow streams new ones."""
+    """The latest verdict per symbol from the decisions KV bucket (--date: of one day); --follow streams new ones."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
-    _run(_decisions(s, symbol, follow))
+    if date is not None:
+        _check_trade_date(symbol, date)
+    _run(_decisions(s, symbol, follow, date))
+
+
+def _check_trade_date(symbol: str | None, date: str) -> None:
+    try:
+        ok = datetime.strptime(date, "%Y-%m-%d").date().isoformat() == date
+    except ValueError:
+        ok = False
+    if not ok or not symbol:
+        typer.echo(
+            f"--date {date!r}: give a symbol and an ISO trade date, e.g. decisions NVDA --date 2026-05-11", err=True
+        )
+        raise typer.Exit(2)
 
 
 def _decision_row(t: Table, env: DecisionEnvelope) -> None:
@@ -757,22 +825,39 @@ def _decision_table() -> Table:
     return t
 
 
-async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
-    from nats.js.errors import KeyNotFoundError, NoKeysError
+async def _keys(kv: Any) -> list[str]:
+    from nats.js.errors import NoKeysError
+
+    try:
+        return list(await kv.keys())
+    except NoKeysError:
+        return []
+
+
+async def _decisions(s: Settings, symbol: str | None, follow: bool, date: str | None = None) -> None:
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-decisions") as (nc, _):
-        kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
         try:
-            keys = [encode_token(symbol)] if symbol else sorted(await kv.keys())
+            kv = await nc.jetstream().key_value(decisions_bucket(s.prefix))
+        except BucketNotFoundError:
+            raise CommandFailed(
+                f"no decisions on this server yet (prefix {s.prefix!r}): run `tapeline demo` or `tapeline up` first"
+            ) from None
+        try:  # "<ticker>" keys hold the latest verdict, "<ticker>.<date>" the last of a day
+            keys = [encode_token(symbol)] if symbol else sorted(k for k in await kv.keys() if "." not in k)
         except NoKeysError:
             keys = []
+        if symbol and date:
+            keys = [f"{encode_token(symbol)}.{date}"]
         t = _decision_table()
         for key in keys:
             try:
                 entry = await kv.get(key)
             except KeyNotFoundError:
-                console.print(f"[yellow]no decision for {symbol} yet[/]")
-                continue
+                known = ", ".join(decode_token(k) for k in sorted(await _keys(kv)) if "." not in k) or "none"
+                when = f" on {date}" if date else ""
+                raise CommandFailed(f"no decision for {symbol!r}{when} (symbols with decisions: {known})") from None
             for ev in decode(entry.value or b"").events:
                 if isinstance(ev, DecisionEnvelope):
                     _decision_row(t, ev)
@@ -793,11 +878,85 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
             pass
 
 
+@app.command()
+def halt(
+    operator: Annotated[str, typer.Option("--operator", help="who halts (default: $USER)")] = "",
+    note: Annotated[str, typer.Option("--note", help="why")] = "",
+    scope: Annotated[str, typer.Option("--scope", help="all, account:<a>, symbol:<s> or venue:<v>")] = "all",
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Stop new orders now (a hard breaker) and cancel working ones; `tapeline resume` ends it."""
+    from tapeline import control
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    _run(control.halt(s, operator or os.environ.get("USER", "operator"), note, scope))
+
+
+@app.command()
+def resume(
+    operator: Annotated[str, typer.Option("--operator", help="who resumes (recorded in the event)")],
+    note: Annotated[str, typer.Option("--note", help="why it is safe to trade again")],
+    breaker: Annotated[str, typer.Option("--breaker", help="only this breaker, e.g. halt")] = "",
+    scope: Annotated[str, typer.Option("--scope", help="only this scope, e.g. account:paper")] = "",
+    include_soft: Annotated[bool, typer.Option("--all", help="soft breakers too")] = False,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Resume tripped hard breakers (halt, consecutive losses); exit 1 if none matched."""
+    from tapeline import control
+
+    if not operator.strip() or not note.strip():
+        typer.echo("resume: --operator and --note must not be empty; say who resumes and why", err=True)
+        raise typer.Exit(2)
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    if not _run(control.resume(s, operator, note, breaker, scope, include_soft)):
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- operations (tapeline/ops.py)
+
+app.command("backup")(ops.backup_cmd)
+app.command("restore")(ops.restore_cmd)
+app.command("provision")(ops.provision_cmd)
+app.command("auth-config")(ops.auth_config_cmd)
+
+
 @schemas_app.command("export")
 def schemas_export(directory: Annotated[Path, typer.Argument(help="output directory")]) -> None:
     """Write one JSON Schema per event type."""
-    for path in export_json_schemas(directory):
+    try:
+        paths = export_json_schemas(directory)
+    except OSError as e:
+        typer.echo(f"cannot write schemas to {directory}: {e.strerror or e}; choose a writable directory", err=True)
+        raise typer.Exit(2) from None
+    for path in paths:
         console.print(str(path))
+
+
+@eval_app.command("sentiment")
+def eval_sentiment(
+    file: Annotated[
+        Path | None, typer.Argument(help="SemEval-2017 Task 5 JSON: score it with the offline model")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = None,
+    gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="offline ONNX head for FILE (default: shipped)")] = None,
+    config: ConfigOpt = Path("tapeline.toml"),
+) -> None:
+    """FILE: the offline model's SemEval cosine, MAE, sign agreement. Without FILE: compare the sentiment
+    variants over the recorded LLM calls and scores (no provider call)."""
+    from tapeline.sentiment_report import sentiment_by_variant
+
+    if file is not None:
+        evaluate_offline(file, model, console, extra=by or gold)
+        return
+    if by not in (None, "variant"):
+        typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
+        raise typer.Exit(2)
+    sentiment_by_variant(_settings(config).duckdb_path, gold, console)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import msgspec
 
 from tapeline.adapters.config import FeedConfigError, FeedsConfig, FilesConfig, Text, validate_feeds
 from tapeline.bus.topology import Retention
+from tapeline.dotenv import load_dotenv
 from tapeline.handlers.bars import BarsConfig
 from tapeline.handlers.momentum import AUTO, MomentumConfig
 from tapeline.schemas.intervals import interval_ns
@@ -47,13 +48,16 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     mean_gap_ms: Annotated[float, msgspec.Meta(gt=0)] = 250.0
 
 
+DEFAULT_METRICS_PORT = 9464
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The fixed sections; a loaded file also has one section per declared component (``[bars]``, ...)."""
 
     prefix: str = "tape"
     nats_url: str = ""  # empty: embedded server; secrets via TAPELINE_NATS_* env vars
     data_dir: Text = ".tapeline"
-    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464  # 0: off
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_METRICS_PORT  # 0: off
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     batch_ticks: bool = False
     retention: Retention = Retention()
@@ -134,6 +138,29 @@ def _resolve_momentum(s: Settings, market: Market) -> Settings:
         return s
     interval = momentum_interval_for(s, market)
     return msgspec.structs.replace(s, momentum=msgspec.structs.replace(momentum, interval=interval))
+
+
+# ------------------------------------------------------------------ news follows the source set
+
+
+def _resolve_news(s: Settings, market: Market) -> Settings:
+    """``[news] providers = "auto"`` becomes the active set's news; SemEval demo news follows the market."""
+    from tapeline.adapters.files import default_sources
+    from tapeline.adapters.news.feed import resolve_news
+    from tapeline.adapters.sim import DEFAULT_START_NS
+
+    sources = s.feeds.sources
+    span = (DEFAULT_START_NS, DEFAULT_START_NS + int(s.sim.ticks * s.sim.mean_gap_ms * 1e6))
+    news = resolve_news(
+        s.components()["news"],
+        sources.legacy if sources.active == "legacy" else sources.live,
+        market=market,
+        files=s.feeds.files,
+        default_files=default_sources(Path(s.feeds.files.data_dir)),
+        sim_symbols=s.sim.symbols,
+        sim_span_ns=span,
+    )
+    return msgspec.structs.replace(s, news=news)  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------ checks beyond the types
@@ -299,6 +326,7 @@ def load_settings(
     ``feed``: the market feed this process runs (``"active"``: the active set's); its files must
     exist and momentum follows it. Without one, momentum follows the active source set.
     """
+    load_dotenv(Path(".env"), *([path.parent / ".env"] if path is not None else []))
     raw = _read(path)
     from_file = set(raw)
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -309,6 +337,7 @@ def load_settings(
         _check(settings)
         market: Market = active_market(settings.feeds) if feed is None or feed == "active" else feed
         settings = _resolve_momentum(settings, market)
+        settings = _resolve_news(settings, market)
         _check_momentum(settings, market)
         if feed is not None and market == "files":
             check_file_sources(settings.feeds.files)

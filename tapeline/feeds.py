@@ -1,4 +1,4 @@
-"""``tapeline feed mt5|ibkr|files|sim|auto``: run one feed against a NATS URL.
+"""``tapeline feed mt5|ibkr|files|sim|auto|news``: run one feed against a NATS URL.
 
 Each command loads tapeline.toml (validated; a bad value stops with the key and the fix),
 connects, provisions the streams idempotently and runs the feed with ``adapters.runner.run_feed``.
@@ -18,7 +18,9 @@ import typer
 from tapeline.adapters.runner import Feed, run_feed
 from tapeline.config import ConfigError, Market, Settings, load_settings, require_config_file
 
-feed_app = typer.Typer(help="Run one market-data feed into NATS JetStream.", no_args_is_help=True)
+feed_app = typer.Typer(
+    help="Run one market-data feed into NATS JetStream.", no_args_is_help=True, rich_markup_mode=None
+)
 log = structlog.get_logger("tapeline.feed")
 
 NatsOpt = Annotated[str, typer.Option("--nats", help="NATS URL (or TAPELINE_NATS_URL)")]
@@ -58,15 +60,25 @@ async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
     from tapeline.bus.publisher import Publisher
     from tapeline.bus.topology import provision
 
-    nats = NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}")
+    nats = NatsSettings.from_env(nats_url, name=f"tapeline-feed-{feed.name}", identity="feed")
     nc = await connect(nats, retry_for=nats.start_retry_s)
     try:
         await provision(nc, settings.prefix, settings.retention)
         pub = await Publisher(nc, settings.prefix, role=f"feed-{feed.name}").start()
+        appender = None
         try:
+            from tapeline.adapters.history import HistoryFeed
+
+            if isinstance(feed, HistoryFeed):  # the store's owner also appends the bars the pipeline builds
+                from tapeline.adapters.history_appender import HistoryAppender
+
+                appender = HistoryAppender(nc, pub, settings.prefix, feed.store)
+                await appender.start()
             stats = await run_feed(feed, pub, batch_ticks=settings.batch_ticks)
             log.info("feed finished", feed=feed.name, events=stats.events, messages=stats.messages)
         finally:
+            if appender is not None:
+                await appender.stop()
             await pub.close()
     finally:
         await close_connection(nc)
@@ -106,14 +118,17 @@ def mt5_cmd(
     async def main() -> None:
         from tapeline.bus.connection import NatsSettings, close_connection, connect
 
-        settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume")
+        settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume", identity="feed")
         nc = await connect(settings, retry_for=settings.start_retry_s)
         try:
             cursors = await resume_cursors(nc, s.prefix, term.venue, term.symbols,
                                            server_time_offset_s=term.server_time_offset_s)  # fmt: skip
         finally:
             await close_connection(nc)
-        await _run(s, nats, Mt5Feed(term, mt5=module, resume=cursors))
+        from tapeline.adapters.sources import with_history
+
+        series = [(sym, term.bar_interval) for sym in term.symbols] if term.warmup_days else []
+        await _run(s, nats, with_history(s.feeds, Mt5Feed(term, mt5=module, resume=cursors), series))
 
     from tapeline.bus.connection import NatsConnectError
 
@@ -145,10 +160,10 @@ def ibkr_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
 @feed_app.command("files")
 def files_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """Bars and ticks from CSV/Parquet files ([feeds.files]); bad rows are reported as an alert."""
-    from tapeline.adapters.sources import files_feed
+    from tapeline.adapters.sources import files_feed, files_series, with_history
 
     s = _settings(config, prefix, feed="files")
-    _go(s, nats, files_feed(s.feeds))
+    _go(s, nats, with_history(s.feeds, files_feed(s.feeds), files_series(s.feeds)))
 
 
 @feed_app.command("sim")
@@ -167,8 +182,21 @@ def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
 
     s = _settings(config, prefix, feed="active")
     try:
-        feed = market_feed(s.feeds)
-    except LookupError as e:
+        feed = market_feed(s.feeds, data_dir=s.data_path)
+    except (LookupError, ValueError) as e:  # no such terminal; a vendor key missing (PriceSourceError)
         typer.echo(f"configuration error: {e}", err=True)
         raise typer.Exit(2) from None
+    _go(s, nats, feed)
+
+
+@feed_app.command("news")
+def news_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
+    """News of the active source set ([news], [feeds.sources]): files once, or Marketaux/Tiingo polls."""
+    from tapeline.adapters.news.feed import NewsFeed
+
+    s = _settings(config, prefix, feed="active")
+    feed = NewsFeed(s.components()["news"])
+    if not feed.active():
+        typer.echo("configuration error: no news providers selected ([news] providers, [feeds.sources])", err=True)
+        raise typer.Exit(2)
     _go(s, nats, feed)

@@ -1,4 +1,5 @@
-"""``tapeline eval sentiment FILE`` and ``tapeline models train-sentiment``: the offline scorer's commands."""
+"""The offline scorer's commands: the body of ``tapeline eval sentiment FILE``, and ``tapeline models
+train-sentiment``."""
 
 from __future__ import annotations
 
@@ -28,9 +29,7 @@ from tapeline.models.sentiment_train import (
     train_artefact,
 )
 
-eval_app = typer.Typer(help="Evaluate scorers against labelled data.", no_args_is_help=True)
-models_app = typer.Typer(help="Train the shipped models.", no_args_is_help=True)
-console = Console()
+models_app = typer.Typer(help="Train the shipped models.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -38,12 +37,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-@eval_app.command("sentiment")
-def eval_sentiment(
-    file: Annotated[Path, typer.Argument(help="headlines in the SemEval-2017 task 5 JSON format")],
-    model: Annotated[Path | None, typer.Option("--model", help="ONNX head to evaluate (default: shipped)")] = None,
-) -> None:
-    """Score FILE with the offline model; print cosine (the SemEval-2017 task 5 metric), MAE, sign agreement."""
+def evaluate_offline(file: Path, model: Path | None, console: Console, *, extra: object = None) -> None:
+    """Score FILE with the offline model; print cosine (the SemEval-2017 task 5 metric), MAE, sign agreement.
+
+    ``extra`` is any ``--by``/``--gold`` also given: those compare recorded LLM variants, not a file.
+    """
+    if extra:
+        raise _fail(f"eval sentiment {file}: --by/--gold compare recorded LLM variants; drop FILE or drop them")
     try:
         rows = read_headlines(file)
         scorer = load_sentiment_model(model)
@@ -87,7 +87,7 @@ def train_sentiment(
     except HeadlineFileError as e:
         raise _fail(str(e)) from None
     cv = meta["cross_validation"]
-    console.print(
+    Console().print(
         f"wrote {out / meta['artefact']} [bold]{meta['version']}[/]: CV cosine {cv['cosine_mean']:.4f} "
         f"(folds {cv['cosine_min']:.4f}..{cv['cosine_max']:.4f}, {cv['scheme']})"
     )

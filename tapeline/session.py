@@ -31,21 +31,29 @@ def running_embedded(data_dir: Path) -> str | None:
 
 @asynccontextmanager
 async def nats_session(
-    url: str, data_dir: Path, name: str = "tapeline", *, retry: bool = False, close_s: float = 5.0
+    url: str,
+    data_dir: Path,
+    name: str = "tapeline",
+    *,
+    retry: bool = False,
+    close_s: float = 5.0,
+    identity: str = "operator",
 ) -> AsyncIterator[tuple[Client, str]]:
     """Connect to ``url``; else to the embedded server on ``data_dir``, starting it if needed.
 
     ``retry``: wait for an external server that is not up yet (long-running commands); one-shot
     commands fail at once (``NatsConnectError``). Closing never waits more than ``close_s``.
+    ``identity``: the NATS user this command connects as when its password is set (``bus.auth``);
+    one-shot commands inspect, as the operator.
     """
-    settings = NatsSettings.from_env(url, name=name)
+    settings = NatsSettings.from_env(url, name=name, identity=identity)
     server: EmbeddedNats | None = None
     if not settings.url:
         found = running_embedded(data_dir)
         if found is None:
             server = EmbeddedNats(data_dir / "nats")
             found = server.start()
-        settings = NatsSettings.from_env(found, name=name)
+        settings = NatsSettings.from_env(found, name=name, identity=identity)
     nc = await connect(settings, retry_for=settings.start_retry_s if retry and server is None else 0.0)
     try:
         yield nc, settings.url

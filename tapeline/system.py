@@ -17,19 +17,44 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
+from tapeline.adapters.brokers.gateway import ExecutionGateway
+from tapeline.adapters.llm.gateway import NewsLlmGateway
+from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.bars import BarAggregator
+from tapeline.handlers.breakers import Breakers
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.risk import RiskGate
+from tapeline.handlers.scanner import Scanner
+from tapeline.handlers.sentiment import SentimentAgent
+from tapeline.handlers.sentiment_parser import SentimentParser
+from tapeline.handlers.similarity import SimilarityAgent
+from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
 COMPONENTS: tuple[type[Component], ...] = (
+    # inputs
     ClockFeed,
+    NewsFeed,
+    # market data -> signals
     BarAggregator,
     MarketFeatures,
     MomentumSignal,
+    SimilarityAgent,
+    # news -> sentiment
+    NewsLlmGateway,
+    SentimentParser,
+    SentimentAgent,
+    # signals -> decisions -> orders
     DecisionSynthesis,
+    Scanner,
+    Sizer,
+    RiskGate,
+    Breakers,
+    ExecutionGateway,
+    # operations
     HeartbeatWatchdog,
     NotifierGateway,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from nats.aio.client import Client
 
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import EVENT_TYPES
+from tapeline.schemas.subjects import FAMILIES, decisions_bucket
 from tests.helpers import TAPELINE, start_tapeline, wait_until, write_config
 
 
@@ -124,9 +127,51 @@ def test_schemas_export_writes_one_schema_per_event(tmp_path: Path) -> None:
     out = run("schemas", "export", str(tmp_path / "schemas"))
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "schemas").glob("*.schema.json"))
-    assert len(files) == 24 and "decision.schema.json" in files
+    events = [f for f in files if not f.startswith("stream.")]
+    assert len(events) == len(EVENT_TYPES) and "decision.schema.json" in files
+    assert {f"stream.{fam.key}.schema.json" for fam in FAMILIES} <= set(files)
     decision = json.loads((tmp_path / "schemas" / "decision.schema.json").read_text())
+    assert decision["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert {"target", "synthesis", "agent_signals"} <= set(decision["$defs"]["DecisionEnvelope"]["properties"])
+
+
+def test_stream_schemas_validate_single_and_batch_messages_and_refuse_others(tmp_path: Path) -> None:
+    import jsonschema
+
+    from tapeline.schemas.codec import encode
+    from tapeline.schemas.export import export_json_schemas
+
+    export_json_schemas(tmp_path)
+    md = json.loads((tmp_path / "stream.md.schema.json").read_text())
+    ticks = list(SimFeed(["NVDA"], ticks=3, seed=1).generate())
+    jsonschema.validate(json.loads(encode(ticks[0])), md)
+    jsonschema.validate(json.loads(encode(ticks)), md)  # the batch form
+    newer = json.loads(encode(ticks[0])) | {"added_by_a_newer_producer": 1}
+    jsonschema.validate(newer, md)  # events are open: consumers ignore fields they do not know
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(encode(ticks[0])) | {"type": "decision"}, md)  # not a type of this stream
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in json.loads(encode(ticks[0])).items() if k != "symbol"}, md)
+
+
+def test_schemas_export_to_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = run("schemas", "export", str(blocker / "schemas"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and str(blocker / "schemas") in out.stderr, out.stderr
+
+
+async def test_decisions_before_any_pipeline_ran_is_one_line(nats_url: str, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "empty", nats_url)
+    out = await asyncio.to_thread(run, "decisions", "NVDA", "-c", str(cfg))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "no decisions on this server yet" in out.stderr, out.stderr
+
+
+def test_help_texts_show_config_section_names() -> None:
+    assert "[feeds.files]" in run("demo", "--help").stdout
+    assert "[[feeds.mt5]]" in run("feed", "mt5", "--help").stdout
 
 
 def _free_port() -> int:
@@ -144,7 +189,9 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         cfg.read_text().replace("metrics_port = 0", f"metrics_port = {port}")
         + '[bars]\nintervals = ["1s"]\n[momentum]\ninterval = "1s"\nwindow = 3\n'
     )
-    proc = start_tapeline("up", "-c", str(cfg), "--only", "handlers", "--only", "projector", log=tmp_path / "up.log")
+    proc = start_tapeline(
+        "up", "-c", str(cfg), "--only", "handlers", "--only", "projector", "--only", "vectors", log=tmp_path / "up.log"
+    )
     try:
         await publisher.publish(list(SimFeed(["BRK.B"], ticks=3000, seed=5, mean_gap_ms=20).generate()))
 
@@ -160,9 +207,15 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         async def decided() -> bool:  # the page that shows it is the one checked below
             nonlocal text
             text = await asyncio.to_thread(metrics)
-            return 'tapeline_events_consumed_total{consumer="decision_intel"}' in text
+            m = re.search(r'tapeline_events_consumed_total\{consumer="decision_intel"\} (\S+)', text)
+            return m is not None and float(m.group(1)) > 0
 
         await wait_until(decided, timeout=60)
+        # labelled counters exist at 0 before anything happened to them (panels read 0, not "No data")
+        assert 'tapeline_events_failed_total{consumer="decision_intel",outcome="dead"} 0.0' in text
+        await wait_until(
+            lambda: 'tapeline_projection_lag_messages{projection="market_returns"' in metrics(), timeout=60
+        )
         for name in (
             "tapeline_events_published_total",
             "tapeline_handler_batch_seconds_bucket",
@@ -173,6 +226,30 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         out = await asyncio.to_thread(run, "decisions", "BRK.B", "-c", str(cfg))
         assert out.returncode == 0, out.stdout + out.stderr
         assert "BRK.B" in out.stdout and any(v in out.stdout for v in ("BUY", "HOLD", "SELL"))
+        unknown = await asyncio.to_thread(run, "decisions", "UNKNOWN", "-c", str(cfg))
+        assert unknown.returncode == 1 and "Traceback" not in unknown.stderr, unknown.stderr
+        assert unknown.stderr.strip().splitlines() == ["no decision for 'UNKNOWN' (symbols with decisions: BRK.B)"], (
+            unknown.stderr
+        )
+        kv = await nc.jetstream().key_value(decisions_bucket(provisioned))
+        day = json.loads((await kv.get("BRK=2EB")).value or b"{}")["target"]["trade_date"]
+
+        async def indexed() -> bool:
+            return f"BRK=2EB.{day}" in await kv.keys()
+
+        await wait_until(indexed, timeout=60)
+        dated = await asyncio.to_thread(run, "decisions", "BRK.B", "--date", day, "-c", str(cfg))
+        assert dated.returncode == 0 and "BRK.B" in dated.stdout, dated.stdout + dated.stderr
+        other = await asyncio.to_thread(run, "decisions", "BRK.B", "--date", "1999-01-04", "-c", str(cfg))
+        assert other.returncode == 1 and "no decision for 'BRK.B' on 1999-01-04" in other.stderr, other.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args", [["NVDA", "--date", "2026-13-01"], ["NVDA", "--date", "tomorrow"], ["--date", "2026-05-11"]]
+)
+def test_decisions_date_must_be_an_iso_date_with_a_symbol(args: list[str]) -> None:
+    code, lines = invoke("decisions", *args)
+    assert code == 2 and len(lines) == 1 and "--date" in lines[0] and "2026-05-11" in lines[0], lines

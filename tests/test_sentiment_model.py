@@ -151,3 +151,9 @@ def test_eval_sentiment_bad_file_is_one_line(tmp_path: Path, content: str | None
     code, lines = invoke("eval", "sentiment", str(path))
     assert code == 2, lines
     assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], lines
+
+
+def test_eval_sentiment_file_with_variant_options_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, [{"title": "Acme profit rises", "sentiment": 0.5}])
+    code, lines = invoke("eval", "sentiment", str(path), "--by", "variant")
+    assert code == 2 and len(lines) == 1 and "drop FILE" in lines[0], lines

@@ -1,0 +1,1 @@
+"""Brokers behind the execution gateway: dry-run (default), paper, MetaTrader 5."""
