@@ -349,6 +349,7 @@ class ComponentRunner:
                 ordered=component.ordered,
                 batch=component.batch if isinstance(component, Gateway) else 1000,
                 ack_wait_s=component.ack_wait_s if isinstance(component, Gateway) else 30.0,
+                max_deliver=component.max_deliver if isinstance(component, Gateway) else 5,
             )
             for fam, subjects in families.items()
         ]
