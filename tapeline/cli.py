@@ -46,6 +46,7 @@ from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
 from tapeline.schemas.subjects import FAMILIES, decisions_bucket, decode_token, encode_token
+from tapeline.sentiment_cli import evaluate_offline, models_app
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
@@ -60,6 +61,7 @@ app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS
 app.add_typer(perf_app, name="perf")  # tapeline/perf.py
 eval_app = typer.Typer(help="Evaluate sentiment scoring.")
 app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")
 console = Console()
 log = structlog.get_logger("tapeline")
 
@@ -992,14 +994,22 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="output direct
 
 @eval_app.command("sentiment")
 def eval_sentiment(
-    by: Annotated[str, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = "variant",
+    file: Annotated[
+        Path | None, typer.Argument(help="SemEval-2017 Task 5 JSON: score it with the offline model")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = None,
     gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="offline ONNX head for FILE (default: shipped)")] = None,
     config: ConfigOpt = Path("tapeline.toml"),
 ) -> None:
-    """Compare the sentiment variants over the recorded LLM calls and scores (no provider call)."""
+    """FILE: the offline model's SemEval cosine, MAE, sign agreement. Without FILE: compare the sentiment
+    variants over the recorded LLM calls and scores (no provider call)."""
     from tapeline.sentiment_report import sentiment_by_variant
 
-    if by != "variant":
+    if file is not None:
+        evaluate_offline(file, model, console, extra=by or gold)
+        return
+    if by not in (None, "variant"):
         typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
         raise typer.Exit(2)
     sentiment_by_variant(_settings(config).duckdb_path, gold, console)
