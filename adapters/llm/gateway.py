@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal, NamedTuple
 
@@ -162,7 +161,9 @@ class NewsLlmGateway(Gateway):
         return [
             draft(
                 LlmCall,
-                ts_event=time.time_ns(),
+                # event time of the news it scores: decisions combine it with the market data of that
+                # moment (in replays and backtests too); when the call ran is ts_init
+                ts_event=event.ts_event,
                 provider=p.name,
                 model=req.model,
                 prompt_version=prompt.version,
