@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import msgspec
 import pyarrow as pa
 
+from tapeline.projections import portfolio
 from tapeline.projections.table import Row, Table, View
 from tapeline.schemas import events as ev
 from tapeline.schemas.subjects import DECISION, INTEL, MD, NEWS, OPS, ORDER, RISK
@@ -577,4 +578,5 @@ VIEWS: tuple[View, ...] = (
         "SELECT * FROM decisions QUALIFY row_number() OVER (PARTITION BY ticker ORDER BY ts_event DESC, seq DESC) = 1",
         "The latest decision per ticker.",
     ),
+    *portfolio.VIEWS,  # equity curve, accounts, decision forward returns (projections/portfolio.py)
 )

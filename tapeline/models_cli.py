@@ -53,8 +53,10 @@ from tapeline.models.price import (
 from tapeline.schemas.events import Bar, Enrichment, ModelDeployed
 from tapeline.schemas.ids import derive_event_id
 from tapeline.schemas.subjects import INTEL
+from tapeline.sentiment_cli import models_app as models_app
 
-models_app = typer.Typer(help="Train, deploy, roll back and list the price model.", no_args_is_help=True)
+# One `tapeline models` group: the sentiment head's training lives in sentiment_cli, the price model here.
+models_app.info.help = "Train the shipped models; deploy, roll back and list the price model."
 console = Console()
 ARTEFACTS = (Path(__file__).parent / "models").resolve() / "artefacts"  # the folder models/, not the link
 
