@@ -893,6 +893,25 @@ def resume(
         raise typer.Exit(1)
 
 
+@app.command()
+def web(
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8765,
+) -> None:
+    """The live dashboard: decisions, prices, portfolio, risk, ops, news, chat (control: TAPELINE_OPERATOR_TOKEN)."""
+    from tapeline.web.app import serve
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    try:
+        _run(serve(s, host, port, console))
+    except OSError as e:
+        typer.echo(f"web: cannot listen on {host}:{port} ({e.strerror or e}): pass --port N (0: any free)", err=True)
+        raise typer.Exit(2) from None
+
+
 # ----------------------------------------------------------------------------- operations (tapeline/ops.py)
 
 app.command("backup")(ops.backup_cmd)

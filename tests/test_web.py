@@ -1,0 +1,166 @@
+"""`tapeline web` on the demo's data in headless Chromium, and its API (panels, guarded control) in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.aio.client import Client
+
+from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.publisher import Publisher
+from tapeline.schemas.events import (
+    AgentSignal,
+    CircuitBreakerTripped,
+    DecisionEnvelope,
+    OperatorAction,
+    Synthesis,
+    Target,
+)
+from tapeline.schemas.ids import new_event_id
+from tapeline.schemas.subjects import OPS, RISK
+from tapeline.session import running_embedded
+from tapeline.web.control import Controls
+from tapeline.web.data import Reader
+from tapeline.web.server import WebServer
+from tests.helpers import TAPELINE, start_tapeline, stored, wait_until
+from tests.web_browser import Browser
+
+DEMO_TICKS = "8000"
+
+
+def _decision(ticker: str, verdict: str, reasoning: str) -> DecisionEnvelope:
+    now = time.time_ns()
+    return DecisionEnvelope(
+        event_id=new_event_id(now),
+        ts_event=now,
+        ts_init=now,
+        source="test",
+        target=Target(ticker=ticker, trade_date="2026-01-01"),
+        synthesis=Synthesis(verdict=verdict, confidence=0.87, ensemble_score=0.66, reasoning=reasoning),  # type: ignore[arg-type]
+        agent_signals=[AgentSignal(agent="momentum", domain="technical", signal="BULLISH", confidence=0.9)],
+    )
+
+
+async def _url_in(log: Path, proc: subprocess.Popen[bytes]) -> str:
+    found: list[str] = []
+
+    def served() -> bool:
+        assert proc.poll() is None, log.read_text()
+        found[:] = re.findall(r"http://127\.0\.0\.1:\d+/", log.read_text())
+        return bool(found)
+
+    await wait_until(served, timeout=120)
+    return found[0]
+
+
+async def test_a_decision_published_during_the_test_is_on_the_page_within_a_second(tmp_path: Path) -> None:
+    cfg = tmp_path / "tapeline.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\nmetrics_port = 0\n')
+    demo = await asyncio.to_thread(
+        subprocess.run, [*TAPELINE, "demo", "-c", str(cfg), "--ticks", DEMO_TICKS], capture_output=True, timeout=300
+    )
+    assert demo.returncode == 0, demo.stdout.decode()[-2000:] + demo.stderr.decode()[-2000:]
+    log = tmp_path / "web.log"
+    web = start_tapeline("web", "-c", str(cfg), "--port", "0", log=log)
+    url = await _url_in(log, web)
+    nats_url = running_embedded(tmp_path / "data")
+    assert nats_url, "tapeline web runs the demo's embedded server"
+    nc = await connect(NatsSettings(url=nats_url, name="test-web"))
+    browser = Browser(tmp_path / "profile")
+    shots = Path(os.environ.get("TAPELINE_SCREENSHOTS", tmp_path))
+    try:
+        await browser.start(url)
+        # The page is live (SSE open) and shows the demo's latest verdicts and NVDA's bars.
+        await browser.wait_for("document.body?.dataset.live === '1' && document.querySelector('#latest .sym')")
+        tickers = await browser.evaluate("[...document.querySelectorAll('#latest .sym')].map(e => e.dataset.ticker)")
+        assert {"NVDA", "ORCL", "AAPL"} <= set(tickers)
+        await browser.wait_for("state.lastCandle > 0 && document.querySelectorAll('#live li').length > 0")
+        await browser.screenshot(shots / "web-demo.png")
+
+        env = _decision("NVDA", "BUY", "browser test: published while the page is open")
+        pub = await Publisher(nc, "tape", role="test").start()
+        sent_ms = time.time() * 1000
+        await pub.publish([env])
+        await pub.close()
+        seen_ms = await browser.wait_for(f"window.tapelineSeen[{env.event_id!r}]")
+        assert seen_ms - sent_ms < 1000, f"shown {seen_ms - sent_ms:.0f} ms after publishing"
+        item = await browser.evaluate(f"document.querySelector('#live li[data-id=\"{env.event_id}\"]').innerText")
+        assert "NVDA" in item and "BUY" in item and "published while the page is open" in item
+        card = await browser.evaluate("document.querySelector('#latest .sym[data-ticker=\"NVDA\"]').dataset.verdict")
+        assert card == "BUY"
+        await browser.screenshot(shots / "web-live-decision.png")
+        assert (shots / "web-live-decision.png").stat().st_size > 10_000
+    finally:
+        await browser.close()
+        await nc.drain()
+        web.terminate()
+        await asyncio.to_thread(web.wait, 30)
+
+
+@pytest.fixture
+async def web(nc: Client, provisioned: str, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """A server on the test's prefix with operator token "s3cret"; (base URL, prefix)."""
+    reader = Reader(nc, provisioned, tmp_path / "none.duckdb")
+    server = WebServer(nc, provisioned, reader)
+    Controls(nc, provisioned, reader, None, "s3cret").mount(server)
+    port = await server.start("127.0.0.1", 0)
+    yield f"http://127.0.0.1:{port}", provisioned
+    await server.stop()
+
+
+async def test_control_needs_the_token_and_a_confirmation_and_records_the_operator(
+    nc: Client, web: tuple[str, str]
+) -> None:
+    base, prefix = web
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        wrong = await http.post("/api/control", json={"action": "halt", "operator": "ann", "token": "nope"})
+        assert wrong.status_code == 403 and "token" in wrong.json()["error"]
+        ann = {"action": "halt", "operator": "ann", "token": "s3cret"}
+        step1 = await http.post("/api/control", json=ann)
+        assert step1.status_code == 200 and step1.json()["confirm"] and "Halt" in step1.json()["summary"]
+        assert await stored(nc, RISK.stream(prefix)) == []  # nothing happens before the confirmation
+        other = await http.post(
+            "/api/control",
+            json={"action": "halt", "operator": "bob", "token": "s3cret", "confirm": step1.json()["confirm"]},
+        )
+        assert other.status_code == 400  # the code is for ann's halt only
+        step1 = await http.post("/api/control", json=ann)
+        done = await http.post(
+            "/api/control",
+            json={**ann, "note": "incident", "confirm": step1.json()["confirm"]},
+        )
+        assert done.status_code == 200, done.text
+    (trip,) = await stored(nc, RISK.stream(prefix))
+    assert isinstance(trip, CircuitBreakerTripped) and trip.breaker == "halt" and "ann" in trip.reason
+    (action,) = [e for e in await stored(nc, OPS.stream(prefix)) if isinstance(e, OperatorAction)]
+    assert (action.action, action.operator, action.note, action.origin) == ("halt", "ann", "incident", "web")
+    assert action.event_id == done.json()["event_id"]
+
+
+async def test_without_a_token_the_page_is_view_only(nc: Client, provisioned: str, tmp_path: Path) -> None:
+    reader = Reader(nc, provisioned, tmp_path / "none.duckdb")
+    server = WebServer(nc, provisioned, reader)
+    Controls(nc, provisioned, reader, None, "").mount(server)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            info = (await http.get("/api/control/info")).json()
+            assert info["enabled"] is False and "TAPELINE_OPERATOR_TOKEN" in info["why"]
+            refused = await http.post("/api/control", json={"action": "halt", "operator": "ann", "token": ""})
+            assert refused.status_code == 403 and "view-only" in refused.json()["error"]
+            page = await http.get("/")
+            assert page.status_code == 200 and "lightweight-charts" in page.text
+            js = await http.get("/static/lightweight-charts.standalone.production.js")
+            assert js.status_code == 200 and "javascript" in js.headers["content-type"] and len(js.content) > 100_000
+            assert (await http.get("/static/../server.py")).status_code == 404
+    finally:
+        await server.stop()
+    assert await stored(nc, RISK.stream(provisioned)) == []
