@@ -912,6 +912,23 @@ def web(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help='e.g. "latest decision for NVDA", "why did we sell ORCL"')],
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Ask the system (OpenAI with tools when OPENAI_API_KEY is set, else offline intents); recorded as an event."""
+    from tapeline.ask import ask_command
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    answer = _run(ask_command(s, question))
+    console.print(escape(answer.answer), soft_wrap=True)
+    if answer.error:
+        raise typer.Exit(1)
+
+
 # ----------------------------------------------------------------------------- operations (tapeline/ops.py)
 
 app.command("backup")(ops.backup_cmd)

@@ -9,11 +9,12 @@ from typing import Any
 import structlog
 from rich.console import Console
 
+from tapeline.ask import Answer, Asker, Tools
 from tapeline.config import Settings
 from tapeline.session import nats_session
 from tapeline.web import data
 from tapeline.web.control import Controls, operator_token
-from tapeline.web.server import HttpError, Request, WebServer
+from tapeline.web.server import HttpError, Request, WebServer, json_body
 
 log = structlog.get_logger("tapeline.web")
 
@@ -60,6 +61,15 @@ async def serve(s: Settings, host: str, port: int, console: Console) -> None:
             return await asyncio.to_thread(similar_rows, s, symbol)
 
         server.route("GET", "/api/similar", similar)
+        asker = Asker(nc, s.prefix, Tools(reader, s))
+
+        async def ask(req: Request) -> Answer:
+            question = str(json_body(req).get("question", "")).strip()
+            if not question:
+                raise HttpError(400, "ask something: question is empty")
+            return await asker.ask(question[:2000], origin="web")
+
+        server.route("POST", "/api/ask", ask)
         bound = await server.start(host, port)
         mode = "operator controls on" if controls.enabled else "view-only"
         console.print(f"serving http://{host}:{bound}/ ({mode}; prefix {s.prefix}); Ctrl-C to stop", soft_wrap=True)
