@@ -24,6 +24,7 @@ T0 = 1_767_225_600 * 10**9  # 2026-01-01
 
 
 def _env(i: int, ticker: str, verdict: str, why: str) -> DecisionEnvelope:
+    signal = AgentSignal(agent="momentum", domain="technical", signal="BEARISH", confidence=0.7, summary=why)
     return DecisionEnvelope(
         event_id=f"D{i:025d}",
         ts_event=T0 + i * 60 * 10**9,
@@ -31,9 +32,7 @@ def _env(i: int, ticker: str, verdict: str, why: str) -> DecisionEnvelope:
         source="test",
         target=Target(ticker=ticker, trade_date="2026-01-01"),
         synthesis=Synthesis(verdict=verdict, confidence=0.5 + i / 100, ensemble_score=0.4, reasoning=why),  # type: ignore[arg-type]
-        agent_signals=[
-            AgentSignal(agent="momentum", domain="technical", signal="BEARISH", confidence=0.7, summary=why)
-        ],
+        agent_signals=[signal],
     )
 
 
