@@ -38,6 +38,14 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 EverySeconds = Annotated[float, msgspec.Meta(ge=1.0)]
 
 
+# Bar intervals MetaTrader 5 has a timeframe for (the TIMEFRAME_* constants' values).
+MT5_TIMEFRAMES = {
+    **{f"{m}m": m for m in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)},
+    **{f"{h}h": 16384 + h for h in (1, 2, 3, 4, 6, 8, 12)},
+    "1d": 16408,
+}
+
+
 class Mt5TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One MetaTrader 5 terminal/account (``[[feeds.mt5]]``). One process runs one terminal."""
 
@@ -60,6 +68,8 @@ class Mt5TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     sessions: dict[str, str] = {}  # symbol -> session spec
     reconnect_initial_s: Positive = 1.0
     reconnect_max_s: Positive = 60.0
+    warmup_days: NonNegativeInt = 30  # on connect: copy_rates_range bars of the last N days (0: none)
+    bar_interval: str = "1m"  # the warm-up bars' interval: an MT5 timeframe (see MT5_TIMEFRAMES)
 
     @property
     def venue(self) -> str:
@@ -133,6 +143,51 @@ class HistoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     compact_after_parts: Annotated[int, msgspec.Meta(ge=2)] = 64
 
 
+class PolygonSourceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One Polygon aggregates file (API keys ``t,o,h,l,c,v,vw,n`` or flat-file columns)."""
+
+    path: Text
+    symbol: str = ""  # the file's ticker when it has no ticker column (or to keep only that one)
+    symbols: list[Text] = []  # keep only these tickers of a multi-ticker file (empty: all)
+    interval: str = "1d"
+
+
+class PolygonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[feeds.polygon]``: Polygon-style aggregate files, the legacy set's bar history."""
+
+    sources: list[PolygonSourceConfig] = []
+    chunk: Count = 1000
+
+
+class TiingoPricesConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[feeds.tiingo]``: Tiingo end-of-day prices (daily bars) for the live set."""
+
+    symbols: list[Text] = []  # empty: the market feed's symbols (IBKR contracts, MT5 symbols)
+    key_env: Text = "TIINGO_API_KEY"  # the NAME of the variable holding the token
+    base_url: Text = "https://api.tiingo.com"
+    adjusted: bool = True  # adjOpen..adjVolume (splits and dividends, CRSP method) instead of raw prices
+    warmup_days: Count = 30  # on start: the last N days
+    poll_days: Count = 5  # each poll: the last N days (covers weekends and holidays)
+    poll_interval_s: Annotated[float, msgspec.Meta(ge=60.0)] = 3600.0
+    timeout_s: Positive = 30.0
+    retries: NonNegativeInt = 4  # 429/5xx/network: retried with backoff, then tried again next poll
+    backoff_initial_s: Positive = 1.0
+    backoff_max_s: Positive = 60.0
+
+
+class YFinanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[feeds.yfinance]``: Yahoo Finance bars via yfinance for the live set."""
+
+    symbols: list[Text] = []  # empty: the market feed's symbols
+    interval: Literal["1m", "5m", "15m", "30m", "1h", "1d"] = "1d"
+    adjusted: bool = True  # auto_adjust: splits and dividends
+    warmup_days: Count = 30
+    poll_days: Count = 5
+    poll_interval_s: Annotated[float, msgspec.Meta(ge=60.0)] = 3600.0
+    cache_dir: str = ""  # empty: <data_dir>/yfinance (its SQLite caches, one per data directory)
+
+
+BarSource = Literal["polygon", "tiingo", "yfinance"]
 NewsSource = Literal["files", "fnspid", "tiingo", "marketaux", "none"]
 
 
@@ -141,14 +196,18 @@ class SourceChoice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     history: Literal["files", "ibkr", "mt5", "none"] = "none"
     # one source or several (live: Marketaux and Tiingo); "files"/"fnspid": the [news.files] files
     news: NewsSource | list[NewsSource] = "none"
+    # bar sources beside the market feed: legacy Polygon files; live Tiingo daily and yfinance
+    bars: list[BarSource] = []
 
 
 class SourceSetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The legacy/live switch: ``active`` picks a set; no code change between them."""
 
     active: Literal["legacy", "live"] = "legacy"
-    legacy: SourceChoice = SourceChoice(market="files", history="files", news="fnspid")
-    live: SourceChoice = SourceChoice(market="ibkr", history="ibkr", news=["marketaux", "tiingo"])
+    legacy: SourceChoice = SourceChoice(market="files", history="files", news="fnspid", bars=["polygon"])
+    live: SourceChoice = SourceChoice(
+        market="ibkr", history="ibkr", news=["marketaux", "tiingo"], bars=["tiingo", "yfinance"]
+    )
 
 
 class FeedsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,6 +218,9 @@ class FeedsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     files: FilesConfig = FilesConfig()
     history: HistoryConfig = HistoryConfig()
     sources: SourceSetConfig = SourceSetConfig()
+    polygon: PolygonConfig = PolygonConfig()
+    tiingo: TiingoPricesConfig = TiingoPricesConfig()
+    yfinance: YFinanceConfig = YFinanceConfig()
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]*")
@@ -178,6 +240,11 @@ def _backoff(key: str, initial: float, most: float) -> None:
             f"{key}.reconnect_max_s: {most} is below reconnect_initial_s {initial}; "
             "the backoff doubles from the initial delay up to the maximum, e.g. 1 and 60"
         )
+
+
+def _backoff_s(key: str, initial: float, most: float) -> None:
+    if most < initial:
+        raise FeedConfigError(f"{key}.backoff_max_s: {most} is below backoff_initial_s {initial}; e.g. 1 and 60")
 
 
 def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
@@ -207,4 +274,18 @@ def validate_feeds(cfg: FeedsConfig) -> FeedsConfig:
     _backoff("feeds.ibkr", cfg.ibkr.reconnect_initial_s, cfg.ibkr.reconnect_max_s)
     for i, src in enumerate(cfg.files.sources):
         _interval(f"feeds.files.sources[{i}].interval", src.interval)
+    for i, p in enumerate(cfg.polygon.sources):
+        _interval(f"feeds.polygon.sources[{i}].interval", p.interval)
+    for i, t in enumerate(cfg.mt5):
+        if t.bar_interval not in MT5_TIMEFRAMES:
+            raise FeedConfigError(
+                f"feeds.mt5[{i}].bar_interval: {t.bar_interval!r} is not an MT5 timeframe; "
+                f"use one of {', '.join(MT5_TIMEFRAMES)}"
+            )
+    if not _ENV.fullmatch(cfg.tiingo.key_env):
+        raise FeedConfigError(
+            f"feeds.tiingo.key_env: {cfg.tiingo.key_env!r} is not an environment variable name; "
+            "put the NAME of the variable here (e.g. 'TIINGO_API_KEY'), never the token"
+        )
+    _backoff_s("feeds.tiingo", cfg.tiingo.backoff_initial_s, cfg.tiingo.backoff_max_s)
     return cfg

@@ -16,6 +16,9 @@
   each subject in JetStream, so a restart continues exactly where the stream ends.
 * Every tick field is kept: bid, ask, last, volume, volume_real, flags, time_msc (as ts_event).
   MT5 stamps ticks in the broker's server time; ``server_time_offset_s`` converts to UTC.
+* Warm-up: once connected, before the first tick, the completed ``bar_interval`` bars of the last
+  ``warmup_days`` (``copy_rates_range``; server time -> UTC), as IBKR's feed does with its
+  historical bars; the history store (when enabled) merges and keeps them.
 * Heartbeat every ``heartbeat_s`` with the lag (now - newest tick) and ``stale``/``connected``.
 * Alerts: ``login_failed`` (initialize/login refused), ``terminal_disconnected``
   (``terminal_info().connected`` is false, or the terminal is gone), ``no_ticks`` (no tick for
@@ -43,10 +46,11 @@ from typing import Any, TypeVar
 import structlog
 
 from tapeline.adapters.alerts import AlertLatch, HeartbeatClock
-from tapeline.adapters.config import Mt5TerminalConfig
+from tapeline.adapters.config import MT5_TIMEFRAMES, Mt5TerminalConfig
 from tapeline.adapters.sessions import parse_session
-from tapeline.schemas.events import Event, Tick
-from tapeline.schemas.ids import tick_id
+from tapeline.schemas.events import Bar, Event, Tick
+from tapeline.schemas.ids import bar_id, tick_id
+from tapeline.schemas.intervals import interval_ns
 
 log = structlog.get_logger("tapeline.feed")
 T = TypeVar("T")
@@ -154,6 +158,7 @@ class Mt5Feed:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mt5-{cfg.name}")
         self._backoff = cfg.reconnect_initial_s
         self._retry_at = 0
+        self._warmed = cfg.warmup_days == 0
 
     def __repr__(self) -> str:
         return f"Mt5Feed(venue={self.venue!r}, login={self.cfg.login}, server={self.cfg.server!r})"
@@ -327,6 +332,64 @@ class Mt5Feed:
                 break
         return events, True
 
+    async def fetch_bars(self, sym: str, days: int) -> list[Bar]:
+        """Completed ``bar_interval`` bars of the last ``days`` (``copy_rates_range``): the warm-up.
+
+        Prices as the terminal builds its bars (bid for quote-driven symbols); volume is
+        ``real_volume`` where the broker reports it, else ``tick_volume``; server time -> UTC.
+        """
+        m = self._mt5
+        iv = self.cfg.bar_interval
+        step = interval_ns(iv)
+        now = self.clock()
+        t_to = now + self.offset_ms * 1_000_000
+        t_from = t_to - days * 86_400_000_000_000
+        rates = await self._call(
+            m.copy_rates_range,
+            sym,
+            MT5_TIMEFRAMES[iv],
+            datetime.fromtimestamp(t_from // 1_000_000_000, UTC),
+            datetime.fromtimestamp(t_to // 1_000_000_000, UTC),
+        )
+        if rates is None:
+            code, text = self._error()
+            log.warning("copy_rates_range failed", feed=self.name, symbol=sym, code=code, error=text)
+            return []
+        out: list[Bar] = []
+        for r in rates:
+            start = (int(r["time"]) - self.cfg.server_time_offset_s) * 1_000_000_000
+            if start + step > now:  # the bar in progress: the live ticks make it
+                continue
+            real = float(r["real_volume"])
+            out.append(
+                Bar(
+                    event_id=bar_id(sym, iv, start, start + step),
+                    ts_event=start + step,
+                    ts_init=now,
+                    source=self.venue,
+                    symbol=sym,
+                    interval=iv,
+                    start_ns=start,
+                    open=float(r["open"]),
+                    high=float(r["high"]),
+                    low=float(r["low"]),
+                    close=float(r["close"]),
+                    volume=real if real > 0 else float(r["tick_volume"]),
+                    ticks=int(r["tick_volume"]),
+                    venue=self.venue,
+                )
+            )
+        return out
+
+    async def _warm_up(self) -> list[Event]:
+        self._warmed = True
+        out: list[Event] = []
+        for sym in self.cfg.symbols:
+            bars = await self.fetch_bars(sym, self.cfg.warmup_days)
+            log.info("mt5 warm-up bars", feed=self.name, symbol=sym, bars=len(bars))
+            out += bars
+        return out
+
     async def _session_checks(self) -> list[Event]:
         out: list[Event] = []
         now = self.clock()
@@ -368,6 +431,12 @@ class Mt5Feed:
                         self._backoff = min(self._backoff * 2, self.cfg.reconnect_max_s)
                 if self.initialized:
                     events += await self._check_terminal()
+                if self.initialized and self.connected and not self._warmed:
+                    events += await self._warm_up()
+                    if events:  # the warm-up bars before any tick
+                        self.published += len(events)
+                        yield events
+                        events = []
                 if self.initialized and self.connected:
                     for sym in self.cfg.symbols:
                         got, alive = await self._poll_symbol(sym)

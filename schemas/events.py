@@ -9,7 +9,8 @@ Prices are floats in the instrument's quote currency; times are UNIX nanoseconds
 from __future__ import annotations
 
 import typing
-from typing import Any, ClassVar, Literal
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -209,10 +210,15 @@ class LlmCall(Event, frozen=True, kw_only=True, tag="llm_call"):
     latency_ms: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    request: str = ""  # the request sent, as JSON {system, user, schema} (no key, no headers)
+    tickers: list[str] = []  # the tickers asked about: the only ones a reply may score
+    attempts: int = 0
 
 
 class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
-    """A validated ``{ticker, score, relevance, impact}`` (each score in [-1, 1])."""
+    """A validated ``{ticker, score, relevance, impact}``: score in [-1, 1] (negative .. positive for
+    the stock), relevance and impact in [0, 1] (how much the article is about the ticker; how large
+    a price effect it could have). ``neutral_fallback``: the reply was unusable, all three are 0."""
 
     subject_template: ClassVar[str] = "intel.sentiment.{ticker}"
     ticker: str
@@ -225,6 +231,10 @@ class SentimentScore(Event, frozen=True, kw_only=True, tag="sentiment_score"):
     variant: str = "A"
     model: str = ""
     neutral_fallback: bool = False
+    clamped: bool = False  # a value was outside its range and was clamped
+    detail: str = ""  # why it fell back or what was clamped
+    provider: str = ""  # the LLM provider of the call (gemini, openai, offline): the envelope's source_metrics
+    reply_bytes: int = 0  # size of the raw reply it was parsed from: the envelope's source_metrics.total_bytes
 
 
 class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
@@ -280,8 +290,64 @@ class AgentSignal(msgspec.Struct, frozen=True, kw_only=True):
     key_factors: list[str] = []
 
 
+# The decision body of the envelope contract (seed S4, ``schema_version`` "1"): what a consumer written
+# to that contract reads under ``decision``. Ranges are checked at decode.
+UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+SignedUnitFloat = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+ENVELOPE_SCHEMA_VERSION = "1"
+SUMMARY_MAX_CHARS = 300
+KEY_FACTORS_MAX = 10
+
+
+class SynthesisBody(msgspec.Struct, frozen=True, kw_only=True):
+    verdict: Verdict
+    confidence: UnitFloat
+    ensemble_score: SignedUnitFloat
+    reasoning: str = ""
+
+
+class AgentSignalBody(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    domain: str
+    signal: Direction
+    confidence: UnitFloat
+    summary: Annotated[str, msgspec.Meta(max_length=SUMMARY_MAX_CHARS)] = ""
+    key_factors: Annotated[list[str], msgspec.Meta(max_length=KEY_FACTORS_MAX)] = []
+
+
+class SourceMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """The news/LLM calls behind the decision's signals; ``by_source`` is calls per provider."""
+
+    total_calls: Count = 0
+    successful: Count = 0
+    failed: Count = 0
+    total_bytes: Count = 0
+    by_source: dict[str, Count] = {}
+
+
+class PhaseTiming(msgspec.Struct, frozen=True, kw_only=True):
+    phase: str
+    ms: float
+
+
+class DecisionBody(msgspec.Struct, frozen=True, kw_only=True):
+    target: Target
+    synthesis: SynthesisBody
+    agent_signals: list[AgentSignalBody] = []
+    source_metrics: SourceMetrics = msgspec.field(default_factory=SourceMetrics)
+    phase_timings: list[PhaseTiming] = []
+    arena_total_seconds: float | None = None
+
+
 class DecisionEnvelope(Event, frozen=True, kw_only=True, tag="decision"):
-    """The versioned verdict on a symbol; the latest per symbol is also in the decisions KV bucket."""
+    """The versioned verdict on a symbol; the latest per symbol is also in the decisions KV bucket.
+
+    ``schema_version``, ``decision`` and ``published_at`` (with the common ``correlation_id``) are the
+    S4 envelope contract; they are additive, so envelopes written before them still decode (with
+    ``schema_version`` "", which a contract consumer skips). ``target``, ``synthesis`` and the flat
+    ``source_metrics``/``phase_timings`` dicts are the original fields, kept for existing readers.
+    """
 
     subject_template: ClassVar[str] = "decision.{target.ticker}"
     target: Target
@@ -289,6 +355,9 @@ class DecisionEnvelope(Event, frozen=True, kw_only=True, tag="decision"):
     agent_signals: list[AgentSignal] = []
     source_metrics: dict[str, float] = {}
     phase_timings: dict[str, float] = {}  # milliseconds per phase
+    schema_version: str = ""
+    decision: DecisionBody | None = None
+    published_at: datetime | None = None  # the decision's event time (UTC), so a replay republishes it unchanged
 
 
 # ---------------------------------------------------------------- orders

@@ -56,6 +56,8 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+eval_app = typer.Typer(help="Evaluate sentiment scoring.")
+app.add_typer(eval_app, name="eval")
 console = Console()
 log = structlog.get_logger("tapeline")
 
@@ -153,9 +155,10 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> boo
     from tapeline.bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
-    pipeline = Pipeline(
-        nc, s.prefix, configs=s.components(), db_path=s.duckdb_path, selected=ROLES, retention=s.retention
-    )
+    configs = s.components()
+    # The demo never calls a paid LLM API with its headlines, whatever keys the shell holds: offline scorer only.
+    configs["news_llm"] = msgspec.structs.replace(configs["news_llm"], provider="offline")
+    pipeline = Pipeline(nc, s.prefix, configs=configs, db_path=s.duckdb_path, selected=ROLES, retention=s.retention)
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
@@ -778,10 +781,25 @@ def decisions(
     config: ConfigOpt = Path("tapeline.toml"),
     nats: NatsOpt = "",
     prefix: PrefixOpt = None,
+    date: Annotated[str | None, typer.Option("--date", help="the last verdict of that trade date (YYYY-MM-DD)")] = None,
 ) -> None:
-    """The latest verdict per symbol, from the decisions KV bucket; --follow streams new ones."""
+    """The latest verdict per symbol from the decisions KV bucket (--date: of one day); --follow streams new ones."""
     s = _settings(config, prefix=prefix, nats_url=nats or None)
-    _run(_decisions(s, symbol, follow))
+    if date is not None:
+        _check_trade_date(symbol, date)
+    _run(_decisions(s, symbol, follow, date))
+
+
+def _check_trade_date(symbol: str | None, date: str) -> None:
+    try:
+        ok = datetime.strptime(date, "%Y-%m-%d").date().isoformat() == date
+    except ValueError:
+        ok = False
+    if not ok or not symbol:
+        typer.echo(
+            f"--date {date!r}: give a symbol and an ISO trade date, e.g. decisions NVDA --date 2026-05-11", err=True
+        )
+        raise typer.Exit(2)
 
 
 def _decision_row(t: Table, env: DecisionEnvelope) -> None:
@@ -814,7 +832,7 @@ async def _keys(kv: Any) -> list[str]:
         return []
 
 
-async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
+async def _decisions(s: Settings, symbol: str | None, follow: bool, date: str | None = None) -> None:
     from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     async with nats_session(s.nats_url, s.data_path, name="tapeline-decisions") as (nc, _):
@@ -824,17 +842,20 @@ async def _decisions(s: Settings, symbol: str | None, follow: bool) -> None:
             raise CommandFailed(
                 f"no decisions on this server yet (prefix {s.prefix!r}): run `tapeline demo` or `tapeline up` first"
             ) from None
-        try:
-            keys = [encode_token(symbol)] if symbol else sorted(await kv.keys())
+        try:  # "<ticker>" keys hold the latest verdict, "<ticker>.<date>" the last of a day
+            keys = [encode_token(symbol)] if symbol else sorted(k for k in await kv.keys() if "." not in k)
         except NoKeysError:
             keys = []
+        if symbol and date:
+            keys = [f"{encode_token(symbol)}.{date}"]
         t = _decision_table()
         for key in keys:
             try:
                 entry = await kv.get(key)
             except KeyNotFoundError:
-                known = ", ".join(decode_token(k) for k in sorted(await _keys(kv))) or "none"
-                raise CommandFailed(f"no decision for {symbol!r} (symbols with decisions: {known})") from None
+                known = ", ".join(decode_token(k) for k in sorted(await _keys(kv)) if "." not in k) or "none"
+                when = f" on {date}" if date else ""
+                raise CommandFailed(f"no decision for {symbol!r}{when} (symbols with decisions: {known})") from None
             for ev in decode(entry.value or b"").events:
                 if isinstance(ev, DecisionEnvelope):
                     _decision_row(t, ev)
@@ -947,6 +968,21 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="output direct
         raise typer.Exit(2) from None
     for path in paths:
         console.print(str(path))
+
+
+@eval_app.command("sentiment")
+def eval_sentiment(
+    by: Annotated[str, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = "variant",
+    gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    config: ConfigOpt = Path("tapeline.toml"),
+) -> None:
+    """Compare the sentiment variants over the recorded LLM calls and scores (no provider call)."""
+    from tapeline.sentiment_report import sentiment_by_variant
+
+    if by != "variant":
+        typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
+        raise typer.Exit(2)
+    sentiment_by_variant(_settings(config).duckdb_path, gold, console)
 
 
 def main() -> None:

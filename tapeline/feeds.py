@@ -65,10 +65,20 @@ async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
     try:
         await provision(nc, settings.prefix, settings.retention)
         pub = await Publisher(nc, settings.prefix, role=f"feed-{feed.name}").start()
+        appender = None
         try:
+            from tapeline.adapters.history import HistoryFeed
+
+            if isinstance(feed, HistoryFeed):  # the store's owner also appends the bars the pipeline builds
+                from tapeline.adapters.history_appender import HistoryAppender
+
+                appender = HistoryAppender(nc, pub, settings.prefix, feed.store)
+                await appender.start()
             stats = await run_feed(feed, pub, batch_ticks=settings.batch_ticks)
             log.info("feed finished", feed=feed.name, events=stats.events, messages=stats.messages)
         finally:
+            if appender is not None:
+                await appender.stop()
             await pub.close()
     finally:
         await close_connection(nc)
@@ -115,7 +125,10 @@ def mt5_cmd(
                                            server_time_offset_s=term.server_time_offset_s)  # fmt: skip
         finally:
             await close_connection(nc)
-        await _run(s, nats, Mt5Feed(term, mt5=module, resume=cursors))
+        from tapeline.adapters.sources import with_history
+
+        series = [(sym, term.bar_interval) for sym in term.symbols] if term.warmup_days else []
+        await _run(s, nats, with_history(s.feeds, Mt5Feed(term, mt5=module, resume=cursors), series))
 
     from tapeline.bus.connection import NatsConnectError
 
@@ -147,10 +160,10 @@ def ibkr_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
 @feed_app.command("files")
 def files_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """Bars and ticks from CSV/Parquet files ([feeds.files]); bad rows are reported as an alert."""
-    from tapeline.adapters.sources import files_feed
+    from tapeline.adapters.sources import files_feed, files_series, with_history
 
     s = _settings(config, prefix, feed="files")
-    _go(s, nats, files_feed(s.feeds))
+    _go(s, nats, with_history(s.feeds, files_feed(s.feeds), files_series(s.feeds)))
 
 
 @feed_app.command("sim")
@@ -169,8 +182,8 @@ def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), pref
 
     s = _settings(config, prefix, feed="active")
     try:
-        feed = market_feed(s.feeds)
-    except LookupError as e:
+        feed = market_feed(s.feeds, data_dir=s.data_path)
+    except (LookupError, ValueError) as e:  # no such terminal; a vendor key missing (PriceSourceError)
         typer.echo(f"configuration error: {e}", err=True)
         raise typer.Exit(2) from None
     _go(s, nats, feed)

@@ -26,6 +26,7 @@ from tapeline.bus.lease import Lease, leases_stream_config
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.runtime import ConsumerRuntime
 from tapeline.bus.topology import Retention, provision
+from tapeline.projections.decision_index import decision_index_binding
 from tapeline.projections.duckdb import ProjectionDb, ProjectionSink
 from tapeline.projections.query import QueryService
 from tapeline.projections.runtimes import Binding, projection_bindings, vector_bindings
@@ -122,6 +123,8 @@ class Pipeline:
             assert self.query is not None
             await self.query.start()
             self._swap_sub = await self.nc.subscribe(swap_subject(self.prefix), cb=self._on_swap)
+            # the per-(ticker, trade date) decision lookup in the decisions KV bucket
+            self._start_read_model(Binding(*await decision_index_binding(self.nc, self.prefix)))
         await self._settled()
         log.info(
             "pipeline started",

@@ -18,6 +18,7 @@ from typing import Any
 
 from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.adapters.brokers.gateway import ExecutionGateway
+from tapeline.adapters.llm.gateway import NewsLlmGateway
 from tapeline.adapters.news.feed import NewsFeed
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.breakers import Breakers
@@ -26,24 +27,36 @@ from tapeline.handlers.enrichment import MarketFeatures
 from tapeline.handlers.momentum import MomentumSignal
 from tapeline.handlers.risk import RiskGate
 from tapeline.handlers.scanner import Scanner
+from tapeline.handlers.sentiment import SentimentAgent
+from tapeline.handlers.sentiment_parser import SentimentParser
+from tapeline.handlers.similarity import SimilarityAgent
 from tapeline.handlers.sizing import Sizer
 from tapeline.handlers.watchdog import HeartbeatWatchdog
 from tapeline.schemas.components import Component, check_declaration, durable_name, filters_by_family
 
 COMPONENTS: tuple[type[Component], ...] = (
+    # inputs
     ClockFeed,
+    NewsFeed,
+    # market data -> signals
     BarAggregator,
     MarketFeatures,
     MomentumSignal,
+    SimilarityAgent,
+    # news -> sentiment
+    NewsLlmGateway,
+    SentimentParser,
+    SentimentAgent,
+    # signals -> decisions -> orders
     DecisionSynthesis,
-    HeartbeatWatchdog,
-    NotifierGateway,
-    ExecutionGateway,
-    NewsFeed,
     Scanner,
     Sizer,
     RiskGate,
     Breakers,
+    ExecutionGateway,
+    # operations
+    HeartbeatWatchdog,
+    NotifierGateway,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.publisher import Publisher
 from tapeline.schemas.events import EVENT_TYPES
-from tapeline.schemas.subjects import FAMILIES
+from tapeline.schemas.subjects import FAMILIES, decisions_bucket
 from tests.helpers import TAPELINE, start_tapeline, wait_until, write_config
 
 
@@ -231,6 +231,25 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         assert unknown.stderr.strip().splitlines() == ["no decision for 'UNKNOWN' (symbols with decisions: BRK.B)"], (
             unknown.stderr
         )
+        kv = await nc.jetstream().key_value(decisions_bucket(provisioned))
+        day = json.loads((await kv.get("BRK=2EB")).value or b"{}")["target"]["trade_date"]
+
+        async def indexed() -> bool:
+            return f"BRK=2EB.{day}" in await kv.keys()
+
+        await wait_until(indexed, timeout=60)
+        dated = await asyncio.to_thread(run, "decisions", "BRK.B", "--date", day, "-c", str(cfg))
+        assert dated.returncode == 0 and "BRK.B" in dated.stdout, dated.stdout + dated.stderr
+        other = await asyncio.to_thread(run, "decisions", "BRK.B", "--date", "1999-01-04", "-c", str(cfg))
+        assert other.returncode == 1 and "no decision for 'BRK.B' on 1999-01-04" in other.stderr, other.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args", [["NVDA", "--date", "2026-13-01"], ["NVDA", "--date", "tomorrow"], ["--date", "2026-05-11"]]
+)
+def test_decisions_date_must_be_an_iso_date_with_a_symbol(args: list[str]) -> None:
+    code, lines = invoke("decisions", *args)
+    assert code == 2 and len(lines) == 1 and "--date" in lines[0] and "2026-05-11" in lines[0], lines

@@ -43,6 +43,7 @@ def _comparable(e: Event) -> dict[str, Any]:
     d.pop("ts_init")
     if isinstance(e, DecisionEnvelope):
         d.pop("phase_timings")
+        d["decision"].pop("phase_timings")  # the S4 contract body's copy
     return d
 
 

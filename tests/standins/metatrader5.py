@@ -51,6 +51,24 @@ TICK_DTYPE = np.dtype(
     ]
 )
 
+RATE_DTYPE = np.dtype(
+    [
+        ("time", "<i8"),
+        ("open", "<f8"),
+        ("high", "<f8"),
+        ("low", "<f8"),
+        ("close", "<f8"),
+        ("tick_volume", "<u8"),
+        ("spread", "<i4"),
+        ("real_volume", "<u8"),
+    ]
+)
+TIMEFRAME_M1 = 1
+TIMEFRAME_H1 = 16385
+TIMEFRAME_D1 = 16408
+_TIMEFRAME_S = {**{m: m * 60 for m in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)},
+                **{16384 + h: h * 3600 for h in (1, 2, 3, 4, 6, 8, 12)}, TIMEFRAME_D1: 86_400}  # fmt: skip
+
 TerminalInfo = namedtuple("TerminalInfo", "connected trade_allowed name company path build ping_last")
 AccountInfo = namedtuple("AccountInfo", "login server name currency balance trade_mode")
 SymbolInfo = namedtuple("SymbolInfo", "name visible select trade_mode time bid ask last")
@@ -231,6 +249,36 @@ class MetaTrader5StandIn:
         if a is None:
             return None
         return a[a["time_msc"] >= sec * 1000][:count]
+
+    def copy_rates_range(self, symbol: str, timeframe: int, date_from: Any, date_to: Any) -> np.ndarray | None:
+        """Bars the terminal built from its whole tick history (bid, or last where there is no bid)
+        whose open time lies in [date_from, date_to], as MetaTrader5 answers it."""
+        self._count("copy_rates_range")
+        s1, s2 = self._check_date(date_from), self._check_date(date_to)
+        if s1 is None or s2 is None or timeframe not in _TIMEFRAME_S:
+            if timeframe not in _TIMEFRAME_S:
+                self._error = (RES_E_INVALID_PARAMS, "Invalid arguments: timeframe")
+            return None
+        if not self._ipc_ok():
+            return None
+        if symbol not in self.selected:
+            self._error = (RES_E_NOT_FOUND, f"symbol {symbol} not selected")
+            return None
+        step = _TIMEFRAME_S[timeframe]
+        bars: dict[int, list[Any]] = {}
+        for t in self.ticks[symbol]:
+            price = float(t["bid"]) or float(t["last"])
+            start = int(t["time"]) - int(t["time"]) % step
+            if price <= 0 or not s1 <= start <= s2:
+                continue
+            b = bars.get(start)
+            if b is None:
+                bars[start] = [start, price, price, price, price, 1, 0, int(t["volume"])]
+            else:
+                b[2], b[3], b[4] = max(b[2], price), min(b[3], price), price
+                b[5] += 1
+                b[7] += int(t["volume"])
+        return np.array([tuple(bars[k]) for k in sorted(bars)], dtype=RATE_DTYPE)
 
     def copy_ticks_range(self, symbol: str, date_from: Any, date_to: Any, flags: int) -> np.ndarray | None:
         self._count("copy_ticks_range")

@@ -1,0 +1,1 @@
+"""LLM providers (Gemini, OpenAI; an offline scorer), versioned prompts and the ``news_llm`` gateway."""
