@@ -79,7 +79,7 @@ async def test_a_decision_published_during_the_test_is_on_the_page_within_a_seco
     try:
         await browser.start(url)
         # The page is live (SSE open) and shows the demo's latest verdicts and NVDA's bars.
-        await browser.wait_for("document.body?.dataset.live === '1' && document.querySelector('#latest .sym')")
+        await browser.wait_for("document.body?.dataset.live === '1' && !!document.querySelector('#latest .sym')")
         tickers = await browser.evaluate("[...document.querySelectorAll('#latest .sym')].map(e => e.dataset.ticker)")
         assert {"NVDA", "ORCL", "AAPL"} <= set(tickers)
         await browser.wait_for("state.lastCandle > 0 && document.querySelectorAll('#live li').length > 0")

@@ -49,9 +49,10 @@ class Browser:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ws: ClientConnection | None = None
         self._ids = itertools.count(1)
+        self.errors: list[str] = []  # the page's uncaught exceptions and console errors
 
     async def start(self, url: str, timeout_s: float = 60.0) -> None:
-        args = [chromium_path(), *FLAGS, f"--user-data-dir={self.profile}", url]
+        args = [chromium_path(), *FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
         active = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout_s
@@ -60,11 +61,15 @@ class Browser:
                 raise RuntimeError(f"chromium did not open its debugging port (exit {self.proc.poll()})")
             await asyncio.sleep(0.05)
         port = int(active.read_text().split()[0])
-        page = await asyncio.to_thread(self._page_target, port, url, deadline)
+        page = await asyncio.to_thread(self._page_target, port, deadline)
         self.ws = await connect(page, max_size=64 * 1024 * 1024)
+        await self.send("Runtime.enable")
+        await self.send("Page.enable")
+        await self.send("Page.navigate", url=url)
+        await self.wait_for(f"location.href === {url!r} && document.readyState === 'complete'", timeout_s)
 
     @staticmethod
-    def _page_target(port: int, url: str, deadline: float) -> str:
+    def _page_target(port: int, deadline: float) -> str:
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
                 targets = json.load(r)
@@ -81,6 +86,10 @@ class Browser:
         await self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
         while True:
             msg = json.loads(await self.ws.recv())
+            if msg.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(str(msg["params"]["exceptionDetails"].get("exception", {}).get("description")))
+            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] in ("error", "warning"):
+                self.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in msg["params"]["args"]))
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -100,7 +109,8 @@ class Browser:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{expression} still false after {timeout_s}s")
+                at = await self.evaluate("location.href + ' ' + (document.body?.innerText || '').slice(0, 300)")
+                raise TimeoutError(f"{expression} still false after {timeout_s}s at {at}; page errors: {self.errors}")
             await asyncio.sleep(0.05)
 
     async def screenshot(self, path: Path) -> Path:
