@@ -96,6 +96,14 @@ async def test_a_decision_published_during_the_test_is_on_the_page_within_a_seco
         assert "NVDA" in item and "BUY" in item and "published while the page is open" in item
         card = await browser.evaluate("document.querySelector('#latest .sym[data-ticker=\"NVDA\"]').dataset.verdict")
         assert card == "BUY"
+        print(f"decision shown {seen_ms - sent_ms:.0f} ms after publishing")  # the figure the README quotes (-s)
+        # The chat answers offline from the demo's projection and records the exchange.
+        await browser.evaluate(
+            "document.querySelector('#chat-input').value = 'why did we sell ORCL';"
+            "document.querySelector('#chat-form').requestSubmit()"
+        )
+        answer = await browser.wait_for("document.querySelector('#chat-log .a')?.innerText")
+        assert answer.startswith("ORCL SELL") or answer.startswith("no SELL decision for ORCL"), answer
         await browser.screenshot(shots / "web-live-decision.png")
         assert (shots / "web-live-decision.png").stat().st_size > 10_000
     finally:
