@@ -105,6 +105,7 @@ async def test_a_decision_published_during_the_test_is_on_the_page_within_a_seco
         answer = await browser.wait_for("document.querySelector('#chat-log .a')?.innerText")
         assert answer.startswith("ORCL SELL") or answer.startswith("no SELL decision for ORCL"), answer
         await browser.screenshot(shots / "web-live-decision.png")
+        assert browser.errors == []  # no uncaught exception or console error on the page
         assert (shots / "web-live-decision.png").stat().st_size > 10_000
     finally:
         await browser.close()

@@ -88,7 +88,7 @@ class Browser:
             msg = json.loads(await self.ws.recv())
             if msg.get("method") == "Runtime.exceptionThrown":
                 self.errors.append(str(msg["params"]["exceptionDetails"].get("exception", {}).get("description")))
-            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] in ("error", "warning"):
+            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] == "error":
                 self.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in msg["params"]["args"]))
             if msg.get("id") == mid:
                 if "error" in msg:

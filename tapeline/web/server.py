@@ -76,7 +76,7 @@ class Request(msgspec.Struct):
 
 
 Handler = Callable[[Request], Awaitable[Any]]
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Error"}
 
 
 def live_subjects(prefix: str) -> list[str]:
@@ -202,6 +202,9 @@ class WebServer:
                 result = await handler(req)
         except HttpError as e:
             return e.status, "application/json", _encode({"error": str(e)})
+        except Exception as e:  # a bug or the outside world (NATS gone): the page shows it, the server goes on
+            log.exception("web request failed", path=req.path)
+            return 500, "application/json", _encode({"error": f"{type(e).__name__}: {e}"})
         return 200, "application/json", _encode(result)
 
     async def _chart(self, req: Request) -> data.Chart:
