@@ -10,12 +10,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 from nats.aio.client import Client
 
 from tapeline.bus.connection import NatsSettings, connect
 from tapeline.bus.publisher import Publisher
+from tapeline.projections.duckdb import ProjectionDb
 from tapeline.schemas.events import (
     AgentSignal,
     CircuitBreakerTripped,
@@ -27,6 +29,7 @@ from tapeline.schemas.events import (
 from tapeline.schemas.ids import new_event_id
 from tapeline.schemas.subjects import OPS, RISK
 from tapeline.session import running_embedded
+from tapeline.web import data
 from tapeline.web.control import Controls
 from tapeline.web.data import Reader
 from tapeline.web.server import WebServer
@@ -173,3 +176,29 @@ async def test_without_a_token_the_page_is_view_only(nc: Client, provisioned: st
     finally:
         await server.stop()
     assert await stored(nc, RISK.stream(provisioned)) == []
+
+
+async def test_panels_say_what_is_missing_then_light_up_when_their_read_model_appears(tmp_path: Path) -> None:
+    path = tmp_path / "p.duckdb"
+    ProjectionDb(path).close()
+    reader = Reader(None, "tape", path)
+    (before,) = await data.performance(reader, 1000.0)
+    assert before.empty.startswith("no equity curve yet") and not before.curve
+    assert (await data.panel(reader, "fills")).empty == "no fills yet"
+    con = duckdb.connect(str(path))  # the portfolio read model arrives: a daily P&L curve for one account
+    con.execute(
+        "CREATE VIEW equity_curve AS SELECT 'paper' AS account, DATE '2026-01-01' + i::INTEGER AS day, pnl "
+        "FROM (VALUES (0, 0.0), (1, 100.0), (2, -100.0), (3, 50.0)) t(i, pnl)"
+    )
+    con.close()
+    (after,) = await data.performance(reader, 1000.0)
+    assert after.account == "paper" and [round(c["equity"]) for c in after.curve] == [1000, 1100, 900, 1050]
+    f = after.figures
+    assert f["pnl"] == pytest.approx(50.0) and f["return"] == pytest.approx(0.05)
+    assert f["max_drawdown"] == pytest.approx(200 / 1100)  # from the 1,100 peak to 900
+    rets = [0.1, 900 / 1100 - 1, 1050 / 900 - 1]
+    mean = sum(rets) / 3
+    sd = (sum((r - mean) ** 2 for r in rets) / 2) ** 0.5
+    assert f["sharpe"] == pytest.approx(mean / sd * 252**0.5)
+    assert f["sortino"] > f["sharpe"] > 0 and f["calmar"] > 0
+    assert [round(c["pnl"]) for c in after.curve] == [0, 100, -200, 150]
