@@ -20,6 +20,7 @@ from tapeline.bus.publisher import Publisher
 from tapeline.projections.duckdb import ProjectionDb
 from tapeline.schemas.events import (
     AgentSignal,
+    Bar,
     CircuitBreakerTripped,
     DecisionEnvelope,
     OperatorAction,
@@ -99,6 +100,26 @@ async def test_a_decision_published_during_the_test_is_on_the_page_within_a_seco
         assert "NVDA" in item and "BUY" in item and "published while the page is open" in item
         card = await browser.evaluate("document.querySelector('#latest .sym[data-ticker=\"NVDA\"]').dataset.verdict")
         assert card == "BUY"
+        # A bar of the charted symbol moves the chart.
+        symbol, interval, last = await browser.evaluate("[state.symbol, state.interval, state.lastCandle]")
+        start = (last + 60) * 10**9
+        bar = Bar(
+            event_id=new_event_id(time.time_ns()),
+            ts_event=start + 60 * 10**9,
+            ts_init=time.time_ns(),
+            source="test",
+            symbol=symbol,
+            interval=interval,
+            start_ns=start,
+            open=50.0,
+            high=51.0,
+            low=49.0,
+            close=50.5,
+        )
+        pub = await Publisher(nc, "tape", role="test").start()
+        await pub.publish([bar])
+        await pub.close()
+        await browser.wait_for(f"state.lastCandle === {last + 60}")
         print(f"decision shown {seen_ms - sent_ms:.0f} ms after publishing")  # the figure the README quotes (-s)
         # The chat answers offline from the demo's projection and records the exchange.
         await browser.evaluate(

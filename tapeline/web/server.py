@@ -2,7 +2,7 @@
 
 * ``GET /`` the page, ``/static/*`` its assets (lightweight-charts ships in the package: no CDN).
 * ``GET /api/stream``: Server-Sent Events. One core NATS subscription per family the page shows
-  (decisions, breakers, alerts, heartbeats, orders, control actions, asks) is fanned out to every
+  (decisions, bars, breakers, alerts, heartbeats, orders, control actions, asks) is fanned out to every
   open page as it arrives: pushed, never polled. A page too slow to keep up is disconnected (its
   queue is bounded); the browser's EventSource reconnects and the page reloads its panels.
 * ``GET /api/panel/<name>[?arg=]``, ``/api/chart?symbol=``, ``/api/performance``, ``/api/similar?symbol=``:
@@ -33,6 +33,7 @@ from tapeline.schemas.codec import MalformedEvent, decode
 from tapeline.schemas.events import (
     Alert,
     AskExchange,
+    Bar,
     CircuitBreakerResumed,
     CircuitBreakerTripped,
     DecisionEnvelope,
@@ -47,6 +48,7 @@ log = structlog.get_logger("tapeline.web")
 
 LIVE_TYPES: tuple[type[Event], ...] = (
     DecisionEnvelope,
+    Bar,  # the chart of the chosen symbol moves with its bars
     CircuitBreakerTripped,
     CircuitBreakerResumed,
     Alert,

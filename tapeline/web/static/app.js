@@ -2,7 +2,7 @@
 "use strict";
 const LW = window.LightweightCharts;
 const $ = (sel) => document.querySelector(sel);
-const state = { symbol: "", latest: {}, chart: null, candles: null, markers: null, markerList: [], lastCandle: 0, control: null, pending: null };
+const state = { symbol: "", interval: "", latest: {}, chart: null, candles: null, markers: null, markerList: [], lastCandle: 0, control: null, pending: null };
 window.tapelineSeen = {}; // decision event id -> Date.now() when shown (the browser test reads it)
 
 function el(tag, attrs, ...children) {
@@ -157,9 +157,18 @@ async function selectSymbol(ticker) {
   state.markerList = c.markers.map(marker);
   state.markers.setMarkers(state.markerList);
   state.lastCandle = c.candles.length ? c.candles[c.candles.length - 1].time : 0;
+  state.interval = c.interval;
   state.chart.timeScale().fitContent();
   $("#chart-info").textContent = c.empty || `${c.interval} bars, ${c.markers.length} BUY/SELL decisions`;
   loadSimilar(ticker);
+}
+
+function onBar(b) {
+  if (!state.chart || b.symbol !== state.symbol || b.interval !== state.interval) return;
+  const time = Math.floor(b.start_ns / 1e9);
+  if (time < state.lastCandle) return; // the series only takes the newest bar (or an update of it)
+  state.candles.update({ time, open: b.open, high: b.high, low: b.low, close: b.close });
+  state.lastCandle = time;
 }
 
 async function loadSimilar(ticker) {
@@ -235,6 +244,7 @@ function connect() {
   es.onopen = () => { pill.textContent = "live"; pill.className = "pill on"; document.body.dataset.live = "1"; loadDecisions(); };
   es.onerror = () => { pill.textContent = "reconnecting…"; pill.className = "pill off"; document.body.dataset.live = ""; };
   es.addEventListener("decision", (e) => onDecision(JSON.parse(e.data)));
+  es.addEventListener("bar", (e) => onBar(JSON.parse(e.data)));
   const on = (type, ...panels) => es.addEventListener(type, () => panels.forEach((p) => (p === "performance" ? loadPerformance() : reload(p))));
   on("breaker_tripped", "breakers"); on("breaker_resumed", "breakers");
   on("alert", "alerts"); on("heartbeat", "feeds");
