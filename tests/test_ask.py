@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from tapeline.projections.tables import DECISION_SIGNALS, DECISIONS
 from tapeline.schemas.events import AgentSignal, AskExchange, DecisionEnvelope, Synthesis, Target
 from tapeline.schemas.subjects import OPS
 from tapeline.web.data import Reader
-from tests.helpers import stored
+from tests.helpers import TAPELINE, stored, write_config
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01
 
@@ -38,8 +40,8 @@ def _env(i: int, ticker: str, verdict: str, why: str) -> DecisionEnvelope:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    """A projection with ORCL: SELL then HOLD, NVDA: BUY."""
-    path = tmp_path / "p.duckdb"
+    """A projection with ORCL: SELL then HOLD, NVDA: BUY (where a config with data_dir tmp/data has it)."""
+    path = tmp_path / "data" / "projections" / "tapeline.duckdb"
     envs = [
         _env(1, "ORCL", "SELL", "cloud margins fell"),
         _env(2, "NVDA", "BUY", "data-centre demand"),
@@ -146,3 +148,21 @@ async def test_openai_function_calling_uses_the_tools_and_the_exchange_replays_f
     (ev,) = [e for e in await stored(nc, OPS.stream(provisioned)) if isinstance(e, AskExchange)]
     assert (ev.mode, ev.answer, ev.tool_calls[0]["name"]) == ("openai", got.answer, "explain_decision")
     assert "sk-test-secret" not in json.dumps([ev.question, ev.answer, ev.tool_calls, ev.error])
+
+
+async def test_the_ask_command_answers_offline_and_records_the_exchange(
+    nc: Client, provisioned: str, nats_url: str, db: Path, tmp_path: Path
+) -> None:
+    cfg = str(write_config(tmp_path, provisioned, nats_url))
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*TAPELINE, *args], capture_output=True, text=True, timeout=120, env=env)
+
+    got = await asyncio.to_thread(run, "ask", "-c", cfg, "what is the latest decision for NVDA?")
+    assert got.returncode == 0, got.stderr
+    assert "NVDA: BUY" in got.stdout and "data-centre demand" in got.stdout
+    (ev,) = [e for e in await stored(nc, OPS.stream(provisioned)) if isinstance(e, AskExchange)]
+    assert (ev.source, ev.intent, ev.question) == ("cli", "latest_decision", "what is the latest decision for NVDA?")
+    bad = await asyncio.to_thread(run, "ask", "-c", cfg, "--nats", "nats://127.0.0.1:1", "latest NVDA")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
