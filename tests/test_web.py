@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from tapeline.web import data
 from tapeline.web.control import Controls
 from tapeline.web.data import Reader
 from tapeline.web.server import WebServer
-from tests.helpers import TAPELINE, start_tapeline, stored, wait_until
+from tests.helpers import TAPELINE, start_tapeline, stored, wait_until, write_config
 from tests.web_browser import Browser
 
 DEMO_TICKS = "8000"
@@ -223,3 +224,20 @@ async def test_panels_say_what_is_missing_then_light_up_when_their_read_model_ap
     assert f["sharpe"] == pytest.approx(mean / sd * 252**0.5)
     assert f["sortino"] > f["sharpe"] > 0 and f["calmar"] > 0
     assert [round(c["pnl"]) for c in after.curve] == [0, 100, -200, 150]
+
+
+async def test_a_busy_port_is_one_line_and_exit_2(provisioned: str, nats_url: str, tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, provisioned, nats_url))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        got = await asyncio.to_thread(
+            subprocess.run,
+            [*TAPELINE, "web", "-c", cfg, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
+    assert f"127.0.0.1:{port}" in got.stderr and "--port" in got.stderr
