@@ -28,6 +28,7 @@ import httpx
 import msgspec
 import structlog
 
+from tapeline.adapters.smtp import EmailError, SmtpNotifier
 from tapeline.schemas.components import Consumes, Feed, Gateway, draft
 from tapeline.schemas.events import Alert, AnyEvent, ClockTick, Event, Heartbeat, Notification, Severity
 from tapeline.schemas.ids import derive_event_id, new_event_id
@@ -320,6 +321,15 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     backoff_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     username: str = "Tapeline"
+    # e-mail over SMTP (adapters/smtp.py), on when smtp_host is set; the password only from the environment
+    smtp_host: str = ""
+    smtp_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 587
+    smtp_starttls: bool = True
+    smtp_ssl: bool = False  # implicit TLS (port 465)
+    smtp_user: str = ""
+    smtp_password_env: str = "TAPELINE_SMTP_PASSWORD"  # the NAME of the variable
+    smtp_from: str = ""
+    smtp_to: list[str] = []
 
     def __post_init__(self) -> None:
         if not _ENV_NAME.fullmatch(self.webhook_url_env):
@@ -327,12 +337,20 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 f"webhook_url_env: {self.webhook_url_env!r} must be the NAME of an environment variable "
                 "(e.g. TAPELINE_ALERT_WEBHOOK_URL), not the URL itself"
             )
+        if not _ENV_NAME.fullmatch(self.smtp_password_env):
+            raise ValueError(
+                f"smtp_password_env: {self.smtp_password_env!r} must be the NAME of an environment variable "
+                "(e.g. TAPELINE_SMTP_PASSWORD), not the password itself"
+            )
+        if self.smtp_host and (not self.smtp_from or not self.smtp_to):
+            raise ValueError("smtp_host is set: also set smtp_from and smtp_to (a list of addresses)")
 
 
 class NotifierGateway(Gateway):
     """Alerts to a Discord-compatible webhook: each alert posted once, recorded as a Notification.
 
-    Runs only when its URL variable is set. An alert below ``min_severity`` is recorded as not
+    Runs when its URL variable is set, or ``smtp_host`` (then alerts are e-mailed too, see
+    ``adapters/smtp.py``; channel ``email``). An alert below ``min_severity`` is recorded as not
     delivered (so it is never reconsidered); a refusal (4xx) is recorded with its reason; network
     errors and 5xx after the notifier's own retries make the runner retry later, then dead-letter.
     """
@@ -347,9 +365,35 @@ class NotifierGateway(Gateway):
         super().__init__(config)
         self._client = client
         self._notifier: WebhookNotifier | None = None
+        self._email: SmtpNotifier | None = None
 
     def active(self) -> bool:
+        return self.webhook_on or bool(self.config.smtp_host)
+
+    @property
+    def webhook_on(self) -> bool:
         return bool(os.environ.get(self.config.webhook_url_env))
+
+    @property
+    def email(self) -> SmtpNotifier | None:
+        """The SMTP channel when ``smtp_host`` is configured."""
+        c: NotifierConfig = self.config
+        if self._email is None and c.smtp_host:
+            self._email = SmtpNotifier(
+                c.smtp_host,
+                c.smtp_port,
+                sender=c.smtp_from,
+                to=list(c.smtp_to),
+                user=c.smtp_user,
+                password=os.environ.get(c.smtp_password_env, ""),
+                starttls=c.smtp_starttls,
+                use_ssl=c.smtp_ssl,
+                retries=c.retries,
+                backoff_s=c.backoff_s,
+                timeout_s=c.timeout_s,
+                min_severity=c.min_severity,
+            )
+        return self._email
 
     @property
     def notifier(self) -> WebhookNotifier:
@@ -370,7 +414,34 @@ class NotifierGateway(Gateway):
         return isinstance(event, Alert)
 
     async def perform(self, event: AnyEvent) -> Sequence[Event]:
+        """The webhook first (its failures are retried by the runner: nothing was mailed yet), then the
+        e-mail, whose failure after its own retries is recorded rather than retried, so a retry never
+        posts or mails an alert twice. One Notification per configured channel."""
         assert isinstance(event, Alert)
+        out = list(await self._webhook(event)) if self.webhook_on else []
+        if self.email is not None:
+            out.append(await self._mail(event, self.email))
+        return out
+
+    async def _mail(self, event: Alert, mail: SmtpNotifier) -> Notification:
+        before = mail.attempts
+        try:
+            delivered = await mail.notify(event)
+            detail = "" if delivered else f"below min_severity {mail.min_severity}"
+        except EmailError as e:
+            delivered, detail = False, str(e)
+        return draft(
+            Notification,
+            ts_event=time.time_ns(),
+            channel="email",
+            alert_id=event.event_id,
+            alert_key=event.key,
+            delivered=delivered,
+            detail=detail,
+            attempts=mail.attempts - before,
+        )
+
+    async def _webhook(self, event: Alert) -> Sequence[Event]:
         n = self.notifier
         before = n.attempts
         try:

@@ -149,16 +149,21 @@ class HandlerSink:
         return failures
 
     def _export_counters(self) -> None:
-        """Mirror the handler's own counts and current values (a pure handler cannot touch metrics)."""
-        for outcome, n in self.component.counters.items():
-            seen = self._exported.get(outcome, 0)
-            if n > seen:
-                COMPONENT_EVENTS.labels(self.component.name, outcome).inc(n - seen)
-                self._exported[outcome] = n
-        for name, values in self.component.gauges.items():
-            gauge = component_gauge(self.component.name, name)
-            for key, value in values.items():
-                gauge.labels(key).set(value)
+        export_component_metrics(self.component, self._exported)
+
+
+def export_component_metrics(component: Component, exported: dict[str, int]) -> None:
+    """Mirror a component's own counts and current values (a pure handler cannot touch metrics);
+    ``exported`` remembers what was already counted."""
+    for outcome, n in component.counters.items():
+        seen = exported.get(outcome, 0)
+        if n > seen:
+            COMPONENT_EVENTS.labels(component.name, outcome).inc(n - seen)
+            exported[outcome] = n
+    for name, values in component.gauges.items():
+        gauge = component_gauge(component.name, name)
+        for key, value in values.items():
+            gauge.labels(key).set(value)
 
 
 async def publish_waiting_for_space(publisher: Publisher, events: list[Event], stall: Stall) -> int:
@@ -188,6 +193,7 @@ class GatewaySink:
         self.runtime = runtime
         self.skip_ids: set[str] = set()  # results stored (before a restart, or by this process)
         self.performed = 0
+        self._exported: dict[str, int] = {}
         self.stopping = asyncio.Event()
         self.stall = Stall(f"gateway:{gateway.name}", publisher, stop=self.stopping)
 
@@ -213,6 +219,9 @@ class GatewaySink:
                 out = stamp_results(gw, ev, results)
                 await publish_waiting_for_space(self.publisher, out, self.stall)
                 self.skip_ids.update(o.event_id for o in out)
+                for o in out:  # results by type, e.g. execution: order_submitted, order_filled
+                    gw.counters[o.tag] = gw.counters.get(o.tag, 0) + 1
+        export_component_metrics(gw, self._exported)
         return failures
 
     async def _perform(self, rec: Received, ev: AnyEvent) -> Sequence[Event]:
@@ -340,6 +349,7 @@ class ComponentRunner:
                 ordered=component.ordered,
                 batch=component.batch if isinstance(component, Gateway) else 1000,
                 ack_wait_s=component.ack_wait_s if isinstance(component, Gateway) else 30.0,
+                max_deliver=component.max_deliver if isinstance(component, Gateway) else 5,
             )
             for fam, subjects in families.items()
         ]

@@ -256,7 +256,7 @@ class ConsumerRuntime:
                     failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
                     break
                 attempt += 1  # in order or not at all: retry in place, give up by crashing
-                if attempt >= self.max_deliver:
+                if 0 < self.max_deliver <= attempt:
                     raise
                 await asyncio.sleep(self.backoff_s * 2**attempt)
         for j, f in failures.items():
@@ -265,7 +265,7 @@ class ConsumerRuntime:
         letters: list[Event] = []
         for i, f in outcome.items():
             d = batch[i]
-            if not f.retry or d.deliveries >= self.max_deliver:
+            if not f.retry or self._exhausted(d):
                 reason = f.reason if not f.retry else f"failed {d.deliveries} times; last error: {f.reason}"
                 letters.append(dead_letter(d, self.stream, self.durable, reason))
         if letters and self.publish_dead_letters:
@@ -282,7 +282,7 @@ class ConsumerRuntime:
                 fail = outcome.get(i)
                 if fail is None:
                     await self.loop.ack(d)
-                elif not fail.retry or d.deliveries >= self.max_deliver:
+                elif not fail.retry or self._exhausted(d):
                     await self.loop.term(d, fail.reason)
                 else:
                     EVENTS_FAILED.labels(self.durable, "retry").inc()
@@ -318,6 +318,10 @@ class ConsumerRuntime:
             self.last_acked = done[-1].stream_seq
             if self.after_ack is not None:
                 await self.after_ack(self.last_acked)
+
+    def _exhausted(self, d: Delivery) -> bool:
+        """Delivered as often as allowed (``max_deliver`` -1: never)."""
+        return 0 < self.max_deliver <= d.deliveries
 
     def _delay(self, d: Delivery) -> float:
         return float(min(self.backoff_s * 2 ** (d.deliveries - 1), 60.0))

@@ -131,6 +131,7 @@ class DecisionSynthesis(Handler):
         agreement = 1.0 if len(signs) <= 1 else 0.5
         confidence = _clamp((den / w_sum if w_sum else 0.0) * agreement, 0.0, 1.0)
         verdict: Verdict = "BUY" if score > self.threshold else "SELL" if score < -self.threshold else "HOLD"
+        self.counters[verdict] = self.counters.get(verdict, 0) + 1  # decisions per verdict (a metric)
         votes = ", ".join(self._contribution(s, den) for s in fresh)
         reasoning = (
             f"{verdict}: ensemble {score:+.2f} = {votes or 'no fresh signals'}; "

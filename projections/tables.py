@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import msgspec
 import pyarrow as pa
 
+from tapeline.projections import portfolio
 from tapeline.projections.table import Row, Table, View
 from tapeline.schemas import events as ev
 from tapeline.schemas.subjects import DECISION, INTEL, MD, NEWS, OPS, ORDER, RISK
@@ -167,8 +168,30 @@ ENRICHMENTS = Table(
     "enrichments",
     INTEL,
     (ev.Enrichment,),
-    (*COMMON, ("symbol", S), ("interval", S), ("features_json", S), ("phase", S), ("confidence", F64), ("nudges", LS)),
-    lambda e, s: [(*_common(e, s), e.symbol, e.interval, _j(e.features), e.phase, e.confidence, e.nudges)],
+    (
+        *COMMON,
+        ("symbol", S),
+        ("interval", S),
+        ("features_json", S),
+        ("phase", S),
+        ("confidence", F64),
+        ("nudges", LS),
+        ("warmup", B),
+        ("manifest_version", S),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.symbol,
+            e.interval,
+            _j(e.features),
+            e.phase,
+            e.confidence,
+            e.nudges,
+            e.warmup,
+            e.manifest_version,
+        )
+    ],
     "Features, market phase, confidence and nudges per symbol and bar.",
 )
 SIGNALS = Table(
@@ -496,10 +519,10 @@ NOTIFICATIONS = Table(
 )
 MODELS = Table(
     "model_deployments",
-    OPS,
+    INTEL,
     (ev.ModelDeployed,),
-    (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S)),
-    lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version)],
+    (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S), ("rollback", B)),
+    lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version, e.rollback)],
     "Model versions as they went live.",
 )
 
@@ -586,4 +609,5 @@ VIEWS: tuple[View, ...] = (
         "SELECT * FROM decisions QUALIFY row_number() OVER (PARTITION BY ticker ORDER BY ts_event DESC, seq DESC) = 1",
         "The latest decision per ticker.",
     ),
+    *portfolio.VIEWS,  # equity curve, accounts, decision forward returns (projections/portfolio.py)
 )

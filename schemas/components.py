@@ -173,6 +173,9 @@ class Gateway(Component):
     ack_wait_s: ClassVar[float] = 30.0
     # Requests fetched at once; each counts a delivery if the process dies (1: only the one in progress).
     batch: ClassVar[int] = 100
+    # Deliveries before a failing request is dead-lettered; -1: never (retried with backoff, at most a
+    # minute apart, until it succeeds), for effects whose outcome must not be given up (broker orders).
+    max_deliver: ClassVar[int] = 5
 
     def wants(self, event: AnyEvent) -> bool:
         """Whether this event is a request (others are acked without an effect)."""

@@ -148,14 +148,19 @@ class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
 
 
 class ModelDeployed(Event, frozen=True, kw_only=True, tag="model_deployed"):
-    """A model version became the live one (atomic swap); replay uses the version recorded here."""
+    """A model version became the live one (atomic swap); replay uses the version recorded here.
 
-    subject_template: ClassVar[str] = "ops.model.{model}"
+    On the INTEL stream, with the enrichments the model scores: one ordered consumer reads both, so
+    the version live for an enrichment is exactly the last deployment before it in the stream.
+    """
+
+    subject_template: ClassVar[str] = "intel.model.{model}"
     model: str
     model_version: str
     sha256: str
     path: str = ""
     previous_version: str = ""
+    rollback: bool = False  # back to this version: the deployments after it are no longer in force
 
 
 class ClockTick(Event, frozen=True, kw_only=True, tag="clock_tick"):
@@ -247,6 +252,8 @@ class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
     phase: str = ""
     confidence: float = 0.0
     nudges: list[str] = []
+    warmup: bool = False  # too little history: no features, no phase (not guessed)
+    manifest_version: str = ""  # the nudge manifest the nudges came from
 
 
 class Signal(Event, frozen=True, kw_only=True, tag="signal"):

@@ -32,6 +32,7 @@ from nats.aio.client import Client
 
 from tapeline.config import Settings
 from tapeline.control import publish_control
+from tapeline.projections.portfolio import Period
 from tapeline.projections.query import QueryError
 from tapeline.schemas.events import AskExchange
 from tapeline.schemas.ids import new_event_id
@@ -60,7 +61,7 @@ class Answer(msgspec.Struct, frozen=True):
 
 
 ToolFn = Callable[..., Awaitable[dict[str, Any]]]
-PERIODS = {"day": 1, "today": 1, "week": 7, "month": 31, "all": 0}
+PERIODS: dict[str, Period] = {"day": "day", "today": "day", "week": "week", "month": "month", "all": "all"}
 
 
 class Tools:
@@ -135,23 +136,14 @@ class Tools:
         return got
 
     async def t_pnl(self, period: str = "week") -> dict[str, Any]:
-        days = PERIODS.get(period.lower().strip(), 7)
-        perfs = await data.performance(self.reader, self._initial_cash())
-        out: dict[str, Any] = {"period": period, "accounts": []}
-        for p in perfs:
-            if p.empty:
-                return {"period": period, "note": p.empty}
-            since = p.curve[-1]["time"] - (days - 1) * 86_400 if days else p.curve[0]["time"]
-            points = [(c["time"], c["equity"]) for c in p.curve if c["time"] >= since]
-            before = [c["equity"] for c in p.curve if c["time"] < since]
-            start = before[-1] if before else points[0][1]
-            _, figures = data._curve([(since, start), *points])
-            out["accounts"].append({"account": p.account, **{k: round(v, 4) for k, v in figures.items()}})
-        return out
+        p = PERIODS.get(period.lower().strip(), "week")
+        perfs = await data.performance(self.reader, self._initial_cash(), p)
+        if perfs[0].empty:
+            return {"period": p, "note": perfs[0].empty}
+        return {"period": p, "accounts": [{"account": x.account, **x.figures} for x in perfs]}
 
     def _initial_cash(self) -> float:
-        portfolio = (self.settings.components() if self.settings else {}).get("portfolio")
-        return float(getattr(portfolio, "initial_cash", 100_000.0))
+        return initial_cash(self.settings)
 
     async def t_breakers(self) -> dict[str, Any]:
         p = await data.panel(self.reader, "breakers")
@@ -182,6 +174,12 @@ class Tools:
             "note": f"not done: {action} needs a person to confirm it (the page's {action} button with the operator "
             f"token, or `tapeline {action}`)",
         }
+
+
+def initial_cash(settings: Settings | None) -> float:
+    """The accounts' starting capital (``[portfolio] initial_cash``): equity = it + the curve's P&L."""
+    portfolio = settings.components().get("portfolio") if settings else None
+    return float(getattr(portfolio, "initial_cash", 100_000.0))
 
 
 # ---------------------------------------------------------------- offline: intents over the same tools
@@ -246,7 +244,7 @@ async def offline(tools: Tools, question: str) -> tuple[str, str, list[dict[str,
             f"Sharpe {a['sharpe']:.2f}, Sortino {a['sortino']:.2f}, Calmar {a['calmar']:.2f}"
             for a in r["accounts"]
         ]
-        return intent, f"P&L over the last {period}:\n" + "\n".join(lines), calls
+        return intent, f"P&L for {r['accounts'][0]['period']}:\n" + "\n".join(lines), calls
     if intent == "breakers":
         r = await call("breakers")
         return intent, r["note"] or _table(r["columns"], r["rows"]), calls

@@ -37,6 +37,8 @@ from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
 from tapeline.config import DEFAULT_METRICS_PORT, ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
+from tapeline.models_cli import models_app
+from tapeline.perf import perf_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
 from tapeline.projections.table import ReadModelChanged
@@ -45,6 +47,7 @@ from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
 from tapeline.schemas.subjects import FAMILIES, decisions_bucket, decode_token, encode_token
+from tapeline.sentiment_cli import evaluate_offline
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
@@ -56,8 +59,10 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event schemas.", rich_markup_mode=None)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS.")
+app.add_typer(perf_app, name="perf")  # tapeline/perf.py
 eval_app = typer.Typer(help="Evaluate sentiment scoring.")
 app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")  # sentiment training (sentiment_cli), the price model (models_cli)
 console = Console()
 log = structlog.get_logger("tapeline")
 
@@ -950,6 +955,60 @@ def ask(
         raise typer.Exit(1)
 
 
+@app.command()
+def rebalance(
+    now: Annotated[bool, typer.Option("--now", help="compute a plan now from the read models")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run/--execute", help="--execute publishes the plan and intents")
+    ] = True,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """The latest [rebalance] plan, or --now a new one (printed; --execute also sends its intents)."""
+    from tapeline.rebalance_cli import rebalance as run_rebalance
+
+    if not dry_run and not now:
+        typer.echo("--execute sends a new plan: add --now (without it the latest stored plan is shown)", err=True)
+        raise typer.Exit(2)
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    try:
+        _run(run_rebalance(s, now=now, execute=now and not dry_run))
+    except QueryError as e:
+        typer.echo(f"{e}".splitlines()[0] + ": run `tapeline demo` or `tapeline up` first", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def backtest(
+    name: Annotated[
+        str, typer.Option(help="isolated namespace <prefix>-backtest-<name>, DuckDB file <name>.duckdb")
+    ] = "run1",
+    png: Annotated[Path, typer.Option(help="chart of equity vs buy and hold, and drawdown")] = Path("backtest.png"),
+    threshold: Annotated[float | None, typer.Option(help="decision threshold on the ensemble score")] = None,
+    momentum_window: Annotated[int | None, typer.Option(help="bars in the momentum window")] = None,
+    publish: Annotated[bool, typer.Option(help="publish every event under the isolated namespace")] = True,
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Replay the [feeds.files] files through decisions, risk and a paper broker; report vs buy and hold."""
+    from tapeline.adapters.files import FileImportError
+    from tapeline.backtest import run_backtest
+
+    s = _settings(config, feed="files", prefix=prefix, nats_url=nats or None)
+    alt = s.components()
+    if threshold is not None:
+        alt["decision"] = msgspec.structs.replace(alt["decision"], threshold=threshold)
+    if momentum_window is not None:
+        alt["momentum"] = msgspec.structs.replace(alt["momentum"], window=momentum_window)
+    try:
+        _run(run_backtest(s, alt, name, png, publish))
+    except (FileImportError, ValueError) as e:
+        typer.echo(str(e).splitlines()[0], err=True)
+        raise typer.Exit(2) from None
+
+
 # ----------------------------------------------------------------------------- operations (tapeline/ops.py)
 
 app.command("backup")(ops.backup_cmd)
@@ -972,14 +1031,22 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="output direct
 
 @eval_app.command("sentiment")
 def eval_sentiment(
-    by: Annotated[str, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = "variant",
+    file: Annotated[
+        Path | None, typer.Argument(help="SemEval-2017 Task 5 JSON: score it with the offline model")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = None,
     gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="offline ONNX head for FILE (default: shipped)")] = None,
     config: ConfigOpt = Path("tapeline.toml"),
 ) -> None:
-    """Compare the sentiment variants over the recorded LLM calls and scores (no provider call)."""
+    """FILE: the offline model's SemEval cosine, MAE, sign agreement. Without FILE: compare the sentiment
+    variants over the recorded LLM calls and scores (no provider call)."""
     from tapeline.sentiment_report import sentiment_by_variant
 
-    if by != "variant":
+    if file is not None:
+        evaluate_offline(file, model, console, extra=by or gold)
+        return
+    if by not in (None, "variant"):
         typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
         raise typer.Exit(2)
     sentiment_by_variant(_settings(config).duckdb_path, gold, console)

@@ -20,11 +20,16 @@ from tapeline.adapters.alerts import ClockFeed, NotifierGateway
 from tapeline.adapters.brokers.gateway import ExecutionGateway
 from tapeline.adapters.llm.gateway import NewsLlmGateway
 from tapeline.adapters.news.feed import NewsFeed
+from tapeline.handlers.alerting import OpsAlerts
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.breakers import Breakers
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
+from tapeline.handlers.model_agent import ModelAgent
 from tapeline.handlers.momentum import MomentumSignal
+from tapeline.handlers.monitor import PriceMoveMonitor
+from tapeline.handlers.portfolio import Portfolio
+from tapeline.handlers.rebalance import Rebalancer
 from tapeline.handlers.risk import RiskGate
 from tapeline.handlers.scanner import Scanner
 from tapeline.handlers.sentiment import SentimentAgent
@@ -41,6 +46,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     # market data -> signals
     BarAggregator,
     MarketFeatures,
+    ModelAgent,
     MomentumSignal,
     SimilarityAgent,
     # news -> sentiment
@@ -54,9 +60,14 @@ COMPONENTS: tuple[type[Component], ...] = (
     RiskGate,
     Breakers,
     ExecutionGateway,
+    # portfolio, rebalance, monitor
+    Portfolio,
+    Rebalancer,
+    PriceMoveMonitor,
     # operations
     HeartbeatWatchdog,
     NotifierGateway,
+    OpsAlerts,
 )
 
 READ_MODEL_ROLES = ("projector", "vectors")

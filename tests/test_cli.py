@@ -213,6 +213,7 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
         await wait_until(decided, timeout=60)
         # labelled counters exist at 0 before anything happened to them (panels read 0, not "No data")
         assert 'tapeline_events_failed_total{consumer="decision_intel",outcome="dead"} 0.0' in text
+        assert re.search(r'tapeline_component_events_total\{component="decision",outcome="(BUY|SELL|HOLD)"\}', text)
         await wait_until(
             lambda: 'tapeline_projection_lag_messages{projection="market_returns"' in metrics(), timeout=60
         )

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 from nats.aio.client import Client
@@ -19,12 +18,14 @@ from nats.aio.client import Client
 from tapeline.bus.connection import NatsSettings, connect
 from tapeline.bus.publisher import Publisher
 from tapeline.projections.duckdb import ProjectionDb
+from tapeline.projections.tables import BARS, FILLS
 from tapeline.schemas.events import (
     AgentSignal,
     Bar,
     CircuitBreakerTripped,
     DecisionEnvelope,
     OperatorAction,
+    OrderFilled,
     Synthesis,
     Target,
 )
@@ -200,30 +201,54 @@ async def test_without_a_token_the_page_is_view_only(nc: Client, provisioned: st
     assert await stored(nc, RISK.stream(provisioned)) == []
 
 
-async def test_panels_say_what_is_missing_then_light_up_when_their_read_model_appears(tmp_path: Path) -> None:
+async def test_panels_say_what_is_missing_then_light_up_when_their_events_appear(tmp_path: Path) -> None:
     path = tmp_path / "p.duckdb"
-    ProjectionDb(path).close()
+    db = ProjectionDb(path)
+    db.close()
     reader = Reader(None, "tape", path)
     (before,) = await data.performance(reader, 1000.0)
     assert before.empty.startswith("no equity curve yet") and not before.curve
     assert (await data.panel(reader, "fills")).empty == "no fills yet"
-    con = duckdb.connect(str(path))  # the portfolio read model arrives: a daily P&L curve for one account
-    con.execute(
-        "CREATE VIEW equity_curve AS SELECT 'paper' AS account, DATE '2026-01-01' + i::INTEGER AS day, pnl "
-        "FROM (VALUES (0, 0.0), (1, 100.0), (2, -100.0), (3, 50.0)) t(i, pnl)"
-    )
-    con.close()
+    # A fill on day 1 and a daily bar close on each of four days: equity 1000, 1100, 900, 1050.
+    day = 86_400 * 10**9
+    t0 = 1_767_225_600 * 10**9  # 2026-01-01
+    fill = OrderFilled(event_id="F" * 26, ts_event=t0 + day // 3, ts_init=t0, source="test", account="paper",
+                       symbol="X", client_order_id="c1", broker="paper", fill_id="f1", side="BUY", quantity=10,
+                       price=100.0)  # fmt: skip
+    bars = [
+        Bar(
+            event_id=f"B{i:025d}",
+            ts_event=t0 + i * day + day // 2,
+            symbol="X",
+            interval="1d",
+            start_ns=t0 + i * day,
+            open=c,
+            high=c,
+            low=c,
+            close=c,
+            ts_init=t0,
+            source="test",
+        )
+        for i, c in enumerate((100.0, 110.0, 90.0, 105.0))
+    ]
+    db = ProjectionDb(path)
+    db.commit("TAPE_ORDER", {"fills": list(FILLS.rows(fill, 1))}, 1, {})
+    db.commit("TAPE_MD", {"bars": [r for i, b in enumerate(bars, 1) for r in BARS.rows(b, i)]}, 4, {})
+    db.close()
     (after,) = await data.performance(reader, 1000.0)
     assert after.account == "paper" and [round(c["equity"]) for c in after.curve] == [1000, 1100, 900, 1050]
+    assert [round(c["pnl"]) for c in after.curve] == [0, 100, -200, 150]
+    assert [round(c["drawdown"], 4) for c in after.curve] == [0, 0, round(-200 / 1100, 4), round(-50 / 1100, 4)]
     f = after.figures
     assert f["pnl"] == pytest.approx(50.0) and f["return"] == pytest.approx(0.05)
     assert f["max_drawdown"] == pytest.approx(200 / 1100)  # from the 1,100 peak to 900
-    rets = [0.1, 900 / 1100 - 1, 1050 / 900 - 1]
-    mean = sum(rets) / 3
-    sd = (sum((r - mean) ** 2 for r in rets) / 2) ** 0.5
+    rets = [0.0, 0.1, 900 / 1100 - 1, 1050 / 900 - 1]  # daily, the first against the initial cash
+    mean = sum(rets) / 4
+    sd = (sum((r - mean) ** 2 for r in rets) / 3) ** 0.5
     assert f["sharpe"] == pytest.approx(mean / sd * 252**0.5)
     assert f["sortino"] > f["sharpe"] > 0 and f["calmar"] > 0
-    assert [round(c["pnl"]) for c in after.curve] == [0, 100, -200, 150]
+    (positions,) = (await data.panel(reader, "positions")).rows
+    assert positions[:3] == ["paper", "X", 10.0]
 
 
 async def test_a_busy_port_is_one_line_and_exit_2(provisioned: str, nats_url: str, tmp_path: Path) -> None:

@@ -49,15 +49,33 @@ class Mt5BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     lookback_days: Annotated[int, msgspec.Meta(ge=1)] = 7  # history searched when reconciling
 
 
+class IbkrBrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """TWS / IB Gateway for orders (``[execution.ibkr]``); a client id of its own, never rotated, so
+    TWS reports this process's earlier orders to its next run."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 7497  # 7497 TWS paper, 7496 live, 4002/4001 IB Gateway
+    client_id: Annotated[int, msgspec.Meta(ge=0)] = 2  # the feed's default is 1
+    account: str = ""  # the IB account code set on every order; empty: TWS's default account
+    sec_type: str = "STK"  # CASH: "EURUSD" is sent as EUR.USD
+    exchange: str = "SMART"
+    currency: str = "USD"
+    tif: str = "DAY"
+    timeout_s: _Pos = 10.0  # connect + sync, a query, or an order's first answer; longer: state unknown
+    reconnect_initial_s: _Pos = 1.0
+    reconnect_max_s: _Pos = 30.0
+
+
 class ExecutionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[execution]``: which broker gets the approved orders; ``dry-run`` (the default) sends nothing."""
 
-    broker: Literal["dry-run", "paper", "mt5"] = "dry-run"
+    broker: Literal["dry-run", "paper", "mt5", "ibkr"] = "dry-run"
     account: str = ""  # only approvals for this account; empty: every account
     slippage_bps: _NonNeg = 0.0  # paper: fills this much worse than the next tick or bar
     commission_per_share: _NonNeg = 0.0  # paper
     commission_min: _NonNeg = 0.0  # paper: per fill
     mt5: Mt5BrokerConfig = Mt5BrokerConfig()
+    ibkr: IbkrBrokerConfig = IbkrBrokerConfig()
 
 
 class Broker:

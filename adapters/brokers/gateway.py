@@ -75,6 +75,10 @@ def make_broker(cfg: ExecutionConfig) -> Broker:
         from tapeline.adapters.brokers.mt5 import Mt5Broker
 
         return Mt5Broker(cfg.mt5)
+    if cfg.broker == "ibkr":
+        from tapeline.adapters.brokers.ibkr import IbkrBroker
+
+        return IbkrBroker(cfg.ibkr)
     from tapeline.adapters.brokers.dryrun import DryRunBroker
 
     return DryRunBroker()
@@ -88,6 +92,7 @@ class ExecutionGateway(Gateway):
     Config: ClassVar[type[msgspec.Struct]] = ExecutionConfig
     ack_wait_s: ClassVar[float] = 3.0  # a killed process's order is taken over (and reconciled) quickly
     batch: ClassVar[int] = 1  # a process that dies costs a delivery attempt of its one order in progress only
+    max_deliver: ClassVar[int] = -1  # a broker whose answer is unknown is asked again until it answers, never dropped
     emits: ClassVar[tuple[type[Event], ...]] = (
         OrderSubmitted,
         OrderAccepted,

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 
-from tapeline.ask import Answer, Asker, Tools
+from tapeline.ask import Answer, Asker, Tools, initial_cash
 from tapeline.config import Settings
 from tapeline.session import nats_session
 from tapeline.web import data
@@ -50,7 +50,7 @@ async def serve(s: Settings, host: str, port: int, console: Console) -> None:
     """Serve until SIGINT/SIGTERM."""
     async with nats_session(s.nats_url, s.data_path, name="tapeline-web", retry=True) as (nc, _):
         reader = data.Reader(nc, s.prefix, s.duckdb_path)
-        server = WebServer(nc, s.prefix, reader)
+        server = WebServer(nc, s.prefix, reader, initial_cash=initial_cash(s))
         controls = Controls(nc, s.prefix, reader, s, operator_token())
         controls.mount(server)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from tapeline.projections.portfolio import CurvePoint, Period, drawdowns
+from tapeline.projections.portfolio import performance as period_figures
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
 
 
@@ -240,55 +242,50 @@ def _bar_of(candles: list[Candle], t: int) -> int:
 
 class Performance(msgspec.Struct, frozen=True):
     account: str
-    curve: list[dict[str, Any]]  # {time (UNIX s), equity, drawdown, pnl (that day)}
-    figures: dict[str, float]  # pnl, return, max_drawdown, sharpe, sortino, calmar
+    curve: list[dict[str, Any]]  # {time (UNIX s), equity, drawdown (<= 0), pnl (that day)}
+    figures: dict[str, Any]  # of the latest period: period, pnl, return, max_drawdown, sharpe, sortino, calmar, ...
     empty: str = ""
 
 
-PERIODS_PER_YEAR = 252
+async def performance(reader: Reader, initial_cash: float, period: Period = "all") -> list[Performance]:
+    """Equity curve, drawdown, daily P&L and the latest ``period``'s figures per account.
 
-
-async def performance(reader: Reader, initial_cash: float) -> list[Performance]:
-    """Equity curve, drawdown, daily P&L and ratios per account, from the portfolio's ``equity_curve`` view."""
-    empty = "no equity curve yet: it appears with fills and the portfolio read models (equity_curve)"
+    From the portfolio's ``equity_curve`` view; the figures are ``projections.portfolio``'s, as
+    ``tapeline perf`` prints them.
+    """
+    empty = "no equity curve yet: it appears with the first fills (execution with broker = paper or mt5)"
     try:
-        rows = await reader.rows("SELECT account, epoch(day)::BIGINT, pnl FROM equity_curve ORDER BY account, day")
+        rows = await reader.rows("SELECT account, day, pnl FROM equity_curve ORDER BY account, day")
     except QueryError:
         rows = []
     if not rows:
         return [Performance("", [], {}, empty=empty)]
-    by_account: dict[str, list[tuple[int, float]]] = {}
-    for account, t, pnl in rows:
-        by_account.setdefault(str(account), []).append((int(t), initial_cash + float(pnl)))
-    return [Performance(a, *_curve(points)) for a, points in by_account.items()]
+    by_account: dict[str, list[CurvePoint]] = {}
+    for account, day, pnl in rows:
+        d = day.date() if isinstance(day, datetime) else date.fromisoformat(str(day)[:10])
+        by_account.setdefault(str(account), []).append(CurvePoint(d, initial_cash + float(pnl)))
+    out = []
+    for account, points in by_account.items():
+        f = period_figures(initial_cash, points, period)[-1]
+        falls = drawdowns([p.equity for p in points])
+        prev = [initial_cash, *(p.equity for p in points[:-1])]
+        curve = [
+            {"time": _epoch(p.day), "equity": p.equity, "drawdown": -dd, "pnl": p.equity - before}
+            for p, dd, before in zip(points, falls, prev, strict=True)
+        ]
+        figures = {
+            "period": f.period,
+            "pnl": f.pnl,
+            "return": f.ret,
+            "max_drawdown": f.max_drawdown,
+            "sharpe": f.sharpe,
+            "sortino": f.sortino,
+            "calmar": f.calmar,
+            "win_rate": f.win_rate,
+        }
+        out.append(Performance(account, curve, figures))
+    return out
 
 
-def _curve(points: list[tuple[int, float]]) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    curve: list[dict[str, Any]] = []
-    peak, prev, max_dd = -math.inf, points[0][1], 0.0
-    rets: list[float] = []
-    for t, equity in points:
-        peak = max(peak, equity)
-        dd = (peak - equity) / peak if peak > 0 else 0.0
-        max_dd = max(max_dd, dd)
-        curve.append({"time": t, "equity": equity, "drawdown": -dd, "pnl": equity - prev})
-        if curve[:-1] and prev > 0:
-            rets.append(equity / prev - 1)
-        prev = equity
-    start, end = points[0][1], points[-1][1]
-    total = end / start - 1 if start > 0 else 0.0
-    mean = sum(rets) / len(rets) if rets else 0.0
-    sd = math.sqrt(sum((r - mean) ** 2 for r in rets) / (len(rets) - 1)) if len(rets) > 1 else 0.0
-    down = math.sqrt(sum(min(r, 0.0) ** 2 for r in rets) / len(rets)) if rets else 0.0
-    years = max(len(rets), 1) / PERIODS_PER_YEAR
-    annual = (1 + total) ** (1 / years) - 1 if total > -1 else -1.0
-    root = math.sqrt(PERIODS_PER_YEAR)
-    figures = {
-        "pnl": end - start,
-        "return": total,
-        "max_drawdown": max_dd,
-        "sharpe": mean / sd * root if sd > 0 else 0.0,
-        "sortino": mean / down * root if down > 0 else 0.0,
-        "calmar": annual / max_dd if max_dd > 0 else 0.0,
-    }
-    return curve, figures
+def _epoch(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
