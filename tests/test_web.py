@@ -143,7 +143,8 @@ async def test_a_decision_published_during_the_test_is_on_the_page_within_a_seco
 @pytest.fixture
 async def web(nc: Client, provisioned: str, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     """A server on the test's prefix with operator token "s3cret"; (base URL, prefix)."""
-    reader = Reader(nc, provisioned, tmp_path / "none.duckdb")
+    ProjectionDb(tmp_path / "p.duckdb").close()
+    reader = Reader(nc, provisioned, tmp_path / "p.duckdb")
     server = WebServer(nc, provisioned, reader)
     Controls(nc, provisioned, reader, None, "s3cret").mount(server)
     port = await server.start("127.0.0.1", 0)
@@ -178,6 +179,20 @@ async def test_control_needs_the_token_and_a_confirmation_and_records_the_operat
     (action,) = [e for e in await stored(nc, OPS.stream(prefix)) if isinstance(e, OperatorAction)]
     assert (action.action, action.operator, action.note, action.origin) == ("halt", "ann", "incident", "web")
     assert action.event_id == done.json()["event_id"]
+
+
+async def test_a_rebalance_from_the_page_is_recorded_with_what_it_did(nc: Client, web: tuple[str, str]) -> None:
+    base, prefix = web
+    ask = {"action": "rebalance", "operator": "cy", "token": "s3cret"}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        code = (await http.post("/api/control", json=ask)).json()["confirm"]
+        done = await http.post("/api/control", json={**ask, "confirm": code})
+        assert done.status_code == 200, done.text
+        again = await http.post("/api/control", json={**ask, "confirm": code})
+        assert again.status_code == 400  # a code works once
+    assert "no symbol has enough bars yet" in done.json()["detail"]  # an empty projection: nothing to trade
+    (action,) = [e for e in await stored(nc, OPS.stream(prefix)) if isinstance(e, OperatorAction)]
+    assert (action.action, action.operator, action.detail) == ("rebalance", "cy", done.json()["detail"])
 
 
 async def test_without_a_token_the_page_is_view_only(nc: Client, provisioned: str, tmp_path: Path) -> None:

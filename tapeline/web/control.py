@@ -15,7 +15,6 @@ The token is compared in constant time and never logged, echoed or stored.
 from __future__ import annotations
 
 import hmac
-import importlib
 import os
 import secrets
 import time
@@ -25,7 +24,10 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 
+from tapeline.config import Settings
 from tapeline.control import halt_event, publish_control, resume_events, tripped_now
+from tapeline.handlers.rebalance import RebalanceConfig, plan
+from tapeline.rebalance_cli import plan_events, read_inputs
 from tapeline.schemas.events import Event, OperatorAction
 from tapeline.schemas.ids import new_event_id
 from tapeline.web.data import Reader
@@ -52,7 +54,7 @@ class ControlResult(msgspec.Struct, frozen=True):
 class Controls:
     """The control endpoints of one server."""
 
-    def __init__(self, nc: Client, prefix: str, reader: Reader, settings: Any, token: str) -> None:
+    def __init__(self, nc: Client, prefix: str, reader: Reader, settings: Settings | None, token: str) -> None:
         self.nc = nc
         self.prefix = prefix
         self.reader = reader
@@ -128,17 +130,13 @@ class Controls:
         return await self._rebalance()
 
     async def _rebalance(self) -> tuple[str, list[Event]]:
-        try:  # the portfolio issue's rebalance; this build may not have it yet
-            cli = importlib.import_module("tapeline.rebalance_cli")
-            handler = importlib.import_module("tapeline.handlers.rebalance")
-        except ImportError:
-            return "rebalance is not available in this build (it comes with the portfolio read models)", []
-        cfg = self.settings.components()["rebalance"]
+        """The plan ``tapeline rebalance --now --execute`` would send, from the read models now."""
+        cfg: RebalanceConfig = self.settings.components()["rebalance"] if self.settings else RebalanceConfig()
         now = time.time_ns()
-        items = handler.plan(cfg, await cli.read_inputs(self.reader.rows, cfg, now), now)
+        items = plan(cfg, await read_inputs(self.reader.rows, cfg, now), now)
         if not items:
             return f"no rebalance for {cfg.account}: no symbol has enough bars yet", []
-        events: list[Event] = cli.plan_events(cfg, items, now)
+        events = plan_events(cfg, items, now)
         return f"rebalance plan for {cfg.account}: {len(items)} items, {len(events) - 1} order intents", events
 
 
