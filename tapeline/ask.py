@@ -202,7 +202,7 @@ def _symbols_in(question: str, known: list[str]) -> list[str]:
 INTENTS: list[tuple[str, re.Pattern[str]]] = [
     ("sql", re.compile(r"^\s*(select|with)\b", re.I)),
     ("control", re.compile(r"\b(halt|stop trading|resume|rebalance)\b", re.I)),
-    ("explain_decision", re.compile(r"\bwhy\b.*\b(buy|bought|sell|sold|hold|held)\b|\bwhy\b", re.I)),
+    ("explain_decision", re.compile(r"\bwhy\b", re.I)),
     ("pnl", re.compile(r"p\s*&\s*l|\bpnl\b|\bprofit|\bperformance\b|\bequity\b|\bsharpe\b|\bdrawdown\b", re.I)),
     ("similar", re.compile(r"\bsimilar\b|\blike (now|this)\b", re.I)),
     ("breakers", re.compile(r"\bbreakers?\b|\bhalted\b|\btripped\b", re.I)),
@@ -232,7 +232,7 @@ async def offline(tools: Tools, question: str) -> tuple[str, str, list[dict[str,
         r = await call("sql", query=question)
         return intent, r["error"] or _table(r["columns"], r["rows"]), calls
     if intent == "control":
-        action = next(a for a in ("halt", "resume", "rebalance") if a in question.lower() or a == "halt")
+        action = next((a for a in ("resume", "rebalance") if a in question.lower()), "halt")
         return intent, (await call("control", action=action))["note"], calls
     if intent == "pnl":
         period = next((p for p in PERIODS if re.search(rf"\b{p}\b", question, re.I)), "week")

@@ -72,9 +72,10 @@ async def test_offline_answers_the_common_questions_and_records_each_exchange(
     assert "refused" in refused.answer
     halt = await asker.ask("halt trading now")
     assert halt.control == "halt" and "confirm" in halt.answer
+    assert (await asker.ask("resume trading")).control == "resume"
     recorded = [e for e in await stored(nc, OPS.stream(provisioned)) if isinstance(e, AskExchange)]
     assert [e.question for e in recorded][:2] == ["latest decision for nvda", "why did we sell ORCL"]
-    assert len(recorded) == 6 and all(e.mode == "offline" for e in recorded)
+    assert len(recorded) == 7 and all(e.mode == "offline" for e in recorded)
     assert recorded[1].tool_calls[0]["name"] == "explain_decision"
     assert json.loads(recorded[1].tool_calls[0]["result"])["rows"][0][2] == "SELL"
 
