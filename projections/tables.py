@@ -526,6 +526,35 @@ MODELS = Table(
     "Model versions as they went live.",
 )
 
+OPERATOR_ACTIONS = Table(
+    "operator_actions",
+    OPS,
+    (ev.OperatorAction,),
+    (*COMMON, ("action", S), ("operator", S), ("origin", S), ("note", S), ("detail", S)),
+    lambda e, s: [(*_common(e, s), e.action, e.operator, e.origin, e.note, e.detail)],
+    "Control actions a person confirmed (web page, ask, CLI), with the operator.",
+)
+ASK_EXCHANGES = Table(
+    "ask_exchanges",
+    OPS,
+    (ev.AskExchange,),
+    (
+        *COMMON,
+        ("mode", S),
+        ("question", S),
+        ("answer", S),
+        ("model", S),
+        ("intent", S),
+        ("tool_calls_json", S),
+        ("error", S),
+        ("latency_ms", F64),
+    ),
+    lambda e, s: [
+        (*_common(e, s), e.mode, e.question, e.answer, e.model, e.intent, _j(e.tool_calls), e.error, e.latency_ms)
+    ],
+    "Questions asked of the system (tapeline ask, the web chat) with answers and tool calls.",
+)
+
 TABLES: tuple[Table, ...] = (
     TICKS,
     BARS,
@@ -546,6 +575,8 @@ TABLES: tuple[Table, ...] = (
     DEAD_LETTERS,
     NOTIFICATIONS,
     MODELS,
+    OPERATOR_ACTIONS,
+    ASK_EXCHANGES,
 )
 
 VIEWS: tuple[View, ...] = (

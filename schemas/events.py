@@ -518,6 +518,34 @@ class RebalancePlan(Event, frozen=True, kw_only=True, tag="rebalance_plan"):
     items: list[PlanItem] = []
 
 
+# ---------------------------------------------------------------- the web page and `tapeline ask`
+
+
+class OperatorAction(Event, frozen=True, kw_only=True, tag="operator_action"):
+    """A control action a person confirmed (halt, resume, rebalance), with who and from where."""
+
+    subject_template: ClassVar[str] = "ops.control.{action}"
+    action: str
+    operator: str
+    origin: str = "web"  # web | ask | cli
+    note: str = ""
+    detail: str = ""  # what it did: the events it published, or why it was refused
+
+
+class AskExchange(Event, frozen=True, kw_only=True, tag="ask_exchange"):
+    """One question to the system and its answer, with every tool call: what replay shows of a chat."""
+
+    subject_template: ClassVar[str] = "ops.ask.{mode}"
+    mode: str  # offline | openai | gemini
+    question: str
+    answer: str
+    model: str = ""
+    intent: str = ""  # offline mode: the matched intent
+    tool_calls: list[dict[str, Any]] = []  # {"name", "arguments", "result"} per call, in order
+    error: str = ""
+    latency_ms: float = 0.0
+
+
 AnyEvent = (
     Tick
     | Bar
@@ -546,6 +574,8 @@ AnyEvent = (
     | CircuitBreakerResumed
     | RebalancePlan
     | Scan
+    | OperatorAction
+    | AskExchange
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)  # the union is the one list of event types

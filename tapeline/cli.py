@@ -920,6 +920,42 @@ def resume(
 
 
 @app.command()
+def web(
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8765,
+) -> None:
+    """The live dashboard: decisions, prices, portfolio, risk, ops, news, chat (control: TAPELINE_OPERATOR_TOKEN)."""
+    from tapeline.web.app import serve
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    try:
+        _run(serve(s, host, port, console))
+    except OSError as e:
+        typer.echo(f"web: cannot listen on {host}:{port} ({e.strerror or e}): pass --port N (0: any free)", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help='e.g. "latest decision for NVDA", "why did we sell ORCL"')],
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Ask the system (OpenAI with tools when OPENAI_API_KEY is set, else offline intents); recorded as an event."""
+    from tapeline.ask import ask_command
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    answer = _run(ask_command(s, question))
+    console.print(escape(answer.answer), soft_wrap=True)
+    if answer.error:
+        raise typer.Exit(1)
+
+
+@app.command()
 def rebalance(
     now: Annotated[bool, typer.Option("--now", help="compute a plan now from the read models")] = False,
     dry_run: Annotated[
