@@ -24,6 +24,7 @@ from tapeline.schemas.events import (
     OrderCancelled,
     OrderFilled,
     OrderRejected,
+    OrderSubmitted,
     Side,
 )
 from tapeline.schemas.ids import derive_event_id
@@ -112,6 +113,18 @@ def broker_ref(client_order_id: str, limit: int = 31) -> str:
     if len(client_order_id) <= limit:
         return client_order_id
     return "tl" + derive_event_id(0, "ref", client_order_id)[-(limit - 2) :]
+
+
+def submitted(o: OrderApproved, broker: str) -> OrderSubmitted:
+    """Recorded before the broker is called, at the approval's event time."""
+    return draft(
+        OrderSubmitted,
+        ts_event=o.ts_event,
+        account=o.account,
+        symbol=o.symbol,
+        client_order_id=o.client_order_id,
+        broker=broker,
+    )
 
 
 def accepted(o: OrderApproved, broker: str, broker_order_id: str, ts: int = 0) -> OrderAccepted:

@@ -34,11 +34,11 @@ from typing import Any, ClassVar
 import msgspec
 import structlog
 
-from tapeline.adapters.brokers.base import Broker, ExecutionConfig
+from tapeline.adapters.brokers.base import Broker, ExecutionConfig, rejected, submitted
 from tapeline.bus.components import result_ids
 from tapeline.bus.reader import read
 from tapeline.schemas.codec import encode
-from tapeline.schemas.components import Consumes, Gateway, draft
+from tapeline.schemas.components import Consumes, Gateway
 from tapeline.schemas.events import (
     AnyEvent,
     CircuitBreakerResumed,
@@ -147,16 +147,16 @@ class ExecutionGateway(Gateway):
     async def execute(self, o: OrderApproved) -> list[Event]:
         name = self.broker.name
         if self.halted:
-            return [_rejected(o, name, self.halted)]
+            return [rejected(o, name, self.halted, ts=o.ts_event)]
         ref = o.client_order_id
         reservation = await self.reserve(o)
         if reservation == 0:
-            return [_submitted(o, name), *await self.broker.submit(o, ref)]
+            return [submitted(o, name), *await self.broker.submit(o, ref)]
         known = await self.broker.lookup(o, ref)  # raises BrokerUnavailable: retried, never resubmitted
         if known is None:
             log.warning("reserved but never reached the broker: submitting", client_order_id=ref, broker=name)
-            return [_submitted(o, name), *await self.broker.submit(o, ref)]
-        out = [_submitted(o, name), *known]
+            return [submitted(o, name), *await self.broker.submit(o, ref)]
+        out = [submitted(o, name), *known]
         if await self._all_stored(o, out, reservation):
             log.info("order already executed and recorded: nothing sent", client_order_id=ref)
             return []
@@ -201,26 +201,3 @@ class ExecutionGateway(Gateway):
             if not wanted:
                 return True
         return not wanted
-
-
-def _submitted(o: OrderApproved, broker: str) -> OrderSubmitted:
-    return draft(
-        OrderSubmitted,
-        ts_event=o.ts_event,
-        account=o.account,
-        symbol=o.symbol,
-        client_order_id=o.client_order_id,
-        broker=broker,
-    )
-
-
-def _rejected(o: OrderApproved, broker: str, reason: str) -> OrderRejected:
-    return draft(
-        OrderRejected,
-        ts_event=o.ts_event,
-        account=o.account,
-        symbol=o.symbol,
-        client_order_id=o.client_order_id,
-        broker=broker,
-        reason=reason,
-    )
