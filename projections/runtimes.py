@@ -26,9 +26,10 @@ if TYPE_CHECKING:  # LanceDB and the model runtime take a second to import: only
     from tapeline.projections.vectors import VectorStore
 
 PROJECTOR = "projector"
-LINGER_S = 0.02
-"""A read model's short batch waits up to this long for more: one DuckDB commit per ~20 ms instead of one
-per trickle of messages (the commit is most of a projector's CPU per event, see docs/performance.md)."""
+LINGER_S = 0.1
+"""A read model's short batch waits up to this long for more: at most ~10 DuckDB commits a second per
+stream family instead of one per trickle of messages (a commit costs DuckDB 2-4 ms of CPU and was most of
+a projector's CPU per event; see docs/performance.md). Read models are at most this much staler."""
 
 
 class Binding(NamedTuple):
