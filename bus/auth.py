@@ -36,7 +36,17 @@ IDENTITIES = ("feed", "handler", "projector", "execution", "reader", "operator",
 PASSWORD_ENV = "TAPELINE_NATS_PASSWORD_{}"
 ORDER_EVENTS = ("submitted", "accepted", "rejected", "filled", "cancelled")  # what only execution publishes
 # which identity a `tapeline up --only ROLE` process connects as
-ROLE_IDENTITY = {"handlers": "handler", "notifier": "handler", "projector": "projector", "vectors": "projector"}
+ROLE_IDENTITY = {
+    "handlers": "handler",
+    "intel": "handler",
+    "risk": "handler",
+    "portfolio": "handler",
+    "notifier": "handler",
+    "news": "handler",  # the news feed runs as a component in `up`: it needs the component runner's state KV
+    "execution": "execution",
+    "projector": "projector",
+    "vectors": "projector",
+}
 
 
 class IdentityError(ValueError):
@@ -115,10 +125,10 @@ def permissions(identity: str, prefix: str) -> dict[str, object]:
         pub = [*base_pub, f"{p}.md.>", f"{p}.news.>", f"{p}.ops.heartbeat.>", f"{p}.ops.alert.>"]
         pub += [f"$JS.API.STREAM.MSG.GET.{md}", f"$JS.API.DIRECT.GET.{md}", f"$JS.API.DIRECT.GET.{md}.>"]
     elif identity == "handler":
-        pub = worker + [f"{p}.{s}.>" for s in ("md.bar", "intel", "decision", "risk", "ops")]
+        pub = worker + [f"{p}.{s}.>" for s in ("md.bar", "news", "intel", "decision", "risk", "ops")]
         pub += [f"{p}.order.intent.>", f"{p}.order.approved.>"]
     elif identity == "projector":
-        pub = [*worker, f"{p}.ops.>"]
+        pub = [*worker, f"{p}.ops.>", f"$KV.{decisions_bucket(p)}.>"]  # the per-(ticker, date) decision keys
         sub = [*inbox, f"{p}.svc.query", f"{p}.svc.swap"]
         extra = {"allow_responses": True}
     elif identity == "execution":
@@ -130,6 +140,8 @@ def permissions(identity: str, prefix: str) -> dict[str, object]:
         sub = [*inbox, f"{p}.decision.>"]
     elif identity == "operator":
         pub = [*worker, "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", f"{p}.svc.query", f"{p}.svc.swap"]
+        # control: halt/resume, model deploy/rollback, a manual rebalance and its intents, operator notes
+        pub += [f"{p}.risk.>", f"{p}.intel.model.>", f"{p}.order.intent.>", f"{p}.ops.>"]
         pub += [f"$JS.API.STREAM.SNAPSHOT.{s}" for s in streams] + [f"$JS.SNAPSHOT.ACK.{s}.>" for s in streams]
         sub = [*inbox, f"{p}.>"]
     elif identity == "admin":

@@ -1,10 +1,16 @@
-"""Market features per bar: the ``enrichment`` handler, Bar -> Enrichment.
+"""Market features and phase per bar: the ``enrichment`` handler, Bar -> Enrichment.
 
 For each bar of a (symbol, interval) with at least :data:`WINDOW` bars of history it emits an
-:class:`~schemas.events.Enrichment` whose ``features`` are the :data:`~schemas.features.MARKET_FEATURES`
-of the window ending at that bar (:func:`window_features`); a bar with less history emits nothing.
-The ``market_states`` vector read model stores these as its rows ("similar situations").
-``phase``, ``confidence`` and ``nudges`` stay empty for now: issue 10 fills them.
+:class:`~schemas.events.Enrichment` whose ``features`` are the
+:data:`~schemas.features.ENRICHMENT_FEATURES` of the window ending at that bar: the 12 of
+:func:`window_features` (the ``market_states`` similarity vector) plus :func:`extra_features`
+(realised volatility, RSI, distance to VWAP, gap, the prior move). Its ``phase`` and ``confidence``
+come from the rules of :mod:`handlers.phases`, its ``nudges`` from the versioned manifest
+(``[enrichment] manifest``, default ``handlers/nudges.toml``, read once at start), whose version is
+on the event as ``manifest_version``.
+
+A bar with less history emits a *warm-up* row: ``warmup=True``, no features, no phase, the
+manifest's ``warmup`` nudges. It is marked, never guessed; ``market_states`` and the model skip it.
 
 Bars must arrive in time order per series; an older or repeated bar is skipped and counted
 (``outcome="out_of_order"``). State (the last :data:`WINDOW` bars of every series) has no time
@@ -21,9 +27,10 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from tapeline.handlers.phases import WARMUP, ManifestError, classify, load_manifest
 from tapeline.schemas.components import Consumes, Handler, Snapshot, draft
 from tapeline.schemas.events import AnyEvent, Bar, Enrichment, Event
-from tapeline.schemas.features import MARKET_FEATURES
+from tapeline.schemas.features import ENRICHMENT_FEATURES
 from tapeline.schemas.intervals import interval_ns
 
 WINDOW = 61  # bars a feature vector needs: 60 one-bar returns for sigma60
@@ -78,6 +85,51 @@ def window_features(
     return np.clip(f, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
 
+def extra_features(
+    o_last: float, h: NDArray[np.float64], lo: NDArray[np.float64], c: NDArray[np.float64], v: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    """:data:`~schemas.features.EXTRA_FEATURES` of a window of at least :data:`WINDOW` bars, oldest
+    first, with the last bar's open (``o_last``) for the gap. Same normalisation and clipping as
+    :func:`window_features`; nothing fitted."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = np.log(c)
+        r = np.diff(logc)
+        s20 = float(np.std(r[-20:]))
+        sig = max(s20, _EPS)
+        d = r[-14:]
+        up, down = float(np.mean(np.maximum(d, 0.0))), float(np.mean(np.maximum(-d, 0.0)))
+        typical = (h[-20:] + lo[-20:] + c[-20:]) / 3
+        w = np.maximum(v[-20:], 0.0)
+        vwap = float(np.sum(typical * w) / np.sum(w)) if np.sum(w) > 0 else float(np.mean(typical))
+        f = np.array(
+            [
+                s20,
+                (up - down) / (up + down) if up + down > 0 else 0.0,
+                math.log(c[-1] / vwap) / (sig * math.sqrt(20)) if vwap > 0 else 0.0,
+                math.log(o_last / c[-2]) / sig if o_last > 0 else 0.0,
+                (logc[-21] - logc[-61]) / (sig * math.sqrt(40)),
+            ],
+            dtype=np.float64,
+        )
+    f = np.nan_to_num(f, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP)
+    return np.clip(f, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
+
+
+def bar_features(bars: Sequence[Bar]) -> dict[str, float]:
+    """Every :data:`~schemas.features.ENRICHMENT_FEATURES` of the last :data:`WINDOW` bars, oldest first."""
+    if len(bars) < WINDOW:
+        raise ValueError(f"bar_features needs {WINDOW} bars, got {len(bars)}")
+    arr = np.array([(b.high, b.low, b.close, b.volume) for b in bars[-WINDOW:]], dtype=np.float64)
+    return _features(bars[-1].open, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+
+
+def _features(
+    o_last: float, h: NDArray[np.float64], lo: NDArray[np.float64], c: NDArray[np.float64], v: NDArray[np.float64]
+) -> dict[str, float]:
+    f = np.concatenate([window_features(h, lo, c, v), extra_features(o_last, h, lo, c, v)])
+    return dict(zip(ENRICHMENT_FEATURES, f.tolist(), strict=True))
+
+
 def market_features(bars: Sequence[Bar]) -> NDArray[np.float32]:
     """:func:`window_features` of the last :data:`WINDOW` bars, oldest first."""
     if len(bars) < WINDOW:
@@ -88,6 +140,7 @@ def market_features(bars: Sequence[Bar]) -> NDArray[np.float32]:
 
 class EnrichmentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     intervals: list[str] = []  # bar intervals to enrich; empty: every interval
+    manifest: str = ""  # nudge manifest (TOML, see handlers/nudges.toml); empty: the packaged one
 
     def __post_init__(self) -> None:  # messages name the key within [enrichment]
         for iv in self.intervals:
@@ -95,6 +148,10 @@ class EnrichmentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
                 interval_ns(iv)
             except ValueError as e:
                 raise ValueError(f"intervals: {e}") from None
+        try:
+            load_manifest(self.manifest)
+        except ManifestError as e:
+            raise ValueError(str(e).removeprefix("enrichment.")) from None
 
 
 class _Series(msgspec.Struct):
@@ -103,11 +160,12 @@ class _Series(msgspec.Struct):
     low: list[float]
     close: list[float]
     volume: list[float]
+    open: float = 0.0  # of the last bar taken: the gap needs it (0 from a snapshot of version 1)
 
 
 class MarketFeatures(Handler):
     name: ClassVar[str] = "enrichment"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: phase, confidence, nudges, extra features, warm-up rows
     Config: ClassVar[type[msgspec.Struct]] = EnrichmentConfig
     emits: ClassVar[tuple[type[Event], ...]] = (Enrichment,)
     consumes: tuple[Consumes, ...] = (Consumes(Bar),)
@@ -118,6 +176,7 @@ class MarketFeatures(Handler):
         cfg: EnrichmentConfig = self.config
         if cfg.intervals:
             self.consumes = tuple(Consumes(Bar, {"interval": iv}) for iv in dict.fromkeys(cfg.intervals))
+        self.manifest = load_manifest(cfg.manifest)
         self._series: dict[str, _Series] = {}  # "<symbol>\x1f<interval>" -> its last WINDOW bars
 
     def handle(self, event: AnyEvent) -> list[Event]:
@@ -131,20 +190,26 @@ class MarketFeatures(Handler):
             self.counters["out_of_order"] = self.counters.get("out_of_order", 0) + 1
             return []
         s.ts_event = event.ts_event
+        s.open = event.open
         for col, x in ((s.high, event.high), (s.low, event.low), (s.close, event.close), (s.volume, event.volume)):
             col.append(x)
             if len(col) > WINDOW:
                 del col[0]
+        common = {"ts_event": event.ts_event, "symbol": event.symbol, "interval": event.interval}
         if len(s.close) < WINDOW:
-            return []
-        f = window_features(*(np.array(col, dtype=np.float64) for col in (s.high, s.low, s.close, s.volume)))
+            nudges = self.manifest.nudges[WARMUP]
+            return [draft(Enrichment, **common, warmup=True, nudges=nudges, manifest_version=self.manifest.version)]
+        features = _features(s.open, *(np.array(col, dtype=np.float64) for col in (s.high, s.low, s.close, s.volume)))
+        phase, confidence = classify(features)
         return [
             draft(
                 Enrichment,
-                ts_event=event.ts_event,
-                symbol=event.symbol,
-                interval=event.interval,
-                features=dict(zip(MARKET_FEATURES, f.tolist(), strict=True)),
+                **common,
+                features=features,
+                phase=phase,
+                confidence=confidence,
+                nudges=self.manifest.nudges[phase],
+                manifest_version=self.manifest.version,
             )
         ]
 

@@ -168,8 +168,30 @@ ENRICHMENTS = Table(
     "enrichments",
     INTEL,
     (ev.Enrichment,),
-    (*COMMON, ("symbol", S), ("interval", S), ("features_json", S), ("phase", S), ("confidence", F64), ("nudges", LS)),
-    lambda e, s: [(*_common(e, s), e.symbol, e.interval, _j(e.features), e.phase, e.confidence, e.nudges)],
+    (
+        *COMMON,
+        ("symbol", S),
+        ("interval", S),
+        ("features_json", S),
+        ("phase", S),
+        ("confidence", F64),
+        ("nudges", LS),
+        ("warmup", B),
+        ("manifest_version", S),
+    ),
+    lambda e, s: [
+        (
+            *_common(e, s),
+            e.symbol,
+            e.interval,
+            _j(e.features),
+            e.phase,
+            e.confidence,
+            e.nudges,
+            e.warmup,
+            e.manifest_version,
+        )
+    ],
     "Features, market phase, confidence and nudges per symbol and bar.",
 )
 SIGNALS = Table(
@@ -497,11 +519,40 @@ NOTIFICATIONS = Table(
 )
 MODELS = Table(
     "model_deployments",
-    OPS,
+    INTEL,
     (ev.ModelDeployed,),
-    (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S)),
-    lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version)],
+    (*COMMON, ("model", S), ("model_version", S), ("sha256", S), ("path", S), ("previous_version", S), ("rollback", B)),
+    lambda e, s: [(*_common(e, s), e.model, e.model_version, e.sha256, e.path, e.previous_version, e.rollback)],
     "Model versions as they went live.",
+)
+
+OPERATOR_ACTIONS = Table(
+    "operator_actions",
+    OPS,
+    (ev.OperatorAction,),
+    (*COMMON, ("action", S), ("operator", S), ("origin", S), ("note", S), ("detail", S)),
+    lambda e, s: [(*_common(e, s), e.action, e.operator, e.origin, e.note, e.detail)],
+    "Control actions a person confirmed (web page, ask, CLI), with the operator.",
+)
+ASK_EXCHANGES = Table(
+    "ask_exchanges",
+    OPS,
+    (ev.AskExchange,),
+    (
+        *COMMON,
+        ("mode", S),
+        ("question", S),
+        ("answer", S),
+        ("model", S),
+        ("intent", S),
+        ("tool_calls_json", S),
+        ("error", S),
+        ("latency_ms", F64),
+    ),
+    lambda e, s: [
+        (*_common(e, s), e.mode, e.question, e.answer, e.model, e.intent, _j(e.tool_calls), e.error, e.latency_ms)
+    ],
+    "Questions asked of the system (tapeline ask, the web chat) with answers and tool calls.",
 )
 
 TABLES: tuple[Table, ...] = (
@@ -524,6 +575,8 @@ TABLES: tuple[Table, ...] = (
     DEAD_LETTERS,
     NOTIFICATIONS,
     MODELS,
+    OPERATOR_ACTIONS,
+    ASK_EXCHANGES,
 )
 
 VIEWS: tuple[View, ...] = (

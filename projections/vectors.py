@@ -4,8 +4,8 @@ Tables
 ------
 - ``market_states``: one row per :class:`~schemas.events.Enrichment` (INTEL stream): the market feature
   vector (:data:`~schemas.features.MARKET_FEATURES`) of a bar, keyed by the bar's id (the enrichment's
-  ``causation_id``). The ``enrichment`` handler computes the features and emits them only for bars with
-  a full window of history, so every row is "warm"; this read model only stores them.
+  ``causation_id``). The ``enrichment`` handler computes the features; its warm-up rows (too little
+  history, ``warmup=True``, no features) are skipped, so every row is "warm"; this read model only stores them.
 - ``market_returns``: one row per bar (every symbol and interval, MD stream), with the bar's OHLCV and the
   forward returns ``fwd_ret_{1,5,20}``, filled in when bar t+1, t+5, t+20 arrive (``close[t+h] / close[t]
   - 1``, the bar's ``close`` field as published). It has no vector column.
@@ -686,7 +686,7 @@ class MarketStates(VectorProjection):
         return len(self._buf)
 
     def _take(self, seq: int, event: Event) -> None:
-        if not isinstance(event, Enrichment) or event.causation_id in self._ids:
+        if not isinstance(event, Enrichment) or event.warmup or event.causation_id in self._ids:
             return
         if not event.causation_id:
             raise ValueError(f"enrichment {event.event_id} names no bar (causation_id)")

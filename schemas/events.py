@@ -148,14 +148,19 @@ class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
 
 
 class ModelDeployed(Event, frozen=True, kw_only=True, tag="model_deployed"):
-    """A model version became the live one (atomic swap); replay uses the version recorded here."""
+    """A model version became the live one (atomic swap); replay uses the version recorded here.
 
-    subject_template: ClassVar[str] = "ops.model.{model}"
+    On the INTEL stream, with the enrichments the model scores: one ordered consumer reads both, so
+    the version live for an enrichment is exactly the last deployment before it in the stream.
+    """
+
+    subject_template: ClassVar[str] = "intel.model.{model}"
     model: str
     model_version: str
     sha256: str
     path: str = ""
     previous_version: str = ""
+    rollback: bool = False  # back to this version: the deployments after it are no longer in force
 
 
 class ClockTick(Event, frozen=True, kw_only=True, tag="clock_tick"):
@@ -247,6 +252,8 @@ class Enrichment(Event, frozen=True, kw_only=True, tag="enrichment"):
     phase: str = ""
     confidence: float = 0.0
     nudges: list[str] = []
+    warmup: bool = False  # too little history: no features, no phase (not guessed)
+    manifest_version: str = ""  # the nudge manifest the nudges came from
 
 
 class Signal(Event, frozen=True, kw_only=True, tag="signal"):
@@ -511,6 +518,34 @@ class RebalancePlan(Event, frozen=True, kw_only=True, tag="rebalance_plan"):
     items: list[PlanItem] = []
 
 
+# ---------------------------------------------------------------- the web page and `tapeline ask`
+
+
+class OperatorAction(Event, frozen=True, kw_only=True, tag="operator_action"):
+    """A control action a person confirmed (halt, resume, rebalance), with who and from where."""
+
+    subject_template: ClassVar[str] = "ops.control.{action}"
+    action: str
+    operator: str
+    origin: str = "web"  # web | ask | cli
+    note: str = ""
+    detail: str = ""  # what it did: the events it published, or why it was refused
+
+
+class AskExchange(Event, frozen=True, kw_only=True, tag="ask_exchange"):
+    """One question to the system and its answer, with every tool call: what replay shows of a chat."""
+
+    subject_template: ClassVar[str] = "ops.ask.{mode}"
+    mode: str  # offline | openai | gemini
+    question: str
+    answer: str
+    model: str = ""
+    intent: str = ""  # offline mode: the matched intent
+    tool_calls: list[dict[str, Any]] = []  # {"name", "arguments", "result"} per call, in order
+    error: str = ""
+    latency_ms: float = 0.0
+
+
 AnyEvent = (
     Tick
     | Bar
@@ -539,6 +574,8 @@ AnyEvent = (
     | CircuitBreakerResumed
     | RebalancePlan
     | Scan
+    | OperatorAction
+    | AskExchange
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)  # the union is the one list of event types

@@ -18,3 +18,14 @@ MARKET_FEATURES: tuple[str, ...] = (
     "pos_20",  # where the close sits in the 20-bar high-low range, -1 .. +1
 )
 MARKET_DIM = len(MARKET_FEATURES)
+
+# Further features on every Enrichment (and the price model's inputs), not in the similarity vector:
+# market_states keeps its 12 dimensions so its stored vectors stay comparable.
+EXTRA_FEATURES: tuple[str, ...] = (
+    "rv_20",  # realised volatility: stdev of one-bar log returns over 20 bars (raw, per bar)
+    "rsi_14",  # Cutler's RSI over 14 bars (simple means of gains and losses), rescaled to -1 .. +1
+    "dist_vwap_20",  # log(close / 20-bar VWAP of the typical price) / (sigma20 * sqrt 20); equal weights without volume
+    "gap",  # log(open / previous close) / sigma20
+    "ret_prior_40",  # log return from 60 to 20 bars ago / (sigma20 * sqrt 40): the move before the last 20 bars
+)
+ENRICHMENT_FEATURES: tuple[str, ...] = MARKET_FEATURES + EXTRA_FEATURES

@@ -37,6 +37,7 @@ from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
 from tapeline.config import DEFAULT_METRICS_PORT, ConfigError, Market, Settings, load_settings
 from tapeline.feeds import ConfigOpt, config_exit, feed_app
+from tapeline.models_cli import models_app
 from tapeline.perf import perf_app
 from tapeline.pipeline import ROLES, Pipeline, swap_subject
 from tapeline.projections.query import QueryError, QueryResult, query_file, query_remote
@@ -46,6 +47,7 @@ from tapeline.schemas.codec import decode
 from tapeline.schemas.events import DecisionEnvelope
 from tapeline.schemas.export import export_json_schemas
 from tapeline.schemas.subjects import FAMILIES, decisions_bucket, decode_token, encode_token
+from tapeline.sentiment_cli import evaluate_offline
 from tapeline.session import nats_session, running_embedded
 
 app = typer.Typer(
@@ -60,6 +62,7 @@ app.add_typer(feed_app, name="feed", help="Run one market-data feed against NATS
 app.add_typer(perf_app, name="perf")  # tapeline/perf.py
 eval_app = typer.Typer(help="Evaluate sentiment scoring.")
 app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")  # sentiment training (sentiment_cli), the price model (models_cli)
 console = Console()
 log = structlog.get_logger("tapeline")
 
@@ -917,6 +920,42 @@ def resume(
 
 
 @app.command()
+def web(
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8765,
+) -> None:
+    """The live dashboard: decisions, prices, portfolio, risk, ops, news, chat (control: TAPELINE_OPERATOR_TOKEN)."""
+    from tapeline.web.app import serve
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    try:
+        _run(serve(s, host, port, console))
+    except OSError as e:
+        typer.echo(f"web: cannot listen on {host}:{port} ({e.strerror or e}): pass --port N (0: any free)", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help='e.g. "latest decision for NVDA", "why did we sell ORCL"')],
+    config: ConfigOpt = Path("tapeline.toml"),
+    nats: NatsOpt = "",
+    prefix: PrefixOpt = None,
+) -> None:
+    """Ask the system (OpenAI with tools when OPENAI_API_KEY is set, else offline intents); recorded as an event."""
+    from tapeline.ask import ask_command
+
+    s = _settings(config, prefix=prefix, nats_url=nats or None)
+    answer = _run(ask_command(s, question))
+    console.print(escape(answer.answer), soft_wrap=True)
+    if answer.error:
+        raise typer.Exit(1)
+
+
+@app.command()
 def rebalance(
     now: Annotated[bool, typer.Option("--now", help="compute a plan now from the read models")] = False,
     dry_run: Annotated[
@@ -992,14 +1031,22 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="output direct
 
 @eval_app.command("sentiment")
 def eval_sentiment(
-    by: Annotated[str, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = "variant",
+    file: Annotated[
+        Path | None, typer.Argument(help="SemEval-2017 Task 5 JSON: score it with the offline model")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="compare by: variant (the A/B prompts)")] = None,
     gold: Annotated[Path | None, typer.Option(help="SemEval-2017 Task 5 JSON: adds the cosine metric")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="offline ONNX head for FILE (default: shipped)")] = None,
     config: ConfigOpt = Path("tapeline.toml"),
 ) -> None:
-    """Compare the sentiment variants over the recorded LLM calls and scores (no provider call)."""
+    """FILE: the offline model's SemEval cosine, MAE, sign agreement. Without FILE: compare the sentiment
+    variants over the recorded LLM calls and scores (no provider call)."""
     from tapeline.sentiment_report import sentiment_by_variant
 
-    if by != "variant":
+    if file is not None:
+        evaluate_offline(file, model, console, extra=by or gold)
+        return
+    if by not in (None, "variant"):
         typer.echo(f"--by {by!r}: only 'variant' is supported", err=True)
         raise typer.Exit(2)
     sentiment_by_variant(_settings(config).duckdb_path, gold, console)

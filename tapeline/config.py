@@ -27,6 +27,7 @@ from tapeline.adapters.config import FeedConfigError, FeedsConfig, FilesConfig, 
 from tapeline.bus.topology import Retention
 from tapeline.dotenv import load_dotenv
 from tapeline.handlers.bars import BarsConfig
+from tapeline.handlers.model_agent import ModelAgentConfig
 from tapeline.handlers.momentum import AUTO, MomentumConfig
 from tapeline.schemas.intervals import interval_ns
 from tapeline.schemas.subjects import validate_prefix
@@ -138,6 +139,15 @@ def _resolve_momentum(s: Settings, market: Market) -> Settings:
         return s
     interval = momentum_interval_for(s, market)
     return msgspec.structs.replace(s, momentum=msgspec.structs.replace(momentum, interval=interval))
+
+
+def _resolve_model_store(s: Settings) -> Settings:
+    """``[model] store = ""`` means the model store in the data directory."""
+    model: ModelAgentConfig = s.components()["model"]
+    if model.store:
+        return s
+    store = str(s.data_path / "models")
+    return msgspec.structs.replace(s, model=msgspec.structs.replace(model, store=store))  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------ news follows the source set
@@ -338,6 +348,7 @@ def load_settings(
         market: Market = active_market(settings.feeds) if feed is None or feed == "active" else feed
         settings = _resolve_momentum(settings, market)
         settings = _resolve_news(settings, market)
+        settings = _resolve_model_store(settings)
         _check_momentum(settings, market)
         if feed is not None and market == "files":
             check_file_sources(settings.feeds.files)

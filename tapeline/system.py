@@ -25,6 +25,7 @@ from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.breakers import Breakers
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures
+from tapeline.handlers.model_agent import ModelAgent
 from tapeline.handlers.momentum import MomentumSignal
 from tapeline.handlers.monitor import PriceMoveMonitor
 from tapeline.handlers.portfolio import Portfolio
@@ -45,6 +46,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     # market data -> signals
     BarAggregator,
     MarketFeatures,
+    ModelAgent,
     MomentumSignal,
     SimilarityAgent,
     # news -> sentiment

@@ -97,8 +97,9 @@ async def test_the_handler_gives_the_window_function_of_each_window(shared_data:
     syn = _series([100 * math.exp(0.01 * math.sin(i)) for i in range(150)], symbol="SYN", interval="1m")
     bars = [b for pair in zip(nvda, syn, strict=False) for b in pair] + nvda[len(syn) :]
     out = await InProcessRunner(build({}, ["enrichment"]), "tape").run(bars)
-    got = [e for e in out if isinstance(e, Enrichment)]
-    assert len(got) == len(out) == (len(nvda) - WINDOW + 1) + (len(syn) - WINDOW + 1)
+    got = [e for e in out if isinstance(e, Enrichment) and not e.warmup]
+    assert len(out) == len(bars)  # one Enrichment per bar, warm-up rows included
+    assert len(got) == (len(nvda) - WINDOW + 1) + (len(syn) - WINDOW + 1)
     by_bar = {e.causation_id: e for e in got}
     for series in (nvda, syn):
         for i in range(WINDOW - 1, len(series)):
@@ -109,8 +110,8 @@ async def test_the_handler_gives_the_window_function_of_each_window(shared_data:
             vec = np.array([e.features[n] for n in MARKET_FEATURES], dtype=np.float32)
             assert np.array_equal(vec, want), (series[i].symbol, i)
             assert (e.symbol, e.interval, e.ts_event) == (series[i].symbol, series[i].interval, series[i].ts_event)
-            assert (e.phase, e.confidence, e.nudges) == ("", 0.0, [])  # issue 10
-        assert series[WINDOW - 2].event_id not in by_bar  # too little history: nothing
+            assert e.phase and 0 <= e.confidence <= 1 and e.nudges and e.manifest_version
+        assert series[WINDOW - 2].event_id not in by_bar  # too little history: a warm-up row only
 
 
 async def test_configured_intervals_narrow_the_subscription() -> None:
@@ -118,7 +119,8 @@ async def test_configured_intervals_narrow_the_subscription() -> None:
     handler = MarketFeatures(EnrichmentConfig(intervals=["5m"]))
     assert [c.pattern("tape") for c in handler.consumes] == ["tape.md.bar.5m.*"]
     out = await InProcessRunner([handler], "tape").run(bars)
-    assert len(out) == 10 and all(isinstance(e, Enrichment) and e.interval == "5m" for e in out)
+    assert len(out) == 70 and all(isinstance(e, Enrichment) and e.interval == "5m" for e in out)
+    assert sum(not e.warmup for e in out) == 10  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="intervals"):
         EnrichmentConfig(intervals=["7 parsecs"])
 
@@ -131,6 +133,6 @@ async def test_snapshot_restore_resumes_the_windows_and_skips_old_bars() -> None
     second = MarketFeatures()
     second.restore(first.snapshot())
     tail = await InProcessRunner([second], "tape").run([bars[50], *bars[90:]])  # bar 50 again: out of order
-    assert len(whole) == 130 - WINDOW + 1
+    assert len(whole) == 130
     assert [(e.event_id, e.features) for e in head + tail] == [(e.event_id, e.features) for e in whole]  # type: ignore[attr-defined]
     assert second.counters == {"out_of_order": 1}

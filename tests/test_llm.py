@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from tapeline.adapters.llm.gateway import NewsLlmConfig, NewsLlmGateway, resolve_provider
 from tapeline.adapters.llm.prompts import PROMPTS_DIR, assign_variant, clean_tickers, load_prompt
-from tapeline.bus.components import ComponentRunner
+from tapeline.bus.components import ComponentRunner, react, stamp_results
 from tapeline.bus.inprocess import InProcessRunner
 from tapeline.bus.publisher import Publisher
 from tapeline.config import ConfigError, load_settings
@@ -111,10 +111,26 @@ def test_bad_variant_is_one_line_config_error(tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
 
 
+async def test_the_offline_provider_scores_in_the_strict_format_and_the_parser_accepts_it() -> None:
+    gw = NewsLlmGateway(NewsLlmConfig(provider="offline"))
+    parser = SentimentParser()
+    good = news("o1", ["NVDA"], title="Nvidia profit soars, shares jump to record high after strong results")
+    bad = news("o2", ["NVDA", "AMD"], title="Chipmaker shares plunge after profit warning and weak outlook")
+    scores: dict[str, list[SentimentScore]] = {}
+    for item in (good, bad):
+        [call] = await gw.perform(item)
+        assert isinstance(call, LlmCall) and call.provider == "offline" and call.model.startswith("minilm-")
+        out = react(parser, stamp_results(gw, item, [call])[0])
+        scores[item.article_id] = [e for e in out if isinstance(e, SentimentScore)]
+    assert [s.ticker for s in scores["o2"]] == ["NVDA", "AMD"]
+    assert not any(s.neutral_fallback for v in scores.values() for s in v)
+    assert scores["o1"][0].score > 0.2 and all(s.score < -0.2 for s in scores["o2"])
+
+
 def test_auto_provider_follows_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in KEYS:
         monkeypatch.delenv(k, raising=False)
-    assert resolve_provider(NewsLlmConfig()) is None and not NewsLlmGateway().active()
+    assert resolve_provider(NewsLlmConfig()) == "offline" and NewsLlmGateway().active()  # the packaged scorer
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     assert resolve_provider(NewsLlmConfig()) == "openai"
     monkeypatch.setenv("GOOGLE_API_KEY", "k")

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from tapeline.adapters.runner import run_feed
 from tapeline.adapters.sim import SimFeed
-from tapeline.bus.auth import IDENTITIES, authorization_config, deploy_config
+from tapeline.bus.auth import IDENTITIES, authorization_config, deploy_config, identity_for
 from tapeline.bus.connection import NatsConnectError, NatsSettings, close_connection, connect
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
@@ -177,13 +177,22 @@ async def test_the_pipeline_runs_with_each_process_on_its_own_identity(
         db = tmp_path / "p.duckdb"
         handlers = Pipeline(conns["handler"], p, configs=FAST, db_path=tmp_path / "h.duckdb", selected=["handlers"])
         projector = Pipeline(conns["projector"], p, configs=FAST, db_path=db, selected=["projector"])
+        conns["execution"], _ = await _as(url, "execution", pw["execution"])
+        others = [  # every other role on the identity `up --only ROLE` uses
+            Pipeline(conns[identity_for([r])], p, configs=FAST, db_path=tmp_path / f"{r}.duckdb", selected=[r])
+            for r in ("risk", "portfolio", "execution")
+        ]
         await handlers.start()
         await projector.start()
+        for o in others:
+            await o.start()
         feed = await Publisher(conns["feed"], p, role="feed").start()
         await run_feed(SimFeed(["NVDA", "ORCL"], ticks=3000, seed=5), feed)
         await feed.close()
         await wait_until(lambda: caught_up(conns["handler"], handlers), timeout=90)
         await wait_until(lambda: caught_up(conns["projector"], projector), timeout=90)
+        for o in others:  # a role without a permission it needs would stall here
+            await wait_until(lambda o=o: caught_up(conns["admin"], o), timeout=90)
         res = await query_remote(conns["operator"], p, "SELECT count(*) FROM decisions")
         assert not res.error and res.rows[0][0] > 0
         kv = await conns["reader"].jetstream().key_value(decisions_bucket(p))
@@ -194,6 +203,8 @@ async def test_the_pipeline_runs_with_each_process_on_its_own_identity(
         await sub.unsubscribe()
         await handlers.stop()
         await projector.stop()
+        for o in others:
+            await o.stop()
     finally:
         for nc in conns.values():
             await close_connection(nc)

@@ -32,6 +32,12 @@ def test_the_wheel_holds_only_the_tapeline_package(wheel: Path) -> None:
     assert {n.split("/")[0] for n in names} == {"tapeline", wheel.name.split("-py3")[0] + ".dist-info"}
     for folder in FOLDERS:  # real files under tapeline/, not links
         assert f"tapeline/{folder}/__init__.py" in names, folder
+    for data in (
+        "models/artefacts/sentiment-head.onnx",
+        "handlers/nudges.toml",
+        "adapters/llm/prompts/sentiment/v1/system.txt",
+    ):
+        assert f"tapeline/{data}" in names, data  # package data the running system reads
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_round_trip_single_and_batch() -> None:
 
 def test_every_event_type_has_a_distinct_tag_and_family() -> None:
     tags = [cls.__struct_config__.tag for cls in EVENT_TYPES]
-    assert len(tags) == len(set(tags)) == 27  # + OrderApproved, Scan, OrderReserved
+    assert len(tags) == len(set(tags)) == 29  # + OrderApproved, Scan, OrderReserved, OperatorAction, AskExchange
     assert all(cls.family in {"md", "news", "intel", "decision", "order", "risk", "ops"} for cls in EVENT_TYPES)
 
 

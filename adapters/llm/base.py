@@ -31,6 +31,7 @@ class LlmRequest(msgspec.Struct, frozen=True, kw_only=True):
     schema: dict[str, Any]
     model: str
     article: str = ""  # title and summary, plain (for scorers that are not chat models)
+    title: str = ""  # the headline alone (what the offline scorer was trained on)
     tickers: list[str] = []
 
 

@@ -10,8 +10,8 @@ answers the gateway from the recorded ``LlmCall``, looked up by the id it must h
 Result ids come from (gateway, version, request key); the request key is a hash of the news
 event's id and the prompt version, computable without a provider or a key. The provider is
 ``auto`` (Gemini if ``GEMINI_API_KEY``/``GOOGLE_API_KEY`` is set, else OpenAI if
-``OPENAI_API_KEY`` is, else the offline scorer once registered in :data:`PROVIDERS`) or named;
-without one the gateway does not run. A provider that fails after its retries is recorded as an
+``OPENAI_API_KEY`` is, else the packaged offline scorer, ``adapters/llm/offline.py``) or named.
+A provider that fails after its retries is recorded as an
 ``LlmCall`` with ``error`` set (the parser turns it into neutral scores and an alert).
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal, NamedTuple
 
@@ -81,7 +80,16 @@ PROVIDERS: dict[str, ProviderSpec] = {
         ),
         lambda: bool(openai_key()),
     ),
+    "offline": ProviderSpec(lambda c: _offline(), lambda: True),  # the model ships with the package
 }
+
+
+def _offline() -> LlmProvider:
+    from tapeline.adapters.llm.offline import OfflineProvider  # loads the embedder: only when chosen
+
+    return OfflineProvider()
+
+
 AUTO_ORDER = ("gemini", "openai", "offline")
 
 
@@ -153,7 +161,9 @@ class NewsLlmGateway(Gateway):
         return [
             draft(
                 LlmCall,
-                ts_event=time.time_ns(),
+                # event time of the news it scores: decisions combine it with the market data of that
+                # moment (in replays and backtests too); when the call ran is ts_init
+                ts_event=event.ts_event,
                 provider=p.name,
                 model=req.model,
                 prompt_version=prompt.version,

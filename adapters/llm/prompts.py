@@ -65,6 +65,7 @@ class Prompt:
             schema=self.schema,
             model=model,
             article=text,
+            title=article.get("title", ""),
             tickers=tickers,
         )
 

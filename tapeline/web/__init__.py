@@ -1,0 +1,1 @@
+"""The live dashboard (`tapeline web`): server, control, static page."""
