@@ -64,6 +64,22 @@ async def wait_consumed(api: JetStreamApi, stream: str, durable: str, limit_s: f
     raise TimeoutError(f"{durable} did not finish")
 
 
+async def wait_ready(url: str, prefix: str, durables: tuple[str, ...], limit_s: float = 120) -> None:
+    """Until the processes have created their consumers: start-up (imports) is not part of a measurement."""
+    nc = await connect(NatsSettings(url=url))
+    api = JetStreamApi(nc)
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            infos = [await api.consumer_info(f"{prefix.upper()}_MD", d) for d in durables]
+            if all(infos):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"consumers {durables} not created within {limit_s} s")
+    finally:
+        await nc.drain()
+
+
 async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool, handlers: bool) -> dict[str, float]:
     n = len(ticks)
     nc = await connect(NatsSettings(url=url))
@@ -136,6 +152,7 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=200_000)
     ap.add_argument("--rate", type=int, default=2000, help="ticks/s for the latency run")
     ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -152,14 +169,15 @@ def main() -> None:
                 ("pipeline, 1 event/msg", "b1", False, ("projector", "handlers")),
                 ("pipeline, batched", "b2", True, ("projector", "handlers")),
             ]
-            for name, prefix, batch, roles in modes:
+            for name, prefix, batch, roles in [] if args.latency_only else modes:
                 cfg = tmp / f"{prefix}.toml"
                 cfg.write_text(
                     f'prefix = "{prefix}"\nnats_url = "{url}"\ndata_dir = "{tmp / prefix}"\nmetrics_port = 0\n'
                     '[momentum]\ninterval = "1m"\n'  # simulated ticks make 1-minute bars
                 )
                 procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in roles]
-                time.sleep(2.5)  # process start-up (imports) is not part of the measurement
+                durables = tuple("projector_md" if r == "projector" else "bars_md" for r in roles)
+                asyncio.run(wait_ready(url, prefix, durables))
                 pids = {"nats-server": server.pid, **{r: p.pid for r, p in zip(roles, procs, strict=True)}}
                 pids["publisher (this)"] = os.getpid()
                 ticks = list(SimFeed(SYMBOLS, ticks=args.ticks, seed=1).generate())  # not part of the measurement
@@ -175,8 +193,12 @@ def main() -> None:
                 '[momentum]\ninterval = "1m"\n'
             )
             procs = [start(r, cfg, tmp / f"lat-{r}.log") for r in ("projector", "handlers")]
-            time.sleep(2.5)
+            asyncio.run(wait_ready(url, "lat", ("projector_md", "bars_md")))
+            pids = {"nats-server": server.pid, "projector": procs[0].pid, "handlers": procs[1].pid}
+            before = {k: cpu_seconds(p) for k, p in pids.items()}
             lat = asyncio.run(latency(url, "lat", args.rate, args.seconds))
+            n_lat = int(args.rate * args.seconds)
+            cpu["steady, 1 event/msg"] = {k: (cpu_seconds(p) - before[k]) / n_lat * 1e6 for k, p in pids.items()}
         finally:
             for p in procs:
                 p.terminate()
@@ -188,7 +210,7 @@ def main() -> None:
         print(
             f"{name:<24}{r['publish_eps']:>14,.0f}{r['e2e_eps']:>15,.0f}{r['handler_eps']:>13,.0f}{r['messages']:>10,.0f}"
         )
-    print("CPU per event (µs), by process:")
+    print(f"CPU per event (µs), by process (steady: the latency run, {args.rate:,} ticks/s, incl. 2 s idle after):")
     for name, per in cpu.items():
         print(f"  {name:<22}" + "  ".join(f"{k} {v:.1f}" for k, v in per.items()) + f"  total {sum(per.values()):.1f}")
     print(

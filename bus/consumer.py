@@ -97,6 +97,7 @@ class PullLoop:
         max_bytes: int = 8 * 1024 * 1024,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
         refresh_s: float = 5.0,
+        linger_s: float = 0.0,
     ) -> None:
         if not isinstance(nc, TapelineClient):
             raise TypeError("PullLoop needs a connection from bus.connection.connect()")
@@ -107,12 +108,14 @@ class PullLoop:
         self.expires_s = expires_s
         self.idle_s = idle_s
         self.max_bytes = max_bytes
+        self.linger_s = linger_s  # a short batch waits this long for more (fewer, bigger commits)
         self._inbox = ""
         self._sub: Subscription | None = None
         self._open: OrderedDict[str, _Request] = OrderedDict()  # request inbox -> what it still owes, until when
         self._n = 0
         self._buf: list[Delivery] = []
         self._arrived = asyncio.Event()
+        self._full = asyncio.Event()  # a whole batch is buffered: ends a linger
         self._lost = False  # the connection dropped: find out where we stand before pulling again
         self.on_reconnect = on_reconnect
         self.refresh_s = refresh_s
@@ -144,6 +147,7 @@ class PullLoop:
         self._lost = True
         self._open.clear()
         self._arrived.set()
+        self._full.set()
 
     def connection_restored(self) -> None:
         self._arrived.set()
@@ -168,6 +172,8 @@ class PullLoop:
                 del self._open[oldest]
         self._buf.append(parse_delivery(subject, reply, data, headers))
         self._arrived.set()
+        if len(self._buf) >= self.batch:
+            self._full.set()
 
     def _expire(self) -> None:
         """Forget requests the server should have ended by now (all share ``expires``: oldest first)."""
@@ -193,6 +199,8 @@ class PullLoop:
     async def next_batch(self) -> list[Delivery]:
         """What has arrived (up to ``batch``), or an empty list after ``idle_s`` with nothing.
 
+        With ``linger_s``, a batch shorter than ``batch`` first waits up to that long for more.
+
         While the connection is down it waits (an empty list then would read as "caught up"),
         returning empty only when stopping.
         """
@@ -208,6 +216,10 @@ class PullLoop:
                     await asyncio.wait_for(self._arrived.wait(), self.idle_s)
             if self._buf or not self._lost:
                 break
+        if self.linger_s > 0 and 0 < len(self._buf) < self.batch and not self.stopping and not self._lost:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.linger_s)
         out, self._buf = self._buf[: self.batch], self._buf[self.batch :]
         await self._top_up()
         return out

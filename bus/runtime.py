@@ -105,6 +105,7 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     backoff_s: float = 0.5
     ack_wait_s: float = 30.0
     expires_s: float = 1.0
+    linger_s: float = 0.0  # read models: wait this long to fill a short batch (fewer commits, see PullLoop)
 
     @property
     def ack_policy(self) -> AckPolicy:
@@ -145,6 +146,7 @@ class ConsumerRuntime:
             expires_s=spec.expires_s,
             max_bytes=spec.max_bytes,
             on_reconnect=self._reposition if self.ordered else None,
+            linger_s=spec.linger_s,
         )
         self.handled_seq = 0  # stream sequence of the last message handled
         self.processed = 0

@@ -122,7 +122,8 @@ def load_sentiment_model(path: Path | None = None, *, embedder: TextEmbedder | N
         return SentimentModel(target, embedder)
     with _load_lock:
         if target not in _loaded:
-            _loaded[target] = SentimentModel(target, TextEmbedder())
+            # The float vectors: the shipped head is trained on them, and the int8 graph's version is per machine.
+            _loaded[target] = SentimentModel(target, TextEmbedder("onnx"))
         return _loaded[target]
 
 

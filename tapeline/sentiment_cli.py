@@ -82,7 +82,13 @@ def train_sentiment(
 
     try:
         meta = train_artefact(
-            data, out, TextEmbedder(), lexicon=DEFAULT_LEXICON, name=MODEL_NAME, params=HeadParams(), repeats=repeats
+            data,
+            out,
+            TextEmbedder("onnx"),
+            lexicon=DEFAULT_LEXICON,
+            name=MODEL_NAME,
+            params=HeadParams(),
+            repeats=repeats,
         )
     except HeadlineFileError as e:
         raise _fail(str(e)) from None

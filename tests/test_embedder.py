@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tapeline.models.embedder import DIM, MODEL_VERSION, WEIGHTS_SHA256, TextEmbedder, onnx_path
+from tapeline.models.embedder import (
+    DEFAULT_BACKEND,
+    DIM,
+    MODEL_VERSION,
+    WEIGHTS_SHA256,
+    TextEmbedder,
+    int8_path,
+    onnx_path,
+)
 from tests.vector_support import embedder, headlines
 
 QUERY = "stock falls after profit warning"
@@ -22,6 +31,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def onnx_embedder(model_cache: Path) -> TextEmbedder:
     return embedder("onnx", model_cache)
+
+
+@pytest.fixture(scope="session")
+def int8_embedder(model_cache: Path) -> TextEmbedder:
+    return embedder("onnx-int8", model_cache)
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +100,29 @@ def test_cached_vectors_equal_fresh_ones(onnx_embedder: TextEmbedder, model_cach
     again = onnx_embedder.embed(list(reversed(repeated)))[::-1]
     fresh = TextEmbedder("onnx", cache_dir=model_cache, cache_size=0).embed(repeated)
     assert np.array_equal(first, again) and np.array_equal(first, fresh)
+
+
+def test_int8_version_names_the_quantised_artefact(int8_embedder: TextEmbedder, model_cache: Path) -> None:
+    """Vector tables record the version: int8 vectors must never be appended to float ones, or vice versa."""
+    sha = hashlib.sha256(int8_path(model_cache).read_bytes()).hexdigest()
+    assert int8_embedder.version == f"{MODEL_VERSION}+int8@{sha[:12]}" != MODEL_VERSION
+    assert DEFAULT_BACKEND == "onnx-int8" and int8_embedder.fingerprint.endswith("/onnx-int8")
+
+
+def test_int8_is_close_to_the_float_vectors(
+    int8_embedder: TextEmbedder, onnx_embedder: TextEmbedder, shared_data: Path
+) -> None:
+    titles = [h["title"] for h in headlines(shared_data)]
+    a = int8_embedder.embed(titles)
+    cos = (a * onnx_embedder.embed(titles)).sum(axis=1)
+    assert a.dtype == np.float32 and a.shape == (len(titles), DIM)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert cos.min() >= 0.99, f"worst cosine {cos.min()}"
+
+
+def test_int8_vectors_do_not_depend_on_batching(int8_embedder: TextEmbedder, shared_data: Path) -> None:
+    titles = [h["title"] for h in headlines(shared_data)][:120]
+    whole = int8_embedder.embed(titles)
+    alone = np.concatenate([int8_embedder.embed([t]) for t in titles[:30]])
+    odd = np.concatenate([int8_embedder.embed(titles[i : i + 7]) for i in range(0, 120, 7)])
+    assert np.array_equal(whole[:30], alone) and np.array_equal(whole, odd)
