@@ -46,9 +46,7 @@ async def test_bursts_go_as_batch_messages_by_default(nc: Client, publisher: Pub
     assert await stream_last_seq(nc, stream) == 4
 
 
-async def test_switch_off_and_lone_ticks_go_one_per_message(
-    nc: Client, publisher: Publisher, provisioned: str
-) -> None:
+async def test_switch_off_and_lone_ticks_go_one_per_message(nc: Client, publisher: Publisher, provisioned: str) -> None:
     stream = MD.stream(provisioned)
     ticks = list(SimFeed(["A", "B"], ticks=300, seed=5, venue="single").generate())
     stats = await run_feed(ListFeed([ticks[:200]]), publisher, batch_ticks=False)
