@@ -55,6 +55,10 @@ async def run(args: argparse.Namespace) -> float:
         if seen >= args.n:
             done.set()
 
+    async def publish(body: dict[str, Any]) -> None:
+        """One output, its JetStream ack awaited (a generous timeout: a busy machine is slow, not failing)."""
+        await broker.publish(alert(body), args.out_subject, stream=out_stream.name, timeout=60)
+
     opts: dict[str, Any] = {
         "stream": JStream(args.stream, declare=False),
         "durable": args.durable,
@@ -64,11 +68,11 @@ async def run(args: argparse.Namespace) -> float:
 
         @broker.subscriber(args.subject, pull_sub=PullSub(args.batch, timeout=1.0, batch=True), **opts)
         async def on_batch(bodies: list[dict[str, Any]]) -> None:
-            if args.publish:
-                await asyncio.gather(
-                    *(broker.publish(alert(b), args.out_subject, stream=out_stream.name) for b in bodies)
-                )
-            count(len(bodies))
+            try:
+                if args.publish:
+                    await asyncio.gather(*(publish(b) for b in bodies))
+            finally:  # a handler that failed was still acked (AckPolicy.ACK): its work is over
+                count(len(bodies))
 
     else:
         if args.config == "workers":
@@ -76,9 +80,11 @@ async def run(args: argparse.Namespace) -> float:
 
         @broker.subscriber(args.subject, pull_sub=PullSub(args.batch, timeout=1.0), **opts)
         async def on_msg(body: dict[str, Any]) -> None:
-            if args.publish:
-                await broker.publish(alert(body), args.out_subject, stream=out_stream.name)
-            count(1)
+            try:
+                if args.publish:
+                    await publish(body)
+            finally:
+                count(1)
 
     await broker.connect()
     js = broker.connection.jetstream()  # FastStream's own nats-py connection
