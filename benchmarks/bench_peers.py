@@ -244,7 +244,7 @@ def report(results: dict[str, list[float]], n: int, rounds: int, load: str) -> N
     )
     vs_fetch = ", ".join(f"{a / f:.1f}x" for a, f in zip(ack, fetch, strict=True))
     ratios.add_row("consume-decode-ack vs plain nats-py fetch", vs_fetch, "")
-    console = Console()
+    console = Console(width=120)
     console.print(table)
     console.print(ratios)
 
