@@ -22,6 +22,7 @@ ack floor + 1 after a warm-up); re-done work republishes the same deterministic 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
@@ -50,6 +51,21 @@ from tapeline.schemas.events import DeadLetter, Event
 from tapeline.schemas.ids import derive_event_id
 
 log = structlog.get_logger("tapeline.bus")
+
+
+_gc_frozen = False
+
+
+def settle_gc() -> None:
+    """Once the first consumer runs, what start-up built (modules, models, configuration) lives as long as
+    the process: ``gc.freeze`` moves it out of the collector's sight, so a full collection scans only what
+    came after. Without it a full collection in the handlers or projector process took 0.3-1 s of wall time
+    on a loaded machine, in steady state (a 1 s tick->decision p99); with it 2-16 ms. Once per process:
+    anything frozen that later becomes cyclic garbage is never freed."""
+    global _gc_frozen
+    if not _gc_frozen:
+        _gc_frozen = True
+        gc.freeze()
 
 
 class Failure(NamedTuple):
@@ -195,6 +211,7 @@ class ConsumerRuntime:
         await self.ensure_consumer()
         await self.loop.start()
         self.started.set()
+        settle_gc()
         try:
             while True:
                 batch = await self.loop.next_batch()
