@@ -183,6 +183,21 @@ class TapelineClient(Client):
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
+    async def publish_raw(self, subject: str, payload: bytes, reply: str = "") -> None:
+        """Publish without headers, skipping ``publish``'s subject validation: for subjects the server gave
+        us or we built ourselves (acks to ``$JS.ACK...`` replies, pull requests), one or more per message."""
+        if self.is_closed:
+            raise ConnectionClosedError
+        if reply:
+            cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+        else:
+            cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        await self._send_command(cmd)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
 
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How to reach NATS. ``url`` empty means: start the embedded server."""

@@ -145,6 +145,11 @@ class ConsumerRuntime:
         self.stream = spec.stream
         self.durable = spec.durable
         zero_consumer_counters(self.durable)
+        # labelled children looked up once: a batch is often one message at a steady rate
+        self._consumed = EVENTS_CONSUMED.labels(self.durable)
+        self._pending_gauge = CONSUMER_PENDING.labels(self.durable)
+        self._batch_seconds = BATCH_SECONDS.labels(self.durable)
+        self._latency = EVENT_LATENCY.labels(self.durable)
         self.start_seq = start_seq  # ordered consumers: where to (re)start
         self.publish_dead_letters = publish_dead_letters
         self.ordered = spec.ordered
@@ -225,7 +230,7 @@ class ConsumerRuntime:
                     pending = await self.loop.pending_on_server()
                     if pending is not None:
                         self.pending = pending
-                        CONSUMER_PENDING.labels(self.durable).set(pending)
+                        self._pending_gauge.set(pending)
                     if self._held is not None:
                         await self._ack_committed([])
                     self.idle.set()
@@ -308,15 +313,13 @@ class ConsumerRuntime:
                     await self.loop.nak(d, self._delay(d))
         n_ok = len(batch) - len(outcome)
         self.processed += n_ok
-        EVENTS_CONSUMED.labels(self.durable).inc(n_ok)
+        self._consumed.inc(n_ok)
         self.pending = batch[-1].pending
         self.handled_seq = batch[-1].stream_seq
-        CONSUMER_PENDING.labels(self.durable).set(batch[-1].pending)
-        BATCH_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+        self._pending_gauge.set(batch[-1].pending)
+        self._batch_seconds.observe(time.perf_counter() - started)
         if received and received[-1].events:
-            EVENT_LATENCY.labels(self.durable).observe(
-                max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9)
-            )
+            self._latency.observe(max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9))
 
     async def _ack_committed(self, batch: list[Delivery]) -> None:
         """Ack policy ``all``: ack the newest processed delivery the sink has committed.
