@@ -106,6 +106,8 @@ expected = {{ ghost = 1.0 }}
 [[feeds.mt5]]
 name = "raw"
 symbols = ["EURUSD"]
+[news]
+providers = []  # the demo scores news offline, with no key; news would only slow this test 3x
 """
 
 
