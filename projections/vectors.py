@@ -998,6 +998,14 @@ def search_decisions(store: VectorStore, embedder: TextEmbedder, text: str, k: i
     return rows
 
 
+OPTIMIZE_EVERY_COMMITS = 100
+"""A live vector table is compacted after this many commits: every commit adds a LanceDB fragment and a
+version, and a process that never compacts grows (412 -> 434 MiB in a 10-minute soak; 1,200 small adds
+took a bare process from 220 to 805 MiB, 239 to 373 MiB with compaction)."""
+KEEP_VERSIONS = timedelta(minutes=2)
+"""Versions older than this are dropped on compaction: a reader holds a version for one query at most."""
+
+
 class VectorSink:
     """Runs a :class:`VectorProjection` on the consumer runtime (``bus.runtime.Sink``).
 
@@ -1017,14 +1025,18 @@ class VectorSink:
         stop_at_seq: int | None = None,
         until_ns: int | None = None,
         commit_every_s: float = 2.0,
+        optimize_every: int = OPTIMIZE_EVERY_COMMITS,
     ) -> None:
         self.projection = projection
         self.last_seq = projection.start()
         self.stop_at_seq = stop_at_seq
         self.until_ns = until_ns
         self.commit_every_s = commit_every_s
+        self.optimize_every = optimize_every
+        self.optimized = 0  # how many times the table was compacted by this sink
         self.done = asyncio.Event()
         self._waiting_since: float | None = None  # when the oldest uncommitted message was applied
+        self._commits = 0  # commits since the last compaction
 
     @property
     def committed_seq(self) -> int:
@@ -1065,9 +1077,17 @@ class VectorSink:
         return failures
 
     async def _flush(self, *, force: bool) -> None:
+        before = self.last_seq
         self.last_seq = await asyncio.to_thread(self.projection.flush, force=force)
         if self.last_seq == self.projection.seen:
             self._waiting_since = None
+        if self.last_seq > before:
+            self._commits += 1
+            if self._commits >= self.optimize_every:
+                proj = self.projection
+                await asyncio.to_thread(proj.store.optimize, proj.table, keep_versions=KEEP_VERSIONS)
+                self._commits = 0
+                self.optimized += 1
 
     async def idle(self) -> None:
         await self._flush(force=True)
