@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -257,6 +258,9 @@ class VectorStore:
         self._db = lancedb.connect(str(self.path))
         self.specs = vector_tables(market_dim, text_dim)
         self._tables: dict[str, Any] = {}
+        # the tables of one process commit from worker threads and share the checkpoints table: a
+        # compaction must not race a checkpoint write, so writes and compactions take turns
+        self._writing = threading.Lock()
         if self.exists(CHECKPOINTS) and "schema_hash" not in self.table(CHECKPOINTS).schema.names:
             self.table(CHECKPOINTS).add_columns({"schema_hash": "''"})  # written before schema hashes existed
 
@@ -358,11 +362,12 @@ class VectorStore:
         """Add ``rows``, apply ``updates`` (partial rows matched on the table's key), then checkpoint."""
         spec = self.specs[name]
         tbl = self.table(name)
-        if rows is not None and rows.num_rows:
-            tbl.add(rows.select(spec.schema.names).cast(spec.schema))
-        if updates is not None and updates.num_rows:
-            tbl.merge_insert(spec.key).when_matched_update_all().execute(updates)
-        self.write_checkpoint(name, stream=stream, last_seq=last_seq, model=model)
+        with self._writing:
+            if rows is not None and rows.num_rows:
+                tbl.add(rows.select(spec.schema.names).cast(spec.schema))
+            if updates is not None and updates.num_rows:
+                tbl.merge_insert(spec.key).when_matched_update_all().execute(updates)
+            self.write_checkpoint(name, stream=stream, last_seq=last_seq, model=model)
 
     # -- reads
 
@@ -426,8 +431,9 @@ class VectorStore:
 
     def optimize(self, name: str, *, keep_versions: timedelta = timedelta(minutes=10)) -> None:
         """Compact small fragments, fold new rows into the index, drop versions older than ``keep_versions``."""
-        self.table(name).optimize(cleanup_older_than=keep_versions)
-        self.table(CHECKPOINTS).optimize(cleanup_older_than=keep_versions)
+        with self._writing:
+            self.table(name).optimize(cleanup_older_than=keep_versions)
+            self.table(CHECKPOINTS).optimize(cleanup_older_than=keep_versions)
 
     def checksum(self, name: str, upto_seq: int | None = None) -> str:
         """``"<rows>:<sha256 prefix>"`` over rows sorted by key: key, vector rounded to 1e-4 (tables with
