@@ -1,10 +1,10 @@
 """Runs a feed into the bus: the one way an adapter's events reach JetStream.
 
-A feed is anything with ``name`` and ``stream()``, an async iterator of event lists. By default
-(``batch_ticks``, the ``batch_ticks`` setting) ticks that arrive together for one subject — a burst:
-a simulator or file chunk, a history replay, an MT5 ``copy_ticks_from`` poll — share one batch message
-(DESIGN §6); a tick alone in its list, and every other event, goes one per message. With
-``batch_ticks=False`` every event goes one per message.
+A feed is anything with ``name`` and ``stream()``, an async iterator of event lists. By default a
+feed that replays identically (simulator, files, Polygon files, the history store) sends the ticks
+that arrive together for one subject — a burst — as one batch message (DESIGN §6); a tick alone in its
+list, and every other event, goes one per message. Live venue feeds (MT5, IBKR, polled bars) go one
+per message by default (see :func:`replays_identically`). The ``batch_ticks`` setting forces either.
 If the feed raises, an alert event says so before the error propagates. If JetStream cannot store
 (its store is full, or it answers nothing), the feed keeps the events it holds, waits with backoff
 and retries only what was not stored, alerting once (``bus.stall``): it never dies of a full store.
@@ -30,6 +30,15 @@ class Feed(Protocol):
     @property
     def name(self) -> str: ...
     def stream(self) -> AsyncIterator[Sequence[Event]]: ...
+
+
+def replays_identically(feed: Feed) -> bool:
+    """Whether the feed, started again from the same point, yields the same lists (a simulator with its
+    seed, a file, a stored history). Only then may its bursts go as batch messages by default: a batch
+    message's dedup id names its first tick and its size, so a re-send after a restart is dropped by
+    JetStream only if it is grouped the same way. A live venue's polls group ticks by timing (an MT5
+    poll after a restart that lost its cursor returns one bigger burst) and go one tick per message."""
+    return bool(getattr(feed, "replays_identically", False))
 
 
 class FeedStats:
@@ -103,8 +112,11 @@ async def publish_stored(publisher: Publisher, events: Sequence[Event], stall: S
 
 
 async def run_feed(
-    feed: Feed, publisher: Publisher, *, batch_ticks: bool = True, stats: FeedStats | None = None
+    feed: Feed, publisher: Publisher, *, batch_ticks: bool | None = None, stats: FeedStats | None = None
 ) -> FeedStats:
+    """Publish everything the feed yields. ``batch_ticks`` None: batches if it :func:`replays_identically`."""
+    if batch_ticks is None:
+        batch_ticks = replays_identically(feed)
     stats = stats or FeedStats()
     stall = Stall(feed.name, publisher)
     try:

@@ -116,7 +116,10 @@ def demo(
     ] = False,
     ticks: Annotated[int | None, typer.Option(help="simulated ticks")] = None,
     batch_ticks: Annotated[
-        bool | None, typer.Option(help="ticks in batch messages (default: the batch_ticks setting, true)")
+        bool | None,
+        typer.Option(
+            help="ticks in batch messages (default: the batch_ticks setting; unset: the simulator and files batch)"
+        ),
     ] = None,
     keep: Annotated[bool, typer.Option(help="keep the previous demo's data")] = False,
 ) -> None:
@@ -158,7 +161,7 @@ def demo(
         raise typer.Exit(1)
 
 
-async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool) -> bool:
+async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool | None) -> bool:
     from tapeline.bus.connection import connect
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))

@@ -131,7 +131,8 @@ async def test_a_node_killed_mid_stream_loses_no_acknowledged_event(cluster: tup
         )
         await pipeline.start()
         publisher = await Publisher(nc, p, role="feed", ack_timeout=2.0, max_attempts=60).start()
-        feed = asyncio.create_task(run_feed(SimFeed(["NVDA", "ORCL"], ticks=6000, seed=9), publisher))
+        sim = SimFeed(["NVDA", "ORCL"], ticks=6000, seed=9)
+        feed = asyncio.create_task(run_feed(sim, publisher, batch_ticks=False))  # the test counts messages
 
         async def stored_md() -> int:
             i = await api.stream_info(md)

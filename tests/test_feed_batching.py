@@ -1,4 +1,5 @@
-"""Feeds batch bursts of ticks by default (DESIGN §6); one tick per message when configured or alone."""
+"""Feeds that replay identically batch bursts of ticks by default (DESIGN §6); live venue feeds, a lone tick
+and a configured switch go one tick per message."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from tests.helpers import stored, stream_last_seq
 
 
 class ListFeed:
-    """Yields the given lists as they are: one list is one burst."""
+    """Yields the given lists as they are: one list is one burst, the same each time it runs."""
 
     name = "list"
+    replays_identically = True
 
     def __init__(self, bursts: Sequence[Sequence[Event]]) -> None:
         self.bursts = bursts
@@ -30,7 +32,7 @@ class ListFeed:
 
 
 async def test_bursts_go_as_batch_messages_by_default(nc: Client, publisher: Publisher, provisioned: str) -> None:
-    assert Settings().batch_ticks  # the default every feed command uses
+    assert Settings().batch_ticks is None  # the default every feed command uses: the feed decides
     ticks = list(SimFeed(["A", "BRK.B"], ticks=1000, seed=4, venue="burst").generate())
     stats = await run_feed(ListFeed([ticks[:500], ticks[500:]]), publisher)
     stream = MD.stream(provisioned)
@@ -58,3 +60,23 @@ async def test_switch_off_and_lone_ticks_go_one_per_message(nc: Client, publishe
     assert stats.messages == 53 and await stream_last_seq(nc, stream) == 252
     assert [e.event_id for e in await stored(nc, OPS.stream(provisioned))] == [alert.event_id]
     assert len(await stored(nc, stream)) == 252
+
+
+class LiveFeed(ListFeed):
+    """A live venue: after a restart its polls group ticks differently, so it must not batch by default."""
+
+    replays_identically = False
+
+
+async def test_a_live_feed_goes_one_tick_per_message_unless_forced(
+    nc: Client, publisher: Publisher, provisioned: str
+) -> None:
+    stream = MD.stream(provisioned)
+    ticks = list(SimFeed(["A"], ticks=300, seed=6, venue="live").generate())
+    stats = await run_feed(LiveFeed([ticks[:100]]), publisher)
+    assert stats.messages == 100 and await stream_last_seq(nc, stream) == 100
+    # restarted without its cursor, it re-sends from the start in one bigger burst: every tick is dropped
+    await run_feed(LiveFeed([ticks[:150]]), publisher)
+    assert await stream_last_seq(nc, stream) == 150 and len(await stored(nc, stream)) == 150
+    stats = await run_feed(LiveFeed([ticks[150:]]), publisher, batch_ticks=True)  # forced: batches
+    assert stats.messages == 1 and len(await stored(nc, stream)) == 300

@@ -84,13 +84,16 @@ async def _as(url: str, user: str, password: str) -> tuple[Client, list[str]]:
 async def _outcome(errors: list[str], attempt: Callable[[], Awaitable[bool]]) -> bool:
     """True when ``attempt`` succeeds, False on a permissions violation, whichever comes first."""
     task = asyncio.ensure_future(attempt())
+    denied = False
     async with asyncio.timeout(DEADLINE_S):
-        while not task.done():
-            if any("permissions violation" in e.lower() for e in errors):
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                return False
-            await asyncio.sleep(0.01)
+        while not task.done() and not denied:
+            denied = any("permissions violation" in e.lower() for e in errors)
+            if not denied:
+                await asyncio.sleep(0.01)
+    if denied:  # cancelled outside the deadline: a denial seen at its last moment is still a denial
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
     return task.result()
 
 

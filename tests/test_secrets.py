@@ -92,6 +92,7 @@ def _leaks(canaries: dict[str, str], data: bytes | str) -> list[str]:
 CONFIG = """
 data_dir = "{data}"
 metrics_port = 0
+batch_ticks = false  # one tick per message: the test counts messages
 [sim]
 ticks = 3000
 [bars]

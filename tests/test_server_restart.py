@@ -81,7 +81,7 @@ async def _run(tmp_path: Path, *, restarts: int, graceful: bool, stop_up_while_d
     server = EmbeddedNats(tmp_path / "nats")
     url = server.start()
     prefix = "rs"
-    cfg = write_config(tmp_path, prefix, url)
+    cfg = write_config(tmp_path, prefix, url, batch_ticks="false")  # one tick per message: the test counts them
     cfg.write_text(cfg.read_text() + f'[sim]\nsymbols = ["NVDA", "ORCL", "BRK.B"]\nticks = {TICKS}\nseed = 3\n')
     db = tmp_path / "data" / "projections" / "tapeline.duckdb"
     up_log, feed_log = tmp_path / "up.log", tmp_path / "feed.log"
