@@ -92,6 +92,7 @@ class HeadParams:
     krr_gamma: float = 1.0
     ridge_alpha: float = 3.0
     krr_weight: float = 1.0  # the ridge term gets 1 - krr_weight
+    centre: bool = True  # subtract the training mean vector before re-normalising (False: the raw unit vectors)
 
 
 @dataclass
@@ -132,6 +133,8 @@ def fit_head(emb: F32, lex: F32, y: F64 | Sequence[float], params: HeadParams = 
     """Closed-form kernel ridge (RBF) + linear ridge on the same features, blended."""
     scale = lexicon_scales(params, lex.shape[1])
     center = emb.astype(np.float64).mean(0).astype(np.float32)  # the training rows' mean only (in CV: the fold's)
+    if not params.centre:
+        center = np.zeros_like(center)
     z = _stack(emb, lex, center, scale).astype(np.float64)
     t = np.asarray(y, dtype=np.float64)
     n = len(t)
@@ -298,7 +301,7 @@ def data_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def params_dict(params: HeadParams) -> dict[str, float]:
+def params_dict(params: HeadParams) -> dict[str, float | bool]:
     return asdict(params)
 
 
