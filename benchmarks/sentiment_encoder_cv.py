@@ -87,8 +87,8 @@ def main() -> None:
         "minilm": np.asarray(TextEmbedder("onnx").embed(titles), dtype=np.float32),
         "e5": E5Embedder().embed(titles),
     }
-    for name, fn in (("use", use_vectors), ("wordllama", wordllama_vectors)):
-        vec = fn(titles)
+    for name, load in (("use", use_vectors), ("wordllama", wordllama_vectors)):
+        vec = load(titles)
         if vec is None:
             print(f"{name}: not installed, skipped")
         else:
