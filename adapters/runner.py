@@ -1,7 +1,10 @@
 """Runs a feed into the bus: the one way an adapter's events reach JetStream.
 
-A feed is anything with ``name`` and ``stream()``, an async iterator of event lists. Ticks can be
-published one event per message or grouped per subject into batch messages (DESIGN §6).
+A feed is anything with ``name`` and ``stream()``, an async iterator of event lists. By default
+(``batch_ticks``, the ``batch_ticks`` setting) ticks that arrive together for one subject — a burst:
+a simulator or file chunk, a history replay, an MT5 ``copy_ticks_from`` poll — share one batch message
+(DESIGN §6); a tick alone in its list, and every other event, goes one per message. With
+``batch_ticks=False`` every event goes one per message.
 If the feed raises, an alert event says so before the error propagates. If JetStream cannot store
 (its store is full, or it answers nothing), the feed keeps the events it holds, waits with backoff
 and retries only what was not stored, alerting once (``bus.stall``): it never dies of a full store.
@@ -36,30 +39,52 @@ class FeedStats:
 
 
 async def publish_events(publisher: Publisher, events: Sequence[Event], *, batch_ticks: bool) -> int:
-    """Publish; with ``batch_ticks`` ticks of one subject share a message. Returns messages sent.
+    """Publish in order; with ``batch_ticks`` a subject's ticks in a run of ticks share a message.
 
-    On a failure, the error's ``unstored`` lists every event not stored, later groups included.
+    Returns messages sent. On a failure, the error's ``unstored`` lists every event not stored,
+    later messages included.
     """
     if not batch_ticks:
         await publisher.publish(events)
         return len(events)
-    groups: dict[str, list[Event]] = defaultdict(list)
-    others: list[Event] = []
+    units = _units(events, publisher.prefix)
+    for i, (batch, group) in enumerate(units):
+        try:
+            await (publisher.publish_batch(group) if batch else publisher.publish(group))
+        except PublishError as e:
+            e.unstored += [ev for _, later in units[i + 1 :] for ev in later]
+            raise
+    return sum(1 if batch else len(group) for batch, group in units)
+
+
+def _units(events: Sequence[Event], prefix: str) -> list[tuple[bool, list[Event]]]:
+    """(is a batch message, events) in publishing order: each run of ticks grouped by subject, a
+    group of two or more as one batch message; single ticks and other events one per message."""
+    units: list[tuple[bool, list[Event]]] = []
+    singles: list[Event] = []
+    run: dict[str, list[Event]] = defaultdict(list)
+
+    def end_run() -> None:
+        for group in run.values():
+            if len(group) == 1:
+                singles.append(group[0])
+            else:
+                if singles:
+                    units.append((False, singles.copy()))
+                    singles.clear()
+                units.append((True, group))
+        run.clear()
+
     for ev in events:
         if isinstance(ev, Tick):
-            groups[ev.subject(publisher.prefix)].append(ev)
+            run[ev.subject(prefix)].append(ev)
         else:
-            others.append(ev)
-    units = list(groups.values())
-    for i, group in enumerate(units):
-        try:
-            await publisher.publish_batch(group)
-        except PublishError as e:
-            e.unstored += [ev for later in units[i + 1 :] for ev in later] + others
-            raise
-    if others:
-        await publisher.publish(others)
-    return len(groups) + len(others)
+            end_run()
+            singles.append(ev)
+    end_run()
+    if singles:
+        units.append((False, singles))
+    return units
 
 
 async def publish_stored(publisher: Publisher, events: Sequence[Event], stall: Stall, *, batch_ticks: bool) -> int:
@@ -78,7 +103,7 @@ async def publish_stored(publisher: Publisher, events: Sequence[Event], stall: S
 
 
 async def run_feed(
-    feed: Feed, publisher: Publisher, *, batch_ticks: bool = False, stats: FeedStats | None = None
+    feed: Feed, publisher: Publisher, *, batch_ticks: bool = True, stats: FeedStats | None = None
 ) -> FeedStats:
     stats = stats or FeedStats()
     stall = Stall(feed.name, publisher)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tapeline.adapters.runner import publish_events
 from tapeline.adapters.sim import SimFeed
-from tapeline.bus.connection import NatsSettings, connect
+from tapeline.bus.connection import NatsSettings, TapelineClient, connect
 from tapeline.bus.jetstream import JetStreamApi
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
@@ -105,26 +105,38 @@ async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool
     }
 
 
-async def latency(url: str, prefix: str, rate: int, seconds: float) -> list[float]:
+class Hops(msgspec.Struct):
+    """Tick->decision latencies: end to end, per hop, and the publish-ack round trip of the same run (ms)."""
+
+    total: list[float]
+    hops: dict[str, list[float]]
+    ack_rtt: list[float]
+
+
+async def latency(url: str, prefix: str, rate: int, seconds: float) -> Hops:
+    """Ticks paced at ``rate``; every bar, signal and decision is also seen here on a core subscription.
+
+    Per hop: ``ts_init`` is stamped when a handler returns its outputs (before they are published), and
+    this process notes when each output reaches it from the server, so a hop splits into *out* (stamped ->
+    through the server) and *in* (through the server -> the next handler's output stamped: stored, pulled,
+    decoded, handled). The publish-ack round trip is timed on one tick message of every chunk.
+    """
     nc = await connect(NatsSettings(url=url))
+    assert isinstance(nc, TapelineClient)
     await provision(nc, prefix)
     pub = await Publisher(nc, prefix, role="bench").start()
     tick_init: dict[str, int] = {}
-    cause: dict[str, str] = {}
-    lat: list[float] = []
+    seen: dict[str, tuple[str, str, int, int]] = {}  # event id -> (tag, cause id, ts_init, received ns)
+    decisions: list[str] = []
+    rtt: list[float] = []
 
-    async def on_msg(msg: object) -> None:
-        now = time.time_ns()
-        for ev in decode(msg.data).events:  # type: ignore[attr-defined]
-            cause[ev.event_id] = ev.causation_id
-            if ev.tag == "decision":
-                bar = cause.get(cause.get(ev.causation_id, ""), "")
-                if bar in tick_init:
-                    lat.append((now - tick_init[bar]) / 1e6)
+    raw: list[tuple[int, bytes]] = []
 
-    await nc.subscribe(f"{prefix}.md.bar.>", cb=on_msg)
-    await nc.subscribe(f"{prefix}.intel.signal.>", cb=on_msg)
-    await nc.subscribe(f"{prefix}.decision.>", cb=on_msg)
+    def on_msg(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        raw.append((time.time_ns(), data))  # straight from the parser; decoded after the run
+
+    for subject in ("md.bar.>", "intel.>", "decision.>"):
+        await nc.subscribe_raw(f"{prefix}.{subject}", on_msg)
     # Event time runs 200x faster than wall time so 1-minute bars close every 0.3 s.
     feed = SimFeed(SYMBOLS, ticks=int(rate * seconds), seed=2, mean_gap_ms=200_000 / rate / 1)
     step = max(1, rate // 100)
@@ -134,13 +146,36 @@ async def latency(url: str, prefix: str, rate: int, seconds: float) -> list[floa
         chunk = [msgspec.structs.replace(t, ts_init=time.time_ns()) for t in ticks[i : i + step]]
         for t in chunk:
             tick_init[t.event_id] = t.ts_init
-        await pub.publish(chunk)
+        t0 = time.perf_counter()
+        await pub.publish(chunk[:1])
+        rtt.append((time.perf_counter() - t0) * 1e3)
+        await pub.publish(chunk[1:])
         target = start_t + (i + step) / rate
         await asyncio.sleep(max(0.0, target - time.perf_counter()))
     await asyncio.sleep(2)
     await pub.close()
     await nc.drain()
-    return lat
+    for now, data in raw:
+        for ev in decode(data).events:
+            seen[ev.event_id] = (ev.tag, ev.causation_id, ev.ts_init, now)
+            if ev.tag == "decision":
+                decisions.append(ev.event_id)
+    out = Hops([], {}, rtt)
+    for dec in decisions:
+        chain = [dec]  # decision, signal, ..., bar, back to the tick
+        while chain[-1] in seen and len(chain) < 8:
+            chain.append(seen[chain[-1]][1])
+        tick = chain[-1]
+        if tick not in tick_init:
+            continue
+        out.total.append((seen[dec][3] - tick_init[tick]) / 1e6)
+        stamped_prev, name_prev = tick_init[tick], "tick"
+        for eid in reversed(chain[:-1]):
+            tag, _, ts_init, rx = seen[eid]
+            out.hops.setdefault(f"{name_prev} → {tag} stamped", []).append((ts_init - stamped_prev) / 1e6)
+            out.hops.setdefault(f"  {tag} stamped → through server", []).append((rx - ts_init) / 1e6)
+            stamped_prev, name_prev = ts_init, tag
+    return out
 
 
 def pct(xs: list[float], q: int) -> float:
@@ -214,9 +249,17 @@ def main() -> None:
     for name, per in cpu.items():
         print(f"  {name:<22}" + "  ".join(f"{k} {v:.1f}" for k, v in per.items()) + f"  total {sum(per.values()):.1f}")
     print(
-        f"tick→decision latency at {args.rate:,} ticks/s: n={len(lat)} "
-        f"p50={pct(lat, 50):.1f} ms  p99={pct(lat, 99):.1f} ms  max={max(lat, default=float('nan')):.1f} ms"
+        f"tick→decision latency at {args.rate:,} ticks/s: n={len(lat.total)} "
+        f"p50={pct(lat.total, 50):.1f} ms  p99={pct(lat.total, 99):.1f} ms  "
+        f"max={max(lat.total, default=float('nan')):.1f} ms"
     )
+    print(
+        f"JetStream publish-ack round trip (one tick message, same run): n={len(lat.ack_rtt)} "
+        f"p50={pct(lat.ack_rtt, 50):.2f} ms  p99={pct(lat.ack_rtt, 99):.2f} ms"
+    )
+    print(f"{'hop (decisions whose chain reaches a tick)':<46}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}")
+    for hop, xs in lat.hops.items():
+        print(f"{hop:<46}{len(xs):>6}{pct(xs, 50):>9.2f}{pct(xs, 99):>9.2f}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,32 @@
 """Soak: a steady tick rate for a long while; nothing lost, few redeliveries, lag recovers, memory flat.
 
-Processes, as deployed: an embedded nats-server (file store), ``tapeline up`` (every role) and a
-feed (this script in ``--feed`` mode) publishing simulated ticks at a steady rate. By default ten
+Processes, as deployed: an embedded nats-server (file store), one ``tapeline up --only <role>`` per
+role the demo runs (every role of tapeline/system.py) and a feed (this script in ``--feed`` mode)
+publishing simulated ticks at a steady rate the way feeds do (``adapters.runner.publish_events``;
+ticks that arrive together share a batch message unless ``--one-per-message``). By default ten
 times the demo's rate (the simulator's ``[sim] mean_gap_ms``: one tick per 250 ms of market time,
 4 ticks/s if played in real time, so 40 ticks/s) for ten minutes.
 
-Printed every 10 s and at the end: ticks published / stored / projected, redeliveries (the sum of
-every consumer's ``num_redelivered`` over its deliveries), lag (``num_pending`` of the projector's
-and of the handlers' consumers), and the RSS (``VmRSS``) of each process: first, after warm-up,
-last, max. Pass: zero loss, redeliveries < 0.1%, lag back to 0 after the feed stops, and each
-RSS's last sample within 20% of its value after warm-up. Exit 1 if any check fails.
+The RSS (``VmRSS`` from /proc) of every process is sampled every ``--sample`` seconds. Printed at
+the end, per process: RSS after warm-up (1 min), at the end, max, and the slope (least squares over
+the samples after warm-up, MiB/min) with a sparkline of the whole run; ``--plot FILE.png`` draws it
+too when matplotlib is installed. Also: ticks published and projected, tick messages sent and
+stored, redeliveries (every consumer's ``num_redelivered`` over its deliveries) and lag
+(``num_pending`` + ``num_ack_pending``).
+Pass: zero loss, redeliveries < 0.1%, lag back to 0 after the feed stops, no role process failed
+(one that ends by itself with code 0, like ``news`` importing its files once, is left out), and for
+every other process the growth the slope predicts after warm-up within 10% of its RSS after warm-up.
+Exit 1 if any check fails.
 
-Run: .venv/bin/python benchmarks/soak.py [--minutes 10] [--rate 40]
+Run (it loads the machine, so nice it):
+    nice .venv/bin/python benchmarks/soak.py [--minutes 10] [--rate 40] [--plot soak.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import shutil
 import signal
@@ -33,21 +42,25 @@ from nats.aio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tapeline.adapters.runner import publish_events
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.connection import NatsSettings, close_connection, connect
 from tapeline.bus.jetstream import JetStreamApi
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
 from tapeline.bus.topology import provision
-from tapeline.config import SimConfig
+from tapeline.config import Settings, SimConfig
 from tapeline.projections.query import query_remote
 from tapeline.schemas.subjects import FAMILIES, MD
+from tapeline.system import ROLES
 
 PREFIX = "soak"
 DEMO_RATE = 1000 / SimConfig().mean_gap_ms  # ticks per second of market time in the demo's simulator
-SAMPLE_S = 10.0
-FLAT = 0.20  # last RSS within this fraction of the value after warm-up
+STATUS_S = 30.0  # progress line
+WARMUP_S = 60.0
+FLAT = 0.10  # growth the slope predicts after warm-up, as a fraction of the RSS after warm-up
 MAX_REDELIVERED = 0.001
+SPARK = " ▁▂▃▄▅▆▇█"
 
 
 def rss_kib(pid: int) -> int:
@@ -64,29 +77,28 @@ def rss_kib(pid: int) -> int:
 # ----------------------------------------------------------------------------- the feed process
 
 
-async def feed(url: str, rate: float, seconds: float) -> None:
+async def feed(url: str, rate: float, seconds: float, batch_ticks: bool) -> None:
     """Publish ``rate`` ticks/s for ``seconds``, 10 steps a second, catching up if a step was late.
 
-    Prints the number of ticks stored (JetStream acknowledged) as JSON at the end.
+    Prints the number of ticks published as JSON at the end.
     """
     nc = await connect(NatsSettings(url=url, name="soak-feed"))
     await provision(nc, PREFIX)
     pub = await Publisher(nc, PREFIX, role="soak-feed").start()
     total = int(rate * seconds)
     ticks = SimFeed(ticks=total, seed=11, mean_gap_ms=SimConfig().mean_gap_ms).generate()
-    sent = stored = 0
+    sent = messages = 0
     start = time.monotonic()
     while sent < total:
         due = min(total, int(rate * (time.monotonic() - start)) + 1)
         batch = [next(ticks) for _ in range(due - sent)]
         if batch:
-            result = await pub.publish(batch)
-            stored += result.stored + result.duplicates
+            messages += await publish_events(pub, batch, batch_ticks=batch_ticks)
             sent += len(batch)
         await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
     await pub.close()
     await close_connection(nc)
-    print(json.dumps({"published": sent, "acked": stored}), flush=True)
+    print(json.dumps({"published": sent, "messages": messages}), flush=True)
 
 
 # ----------------------------------------------------------------------------- the soak
@@ -103,23 +115,61 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 class Rss:
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, KiB)
 
-    def after(self, warmup_s: float) -> int:
-        later = [kib for t, kib in self.samples if t >= warmup_s and kib]
-        return later[0] if later else 0
+    def live(self, after_s: float = 0.0) -> list[tuple[float, int]]:
+        return [(t, kib) for t, kib in self.samples if kib and t >= after_s]
 
-    def summary(self, warmup_s: float) -> str:
-        live = [kib for _, kib in self.samples if kib]
+    def base(self) -> int:
+        """KiB at the first sample after warm-up."""
+        later = self.live(WARMUP_S)
+        return later[0][1] if later else 0
+
+    def slope(self) -> float:
+        """MiB per minute after warm-up (least squares); 0 with fewer than 3 samples."""
+        pts = self.live(WARMUP_S)
+        if len(pts) < 3:
+            return 0.0
+        n = len(pts)
+        mt = sum(t for t, _ in pts) / n
+        mk = sum(k for _, k in pts) / n
+        var = sum((t - mt) ** 2 for t, _ in pts)
+        return sum((t - mt) * (k - mk) for t, k in pts) / var * 60 / 1024 if var else 0.0
+
+    def growth_mib(self) -> float:
+        """What the slope predicts over the run after warm-up."""
+        pts = self.live(WARMUP_S)
+        return self.slope() * (pts[-1][0] - pts[0][0]) / 60 if pts else 0.0
+
+    def flat(self) -> bool:
+        return bool(self.base()) and self.growth_mib() <= FLAT * self.base() / 1024
+
+    def sparkline(self, width: int = 40) -> str:
+        live = [kib for _, kib in self.live()]
         if not live:
-            return "no samples"
-        return (
-            f"first {live[0] / 1024:.0f} MiB, after warm-up {self.after(warmup_s) / 1024:.0f}, "
-            f"last {live[-1] / 1024:.0f}, max {max(live) / 1024:.0f}"
-        )
+            return ""
+        step = max(1, len(live) // width)
+        pts = [max(live[i : i + step]) for i in range(0, len(live), step)]
+        lo, hi = min(pts), max(pts)
+        return "".join(SPARK[int((p - lo) / (hi - lo) * (len(SPARK) - 1)) if hi > lo else 0] for p in pts)
 
-    def flat(self, warmup_s: float) -> bool:
-        live = [kib for _, kib in self.samples if kib]
-        base = self.after(warmup_s)
-        return bool(live and base) and abs(live[-1] - base) <= FLAT * base
+
+def plot(rss: dict[str, Rss], path: Path) -> str:
+    """A PNG of every process's RSS over time, when matplotlib is installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib is not installed: no plot (the sparklines above show the same)"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for name, r in rss.items():
+        pts = r.live()
+        ax.plot([t / 60 for t, _ in pts], [k / 1024 for _, k in pts], label=name)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS MiB")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+    return f"plot: {path}"
 
 
 async def consumers(api: JetStreamApi) -> list[dict[str, Any]]:
@@ -151,7 +201,8 @@ def redeliveries(infos: list[dict[str, Any]]) -> tuple[int, int]:
     return redelivered, delivered
 
 
-async def stored_ticks(api: JetStreamApi) -> int:
+async def stored_tick_messages(api: JetStreamApi) -> int:
+    """Tick messages in the market-data stream (a batch message counts once)."""
     info = await api.call(f"STREAM.INFO.{MD.stream(PREFIX)}", {"subjects_filter": f"{PREFIX}.md.tick.>"})
     return sum(int(n) for n in (info["state"].get("subjects") or {}).values())
 
@@ -161,60 +212,79 @@ async def projected_ticks(nc: Client) -> int:
     return int(res.rows[0][0]) if res.rows else -1
 
 
-async def soak(rate: float, minutes: float, keep: Path | None) -> bool:
+async def wait_started(procs: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path], limit_s: float) -> None:
+    """Until every role process has printed its start line (imports and consumers done)."""
+    deadline = time.monotonic() + limit_s
+    waiting = set(procs)
+    while waiting:
+        for role in list(waiting):
+            if "tapeline up on" in logs[role].read_text(errors="replace"):
+                waiting.discard(role)
+            elif procs[role].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tapeline up --only {role} did not start; see {logs[role]}")
+        await asyncio.sleep(0.5)
+
+
+async def soak(args: argparse.Namespace) -> bool:
+    rate, minutes, sample_s = float(args.rate), float(args.minutes), float(args.sample)
     seconds = minutes * 60
-    warmup_s = max(SAMPLE_S, min(60.0, seconds / 5))
-    tmp = keep or Path(tempfile.mkdtemp(prefix="tapeline-soak-"))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="tapeline-soak-"))
     server = EmbeddedNats(tmp / "nats")
     url = server.start()
     cfg = tmp / "tapeline.toml"
     cfg.write_text(f'prefix = "{PREFIX}"\nnats_url = "{url}"\ndata_dir = "{tmp / "data"}"\nmetrics_port = 0\n')
-    print(f"soak: {rate:g} ticks/s ({rate / DEMO_RATE:g}x the demo's {DEMO_RATE:g}/s) for {minutes:g} min; in {tmp}")
-    up = spawn(["-m", "tapeline", "up", "-c", str(cfg)], tmp / "up.log")
+    roles = [r for r in ROLES if r in args.roles.split(",")] if args.roles else list(ROLES)
+    batch = not args.one_per_message and Settings().batch_ticks
+    print(
+        f"soak: {rate:g} ticks/s ({rate / DEMO_RATE:g}x the demo's {DEMO_RATE:g}/s) for {minutes:g} min, "
+        f"{'batched' if batch else 'one tick per message'}; roles {', '.join(roles)}; in {tmp}",
+        flush=True,
+    )
+    logs = {role: tmp / f"up-{role}.log" for role in roles}
+    procs = {role: spawn(["-m", "tapeline", "up", "-c", str(cfg), "--only", role], logs[role]) for role in roles}
     nc = await connect(NatsSettings(url=url, name="soak-watch"))
     api = JetStreamApi(nc)
     ok = False
     try:
-        deadline = time.monotonic() + 120
-        while "tapeline up on" not in (tmp / "up.log").read_text():
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tapeline up did not start; see {tmp / 'up.log'}")
-            await asyncio.sleep(0.2)
-        feeder = spawn([__file__, "--feed", url, "--rate", str(rate), "--minutes", str(minutes)], tmp / "feed.log")
-        pids = {"nats-server": server.pid, "up": up.pid, "feed": feeder.pid}
+        await wait_started(procs, logs, limit_s=300)
+        feed_args = [__file__, "--feed", url, "--rate", str(rate), "--minutes", str(minutes)]
+        feeder = spawn(feed_args + (["--one-per-message"] if not batch else []), tmp / "feed.log")
+        pids = {"nats-server": server.pid, **{r: p.pid for r, p in procs.items()}, "feed": feeder.pid}
         rss = {name: Rss() for name in pids}
         lags: list[tuple[float, int, int]] = []
         start = time.monotonic()
-        next_sample = 0.0
+        next_sample = next_status = 0.0
         while feeder.poll() is None:
             now = time.monotonic() - start
             if now >= next_sample:
                 for name, pid in pids.items():
                     rss[name].samples.append((now, rss_kib(pid)))
+                next_sample += sample_s
+            if now >= next_status:
                 infos = await consumers(api)
                 proj, other = lag(infos)
                 lags.append((now, proj, other))
                 red, dlv = redeliveries(infos)
-                mem = ", ".join(f"{n} {rss[n].samples[-1][1] / 1024:.0f}" for n in pids)
-                sys.stdout.write(
-                    f"\r[{now:6.0f}s / {seconds:.0f}s] stored {await stored_ticks(api):,} ticks, "
-                    f"lag projector {proj:,} handlers {other:,}, redelivered {red}/{dlv:,}, RSS MiB {mem}   \n"
+                total = sum(r.samples[-1][1] for r in rss.values()) / 1024
+                print(
+                    f"[{now:5.0f}s / {seconds:.0f}s] stored {await stored_tick_messages(api):,} tick messages, "
+                    f"lag projector {proj:,} others {other:,}, redelivered {red}/{dlv:,}, "
+                    f"RSS all processes {total:,.0f} MiB",
+                    flush=True,
                 )
-                next_sample += SAMPLE_S
-            sys.stdout.write(f"\r[{now:6.0f}s / {seconds:.0f}s] feeding ...")
-            sys.stdout.flush()
-            await asyncio.sleep(1.0)
+                next_status += STATUS_S
+            await asyncio.sleep(min(1.0, sample_s / 2))
         out, _ = feeder.communicate()
         if feeder.returncode != 0:
             raise RuntimeError(f"the feed failed ({feeder.returncode}); see {tmp / 'feed.log'}")
-        published = int(json.loads(out.decode().strip().splitlines()[-1])["published"])
+        fed = json.loads(out.decode().strip().splitlines()[-1])
+        published = int(fed["published"])
         fed_s = time.monotonic() - start
-        print(f"\nfeed done after {fed_s:.0f}s: {published:,} ticks published; waiting for lag to reach 0")
+        print(f"feed done after {fed_s:.0f}s: {published:,} ticks in {fed['messages']:,} messages; waiting for lag 0")
         recovered_s = -1.0
         drain_deadline = time.monotonic() + 300
         while time.monotonic() < drain_deadline:
-            infos = await consumers(api)
-            proj, other = lag(infos)
+            proj, other = lag(await consumers(api))
             if proj == 0 and other == 0:
                 recovered_s = time.monotonic() - start - fed_s
                 break
@@ -224,37 +294,52 @@ async def soak(rate: float, minutes: float, keep: Path | None) -> bool:
                 rss[name].samples.append((time.monotonic() - start, rss_kib(pid)))
         infos = await consumers(api)
         red, dlv = redeliveries(infos)
-        stored = await stored_ticks(api)
+        stored = await stored_tick_messages(api)
         projected = await projected_ticks(nc)
-        print(f"ticks: published {published:,}, stored {stored:,}, projected {projected:,}")
+        print(f"ticks: published {published:,} in {fed['messages']:,} messages, stored {stored:,} messages, "
+              f"projected {projected:,} ticks")  # fmt: skip
         print(f"redeliveries: {red} of {dlv:,} deliveries ({red / max(1, dlv):.4%})")
-        peak = max(lags, key=lambda x: x[1] + x[2]) if lags else (0.0, 0, 0)
         print(
-            f"lag: max projector {max((p for _, p, _ in lags), default=0):,}, handlers "
-            f"{max((o for _, _, o in lags), default=0):,} (worst at {peak[0]:.0f}s); "
+            f"lag: max projector {max((p for _, p, _ in lags), default=0):,}, others "
+            f"{max((o for _, _, o in lags), default=0):,}; "
             + (f"back to 0 {recovered_s:.1f}s after the feed stopped" if recovered_s >= 0 else "NOT back to 0 in 300s")
         )
-        print(f"RSS (warm-up {warmup_s:.0f}s):")
-        for name in pids:
-            print(f"  {name:12} {rss[name].summary(warmup_s)}{'' if rss[name].flat(warmup_s) else '  NOT FLAT'}")
+        print(f"RSS per process (MiB; after warm-up = at {WARMUP_S:.0f}s; slope: least squares after warm-up)")
+        print(f"  {'process':<12}{'warm-up':>9}{'end':>8}{'max':>8}{'MiB/min':>9}  run")
+        finished = {r: p.returncode for r, p in procs.items() if p.poll() is not None}  # e.g. news: files once
+        for name, r in rss.items():
+            if name in finished:
+                print(f"  {name:<12}exited by itself (code {finished[name]}): left out")
+                continue
+            live = r.live()
+            end, top = (live[-1][1], max(k for _, k in live)) if live else (0, 0)
+            print(
+                f"  {name:<12}{r.base() / 1024:>9.1f}{end / 1024:>8.1f}{top / 1024:>8.1f}{r.slope():>+9.2f}  "
+                f"{r.sparkline()}{'' if r.flat() else '  NOT FLAT'}"
+            )
+        if args.plot:
+            print(plot(rss, args.plot))
         checks = {
-            "zero loss": published == stored == projected,
+            "zero loss": published == projected and stored == int(fed["messages"]),
             "redeliveries < 0.1%": red <= MAX_REDELIVERED * dlv,
             "lag recovered": recovered_s >= 0,
-            "RSS flat": all(rss[n].flat(warmup_s) for n in pids),
+            "no role process failed": not any(finished.values()),
+            "RSS flat": all(r.flat() for name, r in rss.items() if name not in finished),
         }
         print("checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in checks.items()))
         ok = all(checks.values())
     finally:
         await close_connection(nc)
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
             try:
-                up.wait(60)
+                p.wait(60)
             except subprocess.TimeoutExpired:
-                up.kill()
+                p.kill()
         server.stop()
-        if keep is None:
+        if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
     return ok
 
@@ -263,13 +348,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--rate", type=float, default=10 * DEMO_RATE, help="ticks per second (default: 10x the demo)")
     ap.add_argument("--minutes", type=float, default=10.0, help="how long the feed publishes")
+    ap.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
+    ap.add_argument("--roles", default="", help=f"comma-separated roles to run (default: all of {', '.join(ROLES)})")
+    ap.add_argument("--one-per-message", action="store_true", help="publish one tick per message")
+    ap.add_argument("--plot", type=Path, help="also draw the RSS curves into this PNG (needs matplotlib)")
     ap.add_argument("--keep", type=Path, help="work in this directory and leave it (default: a temporary one)")
     ap.add_argument("--feed", metavar="URL", help=argparse.SUPPRESS)  # the feed child process
     args = ap.parse_args()
     if args.feed:
-        asyncio.run(feed(args.feed, args.rate, args.minutes * 60))
+        asyncio.run(feed(args.feed, args.rate, args.minutes * 60, not args.one_per_message))
         return
-    sys.exit(0 if asyncio.run(soak(args.rate, args.minutes, args.keep)) else 1)
+    sys.exit(0 if asyncio.run(soak(args)) else 1)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,29 @@ class TapelineClient(Client):
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
+    def write_pending(self) -> None:
+        """Hand what is queued to the socket now, instead of on the flusher task's next turn of the event loop:
+        a latency-critical group of publishes (a handler's outputs) leaves before other ready tasks run."""
+        if self._pending_data_size and self.is_connected and self._transport is not None:
+            self._transport.writelines(self._pending[:])
+            self._pending = []
+            self._pending_data_size = 0
+
+    async def publish_raw(self, subject: str, payload: bytes, reply: str = "") -> None:
+        """Publish without headers, skipping ``publish``'s subject validation: for subjects the server gave
+        us or we built ourselves (acks to ``$JS.ACK...`` replies, pull requests), one or more per message."""
+        if self.is_closed:
+            raise ConnectionClosedError
+        if reply:
+            cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+        else:
+            cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        await self._send_command(cmd)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
 
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How to reach NATS. ``url`` empty means: start the embedded server."""

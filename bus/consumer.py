@@ -194,7 +194,7 @@ class PullLoop:
         reply = f"{self._inbox}.{self._n}"
         self._open[reply] = _Request(self.batch, time.monotonic() + self.expires_s + EXPIRY_MARGIN_S)
         body = _enc.encode({"batch": self.batch, "max_bytes": self.max_bytes, "expires": int(self.expires_s * NS)})
-        await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", body, reply=reply)
+        await self.nc.publish_raw(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", body, reply)
 
     async def next_batch(self) -> list[Delivery]:
         """What has arrived (up to ``batch``), or an empty list after ``idle_s`` with nothing.
@@ -213,13 +213,15 @@ class PullLoop:
             if not self._buf:
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), self.idle_s)
+                    async with asyncio.timeout(self.idle_s):  # not wait_for: no task per wait
+                        await self._arrived.wait()
             if self._buf or not self._lost:
                 break
         if self.linger_s > 0 and 0 < len(self._buf) < self.batch and not self.stopping and not self._lost:
             self._full.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.linger_s)
+                async with asyncio.timeout(self.linger_s):
+                    await self._full.wait()
         out, self._buf = self._buf[: self.batch], self._buf[self.batch :]
         await self._top_up()
         return out
@@ -287,10 +289,10 @@ class PullLoop:
         return int(info["num_pending"]) if info else None
 
     async def ack(self, d: Delivery) -> None:
-        await self.nc.publish(d.reply, b"+ACK")
+        await self.nc.publish_raw(d.reply, b"+ACK")
 
     async def nak(self, d: Delivery, delay_s: float) -> None:
-        await self.nc.publish(d.reply, b"-NAK " + _enc.encode({"delay": int(delay_s * NS)}))
+        await self.nc.publish_raw(d.reply, b"-NAK " + _enc.encode({"delay": int(delay_s * NS)}))
 
     async def term(self, d: Delivery, reason: str) -> None:
-        await self.nc.publish(d.reply, b"+TERM " + reason.encode()[:200])
+        await self.nc.publish_raw(d.reply, b"+TERM " + reason.encode()[:200])

@@ -219,6 +219,7 @@ class Publisher:
         group = _Group(len(events))
         for i, ev in enumerate(events):
             await self._send(_Out(ev.subject(self.prefix), encode(ev), headers_for(ev, 1, extra_headers), group, i))
+        self.nc.write_pending()
         return await self._wait(group, events)
 
     async def publish_batch(self, events: Sequence[Event]) -> PublishResult:
@@ -228,6 +229,7 @@ class Publisher:
         group = _Group(1)
         first = events[0]
         await self._send(_Out(first.subject(self.prefix), encode(events), headers_for(first, len(events)), group, 0))
+        self.nc.write_pending()
         return await self._wait(group, events, batch=True)
 
     async def _wait(self, group: _Group, events: Sequence[Event], *, batch: bool = False) -> PublishResult:

@@ -22,6 +22,7 @@ ack floor + 1 after a warm-up); re-done work republishes the same deterministic 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
@@ -50,6 +51,21 @@ from tapeline.schemas.events import DeadLetter, Event
 from tapeline.schemas.ids import derive_event_id
 
 log = structlog.get_logger("tapeline.bus")
+
+
+_gc_frozen = False
+
+
+def settle_gc() -> None:
+    """Once the first consumer runs, what start-up built (modules, models, configuration) lives as long as
+    the process: ``gc.freeze`` moves it out of the collector's sight, so a full collection scans only what
+    came after. Without it a full collection in the handlers or projector process took 0.3-1 s of wall time
+    on a loaded machine, in steady state (a 1 s tick->decision p99); with it 2-16 ms. Once per process:
+    anything frozen that later becomes cyclic garbage is never freed."""
+    global _gc_frozen
+    if not _gc_frozen:
+        _gc_frozen = True
+        gc.freeze()
 
 
 class Failure(NamedTuple):
@@ -129,6 +145,11 @@ class ConsumerRuntime:
         self.stream = spec.stream
         self.durable = spec.durable
         zero_consumer_counters(self.durable)
+        # labelled children looked up once: a batch is often one message at a steady rate
+        self._consumed = EVENTS_CONSUMED.labels(self.durable)
+        self._pending_gauge = CONSUMER_PENDING.labels(self.durable)
+        self._batch_seconds = BATCH_SECONDS.labels(self.durable)
+        self._latency = EVENT_LATENCY.labels(self.durable)
         self.start_seq = start_seq  # ordered consumers: where to (re)start
         self.publish_dead_letters = publish_dead_letters
         self.ordered = spec.ordered
@@ -195,6 +216,7 @@ class ConsumerRuntime:
         await self.ensure_consumer()
         await self.loop.start()
         self.started.set()
+        settle_gc()
         try:
             while True:
                 batch = await self.loop.next_batch()
@@ -208,7 +230,7 @@ class ConsumerRuntime:
                     pending = await self.loop.pending_on_server()
                     if pending is not None:
                         self.pending = pending
-                        CONSUMER_PENDING.labels(self.durable).set(pending)
+                        self._pending_gauge.set(pending)
                     if self._held is not None:
                         await self._ack_committed([])
                     self.idle.set()
@@ -291,15 +313,13 @@ class ConsumerRuntime:
                     await self.loop.nak(d, self._delay(d))
         n_ok = len(batch) - len(outcome)
         self.processed += n_ok
-        EVENTS_CONSUMED.labels(self.durable).inc(n_ok)
+        self._consumed.inc(n_ok)
         self.pending = batch[-1].pending
         self.handled_seq = batch[-1].stream_seq
-        CONSUMER_PENDING.labels(self.durable).set(batch[-1].pending)
-        BATCH_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+        self._pending_gauge.set(batch[-1].pending)
+        self._batch_seconds.observe(time.perf_counter() - started)
         if received and received[-1].events:
-            EVENT_LATENCY.labels(self.durable).observe(
-                max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9)
-            )
+            self._latency.observe(max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9))
 
     async def _ack_committed(self, batch: list[Delivery]) -> None:
         """Ack policy ``all``: ack the newest processed delivery the sink has committed.

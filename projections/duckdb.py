@@ -118,8 +118,13 @@ class ProjectionDb:
             elif not cols:
                 self._create_tracking()
             tracked = self.tracking()
-            for t in self.tables:
-                self._check_or_create(t, tracked.get(t.name), existing.get(t.name, []))
+            created = [t for t in self.tables if self._check_or_create(t, tracked.get(t.name), existing.get(t.name))]
+            if created:  # one statement: DuckDB spends 5-20 ms on each upsert, most of opening a new file
+                now = time.time_ns()
+                c.execute(
+                    f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(created))}",
+                    [v for t in created for v in (t.name, "", 0, t.schema_hash, 0, now)],
+                )
             for v in self.views:
                 c.execute(f"CREATE OR REPLACE VIEW {v.name} AS {v.sql}")
             c.execute("COMMIT")
@@ -158,11 +163,11 @@ class ProjectionDb:
                     )
         log.info("projection tracking upgraded to per read model", path=str(self.path), streams=len(old))
 
-    def _check_or_create(self, t: Table, tracked: Tracking | None, existing: list[tuple[str, str]]) -> None:
-        """Refuse a table whose stored hash or columns differ from ``t``; create (and track) a missing one."""
+    def _check_or_create(self, t: Table, tracked: Tracking | None, existing: list[tuple[str, str]] | None) -> bool:
+        """Refuse a table whose stored hash or columns differ from ``t``; create a missing one (True: to track)."""
         if existing and tracked is not None:
             if tracked.schema_hash == t.schema_hash and existing == self._declared_columns(t):
-                return
+                return False
             old = tracked.schema_hash
             if old == t.schema_hash:  # the columns were changed under the declaration
                 arrow = self.con.sql(f"SELECT * FROM {t.name} LIMIT 0").to_arrow_table().schema
@@ -175,9 +180,7 @@ class ProjectionDb:
         self.con.register("_empty", t.to_arrow([]))
         self.con.execute(f"CREATE OR REPLACE TABLE {t.name} AS SELECT * FROM _empty")
         self.con.unregister("_empty")
-        self.con.execute(
-            f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES (?, '', 0, ?, 0, ?)", [t.name, t.schema_hash, time.time_ns()]
-        )
+        return True
 
     def _all_columns(self) -> dict[str, list[tuple[str, str]]]:
         """(column, DuckDB type) pairs of every table in the file, in one query (opening stays fast)."""
@@ -236,19 +239,7 @@ class ProjectionDb:
                     c.execute(f"INSERT INTO {name} SELECT * FROM _batch")
                     c.unregister("_batch")
             if rows:
-                now = time.time_ns()
-                params = [
-                    v
-                    for name in rows
-                    for v in (name, stream, last_seq, by_name[name].schema_hash, events.get(name, 0), now)
-                ]
-                c.execute(
-                    f"INSERT INTO {CHECKPOINTS} VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(rows))} "
-                    "ON CONFLICT (read_model) DO UPDATE SET stream = excluded.stream, last_seq = excluded.last_seq, "
-                    f"schema_hash = excluded.schema_hash, events = {CHECKPOINTS}.events + excluded.events, "
-                    "updated_ns = excluded.updated_ns",
-                    params,
-                )
+                self._advance(c, stream, rows, last_seq, events, by_name)
             c.execute("COMMIT")
         except Exception as exc:
             try:
@@ -258,6 +249,35 @@ class ProjectionDb:
             if any(reason in str(exc) for reason in _NO_SPACE):
                 raise StorageFull(f"DuckDB {self.path}: no space to commit {stream} to seq {last_seq}: {exc}") from exc
             raise
+
+    @staticmethod
+    def _advance(
+        c: Any,
+        stream: str,
+        names: Mapping[str, object],
+        last_seq: int,
+        events: Mapping[str, int],
+        by_name: dict[str, Table],
+    ) -> None:
+        """Move the tracking records of ``names`` to ``last_seq`` in one UPDATE.
+
+        Opening the file gave every table its record, so an UPDATE suffices; it costs DuckDB about half
+        the CPU of the upsert it replaces (1.2 vs 2.7-3.1 ms per commit in isolation). A record that is
+        missing after all must not pass silently: the count is checked and the transaction fails.
+        """
+        case = " ".join(["WHEN ? THEN ?"] * len(names))
+        marks = ", ".join("?" * len(names))
+        params: list[object] = [stream, last_seq]
+        params += [v for name in names for v in (name, by_name[name].schema_hash)]
+        params += [v for name in names for v in (name, events.get(name, 0))]
+        params += [time.time_ns(), *names]
+        ((updated,),) = c.execute(
+            f"UPDATE {CHECKPOINTS} SET stream = ?, last_seq = ?, schema_hash = CASE read_model {case} END, "
+            f"events = events + CASE read_model {case} END, updated_ns = ? WHERE read_model IN ({marks})",
+            params,
+        ).fetchall()
+        if updated != len(names):
+            raise RuntimeError(f"{CHECKPOINTS}: {len(names) - updated} of {sorted(names)} have no tracking record")
 
     def revive(self) -> bool:
         """Reopen the database if DuckDB invalidated it (a fatal I/O error); False while that still fails."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nats.aio.client import Client
 
-from tapeline.bus.reader import read
+from tapeline.bus.reader import Received, read
 from tapeline.bus.runtime import ConsumerSpec
 from tapeline.bus.stall import Publishes
 from tapeline.projections.duckdb import ProjectionDb, ProjectionSink
@@ -30,6 +30,10 @@ LINGER_S = 0.1
 """A read model's short batch waits up to this long for more: at most ~10 DuckDB commits a second per
 stream family instead of one per trickle of messages (a commit costs DuckDB 2-4 ms of CPU and was most of
 a projector's CPU per event; see docs/performance.md). Read models are at most this much staler."""
+
+
+REBUILD_COMMIT_EVENTS = 50_000
+"""A rebuild commits a DuckDB stream family at most once per this many events (bounded memory, big commits)."""
 
 
 class Binding(NamedTuple):
@@ -104,12 +108,25 @@ def vector_bindings(
 
 
 async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, until_ns: int | None = None) -> None:
-    """Feed a read model from the stream reader (rebuilds): no consumer state, no acks."""
+    """Feed a read model from the stream reader (rebuilds): no consumer state, no acks.
+
+    History needs no freshness: DuckDB read models get the reader's batches gathered up to
+    :data:`REBUILD_COMMIT_EVENTS` events per commit (a commit has a fixed cost of a few ms).
+    """
     spec, sink, start = binding
+    gather = REBUILD_COMMIT_EVENTS if isinstance(sink, ProjectionSink) else 0
+    pending: list[Received] = []
+    events = 0
     async for batch in read(
         nc, spec.stream, spec.filter_subjects, start_seq=start, stop_seq=stop_seq, until_ns=until_ns
     ):
-        await sink.process(batch)
+        pending.extend(batch)
+        events += sum(len(r.events) for r in batch)
+        if events >= gather:
+            await sink.process(pending)
+            pending, events = [], 0
+    if pending:
+        await sink.process(pending)
     close = getattr(sink, "close", None)
     if close is not None:
         await close()

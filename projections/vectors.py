@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -257,6 +258,9 @@ class VectorStore:
         self._db = lancedb.connect(str(self.path))
         self.specs = vector_tables(market_dim, text_dim)
         self._tables: dict[str, Any] = {}
+        # the tables of one process commit from worker threads and share the checkpoints table: a
+        # compaction must not race a checkpoint write, so writes and compactions take turns
+        self._writing = threading.Lock()
         if self.exists(CHECKPOINTS) and "schema_hash" not in self.table(CHECKPOINTS).schema.names:
             self.table(CHECKPOINTS).add_columns({"schema_hash": "''"})  # written before schema hashes existed
 
@@ -358,11 +362,12 @@ class VectorStore:
         """Add ``rows``, apply ``updates`` (partial rows matched on the table's key), then checkpoint."""
         spec = self.specs[name]
         tbl = self.table(name)
-        if rows is not None and rows.num_rows:
-            tbl.add(rows.select(spec.schema.names).cast(spec.schema))
-        if updates is not None and updates.num_rows:
-            tbl.merge_insert(spec.key).when_matched_update_all().execute(updates)
-        self.write_checkpoint(name, stream=stream, last_seq=last_seq, model=model)
+        with self._writing:
+            if rows is not None and rows.num_rows:
+                tbl.add(rows.select(spec.schema.names).cast(spec.schema))
+            if updates is not None and updates.num_rows:
+                tbl.merge_insert(spec.key).when_matched_update_all().execute(updates)
+            self.write_checkpoint(name, stream=stream, last_seq=last_seq, model=model)
 
     # -- reads
 
@@ -426,8 +431,9 @@ class VectorStore:
 
     def optimize(self, name: str, *, keep_versions: timedelta = timedelta(minutes=10)) -> None:
         """Compact small fragments, fold new rows into the index, drop versions older than ``keep_versions``."""
-        self.table(name).optimize(cleanup_older_than=keep_versions)
-        self.table(CHECKPOINTS).optimize(cleanup_older_than=keep_versions)
+        with self._writing:
+            self.table(name).optimize(cleanup_older_than=keep_versions)
+            self.table(CHECKPOINTS).optimize(cleanup_older_than=keep_versions)
 
     def checksum(self, name: str, upto_seq: int | None = None) -> str:
         """``"<rows>:<sha256 prefix>"`` over rows sorted by key: key, vector rounded to 1e-4 (tables with
@@ -998,6 +1004,14 @@ def search_decisions(store: VectorStore, embedder: TextEmbedder, text: str, k: i
     return rows
 
 
+OPTIMIZE_EVERY_COMMITS = 100
+"""A live vector table is compacted after this many commits: every commit adds a LanceDB fragment and a
+version, and a process that never compacts grows (412 -> 434 MiB in a 10-minute soak; 1,200 small adds
+took a bare process from 220 to 805 MiB, 239 to 373 MiB with compaction)."""
+KEEP_VERSIONS = timedelta(minutes=2)
+"""Versions older than this are dropped on compaction: a reader holds a version for one query at most."""
+
+
 class VectorSink:
     """Runs a :class:`VectorProjection` on the consumer runtime (``bus.runtime.Sink``).
 
@@ -1017,14 +1031,18 @@ class VectorSink:
         stop_at_seq: int | None = None,
         until_ns: int | None = None,
         commit_every_s: float = 2.0,
+        optimize_every: int = OPTIMIZE_EVERY_COMMITS,
     ) -> None:
         self.projection = projection
         self.last_seq = projection.start()
         self.stop_at_seq = stop_at_seq
         self.until_ns = until_ns
         self.commit_every_s = commit_every_s
+        self.optimize_every = optimize_every
+        self.optimized = 0  # how many times the table was compacted by this sink
         self.done = asyncio.Event()
         self._waiting_since: float | None = None  # when the oldest uncommitted message was applied
+        self._commits = 0  # commits since the last compaction
 
     @property
     def committed_seq(self) -> int:
@@ -1065,9 +1083,17 @@ class VectorSink:
         return failures
 
     async def _flush(self, *, force: bool) -> None:
+        before = self.last_seq
         self.last_seq = await asyncio.to_thread(self.projection.flush, force=force)
         if self.last_seq == self.projection.seen:
             self._waiting_since = None
+        if self.last_seq > before:
+            self._commits += 1
+            if self._commits >= self.optimize_every:
+                proj = self.projection
+                await asyncio.to_thread(proj.store.optimize, proj.table, keep_versions=KEEP_VERSIONS)
+                self._commits = 0
+                self.optimized += 1
 
     async def idle(self) -> None:
         await self._flush(force=True)

@@ -16,6 +16,7 @@ Before a rebuild, :func:`check_space` refuses to start one that would fill the d
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import time
 from collections.abc import Callable
@@ -148,6 +149,30 @@ async def rebuild(
         if p is not None and p.exists():
             raise FileExistsError(f"{p} exists: a rebuild always starts from scratch")
     started = time.perf_counter()
+    gc.collect()
+    gc.freeze()  # what exists now lives on: the collector stops rescanning it (see _rebuild)
+    try:
+        return await _rebuild(
+            nc, prefix, out_path, started, vectors_dir, embedder, until_ns, stop_at, vector_stop_at, progress
+        )
+    finally:
+        gc.unfreeze()
+
+
+async def _rebuild(
+    nc: Client,
+    prefix: str,
+    out_path: Path,
+    started: float,
+    vectors_dir: Path | None,
+    embedder: TextEmbedder | None,
+    until_ns: int | None,
+    stop_at: dict[str, int] | None,
+    vector_stop_at: dict[str, int] | None,
+    progress: Callable[[int], None] | None,
+) -> RebuildStats:
+    """The rebuild proper. It decodes and drops millions of short-lived objects; each full collection
+    would rescan every long-lived object of the process (modules, DuckDB, Arrow): frozen, they are skipped."""
     db = ProjectionDb(out_path)
     families = {t.family.key for t in db.tables}
     targets = stop_at if stop_at is not None else await stream_last_seqs(nc, prefix, families)

@@ -12,10 +12,35 @@ import hashlib
 import os
 import time
 
+_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # base32hex
+_PAIRS = [a + b for a in _DIGITS for b in _DIGITS]  # every 10-bit value as two digits
+_blake2b = hashlib.blake2b
+
 
 def _encode(ms: int, low: bytes) -> str:
-    raw = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + low
-    return base64.b32hexencode(raw).decode("ascii")[:26]
+    """base32hex of the 16 bytes (48-bit ms + ``low``), unpadded: 26 digits, read two at a time off an int.
+
+    Same string as ``base64.b32hexencode(raw)[:26]`` at a half to a third of its cost: every event gets an id.
+    """
+    n = (((ms & 0xFFFF_FFFF_FFFF) << 80) | int.from_bytes(low, "big")) << 2  # 130 bits: 26 digits of 5
+    p = _PAIRS
+    return "".join(
+        (
+            p[n >> 120],
+            p[(n >> 110) & 1023],
+            p[(n >> 100) & 1023],
+            p[(n >> 90) & 1023],
+            p[(n >> 80) & 1023],
+            p[(n >> 70) & 1023],
+            p[(n >> 60) & 1023],
+            p[(n >> 50) & 1023],
+            p[(n >> 40) & 1023],
+            p[(n >> 30) & 1023],
+            p[(n >> 20) & 1023],
+            p[(n >> 10) & 1023],
+            p[n & 1023],
+        )
+    )
 
 
 def new_event_id(ts_ns: int | None = None) -> str:
@@ -26,8 +51,8 @@ def new_event_id(ts_ns: int | None = None) -> str:
 
 def derive_event_id(ts_ns: int, *parts: object) -> str:
     """A deterministic id: same parts (and time) give the same id, everywhere, every time."""
-    key = "\x1f".join(str(p) for p in parts).encode()
-    return _encode(ts_ns // 1_000_000, hashlib.blake2b(key, digest_size=10).digest())
+    key = "\x1f".join([p if type(p) is str else str(p) for p in parts]).encode()
+    return _encode(ts_ns // 1_000_000, _blake2b(key, digest_size=10).digest())
 
 
 def tick_id(venue: str, symbol: str, ts_ns: int, seq: int, account: str = "") -> str:

@@ -115,7 +115,9 @@ def demo(
         bool, typer.Option("--files", help="replay the [feeds.files] files (default: the samples in ../shared/data)")
     ] = False,
     ticks: Annotated[int | None, typer.Option(help="simulated ticks")] = None,
-    batch_ticks: Annotated[bool, typer.Option(help="publish ticks in batch messages")] = False,
+    batch_ticks: Annotated[
+        bool | None, typer.Option(help="ticks in batch messages (default: the batch_ticks setting, true)")
+    ] = None,
     keep: Annotated[bool, typer.Option(help="keep the previous demo's data")] = False,
 ) -> None:
     """Run the whole pipeline on an embedded NATS server; leaves everything in ./.tapeline/."""
@@ -134,7 +136,7 @@ def demo(
     server = EmbeddedNats(s.data_path / "nats")
     url = _start(server)
     try:
-        ok = asyncio.run(_demo(s, url, files=files, batch_ticks=batch_ticks or s.batch_ticks))
+        ok = asyncio.run(_demo(s, url, files=files, batch_ticks=s.batch_ticks if batch_ticks is None else batch_ticks))
     except ReadModelChanged as e:  # only with --keep: a fresh demo has no old tables
         _refused(e)
     finally:

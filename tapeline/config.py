@@ -60,7 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     data_dir: Text = ".tapeline"
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_METRICS_PORT  # 0: off
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    batch_ticks: bool = False
+    batch_ticks: bool = True  # feeds' bursts of ticks go as batch messages (DESIGN §6); false: one per message
     retention: Retention = Retention()
     sim: SimConfig = SimConfig()
     feeds: FeedsConfig = FeedsConfig()

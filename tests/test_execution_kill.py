@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # twenty process starts: minutes on a machine with every core busy
 async def test_twenty_kills_between_submit_and_answer_one_order_each(
     tmp_path: Path, nc: Client, publisher: Publisher, provisioned: str, nats_url: str
 ) -> None:
@@ -86,6 +87,7 @@ async def test_twenty_kills_between_submit_and_answer_one_order_each(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # twenty process starts: minutes on a machine with every core busy
 async def test_ibkr_kills_between_submit_and_answer_one_order_each(
     tmp_path: Path, nc: Client, publisher: Publisher, provisioned: str, nats_url: str
 ) -> None:

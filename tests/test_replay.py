@@ -148,6 +148,7 @@ async def test_what_if_same_config_reproduces_and_other_config_differs(
     assert set(other.pnl_what_if) <= {"A", "B"}
 
 
+@pytest.mark.timeout(900)  # twenty process starts: minutes on a machine with every core busy
 async def test_projector_sigkilled_at_random_points_twenty_times(
     nc: Client, provisioned: str, publisher: Publisher, nats_url: str, tmp_path: Path
 ) -> None:

@@ -1,0 +1,60 @@
+"""Feeds batch bursts of ticks by default (DESIGN §6); one tick per message when configured or alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from nats.aio.client import Client
+
+from tapeline.adapters.alerts import make_alert
+from tapeline.adapters.runner import run_feed
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.publisher import Publisher
+from tapeline.config import Settings
+from tapeline.schemas.events import Event, Tick
+from tapeline.schemas.subjects import MD, OPS
+from tests.helpers import stored, stream_last_seq
+
+
+class ListFeed:
+    """Yields the given lists as they are: one list is one burst."""
+
+    name = "list"
+
+    def __init__(self, bursts: Sequence[Sequence[Event]]) -> None:
+        self.bursts = bursts
+
+    async def stream(self) -> AsyncIterator[Sequence[Event]]:
+        for burst in self.bursts:
+            yield burst
+
+
+async def test_bursts_go_as_batch_messages_by_default(nc: Client, publisher: Publisher, provisioned: str) -> None:
+    assert Settings().batch_ticks  # the default every feed command uses
+    ticks = list(SimFeed(["A", "BRK.B"], ticks=1000, seed=4, venue="burst").generate())
+    stats = await run_feed(ListFeed([ticks[:500], ticks[500:]]), publisher)
+    stream = MD.stream(provisioned)
+    assert stats.events == 1000 and stats.messages == 4  # two bursts, two subjects each
+    assert await stream_last_seq(nc, stream) == 4
+    got = await stored(nc, stream)
+    assert sorted(e.event_id for e in got) == sorted(t.event_id for t in ticks)
+    for sym in ("A", "BRK.B"):  # each subject's ticks in their order
+        assert [e.event_id for e in got if isinstance(e, Tick) and e.symbol == sym] == [
+            t.event_id for t in ticks if t.symbol == sym
+        ]
+    await run_feed(ListFeed([ticks[:500], ticks[500:]]), publisher)  # the same bursts again: deduplicated
+    assert await stream_last_seq(nc, stream) == 4
+
+
+async def test_switch_off_and_lone_ticks_go_one_per_message(nc: Client, publisher: Publisher, provisioned: str) -> None:
+    stream = MD.stream(provisioned)
+    ticks = list(SimFeed(["A", "B"], ticks=300, seed=5, venue="single").generate())
+    stats = await run_feed(ListFeed([ticks[:200]]), publisher, batch_ticks=False)
+    assert stats.messages == 200 and await stream_last_seq(nc, stream) == 200
+    # Lone ticks (a venue that delivers one at a time) and other events stay one per message.
+    alert = make_alert("list", "test", "between ticks")
+    lone = [[t] for t in ticks[200:250]] + [[ticks[250], alert, ticks[251]]]
+    stats = await run_feed(ListFeed(lone), publisher)
+    assert stats.messages == 53 and await stream_last_seq(nc, stream) == 252
+    assert [e.event_id for e in await stored(nc, OPS.stream(provisioned))] == [alert.event_id]
+    assert len(await stored(nc, stream)) == 252
