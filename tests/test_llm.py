@@ -367,7 +367,7 @@ async def test_eval_by_variant_compares_recorded_variants(
 ) -> None:
     from typer.testing import CliRunner
 
-    from tapeline.cli import app
+    from tapeline.cli import app, console
     from tapeline.projections.duckdb import ProjectionDb
     from tapeline.projections.sentiment_eval import compare_variants
     from tapeline.projections.tables import LLM_CALLS, NEWS_T, SENTIMENT
@@ -416,9 +416,8 @@ async def test_eval_by_variant_compares_recorded_variants(
     assert stats[failed].cosine is not None and stats[failed].cosine < other.cosine
     cfg = tmp_path / "tapeline.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
-    res = CliRunner().invoke(
-        app, ["eval", "sentiment", "--by", "variant", "--gold", str(gold_file), "-c", str(cfg)], env={"COLUMNS": "200"}
-    )
+    monkeypatch.setattr(console, "width", 200)  # the CLI's console was sized when it was imported
+    res = CliRunner().invoke(app, ["eval", "sentiment", "--by", "variant", "--gold", str(gold_file), "-c", str(cfg)])
     assert res.exit_code == 0, res.output
     assert "sentiment by variant" in res.output and "v1@" in res.output and "cosine" in res.output
     cfg.write_text(f'data_dir = "{tmp_path / "empty"}"\n')

@@ -26,8 +26,7 @@ import msgspec
 import structlog
 
 from tapeline.adapters.llm.base import LlmProvider, LlmRequest, RetryPolicy
-from tapeline.adapters.llm.gemini import GeminiProvider, gemini_key
-from tapeline.adapters.llm.openai_ import OpenAIProvider, openai_key
+from tapeline.adapters.llm.keys import gemini_key, openai_key
 from tapeline.adapters.llm.prompts import Prompt, PromptError, assign_variant, clean_tickers, load_prompt
 from tapeline.schemas.components import Consumes, Gateway, draft
 from tapeline.schemas.events import AnyEvent, Event, LlmCall, NewsItem
@@ -68,20 +67,28 @@ class ProviderSpec(NamedTuple):
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
-    "gemini": ProviderSpec(
-        lambda c: GeminiProvider(
-            c.model, base_url=c.gemini_base_url, timeout_s=c.timeout_s, retry=c.retry, temperature=c.temperature
-        ),
-        lambda: bool(gemini_key()),
-    ),
-    "openai": ProviderSpec(
-        lambda c: OpenAIProvider(
-            c.model, base_url=c.openai_base_url, timeout_s=c.timeout_s, retry=c.retry, temperature=c.temperature
-        ),
-        lambda: bool(openai_key()),
-    ),
+    "gemini": ProviderSpec(lambda c: _gemini(c), lambda: bool(gemini_key())),
+    "openai": ProviderSpec(lambda c: _openai(c), lambda: bool(openai_key())),
     "offline": ProviderSpec(lambda c: _offline(), lambda: True),  # the model ships with the package
 }
+
+# Each provider's SDK is imported only when that provider is chosen (each takes ~1.5 s to import).
+
+
+def _gemini(c: NewsLlmConfig) -> LlmProvider:
+    from tapeline.adapters.llm.gemini import GeminiProvider
+
+    return GeminiProvider(
+        c.model, base_url=c.gemini_base_url, timeout_s=c.timeout_s, retry=c.retry, temperature=c.temperature
+    )
+
+
+def _openai(c: NewsLlmConfig) -> LlmProvider:
+    from tapeline.adapters.llm.openai_ import OpenAIProvider
+
+    return OpenAIProvider(
+        c.model, base_url=c.openai_base_url, timeout_s=c.timeout_s, retry=c.retry, temperature=c.temperature
+    )
 
 
 def _offline() -> LlmProvider:

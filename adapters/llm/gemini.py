@@ -10,19 +10,13 @@ from ``GEMINI_API_KEY`` or ``GOOGLE_API_KEY`` and is scrubbed from any error tex
 
 from __future__ import annotations
 
-import os
-
 from google import genai
 from google.genai import errors, types
 
 from tapeline.adapters.llm.base import Attempt, LlmReply, LlmRequest, RetryPolicy, retryable_status, with_retries
+from tapeline.adapters.llm.keys import gemini_key
 
-KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 DEFAULT_MODEL = "gemini-2.5-flash"
-
-
-def gemini_key() -> str:
-    return next((os.environ[k] for k in KEY_ENVS if os.environ.get(k)), "")
 
 
 class GeminiProvider:

@@ -8,18 +8,12 @@ for every provider) and ``chat.completions.create(messages=[system, user], respo
 
 from __future__ import annotations
 
-import os
-
 import openai
 
 from tapeline.adapters.llm.base import Attempt, LlmReply, LlmRequest, RetryPolicy, retryable_status, with_retries
+from tapeline.adapters.llm.keys import openai_key
 
-KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_MODEL = "gpt-4o-mini"
-
-
-def openai_key() -> str:
-    return os.environ.get(KEY_ENV, "")
 
 
 class OpenAIProvider:
