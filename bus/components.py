@@ -113,6 +113,10 @@ class HandlerSink:
         self.emitted = 0
         self.skip_ids: set[str] = set()  # outputs stored before a restart
         self._exported: dict[str, int] = {}
+        # A batch whose outputs could not all be published is retried in place by the runtime: its
+        # outputs are kept here, keyed by the batch's first and last sequence, so a stateful handler
+        # never applies the same events twice.
+        self._unpublished: tuple[tuple[int, int], list[Event], dict[int, Failure]] | None = None
         COMPONENT_EVENTS.labels(handler.name, "rejected")  # at 0 from the start
         self.stopping = asyncio.Event()
         self.stall = Stall(f"handler:{handler.name}", publisher, stop=self.stopping)
@@ -127,6 +131,20 @@ class HandlerSink:
             return await self._process(batch)
 
     async def _process(self, batch: list[Received]) -> dict[int, Failure]:
+        span = (batch[0].delivery.stream_seq, batch[-1].delivery.stream_seq) if batch else (0, 0)
+        if self._unpublished is not None and self._unpublished[0] == span:
+            _, pending, failures = self._unpublished  # the same batch again: publish what it produced
+        else:
+            pending, failures = self._react(batch)
+            self._unpublished = (span, pending, failures)
+        self.emitted += await publish_waiting_for_space(self.publisher, pending, self.stall)
+        self._unpublished = None
+        self._export_counters()
+        if batch:
+            self.position = batch[-1].delivery.stream_seq
+        return failures
+
+    def _react(self, batch: list[Received]) -> tuple[list[Event], dict[int, Failure]]:
         failures: dict[int, Failure] = {}
         pending: list[Event] = []
         for j, rec in enumerate(batch):
@@ -142,11 +160,7 @@ class HandlerSink:
                     )
                     failures[j] = Failure(f"{type(exc).__name__}: {exc}", retry=True)
                     break
-        self.emitted += await publish_waiting_for_space(self.publisher, pending, self.stall)
-        self._export_counters()
-        if batch:
-            self.position = batch[-1].delivery.stream_seq
-        return failures
+        return pending, failures
 
     def _export_counters(self) -> None:
         export_component_metrics(self.component, self._exported)

@@ -19,8 +19,8 @@ from tapeline.bus.inprocess import InProcessRunner
 from tapeline.bus.lease import Lease, LeaseHeld
 from tapeline.bus.publisher import Publisher
 from tapeline.pipeline import Pipeline
-from tapeline.schemas.components import Component, Handler
-from tapeline.schemas.events import AnyEvent, DecisionEnvelope, Event, Notification
+from tapeline.schemas.components import Component, Handler, draft
+from tapeline.schemas.events import Alert, AnyEvent, DecisionEnvelope, Event, Notification
 from tapeline.schemas.subjects import DECISION, INTEL, MD, OPS
 from tapeline.system import COMPONENTS, build, durables
 from tests.helpers import (
@@ -179,3 +179,46 @@ def test_a_component_must_be_fully_declared() -> None:
     with pytest.raises(TypeError, match="name"):
         check_declaration(Nameless)
     check_declaration(_Counting)
+
+
+class _RunningCount(Handler):
+    """Stateful: each tick's output carries how many ticks it has seen, so applying one twice shows."""
+
+    name = "running_count"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def handle(self, event: AnyEvent) -> list[Event]:
+        self.seen += 1
+        text = f"seen {self.seen}"
+        return [draft(Alert, ts_event=event.ts_event, severity="warning", kind="count", key="count", message=text)]
+
+
+async def test_a_batch_retried_in_place_after_a_failed_publish_is_applied_once(nc: Client, provisioned: str) -> None:
+    """The runtime retries an ordered batch in place when its outputs cannot be published: the handler's
+    state must not see the batch twice (here: the outputs' stream is gone, then provisioned again)."""
+    from tapeline.bus.components import HandlerSink
+    from tapeline.bus.consumer import Delivery
+    from tapeline.bus.jetstream import JetStreamApi
+    from tapeline.bus.publisher import PublishError
+    from tapeline.bus.runtime import Received
+    from tapeline.pipeline import provision_system
+
+    ticks = list(SimFeed(["A"], ticks=5, seed=3).generate())
+    batch = [Received(Delivery(t.subject(provisioned), b"", b"", "", i + 1, 1, 0, 0), [t]) for i, t in enumerate(ticks)]
+    handler = _RunningCount()
+    publisher = await Publisher(nc, provisioned, role="retry-test", ack_timeout=0.5, max_attempts=2).start()
+    try:
+        await JetStreamApi(nc).call(f"STREAM.DELETE.{OPS.stream(provisioned)}")
+        sink = HandlerSink(handler, publisher)
+        with pytest.raises(PublishError):
+            await sink.process(batch)
+        await provision_system(nc, provisioned)
+        await sink.process(batch)  # the same batch again, as the runtime retries it in place
+    finally:
+        await publisher.close()
+    assert handler.seen == 5
+    alerts = await stored(nc, OPS.stream(provisioned))
+    assert sorted(a.message for a in alerts if isinstance(a, Alert)) == [f"seen {n}" for n in range(1, 6)]
