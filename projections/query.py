@@ -62,16 +62,20 @@ def check_read_only(sql: str) -> None:
             check_read_only(_EXPLAIN.sub("", st.query, count=1))
 
 
+_confining = threading.Lock()
+
+
 def confine(cur: duckdb.DuckDBPyConnection) -> None:
     """No file or network access from SQL on ``cur``'s database, locked so a query cannot undo it.
 
     The settings hold for the whole database instance, the projector's writes included: those
     insert registered Arrow batches and need no file access (DuckDB's own files are not "external").
     """
-    (locked,) = cur.execute("SELECT current_setting('lock_configuration')").fetchone() or (False,)
-    if not locked:
-        cur.execute("SET enable_external_access = false")
-        cur.execute("SET lock_configuration = true")
+    with _confining:  # two first queries at once (the web page's) must not both try to lock it
+        (locked,) = cur.execute("SELECT current_setting('lock_configuration')").fetchone() or (False,)
+        if not locked:
+            cur.execute("SET enable_external_access = false")
+            cur.execute("SET lock_configuration = true")
 
 
 def run_query(

@@ -98,3 +98,34 @@ def test_rows_are_capped_without_materialising_the_result(tmp_path: Path) -> Non
         assert len(small.rows) == 100 and not small.truncated
     finally:
         db.close()
+
+
+def test_first_queries_arriving_together_all_run_confined() -> None:
+    """The web page sends its first queries at once: each must run, and SQL must still see no files."""
+    import threading
+
+    import duckdb
+
+    for _ in range(20):
+        con = duckdb.connect()
+        start = threading.Barrier(8)
+        errors: list[str] = []
+
+        def first_query(
+            con: duckdb.DuckDBPyConnection = con, start: threading.Barrier = start, errors: list[str] = errors
+        ) -> None:
+            start.wait()
+            try:
+                run_query(con, "SELECT 42")
+            except QueryError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=first_query) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with pytest.raises(QueryError, match="refused"):
+            run_query(con, "SELECT * FROM read_text('/etc/hostname')")
+        con.close()
