@@ -525,3 +525,22 @@ async def test_a_live_vector_table_is_compacted_as_it_goes(
     table = store.table(MARKET_RETURNS)
     assert table.stats()["fragment_stats"]["num_fragments"] <= 5  # compacted: not one fragment per commit
     assert table.count_rows() == 40 and store.checkpoint(MARKET_RETURNS).last_seq == 40
+
+
+async def test_a_live_vector_table_gets_its_index_once_big_enough(tmp_path: Path) -> None:
+    """Above ``index_min_rows`` a table is searched through its ANN index: the live sink builds it."""
+    from tapeline.bus.consumer import Delivery
+    from tapeline.bus.runtime import Received
+
+    store = VectorStore(tmp_path / "v")
+    store.specs[MARKET_STATES] = dataclasses.replace(store.specs[MARKET_STATES], index_min_rows=200)
+    sink = VectorSink(MarketStates(store, batch_rows=1), commit_every_s=0.0, optimize_every=3)
+    states = enrichments(_bars(400))
+    for i in range(0, len(states), 20):  # fetches of 20 messages, each a commit
+        chunk = states[i : i + 20]
+        await sink.process(
+            [Received(Delivery("s", b"", b"", "", i + j + 1, 1, 0, 0), [e]) for j, e in enumerate(chunk)]
+        )
+    assert store.count(MARKET_STATES) >= 200 and store.has_index(MARKET_STATES)
+    probe = store.scan(MARKET_STATES, ["vector"])["vector"][0].as_py()
+    assert store.search(MARKET_STATES, probe, k=1)  # searched through the index
