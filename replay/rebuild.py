@@ -16,7 +16,6 @@ Before a rebuild, :func:`check_space` refuses to start one that would fill the d
 from __future__ import annotations
 
 import asyncio
-import gc
 import shutil
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import msgspec
 from nats.aio.client import Client
 
 from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.runtime import frozen_gc
 from tapeline.projections.duckdb import ProjectionDb, columns_sql, hash_sql
 from tapeline.projections.query import QueryError, query_file, query_remote
 from tapeline.projections.runtimes import Binding, projection_bindings, replay_into, vector_bindings
@@ -149,14 +149,10 @@ async def rebuild(
         if p is not None and p.exists():
             raise FileExistsError(f"{p} exists: a rebuild always starts from scratch")
     started = time.perf_counter()
-    gc.collect()
-    gc.freeze()  # what exists now lives on: the collector stops rescanning it (see _rebuild)
-    try:
+    with frozen_gc():  # what exists now lives on: the collector stops rescanning it (see _rebuild)
         return await _rebuild(
             nc, prefix, out_path, started, vectors_dir, embedder, until_ns, stop_at, vector_stop_at, progress
         )
-    finally:
-        gc.unfreeze()
 
 
 async def _rebuild(
