@@ -6,12 +6,16 @@ de-duplication and tests all read history through :func:`read`. It ends at ``sto
 last message matching the filter when the read began (the server's ``pending`` count says so), so
 a stream that keeps growing does not keep a reader going. Undecodable messages are skipped (and
 counted): the live consumer dead-lettered them when it first met them.
+
+A reader may hand some bodies over undecoded (``raw``: a cheap check on the bytes, e.g. "a tick
+batch"): a sink that makes those rows without Python objects (``projections.native``) decodes only what
+it cannot take itself, with the same rules (a malformed one skipped).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple
 
 from nats.aio.client import Client
@@ -25,6 +29,7 @@ from tapeline.schemas.events import AnyEvent
 class Received(NamedTuple):
     delivery: Delivery
     events: list[AnyEvent]
+    raw: bool = False  # not decoded (``events`` is empty): the reader's ``raw`` check took it
 
 
 class ReadStalled(RuntimeError):
@@ -43,11 +48,13 @@ async def read(
     batch: int = 5000,
     max_bytes: int = 16 * 1024 * 1024,
     stall_s: float = 60.0,
+    raw: Callable[[bytes], bool] | None = None,
 ) -> AsyncIterator[list[Received]]:
     """Yield batches of decoded messages of ``stream`` (optionally only ``subjects``).
 
     Starts at ``start_seq`` or ``start_time`` (RFC 3339, stored time) or the beginning; stops after
     ``stop_seq``, at the first message stored after ``until_ns`` (stream time), or at the end.
+    Bodies for which ``raw`` is true are yielded undecoded (``Received.raw``).
     """
     api = JetStreamApi(nc)
     info = await api.stream_info(stream)
@@ -92,6 +99,9 @@ async def read(
                 if d.stream_seq > end or (until_ns is not None and d.ts_ns > until_ns):
                     done = True
                     break
+                if raw is not None and raw(d.data):
+                    out.append(Received(d, [], True))
+                    continue
                 try:
                     out.append(Received(d, decode(d.data).events))
                 except MalformedEvent:

@@ -38,13 +38,16 @@ from tapeline.bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LA
 from tapeline.bus.reader import Received
 from tapeline.bus.runtime import Failure
 from tapeline.bus.stall import Publishes, Stall, Stalled
+from tapeline.projections.native import NATIVE, Bodies, NativeRejected, NativeRows
 from tapeline.projections.table import ReadModelChanged, Row, Table, View, schema_hash
 from tapeline.projections.tables import TABLES, VIEWS
+from tapeline.schemas.codec import MalformedEvent, decode
 from tapeline.schemas.subjects import StreamFamily
 
 log = structlog.get_logger(__name__)
 CHECKPOINTS = "_checkpoints"
 _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+Piece = list[Row] | Bodies
 
 
 class StorageFull(Stalled):
@@ -222,11 +225,20 @@ class ProjectionDb:
         return {name: tr.last_seq for name, tr in self.tracking().items()}
 
     def commit(
-        self, stream: str, rows: dict[str, list[Row]], last_seq: int, events: Mapping[str, int], cur: Any = None
+        self,
+        stream: str,
+        rows: dict[str, list[Row]],
+        last_seq: int,
+        events: Mapping[str, int],
+        cur: Any = None,
+        native: Mapping[str, list[Piece]] | None = None,
     ) -> None:
         """Insert every table's rows as Arrow and advance those tables' tracking records, atomically.
 
         ``rows`` names the tables this commit advances to ``last_seq`` (with or without new rows).
+        ``native`` gives tables made by DuckDB from raw bodies (``projections.native``) their rows as pieces
+        in stream order: Python rows, or bodies DuckDB turns into rows. A body the fast path may not take
+        after all raises :class:`NativeRejected` (nothing committed).
         """
         c = cur or self.con
         by_name = {t.name: t for t in self.tables}
@@ -234,10 +246,13 @@ class ProjectionDb:
             c.execute("BEGIN TRANSACTION")  # fails too once DuckDB has invalidated the database
             for name, table_rows in rows.items():
                 if table_rows:
-                    arrow = by_name[name].to_arrow(table_rows)
-                    c.register("_batch", arrow)
-                    c.execute(f"INSERT INTO {name} SELECT * FROM _batch")
-                    c.unregister("_batch")
+                    self._insert_rows(c, by_name[name], table_rows)
+            for name, pieces in (native or {}).items():
+                for piece in pieces:
+                    if isinstance(piece, Bodies):
+                        self._insert_bodies(c, piece)
+                    elif piece:
+                        self._insert_rows(c, by_name[name], piece)
             if rows:
                 self._advance(c, stream, rows, last_seq, events, by_name)
             c.execute("COMMIT")
@@ -249,6 +264,35 @@ class ProjectionDb:
             if any(reason in str(exc) for reason in _NO_SPACE):
                 raise StorageFull(f"DuckDB {self.path}: no space to commit {stream} to seq {last_seq}: {exc}") from exc
             raise
+
+    @staticmethod
+    def _insert_rows(c: Any, table: Table, table_rows: list[Row]) -> None:
+        c.register("_batch", table.to_arrow(table_rows))
+        c.execute(f"INSERT INTO {table.name} SELECT * FROM _batch")
+        c.unregister("_batch")
+
+    @staticmethod
+    def _insert_bodies(c: Any, bodies: Bodies) -> None:
+        """DuckDB parses the bodies and inserts their rows; it must insert exactly the events counted."""
+        c.register("_bodies", bodies.arrow())
+        try:
+            ((inserted,),) = c.execute(bodies.spec.insert_sql("_bodies")).fetchall()
+        except duckdb.InvalidInputException as exc:  # malformed JSON, or the fast path's guard (error())
+            raise NativeRejected(f"{bodies.spec.table.name}: {exc}") from exc
+        finally:
+            with contextlib.suppress(duckdb.Error):  # an aborted transaction may refuse it; the view goes anyway
+                c.unregister("_bodies")
+        if inserted != bodies.events:
+            raise NativeRejected(f"{bodies.spec.table.name}: {inserted} rows from bodies of {bodies.events} events")
+
+    def classify(self, bodies: Bodies, cur: Any = None) -> set[int]:
+        """The sequences of ``bodies`` the fast path may not take (after a :class:`NativeRejected`)."""
+        c = cur or self.con
+        c.register("_bodies", bodies.arrow())
+        try:
+            return {int(s) for (s,) in c.execute(bodies.spec.classify_sql("_bodies")).fetchall()}
+        finally:
+            c.unregister("_bodies")
 
     @staticmethod
     def _advance(
@@ -324,6 +368,7 @@ class ProjectionSink:
         until_ns: int | None = None,
         stop_at_seq: int | None = None,
         alerts: Publishes | None = None,
+        native: bool = False,
     ) -> None:
         self.db = db
         self.family = family
@@ -336,6 +381,11 @@ class ProjectionSink:
         for t in self.tables:
             for et in t.events:
                 self.by_type[et].append(t)
+        self.native: dict[str, NativeRows] = {}  # tables DuckDB makes from raw bodies (a reader's raw=)
+        if native:  # only where the native table is the one read model of its event type here
+            specs = [NATIVE[t.name] for t in self.tables if t.name in NATIVE and NATIVE[t.name].table == t]
+            self.native = {s.table.name: s for s in specs if self.by_type[s.event] == [s.table]}
+        self.native_tables = tuple(self.native)
         tracked = db.tracking()
         for t in self.tables:
             tr = tracked.get(t.name)
@@ -355,13 +405,15 @@ class ProjectionSink:
         """End a wait for disk space (shutdown): the batch stays unacked and is redone on restart."""
         self.stopping.set()
 
-    async def _commit(self, rows: dict[str, list[Row]], last: int, events: dict[str, int]) -> None:
+    async def _commit(
+        self, rows: dict[str, list[Row]], last: int, events: dict[str, int], native: dict[str, list[Piece]]
+    ) -> None:
         """Commit; on a full disk keep the rows, wait for space (reopening an invalidated database), retry."""
         while True:
             if self._cursor_of is not self.db.con:  # reopened, by this sink or another on the same file
                 self.cursor, self._cursor_of = self.db.con.cursor(), self.db.con
             try:
-                await asyncio.to_thread(self.db.commit, self.stream, rows, last, events, self.cursor)
+                await asyncio.to_thread(self.db.commit, self.stream, rows, last, events, self.cursor, native)
                 break
             except StorageFull as e:
                 DISK_FULL.labels(self.db.name).inc()
@@ -377,12 +429,45 @@ class ProjectionSink:
         """Every table of the family has committed up to here: how far the runtime may acknowledge."""
         return self.last_seq
 
+    def raw_filter(self, data: bytes) -> bool:
+        """For the stream reader: hand over undecoded what may be a body this sink's tables make natively."""
+        return any(spec.candidate(data) for spec in self.native.values())
+
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
-        rows: dict[str, list[Row]] = {t.name: [] for t in self.tables}
-        events = dict.fromkeys(rows, 0)
-        failures: dict[int, Failure] = {}
-        last = self.last_seq
-        n = 0
+        rejected: set[int] = set()  # bodies the fast path may not take after all: decoded in Python
+        while True:
+            plan = self._plan(batch, rejected)
+            if plan.last <= self.last_seq:
+                break
+            advance = {name: r for name, r in plan.rows.items() if self.seqs[name] < plan.last}
+            native = {name: p for name, p in plan.native.items() if name in advance}
+            try:
+                await self._commit(advance, plan.last, plan.events, native)
+            except NativeRejected as exc:
+                runs = [p for pieces in native.values() for p in pieces if isinstance(p, Bodies)]
+                found = set()
+                for run in runs:
+                    found |= await asyncio.to_thread(self.db.classify, run, self.cursor)
+                if not found - rejected:  # cannot happen; never loop: all of them through Python
+                    found = {s for run in runs for s in run.seqs}
+                log.info("fast path declined bodies", stream=self.stream, bodies=len(found - rejected), cause=str(exc))
+                rejected |= found
+                continue
+            self.seqs.update(dict.fromkeys(advance, plan.last))
+            self.last_seq = min(self.seqs.values())
+            self.events += plan.n
+            break
+        if batch:
+            PROJECTION_CHECKPOINT.labels(self.db.name, self.stream).set(self.last_seq)
+            PROJECTION_LAG.labels(self.db.name, self.stream).set(batch[-1].delivery.pending)
+            if self.stop_at_seq is not None and self.last_seq >= self.stop_at_seq:
+                self.done.set()
+        return plan.failures
+
+    def _plan(self, batch: list[Received], rejected: set[int]) -> _Plan:
+        """The rows of ``batch`` per table (and, for native tables, the pieces in stream order)."""
+        plan = _Plan({t.name: [] for t in self.tables}, {name: [] for name in self.native_tables}, self.last_seq)
+        plan.events = dict.fromkeys(plan.rows, 0)
         for j, rec in enumerate(batch):
             d = rec.delivery
             if d.stream_seq <= self.last_seq:
@@ -392,30 +477,62 @@ class ProjectionSink:
             ):
                 self.done.set()
                 break
+            events = rec.events
+            if rec.raw:
+                if d.stream_seq not in rejected and self._take_natively(plan, d.stream_seq, d.data):
+                    plan.last = d.stream_seq
+                    continue
+                try:
+                    events = decode(d.data).events
+                except MalformedEvent:
+                    continue  # the reader's rule: the live consumer dead-lettered it
             try:
                 made = [
                     (t.name, list(t.rows(e, d.stream_seq)))
-                    for e in rec.events
+                    for e in events
                     for t in self.by_type.get(type(e), ())
                     if d.stream_seq > self.seqs[t.name]  # a table that already has this message skips it
                 ]
             except Exception as exc:  # a row that cannot be built is poison: dead-letter it, keep going
-                failures[j] = Failure(f"projection row failed: {type(exc).__name__}: {exc}", retry=False)
+                plan.failures[j] = Failure(f"projection row failed: {type(exc).__name__}: {exc}", retry=False)
             else:
                 for name, table_rows in made:
-                    rows[name].extend(table_rows)
-                    events[name] += 1
-                n += len(rec.events)
-            last = d.stream_seq
-        if last > self.last_seq:
-            advance = {name: r for name, r in rows.items() if self.seqs[name] < last}
-            await self._commit(advance, last, events)
-            self.seqs.update(dict.fromkeys(advance, last))
-            self.last_seq = min(self.seqs.values())
-            self.events += n
-        if batch:
-            PROJECTION_CHECKPOINT.labels(self.db.name, self.stream).set(self.last_seq)
-            PROJECTION_LAG.labels(self.db.name, self.stream).set(batch[-1].delivery.pending)
-            if self.stop_at_seq is not None and self.last_seq >= self.stop_at_seq:
-                self.done.set()
-        return failures
+                    if name in plan.native:
+                        pieces = plan.native[name]
+                        if pieces and isinstance(pieces[-1], list):
+                            pieces[-1].extend(table_rows)
+                        else:
+                            pieces.append(table_rows)
+                    else:
+                        plan.rows[name].extend(table_rows)
+                    plan.events[name] += 1
+                plan.n += len(events)
+            plan.last = d.stream_seq
+        return plan
+
+    def _take_natively(self, plan: _Plan, seq: int, data: bytes) -> bool:
+        """Add a body to its native table's current run if the byte checks pass (False: decode it)."""
+        for name, spec in self.native.items():
+            k = spec.events_in(data)
+            if k:
+                if seq > self.seqs[name]:
+                    pieces = plan.native[name]
+                    if not pieces or not isinstance(pieces[-1], Bodies):
+                        pieces.append(Bodies(spec))
+                    pieces[-1].add(seq, data, k)  # type: ignore[union-attr]
+                    plan.events[name] += k
+                plan.n += k
+                return True
+        return False
+
+
+class _Plan:
+    """What one batch makes: rows per table, native pieces, event counts, failures, the last sequence."""
+
+    def __init__(self, rows: dict[str, list[Row]], native: dict[str, list[Piece]], last: int) -> None:
+        self.rows = rows
+        self.native = native
+        self.last = last
+        self.events: dict[str, int] = {}
+        self.failures: dict[int, Failure] = {}
+        self.n = 0

@@ -34,6 +34,8 @@ a projector's CPU per event; see docs/performance.md). Read models are at most t
 
 REBUILD_COMMIT_EVENTS = 50_000
 """A rebuild commits a DuckDB stream family at most once per this many events (bounded memory, big commits)."""
+REBUILD_COMMIT_BYTES = 16 * 1024 * 1024
+"""... or of this many bytes of bodies handed over undecoded (``projections.native``: ~50k ticks)."""
 
 
 class Binding(NamedTuple):
@@ -61,8 +63,13 @@ def projection_bindings(
     until_ns: int | None = None,
     stop_at: dict[str, int] | None = None,
     alerts: Publishes | None = None,
+    native: bool = False,
 ) -> list[Binding]:
-    """The DuckDB tables: one consumer per stream family they read."""
+    """The DuckDB tables: one consumer per stream family they read.
+
+    ``native``: the sinks make the tables of ``projections.native`` from raw bodies when fed by the
+    stream reader (:func:`replay_into`); the live consumer hands them decoded events, as before.
+    """
     out = []
     for fam in sorted({t.family for t in db.tables}, key=lambda f: f.key):
         stream = fam.stream(prefix)
@@ -73,6 +80,7 @@ def projection_bindings(
             until_ns=until_ns,
             stop_at_seq=(stop_at or {}).get(fam.key),
             alerts=alerts,  # live: a full disk is reported on the bus
+            native=native,
         )
         out.append(
             Binding(_spec(durable_name(PROJECTOR, fam), stream, [fam.subjects(prefix)]), sink, sink.last_seq + 1)
@@ -111,20 +119,24 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
     """Feed a read model from the stream reader (rebuilds): no consumer state, no acks.
 
     History needs no freshness: DuckDB read models get the reader's batches gathered up to
-    :data:`REBUILD_COMMIT_EVENTS` events per commit (a commit has a fixed cost of a few ms).
+    :data:`REBUILD_COMMIT_EVENTS` events (or :data:`REBUILD_COMMIT_BYTES` of undecoded bodies) per commit
+    (a commit has a fixed cost of a few ms). A sink with native tables takes their bodies undecoded.
     """
     spec, sink, start = binding
-    gather = REBUILD_COMMIT_EVENTS if isinstance(sink, ProjectionSink) else 0
+    projection = isinstance(sink, ProjectionSink)
+    gather = REBUILD_COMMIT_EVENTS if projection else 0
+    raw = sink.raw_filter if projection and sink.native else None
     pending: list[Received] = []
-    events = 0
+    events = size = 0
     async for batch in read(
-        nc, spec.stream, spec.filter_subjects, start_seq=start, stop_seq=stop_seq, until_ns=until_ns
+        nc, spec.stream, spec.filter_subjects, start_seq=start, stop_seq=stop_seq, until_ns=until_ns, raw=raw
     ):
         pending.extend(batch)
         events += sum(len(r.events) for r in batch)
-        if events >= gather:
+        size += sum(len(r.delivery.data) for r in batch if r.raw)
+        if events >= gather or size >= REBUILD_COMMIT_BYTES:
             await sink.process(pending)
-            pending, events = [], 0
+            pending, events, size = [], 0, 0
     if pending:
         await sink.process(pending)
     close = getattr(sink, "close", None)

@@ -143,15 +143,20 @@ async def rebuild(
     stop_at: dict[str, int] | None = None,
     vector_stop_at: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
+    native: bool = True,
 ) -> RebuildStats:
-    """Rebuild every DuckDB table into ``out_path`` (and the vectors into ``vectors_dir``), both new."""
+    """Rebuild every DuckDB table into ``out_path`` (and the vectors into ``vectors_dir``), both new.
+
+    ``native``: DuckDB makes the hot tables' rows from the raw bodies (``projections.native``); False
+    decodes every event in Python (the reference the fast path is tested against, and the A/B bench).
+    """
     for p in (out_path, vectors_dir):
         if p is not None and p.exists():
             raise FileExistsError(f"{p} exists: a rebuild always starts from scratch")
     started = time.perf_counter()
     with frozen_gc():  # what exists now lives on: the collector stops rescanning it (see _rebuild)
         return await _rebuild(
-            nc, prefix, out_path, started, vectors_dir, embedder, until_ns, stop_at, vector_stop_at, progress
+            nc, prefix, out_path, started, vectors_dir, embedder, until_ns, stop_at, vector_stop_at, progress, native
         )
 
 
@@ -166,6 +171,7 @@ async def _rebuild(
     stop_at: dict[str, int] | None,
     vector_stop_at: dict[str, int] | None,
     progress: Callable[[int], None] | None,
+    native: bool,
 ) -> RebuildStats:
     """The rebuild proper. It decodes and drops millions of short-lived objects; each full collection
     would rescan every long-lived object of the process (modules, DuckDB, Arrow): frozen, they are skipped."""
@@ -174,7 +180,7 @@ async def _rebuild(
     targets = stop_at if stop_at is not None else await stream_last_seqs(nc, prefix, families)
     work: list[tuple[Binding, int | None]] = [
         (b, targets.get(b.sink.family.key, 0))
-        for b in projection_bindings(prefix, db, until_ns=until_ns, stop_at=targets)
+        for b in projection_bindings(prefix, db, until_ns=until_ns, stop_at=targets, native=native)
     ]
     store = None
     if vectors_dir is not None:

@@ -1,0 +1,183 @@
+"""Rows made by DuckDB from the raw message bodies: the hot tables skip Python objects altogether.
+
+A read model's rows are normally made in Python (decode each event into its struct, build tuples,
+Arrow, insert). For the tick table that path costs more than the whole budget of a fast rebuild
+(docs/performance.md), so here the same declaration is also written in SQL: DuckDB's bundled JSON
+extension parses the bodies (``json_transform`` over an Arrow string column) and the row expression
+mirrors :data:`projections.tables.TICKS` column for column.
+
+The fast path must never change a result. DuckDB's JSON conversions are more lenient than msgspec's
+(``"5"`` becomes 5, ``5.5`` an integer 6, ``null`` a NULL, ``NaN`` is accepted), so a body is taken only
+when all of this holds, and goes through the Python path (today's decode, skip, dead letter) otherwise:
+
+- in Python, on the bytes: the tag prefix, ASCII, no backslash (no escapes: a string's bytes are its
+  value), and a *skeleton* (the body without letters, digits and ``_-+.`` and spaces) equal to that of
+  ``n`` events of :data:`FIELDS`' shape: exactly that many keys per object, the string-valued ones
+  quoted, no nested object or array, no trailing comma;
+- in SQL, per event: every numeric field has a JSON number type by name (so the rest, counted by the
+  skeleton, are the strings), integers fit BIGINT, floats are finite, ``type`` is the tag and
+  ``version`` the current one, no field is missing. A violation raises inside the INSERT; the caller
+  then classifies the bodies one by one (:meth:`NativeRows.classify_sql`) and sends the rejected ones
+  to Python.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import msgspec
+import pyarrow as pa
+
+from tapeline.projections.table import Table
+from tapeline.projections.tables import TICKS
+from tapeline.schemas.events import CURRENT_VERSION, Event, Tick
+
+STRING, INT, FLOAT = "VARCHAR", "BIGINT", "DOUBLE"
+_DELETE = bytes(sorted(set(range(0x21, 0x7F)) - set(b'":,{}[]\\'))) + b" "
+"""What the skeleton drops: every printable character but JSON's structure, and the space."""
+
+
+class NativeRejected(Exception):
+    """A body the fast path took is not one it may take (found inside the INSERT): classify and redo."""
+
+
+@dataclass(frozen=True)
+class NativeRows:
+    """A table's row declaration in SQL over one event type's JSON (mirrors ``table.rows``)."""
+
+    table: Table
+    event: type[Event]
+    select: tuple[str, ...]  # one SQL expression per column of ``table``, over ``seq`` and the event ``e``
+    fields: tuple[tuple[str, str], ...] = field(init=False)  # (name, kind) in encoding order, the tag first
+    prefix: bytes = field(init=False)
+    skeleton: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.select) != len(self.table.columns):
+            raise ValueError(f"native rows of {self.table.name}: {len(self.select)} expressions for its columns")
+        kinds = {str: STRING, int: INT, float: FLOAT}
+        fields = [("type", STRING)]
+        for f in msgspec.structs.fields(self.event):
+            if f.type not in kinds or f.encode_name != f.name:
+                raise ValueError(f"native rows of {self.table.name}: field {f.name} is not a plain str/int/float")
+            fields.append((f.name, kinds[f.type]))
+        object.__setattr__(self, "fields", tuple(fields))
+        tag = self.event.__struct_config__.tag
+        object.__setattr__(self, "prefix", json.dumps({"type": tag}, separators=(",", ":"))[:-1].encode())
+        one = "{" + ",".join('"":""' if kind == STRING else '"":' for _, kind in self.fields) + "}"
+        object.__setattr__(self, "skeleton", one.encode())
+
+    @property
+    def tag(self) -> str:
+        return str(self.event.__struct_config__.tag)
+
+    def candidate(self, data: bytes) -> bool:
+        """The cheap first look (the reader asks it): the body starts like one or a batch of these events."""
+        return data.startswith(self.prefix) or data.startswith(b"[" + self.prefix)
+
+    def events_in(self, data: bytes) -> int:
+        """How many events the body holds if the fast path may take it (the byte checks), else 0."""
+        if not (self.candidate(data) and data.isascii() and b"\\" not in data):
+            return 0
+        sk = data.translate(None, _DELETE)
+        if data[0] != 0x5B:  # "{": one event
+            return 1 if sk == self.skeleton else 0
+        per = len(self.skeleton) + 1
+        n = (len(sk) - 1) // per
+        if n < 1 or sk != b"[" + b",".join([self.skeleton] * n) + b"]":
+            return 0
+        return n
+
+    def _transform(self) -> str:
+        spec = {name: STRING if kind == STRING else "JSON" for name, kind in self.fields}
+        return json.dumps([spec], separators=(",", ":"))
+
+    def _ok(self) -> str:
+        """SQL: the event ``e`` is exactly what msgspec would decode (see the module doc)."""
+        checks = [f"e.type = '{self.tag}'", f"TRY_CAST(e.version AS BIGINT) = {CURRENT_VERSION[self.tag]}"]  # type: ignore[index]
+        for name, kind in self.fields:
+            if kind == STRING:
+                checks.append(f"e.{name} IS NOT NULL")
+            elif kind == INT:
+                checks.append(
+                    f"json_type(e.{name}) IN ('UBIGINT', 'BIGINT') AND TRY_CAST(e.{name} AS BIGINT) IS NOT NULL"
+                )
+            else:
+                checks.append(f"json_type(e.{name}) IN ('DOUBLE', 'UBIGINT', 'BIGINT') AND isfinite(e.{name}::DOUBLE)")
+        return " AND ".join(f"({c})" for c in checks)
+
+    def _wrapped(self) -> str:
+        return "CASE WHEN starts_with(body, '[') THEN body ELSE '[' || body || ']' END"
+
+    def insert_sql(self, source: str) -> str:
+        """INSERT the rows of every body in ``source`` (columns seq, body, n) in stream order; raises inside
+        DuckDB if one may not be taken. The caller compares the count it returns with the sum of ``n``."""
+        return (
+            f"INSERT INTO {self.table.name} SELECT {', '.join(self.select)} FROM (SELECT seq, "
+            f"unnest(json_transform({self._wrapped()}, '{self._transform()}')) AS e FROM {source}) "
+            f"WHERE CASE WHEN {self._ok()} THEN true ELSE error('not a {self.tag} the fast path may take') END"
+        )
+
+    def classify_sql(self, source: str) -> str:
+        """The sequences in ``source`` whose bodies the fast path may not take (one by one, never raising)."""
+        return (
+            f"SELECT seq FROM (SELECT seq, n, TRY(json_transform({self._wrapped()}, '{self._transform()}')) AS es "
+            f"FROM {source}) WHERE es IS NULL OR len(es) <> n OR NOT list_bool_and(list_transform(es, "
+            f"lambda e: coalesce({self._ok()}, false)))"
+        )
+
+
+class Bodies:
+    """A run of bodies the fast path takes, in stream order: the Arrow input of :meth:`NativeRows.insert_sql`."""
+
+    def __init__(self, spec: NativeRows) -> None:
+        self.spec = spec
+        self.seqs: list[int] = []
+        self.bodies: list[bytes] = []
+        self.counts: list[int] = []
+
+    def add(self, seq: int, body: bytes, events: int) -> None:
+        self.seqs.append(seq)
+        self.bodies.append(body)
+        self.counts.append(events)
+
+    @property
+    def events(self) -> int:
+        return sum(self.counts)
+
+    def arrow(self) -> pa.Table:
+        """Columns seq, body (text: the byte checks made sure it is ASCII), n (events in the body)."""
+        return pa.table(
+            {
+                "seq": pa.array(self.seqs, pa.int64()),
+                "body": pa.array(self.bodies, pa.binary()).cast(pa.string()),
+                "n": pa.array(self.counts, pa.int64()),
+            }
+        )
+
+
+TICKS_NATIVE = NativeRows(
+    TICKS,
+    Tick,
+    (
+        "seq",
+        "e.event_id",
+        "make_timestamp_ns(e.ts_event::BIGINT)",
+        "make_timestamp_ns(e.ts_init::BIGINT)",
+        "e.source",
+        "e.venue",
+        "e.account",
+        "e.symbol",
+        "e.bid::DOUBLE",
+        "e.ask::DOUBLE",
+        "e.last::DOUBLE",
+        "e.volume::DOUBLE",
+        "e.volume_real::DOUBLE",
+        "e.flags::BIGINT",
+        "e.seq::BIGINT",
+    ),
+)
+"""``ticks`` (:data:`projections.tables.TICKS`) in SQL: the same columns, types and values."""
+
+NATIVE: dict[str, NativeRows] = {TICKS_NATIVE.table.name: TICKS_NATIVE}
