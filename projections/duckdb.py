@@ -386,6 +386,8 @@ class ProjectionSink:
             specs = [NATIVE[t.name] for t in self.tables if t.name in NATIVE and NATIVE[t.name].table == t]
             self.native = {s.table.name: s for s in specs if self.by_type[s.event] == [s.table]}
         self.native_tables = tuple(self.native)
+        self.native_events = 0  # events whose rows DuckDB made from raw bodies
+        self.declined = 0  # bodies the byte checks passed but the SQL guard refused (then decoded in Python)
         tracked = db.tracking()
         for t in self.tables:
             tr = tracked.get(t.name)
@@ -451,11 +453,13 @@ class ProjectionSink:
                 if not found - rejected:  # cannot happen; never loop: all of them through Python
                     found = {s for run in runs for s in run.seqs}
                 log.info("fast path declined bodies", stream=self.stream, bodies=len(found - rejected), cause=str(exc))
+                self.declined += len(found - rejected)
                 rejected |= found
                 continue
             self.seqs.update(dict.fromkeys(advance, plan.last))
             self.last_seq = min(self.seqs.values())
             self.events += plan.n
+            self.native_events += sum(p.events for ps in native.values() for p in ps if isinstance(p, Bodies))
             break
         if batch:
             PROJECTION_CHECKPOINT.labels(self.db.name, self.stream).set(self.last_seq)

@@ -90,41 +90,58 @@ class NativeRows:
         return n
 
     def _transform(self) -> str:
+        """Strings as text, numbers as their JSON text: DuckDB's numeric conversions are too lenient."""
         spec = {name: STRING if kind == STRING else "JSON" for name, kind in self.fields}
         return json.dumps([spec], separators=(",", ":"))
 
-    def _ok(self) -> str:
-        """SQL: the event ``e`` is exactly what msgspec would decode (see the module doc)."""
-        checks = [f"e.type = '{self.tag}'", f"TRY_CAST(e.version AS BIGINT) = {CURRENT_VERSION[self.tag]}"]  # type: ignore[index]
+    def _event(self, j: str) -> str:
+        """SQL: the struct ``e`` from the transformed event ``j``; a number whose text is not of its kind is NULL.
+
+        An integer text must be one (not ``5.0``, ``1e5``, ``true``, ``"5"``); a float is any finite number
+        (not ``NaN``, ``1e400``, ``true``, ``"5"``). So every numeric field holds a number, by name; the
+        skeleton leaves exactly as many non-string values as there are numeric fields, so every string
+        field holds a string (DuckDB would turn a number into its text).
+        """
+        conv = []
         for name, kind in self.fields:
+            t = f"{j}.{name}::VARCHAR"  # not JSON: DuckDB casts JSON true to 1
             if kind == STRING:
-                checks.append(f"e.{name} IS NOT NULL")
+                conv.append(f"{name} := {t}")
             elif kind == INT:
-                checks.append(
-                    f"json_type(e.{name}) IN ('UBIGINT', 'BIGINT') AND TRY_CAST(e.{name} AS BIGINT) IS NOT NULL"
+                conv.append(
+                    f"{name} := CASE WHEN TRY_CAST({t} AS BIGINT)::VARCHAR = {t} THEN TRY_CAST({t} AS BIGINT) END"
                 )
             else:
-                checks.append(f"json_type(e.{name}) IN ('DOUBLE', 'UBIGINT', 'BIGINT') AND isfinite(e.{name}::DOUBLE)")
-        return " AND ".join(f"({c})" for c in checks)
+                conv.append(f"{name} := CASE WHEN isfinite(TRY_CAST({t} AS DOUBLE)) THEN TRY_CAST({t} AS DOUBLE) END")
+        return f"struct_pack({', '.join(conv)})"
 
-    def _wrapped(self) -> str:
-        return "CASE WHEN starts_with(body, '[') THEN body ELSE '[' || body || ']' END"
+    def _ok(self, e: str) -> str:
+        """SQL: the event ``e`` is exactly what msgspec decodes: the current version, no field missing."""
+        version = CURRENT_VERSION[self.tag]  # type: ignore[index]
+        checks = [f"{e}.type = '{self.tag}'", f"{e}.version = {version}"]
+        checks += [f"{e}.{name} IS NOT NULL" for name, _ in self.fields]
+        return " AND ".join(checks)
+
+    def _json(self) -> str:
+        """SQL: a body's events as a list of structs of JSON texts (one event is a list of one)."""
+        body = "CASE WHEN starts_with(body, '[') THEN body ELSE '[' || body || ']' END"
+        return f"json_transform({body}, '{self._transform()}')"
 
     def insert_sql(self, source: str) -> str:
         """INSERT the rows of every body in ``source`` (columns seq, body, n) in stream order; raises inside
         DuckDB if one may not be taken. The caller compares the count it returns with the sum of ``n``."""
         return (
-            f"INSERT INTO {self.table.name} SELECT {', '.join(self.select)} FROM (SELECT seq, "
-            f"unnest(json_transform({self._wrapped()}, '{self._transform()}')) AS e FROM {source}) "
-            f"WHERE CASE WHEN {self._ok()} THEN true ELSE error('not a {self.tag} the fast path may take') END"
+            f"INSERT INTO {self.table.name} SELECT {', '.join(self.select)} FROM ("
+            f"SELECT seq, {self._event('j')} AS e FROM (SELECT seq, unnest({self._json()}) AS j FROM {source})) "
+            f"WHERE CASE WHEN {self._ok('e')} THEN true ELSE error('not a {self.tag} the fast path may take') END"
         )
 
     def classify_sql(self, source: str) -> str:
         """The sequences in ``source`` whose bodies the fast path may not take (one by one, never raising)."""
+        ok = self._ok(f"({self._event('j')})")
         return (
-            f"SELECT seq FROM (SELECT seq, n, TRY(json_transform({self._wrapped()}, '{self._transform()}')) AS es "
-            f"FROM {source}) WHERE es IS NULL OR len(es) <> n OR NOT list_bool_and(list_transform(es, "
-            f"lambda e: coalesce({self._ok()}, false)))"
+            f"SELECT seq FROM (SELECT seq, n, TRY({self._json()}) AS js FROM {source}) WHERE js IS NULL "
+            f"OR len(js) <> n OR NOT list_bool_and(list_transform(js, lambda j: coalesce({ok}, false)))"
         )
 
 
@@ -163,19 +180,19 @@ TICKS_NATIVE = NativeRows(
     (
         "seq",
         "e.event_id",
-        "make_timestamp_ns(e.ts_event::BIGINT)",
-        "make_timestamp_ns(e.ts_init::BIGINT)",
+        "make_timestamp_ns(e.ts_event)",
+        "make_timestamp_ns(e.ts_init)",
         "e.source",
         "e.venue",
         "e.account",
         "e.symbol",
-        "e.bid::DOUBLE",
-        "e.ask::DOUBLE",
-        "e.last::DOUBLE",
-        "e.volume::DOUBLE",
-        "e.volume_real::DOUBLE",
-        "e.flags::BIGINT",
-        "e.seq::BIGINT",
+        "e.bid",
+        "e.ask",
+        "e.last",
+        "e.volume",
+        "e.volume_real",
+        "e.flags",
+        "e.seq",
     ),
 )
 """``ticks`` (:data:`projections.tables.TICKS`) in SQL: the same columns, types and values."""

@@ -1,0 +1,183 @@
+"""Ticks made by DuckDB from the raw bodies (projections.native) give exactly the Python path's tables.
+
+A real nats-server and real DuckDB files: the same stream (ticks one per message and batched, bars,
+and every kind of body the fast path must refuse) rebuilt both ways must give identical tables, row
+order included, and identical tracking records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from nats.aio.client import Client
+
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.publisher import Publisher
+from tapeline.projections.duckdb import CHECKPOINTS, ProjectionDb, ProjectionSink
+from tapeline.projections.native import TICKS_NATIVE
+from tapeline.projections.runtimes import projection_bindings, replay_into
+from tapeline.replay.rebuild import rebuild
+from tapeline.schemas import encode
+from tapeline.schemas.events import Bar, Tick
+
+
+def _tick(**changes: Any) -> dict[str, Any]:
+    """A valid tick as the encoder writes it, with ``changes`` (None: remove the key)."""
+    t = Tick(
+        event_id="X1",
+        ts_event=1_700_000_000_000_000_000,
+        ts_init=1_700_000_000_000_000_001,
+        source="s",
+        venue="sim",
+        symbol="ODD",
+        bid=1.25,
+        ask=1.5,
+        volume=3.0,
+    )
+    d: dict[str, Any] = json.loads(encode(t))
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k)
+        else:
+            d[k] = v
+    return d
+
+
+def _j(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def odd_bodies() -> list[bytes]:
+    """Bodies either path must treat exactly as today's decode does: skip, default, upcast or refuse."""
+    ok = _tick()
+    ok_text = _j(ok)
+    swapped = {
+        "type": "tick",
+        "ts_event": "5",
+        "event_id": 5,
+        **{k: v for k, v in ok.items() if k not in ("type", "ts_event", "event_id")},
+    }
+    return [
+        b"not json",
+        ok_text[:-10],  # truncated
+        _j(_tick(version=2)),  # a later version: skipped
+        _j(_tick(version=0)),
+        _j(_tick(bid="1.5")),
+        _j(_tick(flags=1.5)),
+        ok_text.replace(b'"flags":0', b'"flags":5.0'),
+        ok_text.replace(b'"ts_event":1700000000000000000', b'"ts_event":1.7e18'),
+        _j(_tick(bid=True)),
+        ok_text.replace(b'"bid":1.25', b'"bid":null'),
+        _j(_tick(symbol=5)),
+        ok_text.replace(b'"symbol":"ODD"', b'"symbol":null'),
+        ok_text.replace(b'"bid":1.25', b'"bid":NaN'),
+        ok_text.replace(b'"bid":1.25', b'"bid":1e400'),
+        ok_text[:-1] + b",}",  # trailing comma
+        ok_text[:-1] + b',"extra":1}',  # unknown field: fine
+        _j(_tick(account=None)),  # default account
+        _j(swapped),  # keys reordered, two types swapped
+        ok_text[:-1] + b',"symbol":"DUP"}',  # duplicate key: msgspec keeps the last
+        ok_text.replace(b'"symbol":"ODD"', b'"symbol":"O\\u0044D"'),  # an escape
+        json.dumps(ok, indent=1).encode(),  # whitespace
+        ok_text.replace(b'"bid":1.25', b'"bid":5'),  # an integer for a float: fine
+        ok_text.replace(b'"bid":1.25', b'"bid":1e-05'),
+        ok_text.replace(b'"flags":0', b'"flags":-3'),
+        b"[" + ok_text + b"," + _j(_tick(version=2)) + b"]",  # one skipped of two
+        b"[" + ok_text + b"," + _j(_tick(flags="x")) + b"]",  # one bad: the whole message refused
+        b"[" + ok_text + b"]",
+        b"[]",
+    ]
+
+
+async def _publish_mix(nc: Client, prefix: str, publisher: Publisher) -> None:
+    ticks = list(SimFeed(["A", "B"], ticks=600, seed=3).generate())
+    bar = Bar(
+        event_id="BAR1",
+        ts_event=1,
+        ts_init=2,
+        source="s",
+        symbol="A",
+        interval="1m",
+        start_ns=0,
+        open=1,
+        high=2,
+        low=0.5,
+        close=1.5,
+    )
+    await publisher.publish(ticks[:200])  # one per message
+    await publisher.publish([bar])
+    js = nc.jetstream()
+    for i, body in enumerate(odd_bodies()):
+        await js.publish(f"{prefix}.md.tick.sim.ODD", body, headers={"Nats-Msg-Id": f"odd-{i}"})
+        await publisher.publish(ticks[200 + i : 201 + i])  # good ones in between: runs get split
+    for i in range(230, 600, 50):
+        await js.publish(f"{prefix}.md.tick.sim.A", encode(ticks[i : i + 50]), headers={"Nats-Msg-Id": f"b-{i}"})
+    await js.publish(f"{prefix}.md.tick.sim.A", encode([ticks[0], bar]), headers={"Nats-Msg-Id": "mixed"})
+
+
+def _contents(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table in insertion order, and the tracking records without their wall-clock time."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        out = {name: con.execute(f"SELECT * FROM {name}").fetchall() for name in ("ticks", "bars", "dead_letters")}
+        out[CHECKPOINTS] = con.execute(
+            f"SELECT read_model, stream, last_seq, schema_hash, events FROM {CHECKPOINTS} ORDER BY read_model"
+        ).fetchall()
+        return out
+    finally:
+        con.close()
+
+
+async def test_native_rebuild_equals_the_python_path(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    await _publish_mix(nc, provisioned, publisher)
+    native = await rebuild(nc, provisioned, tmp_path / "native.duckdb")
+    python = await rebuild(nc, provisioned, tmp_path / "python.duckdb", native=False)
+    a, b = _contents(tmp_path / "native.duckdb"), _contents(tmp_path / "python.duckdb")
+    assert native.events == python.events
+    assert native.checkpoints == python.checkpoints
+    assert len(a["ticks"]) > 600
+    assert a == b
+    dbs = [ProjectionDb(tmp_path / f"{n}.duckdb") for n in ("native", "python")]
+    try:
+        assert dbs[0].content_hashes() == dbs[1].content_hashes()
+    finally:
+        for db in dbs:
+            db.close()
+
+
+async def test_the_fast_path_takes_ticks_and_declines_what_it_must(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    """The sink really made rows natively, and the SQL guard refused bodies the byte checks let through."""
+    await _publish_mix(nc, provisioned, publisher)
+    db = ProjectionDb(tmp_path / "n.duckdb")
+    try:
+        (binding,) = [b for b in projection_bindings(provisioned, db, native=True) if b.sink.family.key == "md"]
+        sink = binding.sink
+        assert isinstance(sink, ProjectionSink)
+        await replay_into(nc, binding, stop_seq=None)
+        assert sink.native_events >= 400  # the simulated ticks, one per message and batched
+        assert sink.declined >= 5  # "5.0", 1.7e18, null, NaN, 1e400, "x" in a batch...
+    finally:
+        db.close()
+
+
+def test_byte_checks() -> None:
+    ok = _j(_tick())
+    assert TICKS_NATIVE.events_in(ok) == 1
+    assert TICKS_NATIVE.events_in(b"[" + ok + b"," + ok + b"]") == 2
+    for body in (
+        b"not json",
+        ok[:-1] + b",}",
+        ok.replace(b"ODD", b"O\\u0044D"),
+        json.dumps(_tick(), indent=1).encode(),
+    ):
+        assert TICKS_NATIVE.events_in(body) == 0
+    assert TICKS_NATIVE.events_in(_j(_tick(symbol=5))) == 0  # one string too few
+    assert TICKS_NATIVE.events_in(_j(_tick(bid={"a": 1}))) == 0
+    assert TICKS_NATIVE.events_in(_j({"type": "bar", **{k: v for k, v in _tick().items() if k != "type"}})) == 0
