@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ log = structlog.get_logger(__name__)
 CHECKPOINTS = "_checkpoints"
 _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 Piece = list[Row] | Bodies
+_SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 class StorageFull(Stalled):
@@ -273,15 +275,21 @@ class ProjectionDb:
 
     @staticmethod
     def _insert_bodies(c: Any, bodies: Bodies) -> None:
-        """DuckDB parses the bodies and inserts their rows; it must insert exactly the events counted."""
-        c.register("_bodies", bodies.arrow())
-        try:
-            ((inserted,),) = c.execute(bodies.spec.insert_sql("_bodies")).fetchall()
-        except duckdb.InvalidInputException as exc:  # malformed JSON, or the fast path's guard (error())
-            raise NativeRejected(f"{bodies.spec.table.name}: {exc}") from exc
-        finally:
-            with contextlib.suppress(duckdb.Error):  # an aborted transaction may refuse it; the view goes anyway
-                c.unregister("_bodies")
+        """DuckDB parses the bodies and inserts their rows; it must insert exactly the events counted.
+
+        The bodies go to DuckDB's JSON reader as one file in memory-backed storage (/dev/shm), deleted after.
+        """
+        with tempfile.NamedTemporaryFile(suffix=".json", dir=_SCRATCH) as f:
+            f.write(bodies.json_array())
+            f.flush()
+            c.register("_seqs", bodies.event_seqs())
+            try:
+                ((inserted,),) = c.execute(bodies.spec.insert_sql(f.name, "_seqs")).fetchall()
+            except duckdb.InvalidInputException as exc:  # malformed JSON, or the fast path's guard (error())
+                raise NativeRejected(f"{bodies.spec.table.name}: {exc}") from exc
+            finally:
+                with contextlib.suppress(duckdb.Error):  # an aborted transaction may refuse it
+                    c.unregister("_seqs")
         if inserted != bodies.events:
             raise NativeRejected(f"{bodies.spec.table.name}: {inserted} rows from bodies of {bodies.events} events")
 
