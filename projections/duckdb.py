@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -394,6 +394,11 @@ class ProjectionSink:
             specs = [NATIVE[t.name] for t in self.tables if t.name in NATIVE and NATIVE[t.name].table == t]
             self.native = {s.table.name: s for s in specs if self.by_type[s.event] == [s.table]}
         self.native_tables = tuple(self.native)
+        specs = list(self.native.values())
+        self.raw_filter: Callable[[bytes], bool] | None = (
+            (specs[0].candidate if len(specs) == 1 else self._any_candidate) if specs else None
+        )
+        """For the stream reader: hand over undecoded what may be a body this sink's tables make natively."""
         self.native_events = 0  # events whose rows DuckDB made from raw bodies
         self.declined = 0  # bodies the byte checks passed but the SQL guard refused (then decoded in Python)
         tracked = db.tracking()
@@ -439,8 +444,7 @@ class ProjectionSink:
         """Every table of the family has committed up to here: how far the runtime may acknowledge."""
         return self.last_seq
 
-    def raw_filter(self, data: bytes) -> bool:
-        """For the stream reader: hand over undecoded what may be a body this sink's tables make natively."""
+    def _any_candidate(self, data: bytes) -> bool:
         return any(spec.candidate(data) for spec in self.native.values())
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:

@@ -52,6 +52,7 @@ class NativeRows:
     select: tuple[str, ...]  # one SQL expression per column of ``table``, over the event ``e`` (``e._s``: stream seq)
     fields: tuple[tuple[str, str], ...] = field(init=False)  # (name, kind) in encoding order, the tag first
     prefix: bytes = field(init=False)
+    prefixes: tuple[bytes, bytes] = field(init=False)  # one event, a batch
     skeleton: bytes = field(init=False)
     _skeletons: dict[int, bytes] = field(init=False, default_factory=dict, compare=False, repr=False)  # by n
 
@@ -67,6 +68,7 @@ class NativeRows:
         object.__setattr__(self, "fields", tuple(fields))
         tag = self.event.__struct_config__.tag
         object.__setattr__(self, "prefix", json.dumps({"type": tag}, separators=(",", ":"))[:-1].encode())
+        object.__setattr__(self, "prefixes", (self.prefix, b"[" + self.prefix))
         one = "{" + ",".join('"":""' if kind == STRING else '"":' for _, kind in self.fields) + "}"
         object.__setattr__(self, "skeleton", one.encode())
 
@@ -76,7 +78,7 @@ class NativeRows:
 
     def candidate(self, data: bytes) -> bool:
         """The cheap first look (the reader asks it): the body starts like one or a batch of these events."""
-        return data.startswith(self.prefix) or data.startswith(b"[" + self.prefix)
+        return data.startswith(self.prefixes)
 
     def events_in(self, data: bytes) -> int:
         """How many events the body holds if the fast path may take it (the byte checks), else 0."""

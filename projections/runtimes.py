@@ -125,7 +125,7 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
     spec, sink, start = binding
     projection = isinstance(sink, ProjectionSink)
     gather = REBUILD_COMMIT_EVENTS if projection else 0
-    raw = sink.raw_filter if projection and sink.native else None
+    raw = sink.raw_filter if projection else None
     pending: list[Received] = []
     events = size = 0
     async for batch in read(

@@ -196,7 +196,8 @@ async def test_small_commits_give_the_same_tables(
             (binding,) = [b for b in projection_bindings(provisioned, db, native=native) if b.sink.family.key == "md"]
             sink = binding.sink
             assert isinstance(sink, ProjectionSink)
-            raw = sink.raw_filter if native else None
+            raw = sink.raw_filter
+            assert (raw is not None) == native
             commits[name] = 0
             async for batch in read(nc, binding.spec.stream, binding.spec.filter_subjects, batch=7, raw=raw):
                 await sink.process(batch)
