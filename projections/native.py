@@ -3,19 +3,21 @@
 A read model's rows are normally made in Python (decode each event into its struct, build tuples,
 Arrow, insert). For the tick table that path costs more than the whole budget of a fast rebuild
 (docs/performance.md), so here the same declaration is also written in SQL: DuckDB's bundled JSON
-extension parses the bodies (``json_transform`` over an Arrow string column) and the row expression
-mirrors :data:`projections.tables.TICKS` column for column.
+extension parses the bodies (``read_json`` over a run of them written as one array; ``json_transform``
+over an Arrow column of them to classify after a refusal) and the row expression mirrors
+:data:`projections.tables.TICKS` column for column.
 
 The fast path must never change a result. DuckDB's JSON conversions are more lenient than msgspec's
-(``"5"`` becomes 5, ``5.5`` an integer 6, ``null`` a NULL, ``NaN`` is accepted), so a body is taken only
+(``"5"`` becomes 5, ``5.5`` an integer 6, ``true`` 1, ``null`` a NULL, ``NaN`` is accepted, a duplicate key
+keeps its first value), so a body is taken only
 when all of this holds, and goes through the Python path (today's decode, skip, dead letter) otherwise:
 
 - in Python, on the bytes: the tag prefix, ASCII, no backslash (no escapes: a string's bytes are its
-  value), and a *skeleton* (the body without letters, digits and ``_-+.`` and spaces) equal to that of
-  ``n`` events of :data:`FIELDS`' shape: exactly that many keys per object, the string-valued ones
+  value), and a *skeleton* (the body without its printable characters but ``":,{}[]\\``) equal to that
+  of ``n`` events of the event's shape: exactly that many keys per object, the string-valued ones
   quoted, no nested object or array, no trailing comma;
-- in SQL, per event: every numeric field has a JSON number type by name (so the rest, counted by the
-  skeleton, are the strings), integers fit BIGINT, floats are finite, ``type`` is the tag and
+- in SQL, per event: every numeric field, read as its JSON text, is a number by name (so the rest,
+  counted by the skeleton, are the strings), integers fit BIGINT, floats are finite, ``type`` is the tag and
   ``version`` the current one, no field is missing. A violation raises inside the INSERT; the caller
   then classifies the bodies one by one (:meth:`NativeRows.classify_sql`) and sends the rejected ones
   to Python.
