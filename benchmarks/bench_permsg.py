@@ -5,7 +5,9 @@
   handler that keeps it (as ``PullLoop._on_msg`` does);
 * parse_delivery: the JetStream reply subject split into a ``Delivery``;
 * render: an Alert's and a Tick's subject (``SubjectTemplate.render``);
-* stamp: ``_stamped`` of one output (``msgspec.structs.replace`` + ``derive_event_id``).
+* stamp: ``_stamped`` of one output (``msgspec.structs.replace`` + ``derive_event_id``);
+* headers: an output's NATS header block (``bus.publisher.headers_for``);
+* publish_raw: an ack queued for the socket (a client not connected: no I/O, what the call itself costs).
 
 Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_permsg.py [--n 100000] [--repeat 5]
 Prints the best of ``--repeat`` for each (the least disturbed by other processes).
@@ -30,6 +32,7 @@ from tapeline.adapters.sim import SimFeed
 from tapeline.bus.components import _stamped
 from tapeline.bus.connection import TapelineClient
 from tapeline.bus.consumer import parse_delivery
+from tapeline.bus.publisher import headers_for
 from tapeline.bus.protocol import LeanParser
 from tapeline.schemas.codec import encode
 from tapeline.schemas.components import Consumes, Handler, draft
@@ -104,6 +107,26 @@ def main() -> None:
     pairs = list(zip(ticks, alerts, strict=True))
     us = best_us(lambda: [_stamped(comp, t, [a], t.event_id, 0) for t, a in pairs], n, repeat)
     print(f"  _stamped, one output   {us:6.2f}")
+    stamped = [_stamped(comp, t, [a], t.event_id, 0)[0] for t, a in pairs]
+    print(f"  headers_for            {best_us(lambda: [headers_for(e) for e in stamped], n, repeat):6.2f}")
+    print(f"  publish_raw (an ack)   {bench_publish_raw(replies, repeat):6.2f}")
+
+
+def bench_publish_raw(replies: list[bytes], repeat: int) -> float:
+    nc = TapelineClient()
+    subjects = [r.decode() for r in replies]
+
+    async def run() -> None:
+        for s in subjects:
+            await nc.publish_raw(s, b"+ACK")
+        nc._pending.clear()
+        nc._pending_data_size = 0
+
+    loop = asyncio.new_event_loop()
+    try:
+        return best_us(lambda: loop.run_until_complete(run()), len(replies), repeat)
+    finally:
+        loop.close()
 
 
 if __name__ == "__main__":

@@ -194,7 +194,22 @@ class TapelineClient(Client):
         )
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
-        await self._send_command(cmd)
+        if self._queue(cmd):
+            await self._flush_queued()
+
+    def _queue(self, cmd: bytes) -> bool:
+        """Queue ``cmd`` for the socket as ``_send_command`` does; True when the flusher must be woken or the
+        buffer is over its limit (the caller then awaits ``_flush_queued``): most publishes and acks in a
+        burst await nothing."""
+        self._pending.append(cmd)
+        self._pending_data_size += len(cmd)
+        return 0 < self._max_pending_size < self._pending_data_size or (
+            self._flush_queue is not None and self._flush_queue.empty()
+        )
+
+    async def _flush_queued(self) -> None:
+        if 0 < self._max_pending_size < self._pending_data_size:
+            await self._flush_pending(force_flush=True)
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
@@ -217,9 +232,8 @@ class TapelineClient(Client):
             cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
-        await self._send_command(cmd)
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+        if self._queue(cmd):
+            await self._flush_queued()
 
 
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
