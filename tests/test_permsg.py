@@ -9,6 +9,7 @@ import pytest
 
 from tapeline.bus.components import _stamped
 from tapeline.bus.consumer import parse_delivery
+from tapeline.bus.publisher import headers_for
 from tapeline.schemas import subjects
 from tapeline.schemas.components import Consumes, Handler, draft
 from tapeline.schemas.events import Alert, AnyEvent, Event, Tick
@@ -78,3 +79,19 @@ def test_delivery_fields_from_the_reply(reply: bytes, want: tuple[int, int, int,
     for _ in range(2):  # parsed on first use, then kept
         assert (d.deliveries, d.stream_seq, d.pending, d.ts_ns) == want
         assert (d.subject, d.reply, d.data, d.headers) == ("t.md.tick.v.S", reply.decode(), b"{}", b"")
+
+
+def test_header_block_per_event() -> None:
+    tick = Tick(event_id="T1", ts_event=1, ts_init=1, source="s", venue="v", symbol="S")
+    alert = Alert(
+        event_id="A1", ts_event=1, ts_init=1, source="s", severity="info", kind="k", key="k", message="m",
+        correlation_id="C", causation_id="T1",
+    )  # fmt: skip
+    for _ in range(2):  # the second time with the cached type lines
+        assert headers_for(tick) == (
+            b"NATS/1.0\r\nNats-Msg-Id: T1\r\nContent-Type: application/json\r\nTapeline-Type: tick\r\n\r\n"
+        )
+        assert headers_for(alert, 3, {"X-A": "1"}) == (
+            b"NATS/1.0\r\nNats-Msg-Id: A1+3\r\nContent-Type: application/json\r\nTapeline-Type: alert\r\n"
+            b"Correlation-Id: C\r\nCausation-Id: T1\r\nTapeline-Count: 3\r\nX-A: 1\r\n\r\n"
+        )
