@@ -32,8 +32,8 @@ from tapeline.adapters.sim import SimFeed
 from tapeline.bus.components import _stamped
 from tapeline.bus.connection import TapelineClient
 from tapeline.bus.consumer import parse_delivery
-from tapeline.bus.publisher import headers_for
 from tapeline.bus.protocol import LeanParser
+from tapeline.bus.publisher import headers_for
 from tapeline.schemas.codec import encode
 from tapeline.schemas.components import Consumes, Handler, draft
 from tapeline.schemas.events import Alert, AnyEvent, Event, Tick
