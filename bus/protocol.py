@@ -21,9 +21,6 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 if TYPE_CHECKING:
     from tapeline.bus.connection import TapelineClient
 
-_PING = b"PING\r\n"
-_PONG = b"PONG\r\n"
-
 
 class LeanParser(Parser):
     """Fast path for runs of ``MSG``/``HMSG`` frames (and ``PING``/``PONG``); the base parser for the rest."""
