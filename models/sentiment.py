@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from tapeline.models.sentiment_company import CompanyMask
 from tapeline.models.sentiment_lexicon import Lexicon
 
 MODEL_NAME = "e5-lex-krr"
@@ -81,6 +82,7 @@ class SentimentModel:
         meta = {p.key: p.value for p in proto.metadata_props}
         try:
             self.lexicon = Lexicon.from_json(meta["lexicon"])
+            self.company_mask = CompanyMask.from_json(meta["company_mask"])
             trained_on = meta["embedder"]
         except (KeyError, ValueError) as e:
             raise SentimentModelError(f"sentiment artefact {path} lacks valid metadata ({e})") from None
@@ -98,18 +100,27 @@ class SentimentModel:
         self.version = artefact_version(path)
         self.meta = meta
 
-    def features(self, texts: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """The head's two inputs: sentence vectors and lexicon counts of the cleaned texts."""
+    def features(
+        self, texts: Sequence[str], companies: Sequence[str | None] | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The head's two inputs: sentence vectors of the cleaned, company-masked texts (each distinct
+        text encoded once) and lexicon counts of the cleaned texts."""
         clean = [fix_mojibake(t) for t in texts]
+        if companies is not None and len(companies) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(companies)} companies")
+        masked = [self.company_mask.apply(t, c) for t, c in zip(clean, companies or [None] * len(clean), strict=True)]
+        distinct = list(dict.fromkeys(masked))
         with self._lock:  # one encoder per model, whatever its own thread-safety
-            emb = np.asarray(self._embedder.embed(clean), dtype=np.float32)
-        return emb, self.lexicon.features(clean)
+            vectors = np.asarray(self._embedder.embed(distinct), dtype=np.float32)
+        row = {t: i for i, t in enumerate(distinct)}
+        return vectors[[row[t] for t in masked]], self.lexicon.features(clean)
 
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """One score in [-1, 1] per text, in order (0.0 is neutral)."""
+    def score(self, texts: Sequence[str], companies: Sequence[str | None] | None = None) -> list[float]:
+        """One score in [-1, 1] per text, in order (0.0 is neutral), for the company named beside each
+        text (a name or a ticker; None or no list: unmasked), which is masked in its text."""
         if not texts:
             return []
-        emb, lex = self.features(texts)
+        emb, lex = self.features(texts, companies)
         out = self._session.run(None, {"embedding": emb, "lexicon": lex})[0]
         return [float(v) for v in np.asarray(out, dtype=np.float32).reshape(-1)]
 
