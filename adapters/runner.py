@@ -119,6 +119,9 @@ async def run_feed(
         batch_ticks = replays_identically(feed)
     stats = stats or FeedStats()
     stall = Stall(feed.name, publisher)
+    recall = getattr(feed, "recall", None)  # a feed that resumes from what is already stored (news polls)
+    if recall is not None:
+        await recall(publisher.nc, publisher.prefix)
     try:
         async for events in feed.stream():
             if events:

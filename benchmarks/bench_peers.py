@@ -114,16 +114,20 @@ async def settled(api: JetStreamApi, durable: str) -> None:
         await asyncio.sleep(0.005)
 
 
+OUR_CPU: dict[str, list[float]] = {}  # workload -> CPU µs per message of this process (ours), per round
+
+
 async def ours_ack(nc: Any, publisher: Publisher, n: int, durable: str) -> float:
     sink = CountSink(n)
     rt = ConsumerRuntime(nc, publisher, ConsumerSpec(stream=STREAM, durable=durable, filter_subjects=(SUBJECT,)), sink)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     task = asyncio.create_task(rt.run())
     await sink.done.wait()
     await settled(JetStreamApi(nc), durable)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rt.stop()
     await task
+    OUR_CPU.setdefault("ack", []).append(cpu / n * 1e6)
     return n / elapsed
 
 
@@ -135,15 +139,16 @@ async def ours_publish(nc: Any, publisher: Publisher, n: int, round_: int) -> fl
     # Timed from when its consumer runs: at start a runner first reads which outputs are already
     # stored (here every earlier round's and FastStream's alerts), a one-off that is not throughput.
     await runner.settled.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     rt = runner.runtimes[0]
     before = rt.processed
     while rt.processed < n:  # noqa: ASYNC110 - the runner has no event for "n handled"
         await asyncio.sleep(0.005)
     await settled(JetStreamApi(nc), rt.durable)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     runner.stop()
     await task
+    OUR_CPU.setdefault("pub", []).append(cpu / (n - before) * 1e6)
     return (n - before) / elapsed
 
 
@@ -244,6 +249,9 @@ def report(results: dict[str, list[float]], n: int, rounds: int, load: str) -> N
     )
     vs_fetch = ", ".join(f"{a / f:.1f}x" for a, f in zip(ack, fetch, strict=True))
     ratios.add_row("consume-decode-ack vs plain nats-py fetch", vs_fetch, "")
+    for work, label in (("ack", "ours consume-decode-ack"), ("pub", "ours consume-decode-publish-ack")):
+        per = ", ".join(f"{x:.1f}" for x in OUR_CPU.get(work, []))
+        ratios.add_row(f"{label}: CPU µs per message (this process)", per, "")
     console = Console(width=120)
     console.print(table)
     console.print(ratios)

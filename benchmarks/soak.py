@@ -57,7 +57,8 @@ from tapeline.system import ROLES
 PREFIX = "soak"
 DEMO_RATE = 1000 / SimConfig().mean_gap_ms  # ticks per second of market time in the demo's simulator
 STATUS_S = 30.0  # progress line
-WARMUP_S = 60.0
+DEFAULT_WARMUP_S = 60.0
+WARMUP_S = DEFAULT_WARMUP_S  # --warmup sets it
 FLAT = 0.10  # growth the slope predicts after warm-up, as a fraction of the RSS after warm-up
 MAX_REDELIVERED = 0.001
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -348,6 +349,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--rate", type=float, default=10 * DEMO_RATE, help="ticks per second (default: 10x the demo)")
     ap.add_argument("--minutes", type=float, default=10.0, help="how long the feed publishes")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=DEFAULT_WARMUP_S,
+        help="seconds before RSS slopes are taken (nats-server fills a file-store block per stream first: 8 MiB)",
+    )
     ap.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
     ap.add_argument("--roles", default="", help=f"comma-separated roles to run (default: all of {', '.join(ROLES)})")
     ap.add_argument("--one-per-message", action="store_true", help="publish one tick per message")
@@ -355,6 +362,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="work in this directory and leave it (default: a temporary one)")
     ap.add_argument("--feed", metavar="URL", help=argparse.SUPPRESS)  # the feed child process
     args = ap.parse_args()
+    global WARMUP_S
+    WARMUP_S = args.warmup
     if args.feed:
         asyncio.run(feed(args.feed, args.rate, args.minutes * 60, not args.one_per_message))
         return

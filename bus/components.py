@@ -60,22 +60,29 @@ from tapeline.schemas.components import (
     filters_by_family,
 )
 from tapeline.schemas.events import AnyEvent, Event
-from tapeline.schemas.ids import derive_event_id
+from tapeline.schemas.ids import derive_event_id, derive_event_id_joined
 
 log = structlog.get_logger("tapeline.bus")
 NO_MESSAGE = 10037
 
 
 def _stamped(component: Component, cause: AnyEvent, drafts: Sequence[Event], key: str, ts: int) -> list[Event]:
+    if not drafts:
+        return []
     now = time.time_ns()
+    name = component.name
+    joined = f"{name}\x1f{component.version}\x1f{key}\x1f"  # derive_event_id(ts, name, version, key, i)
+    causation = cause.event_id
+    correlation = cause.correlation_id or causation
+    replace = msgspec.structs.replace
     return [
-        msgspec.structs.replace(
+        replace(
             ev,
-            event_id=derive_event_id(ts or ev.ts_event, component.name, component.version, key, i),
+            event_id=derive_event_id_joined(ts or ev.ts_event, f"{joined}{i}"),
             ts_init=now,
-            source=ev.source or component.name,
-            causation_id=cause.event_id,
-            correlation_id=cause.correlation_id or cause.event_id,
+            source=ev.source or name,
+            causation_id=causation,
+            correlation_id=correlation,
         )
         for i, ev in enumerate(drafts)
     ]

@@ -52,27 +52,75 @@ class _Request:
     lapses: float  # monotonic time after which we stop counting on it
 
 
-@dataclass(slots=True)
 class Delivery:
-    """One JetStream message and where it sits in its stream (headers kept raw, parsed on demand)."""
+    """One JetStream message and where it sits in its stream (headers kept raw, parsed on demand).
 
-    subject: str
-    data: bytes
-    headers: bytes
-    reply: str
-    stream_seq: int
-    deliveries: int
-    pending: int
-    ts_ns: int
+    Every message needs its ``stream_seq`` and ``reply`` (the ack); the subject, delivery count,
+    pending count and time are read from the raw tokens when first asked for (dead letters, lag,
+    ``until`` bounds), which spares three ``int()`` and a decode per message.
+    """
+
+    __slots__ = ("_deliveries", "_pending", "_subject", "_ts_ns", "data", "headers", "reply", "stream_seq")
+
+    def __init__(
+        self,
+        subject: str | bytes,
+        data: bytes,
+        headers: bytes,
+        reply: str,
+        stream_seq: int,
+        deliveries: int | bytes,
+        pending: int | bytes,
+        ts_ns: int | bytes,
+    ) -> None:
+        self._subject = subject
+        self.data = data
+        self.headers = headers
+        self.reply = reply
+        self.stream_seq = stream_seq
+        self._deliveries = deliveries
+        self._pending = pending
+        self._ts_ns = ts_ns
+
+    @property
+    def subject(self) -> str:
+        v = self._subject
+        if isinstance(v, bytes):
+            v = self._subject = v.decode()
+        return v
+
+    @property
+    def deliveries(self) -> int:
+        v = self._deliveries
+        if isinstance(v, bytes):
+            v = self._deliveries = int(v)
+        return v
+
+    @property
+    def pending(self) -> int:
+        v = self._pending
+        if isinstance(v, bytes):
+            v = self._pending = int(v)
+        return v
+
+    @property
+    def ts_ns(self) -> int:
+        v = self._ts_ns
+        if isinstance(v, bytes):
+            v = self._ts_ns = int(v)
+        return v
+
+    def __repr__(self) -> str:
+        return f"Delivery({self.subject!r}, seq={self.stream_seq}, deliveries={self.deliveries}, reply={self.reply!r})"
 
 
 def parse_delivery(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Delivery:
-    t = reply.split(b".")
-    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        d, s, ts, p = t[4], t[5], t[7], t[8]
+    if reply.count(b".") == 8:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        _, d, s, _, ts, p = reply.rsplit(b".", 5)  # the five numbers only: no tokens for the names
     else:  # $JS.ACK.<domain>.<acc>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<rnd>]
+        t = reply.split(b".")
         d, s, ts, p = t[6], t[7], t[9], t[10]
-    return Delivery(subject.decode(), data, headers or b"", reply.decode(), int(s), int(d), int(p), int(ts))
+    return Delivery(subject, data, headers or b"", reply.decode(), int(s), d, p, ts)
 
 
 def status_code(headers: bytes | None) -> str:

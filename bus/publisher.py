@@ -112,10 +112,16 @@ class PublishResult(msgspec.Struct, frozen=True):
     seqs: list[int]
 
 
+_TYPE_HEADERS: dict[type, str] = {}  # event class -> its content and type header lines
+
+
 def headers_for(event: Event, count: int = 1, extra: dict[str, str] | None = None) -> bytes:
     """The NATS header block: dedup id, content type, event type, correlation and causation."""
     msg_id = event.event_id if count == 1 else f"{event.event_id}+{count}"
-    h = f"NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\nContent-Type: application/json\r\nTapeline-Type: {event.tag}\r\n"
+    typed = _TYPE_HEADERS.get(type(event))
+    if typed is None:
+        typed = _TYPE_HEADERS[type(event)] = f"\r\nContent-Type: application/json\r\nTapeline-Type: {event.tag}\r\n"
+    h = f"NATS/1.0\r\nNats-Msg-Id: {msg_id}{typed}"
     if event.correlation_id:
         h += f"Correlation-Id: {event.correlation_id}\r\n"
     if event.causation_id:

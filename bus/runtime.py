@@ -22,6 +22,7 @@ ack floor + 1 after a warm-up); re-done work republishes the same deterministic 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import time
@@ -82,6 +83,7 @@ def settle_gc() -> None:
     if not _gc_frozen:
         _gc_frozen = True
         gc.freeze()
+        atexit.register(gc.unfreeze)  # at exit the frozen objects must be finalised (DuckDB's bindings count them)
 
 
 class Failure(NamedTuple):

@@ -51,8 +51,13 @@ def new_event_id(ts_ns: int | None = None) -> str:
 
 def derive_event_id(ts_ns: int, *parts: object) -> str:
     """A deterministic id: same parts (and time) give the same id, everywhere, every time."""
-    key = "\x1f".join([p if type(p) is str else str(p) for p in parts]).encode()
-    return _encode(ts_ns // 1_000_000, _blake2b(key, digest_size=10).digest())
+    return derive_event_id_joined(ts_ns, "\x1f".join([p if type(p) is str else str(p) for p in parts]))
+
+
+def derive_event_id_joined(ts_ns: int, joined: str) -> str:
+    """:func:`derive_event_id` of parts the caller has already joined with ``"\\x1f"`` (``str`` of each):
+    the runners' hot path builds that string with one f-string."""
+    return _encode(ts_ns // 1_000_000, _blake2b(joined.encode(), digest_size=10).digest())
 
 
 def tick_id(venue: str, symbol: str, ts_ns: int, seq: int, account: str = "") -> str:

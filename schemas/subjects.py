@@ -17,19 +17,31 @@ _TEMPLATE_TOKEN = re.compile(r"\{[^}]*\}|[^.]+")
 _PREFIX = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*")
 
 
+_TOKENS: dict[str, str] = {}  # value -> token: every event's subject encodes the same few symbols again
+_TOKENS_MAX = 65_536  # bounded: cleared when full (a process seeing more distinct values just re-encodes)
+
+
 def encode_token(value: str) -> str:
     """Make any non-empty string a single subject token (and KV key), reversibly."""
+    token = _TOKENS.get(value)
+    if token is not None:
+        return token
     if not value:
         raise ValueError("an empty string cannot be a subject token")
     if _SAFE.fullmatch(value):
-        return value
-    out: list[str] = []
-    for ch in value:
-        if _SAFE.fullmatch(ch):
-            out.append(ch)
-        else:
-            out.extend(f"={b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
+        token = value
+    else:
+        out: list[str] = []
+        for ch in value:
+            if _SAFE.fullmatch(ch):
+                out.append(ch)
+            else:
+                out.extend(f"={b:02X}" for b in ch.encode("utf-8"))
+        token = "".join(out)
+    if len(_TOKENS) >= _TOKENS_MAX:
+        _TOKENS.clear()
+    _TOKENS[value] = token
+    return token
 
 
 def decode_token(token: str) -> str:
@@ -114,12 +126,15 @@ class SubjectTemplate:
 
     def render(self, event: object, prefix: str) -> str:
         values = []
+        tokens = _TOKENS
         for _, path, lower in self._fields:
             v: object = event
             for attr in path:
                 v = getattr(v, attr)
-            text = str(v)
-            values.append(encode_token(text.lower() if lower else text))
+            text = v if type(v) is str else str(v)
+            if lower:
+                text = text.lower()
+            values.append(tokens.get(text) or encode_token(text))
         return self._fmt.format(prefix, *values)
 
     def pattern(self, prefix: str, **fixed: str) -> str:

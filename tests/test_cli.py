@@ -254,3 +254,17 @@ async def test_up_serves_metrics_and_decisions_are_looked_up(
 def test_decisions_date_must_be_an_iso_date_with_a_symbol(args: list[str]) -> None:
     code, lines = invoke("decisions", *args)
     assert code == 2 and len(lines) == 1 and "--date" in lines[0] and "2026-05-11" in lines[0], lines
+
+
+def test_the_demo_never_reaches_a_real_broker_and_scans_the_simulator_at_grade_b(tmp_path: Path) -> None:
+    from tapeline.cli import demo_overrides
+    from tapeline.config import load_settings
+
+    cfg = tmp_path / "tapeline.toml"
+    cfg.write_text('[execution]\nbroker = "mt5"\n[scanner]\nmin_grade = "A+"\n')
+    configs = load_settings(cfg).components()
+    assert configs["execution"].broker == "mt5"
+    sim = demo_overrides(configs, files=False)
+    assert sim["execution"].broker == "paper" and sim["scanner"].min_grade == "B"
+    files = demo_overrides(configs, files=True)
+    assert files["execution"].broker == "paper" and "scanner" not in files  # real prices: the configured grade

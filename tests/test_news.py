@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import structlog
+from nats.aio.client import Client
 
 from tapeline.adapters.files import FileImportError
 from tapeline.adapters.news.config import NewsConfig
@@ -17,8 +19,10 @@ from tapeline.adapters.news.feed import NewsFeed
 from tapeline.adapters.news.fnspid import read_fnspid
 from tapeline.adapters.runner import run_feed
 from tapeline.bus.publisher import Publisher
+from tapeline.bus.topology import Retention
 from tapeline.config import load_settings
 from tapeline.dotenv import load_dotenv
+from tapeline.pipeline import provision_system
 from tapeline.schemas.events import Alert, NewsItem
 from tests.helpers import stored
 from tests.standins.news_http import NewsApiStandIn, marketaux_article, tiingo_article
@@ -135,6 +139,35 @@ async def test_feed_dedups_across_providers_and_keeps_keys_out(
                            ("tiingo", "Tiingo story 12")]  # fmt: skip
     raw = b"".join(msgspec.json.encode(e) for e in events) + repr(logs).encode()
     assert api.marketaux_key.encode() not in raw and api.tiingo_key.encode() not in raw
+
+
+async def test_a_restarted_feed_publishes_nothing_twice_after_the_duplicate_window(
+    nc: Client, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await provision_system(nc, prefix, Retention(record_duplicate_window_s=1))  # JetStream forgets ids after 1 s
+    async with NewsApiStandIn() as api:
+        monkeypatch.setenv("MARKETAUX_API_KEY", api.marketaux_key)
+        api.marketaux = [marketaux_article(n, f"2029-12-31T2{n}:00:00.000000Z", ["NVDA"]) for n in (1, 2)]
+        cfg = msgspec.convert(
+            {
+                "providers": ["marketaux"],
+                "marketaux": {"base_url": api.url, "symbols": ["NVDA"], "lookback_s": 10 * 365 * 86400},
+            },
+            NewsConfig,
+        )
+        pub = await Publisher(nc, prefix, role="test").start()
+        try:
+            first = NewsFeed(cfg, polls=1)
+            assert (await run_feed(first, pub)).events == 2
+            await asyncio.sleep(1.5)  # past the duplicate window: only the feed itself can tell what is stored
+            api.marketaux.append(marketaux_article(3, "2029-12-31T23:00:00.000000Z", ["NVDA"]))
+            again = NewsFeed(cfg, polls=1)
+            assert (await run_feed(again, pub)).events == 1 and again.counters["published"] == 1
+        finally:
+            await pub.close()
+    titles = [e.title for e in await stored(nc, f"{prefix.upper()}_NEWS") if isinstance(e, NewsItem)]
+    assert titles == ["Marketaux story 1", "Marketaux story 2", "Marketaux story 3"]
+    assert again.resume_ns["marketaux"] > 0
 
 
 async def test_refused_key_stops_the_feed_with_an_alert_that_names_no_key(

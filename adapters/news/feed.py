@@ -2,7 +2,8 @@
 
 ``files`` imports the FNSPID CSVs and the SemEval headlines once (sorted by time, then done);
 ``marketaux`` and ``tiingo`` poll their APIs every ``poll_interval_s``, each from ``lookback_s``
-before the start and then from the newest article it returned. Every item passes one
+before the start (or, after a restart, from the newest article of that provider already stored: see
+:meth:`NewsFeed.recall`) and then from the newest article it returned. Every item passes one
 :class:`~.dedup.Deduper`, so a story two providers both report is published once, under the
 provider that delivered it first. Rejected file rows become one warning alert per file (as for
 price files); a provider that keeps failing (429/5xx after the retries, 402 quota spent) is
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import msgspec
 import structlog
+from nats.aio.client import Client as NatsClient
 
 from tapeline.adapters.config import FilesConfig, SourceChoice
 from tapeline.adapters.files import FileImportError, FileSource, file_alert, parse_time_ns, read_source
@@ -28,8 +30,10 @@ from tapeline.adapters.news.dedup import Deduper
 from tapeline.adapters.news.fnspid import NewsImport, read_fnspid
 from tapeline.adapters.news.http import NewsUnavailable
 from tapeline.adapters.news.semeval import read_semeval
+from tapeline.bus.reader import read
 from tapeline.schemas.components import Feed
 from tapeline.schemas.events import Alert, Event, NewsItem
+from tapeline.schemas.subjects import NEWS
 
 log = structlog.get_logger("tapeline.news")
 
@@ -114,9 +118,32 @@ class NewsFeed(Feed):
         self.dedup = Deduper(self.cfg.dedup_window_s)
         self.polls = polls  # stop after this many polls per provider (tests, one-shot backfills)
         self.imports: list[NewsImport] = []
+        self.resume_ns: dict[str, int] = {}  # provider -> newest published time already stored (see recall)
 
     def active(self) -> bool:
         return bool(self.cfg.selected)
+
+    def remember(self, stored: Sequence[NewsItem]) -> None:
+        """Prime the de-duplication and each provider's cursor with news already on the stream."""
+        for it in stored:
+            self.dedup.admit(it)
+            self.resume_ns[it.provider] = max(self.resume_ns.get(it.provider, 0), it.published_ns)
+
+    async def recall(self, nc: NatsClient, prefix: str) -> int:
+        """Before a restarted feed polls: remember what was stored within the polls' look-back and the dedup
+        window, so nothing is published twice even after JetStream's duplicate window (an hour on record
+        streams) has passed. Returns how many items it read."""
+        live = [p for p in self.cfg.selected if p != "files"]
+        if not live:
+            return 0  # the files are imported once (their items have deterministic ids)
+        horizon_s = max(self.cfg.dedup_window_s, *(getattr(self.cfg, p).lookback_s for p in live))
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - horizon_s))
+        items: list[NewsItem] = []
+        async for batch in read(nc, NEWS.stream(prefix), start_time=since):
+            items += (e for r in batch for e in r.events if isinstance(e, NewsItem))
+        self.remember(items)
+        log.info("news feed resumed", feed=self.name, stored=len(items), cursors=self.resume_ns)
+        return len(items)
 
     def _admit(self, items: list[NewsItem]) -> list[Event]:
         out: list[Event] = [it for it in items if self.dedup.admit(it)]
@@ -198,7 +225,7 @@ class NewsFeed(Feed):
         clients = self._make_clients(names)
         settings: dict[str, Any] = {"marketaux": self.cfg.marketaux, "tiingo": self.cfg.tiingo}
         now = time.time_ns()
-        cursor = {n: now - int(settings[n].lookback_s * 1e9) for n in names}
+        cursor = {n: max(now - int(settings[n].lookback_s * 1e9), self.resume_ns.get(n, 0)) for n in names}
         due = dict.fromkeys(names, time.monotonic())
         done = dict.fromkeys(names, 0)
         try:
