@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ def test_e5_vectors_are_unit_length_batch_invariant_and_pinned_by_the_weights_ha
     assert float(batch[0] @ batch[1]) < float(batch[0] @ batch[0]) - 0.05  # different texts, different vectors
     assert e5.embed([]).shape == (0, 384)
     assert e5.version.endswith("@" + hashlib.sha256(model_path().read_bytes()).hexdigest()[:12])
+    assert os.environ["OMP_WAIT_POLICY"]  # set (PASSIVE unless chosen before): spinning threads starve on busy cores
 
 
 def test_trained_on_a_subset_it_scores_held_out_headlines(
