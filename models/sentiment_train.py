@@ -6,6 +6,8 @@ vectors, which all point into one narrow cone (CV 0.728 raw -> 0.736 centred). B
 forms, so training 571 headlines
 takes well under a second once the vectors exist, and the blend is one small ONNX graph built here by
 hand (MatMul/Exp/Clip), which onnxruntime runs; :mod:`tapeline.models.sentiment` loads it.
+Training rows are the headlines with their company masked (``sentiment_company``: CV 0.736 -> 0.7512)
+plus the unmasked copy of each headline the masking changed (-> 0.7526; scored unmasked 0.7413).
 
 Data: the SemEval-2017 task 5 (subtask 2, headlines) JSON format, a list of
 ``{"id", "company", "title", "sentiment"}`` with sentiment in [-1, 1]. Metric: the task's cosine
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tapeline.models.sentiment_company import CompanyMask
 from tapeline.models.sentiment_lexicon import SUMMARY, Lexicon
 
 F32 = NDArray[np.float32]
@@ -200,6 +203,18 @@ class CvResult:
         }
 
 
+def fit_augmented(emb: F32, raw: F32 | None, lex: F32, y: F64, params: HeadParams = HeadParams()) -> Head:
+    """``fit_head`` on the company-masked rows plus, where masking changed the text, the unmasked row too.
+
+    Why: the live scorer often gets no company, or one it cannot find in the text; trained on both forms
+    the head scores both well (5x10 folds: 0.7525 masked / 0.7413 unmasked, against 0.7512 / 0.7383
+    trained on masked rows only)."""
+    if raw is None:
+        return fit_head(emb, lex, y, params)
+    extra = np.any(raw != emb, axis=1)
+    return fit_head(np.vstack([emb, raw[extra]]), np.vstack([lex, lex[extra]]), np.hstack([y, y[extra]]), params)
+
+
 def cross_validate(
     emb: F32,
     lex: F32,
@@ -207,25 +222,31 @@ def cross_validate(
     titles: Sequence[str],
     params: HeadParams = HeadParams(),
     *,
+    raw: F32 | None = None,
+    score_raw: bool = False,
     folds: int = 10,
     repeats: int = 5,
 ) -> CvResult:
-    """Repeated K-fold CV (seed r for repeat r) with duplicate titles kept in one fold."""
+    """Repeated K-fold CV (seed r for repeat r) with duplicate titles kept in one fold.
+
+    ``raw``: the unmasked vectors when ``emb`` is company-masked (training as :func:`fit_augmented`);
+    ``score_raw``: score the held-out fold's unmasked vectors (a scorer given no company)."""
     t = np.asarray(y, dtype=np.float64)
     groups = title_groups(titles)
     n_groups = int(groups.max()) + 1
+    test_emb = raw if score_raw and raw is not None else emb
     out: list[float] = []
     for r in range(repeats):
         fold_of_group = np.random.default_rng(r).permutation(n_groups) % folds
         fold = fold_of_group[groups]
         for f in range(folds):
             test = fold == f
-            head = fit_head(emb[~test], lex[~test], t[~test], params)
-            out.append(cosine(head.predict(emb[test], lex[test]), t[test]))
+            head = fit_augmented(emb[~test], None if raw is None else raw[~test], lex[~test], t[~test], params)
+            out.append(cosine(head.predict(test_emb[test], lex[test]), t[test]))
     return CvResult(folds, repeats, tuple(out))
 
 
-def head_to_onnx(head: Head, lexicon: Lexicon, embedder_version: str) -> bytes:
+def head_to_onnx(head: Head, lexicon: Lexicon, embedder_version: str, company_mask: CompanyMask) -> bytes:
     """The head as an ONNX graph (inputs ``embedding`` (N,384), ``lexicon`` (N,F); output ``score`` (N,)),
     with everything else a score depends on in its metadata, so its hash is the model's version."""
     import onnx
@@ -290,6 +311,7 @@ def head_to_onnx(head: Head, lexicon: Lexicon, embedder_version: str) -> bytes:
     for key, value in {
         "embedder": embedder_version,
         "lexicon": lexicon.to_json(),
+        "company_mask": company_mask.to_json(),
     }.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -311,6 +333,7 @@ def train_artefact(
     embedder: Any,
     *,
     lexicon: Lexicon,
+    company_mask: CompanyMask,
     name: str,
     params: HeadParams = HeadParams(),
     folds: int = 10,
@@ -319,18 +342,25 @@ def train_artefact(
     """Cross-validate, fit on all of ``data``, write ``sentiment-head.onnx`` + ``.json``; return the metadata.
 
     ``embedder`` is the scorer's encoder (:class:`~tapeline.models.e5.E5Embedder`; typed loosely to keep
-    this module importable without loading it). Texts are cleaned exactly as the scorer cleans them.
+    this module importable without loading it). Texts are cleaned and company-masked (each row's
+    ``company``) exactly as the scorer does when given the company.
     """
     from tapeline.models.sentiment import fix_mojibake
 
     rows = read_headlines(data)
     titles = [fix_mojibake(h.title) for h in rows]
     y = np.array([h.sentiment for h in rows], dtype=np.float64)
-    emb = np.asarray(embedder.embed(titles), dtype=np.float32)
+    masked = [company_mask.apply(t, h.company) for t, h in zip(titles, rows, strict=True)]
+    raw = np.asarray(embedder.embed(titles), dtype=np.float32)
+    changed = [i for i, (m, t) in enumerate(zip(masked, titles, strict=True)) if m != t]
+    emb = raw.copy()
+    if changed:
+        emb[changed] = np.asarray(embedder.embed([masked[i] for i in changed]), dtype=np.float32)
     lex = lexicon.features(titles)
-    cv = cross_validate(emb, lex, y, titles, params, folds=folds, repeats=repeats)
-    head = fit_head(emb, lex, y, params)
-    blob = head_to_onnx(head, lexicon, embedder.version)
+    cv = cross_validate(emb, lex, y, titles, params, raw=raw, folds=folds, repeats=repeats)
+    cv_raw = cross_validate(emb, lex, y, titles, params, raw=raw, score_raw=True, folds=folds, repeats=repeats)
+    head = fit_augmented(emb, raw, lex, y, params)
+    blob = head_to_onnx(head, lexicon, embedder.version, company_mask)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_file = out_dir / "sentiment-head.onnx"
     onnx_file.write_bytes(blob)
@@ -341,14 +371,19 @@ def train_artefact(
         "artefact_sha256": digest,
         "embedder": embedder.version,
         "features": [
-            f"{embedder.version} vector of 'query: <title>' (384), centred on the training mean, re-normalised",
+            f"{embedder.version} vector of 'query: <title>' (384), the company's name in the title replaced by "
+            f"{company_mask.placeholder!r}, centred on the training mean, re-normalised",
             *[f"lexicon:{f}" for f in lexicon.feature_names()],
         ],
         "head": "kernel ridge (RBF) + linear ridge blend, clipped to [-1, 1]",
+        "training": "the company-masked rows, plus the unmasked copy of each row whose text masking changed",
+        "company_masked_rows": len(changed),
         "params": params_dict(params),
         "training_data": {"file": data.name, "sha256": data_sha256(data), "rows": len(rows)},
         "training_fit_cosine": round(cosine(head.predict(emb, lex), y), 4),
         "cross_validation": cv.summary(),
+        "cross_validation_unmasked": cv_raw.summary()
+        | {"note": "held-out headlines scored without their company (live: ticker not in the text)"},
     }
     (out_dir / "sentiment-head.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta

@@ -19,6 +19,7 @@ from tapeline.models.sentiment import (
     load_sentiment_model,
     read_metadata,
 )
+from tapeline.models.sentiment_company import DEFAULT_MASK
 from tapeline.models.sentiment_lexicon import DEFAULT_LEXICON
 from tapeline.models.sentiment_train import (
     HeadlineFileError,
@@ -50,7 +51,7 @@ def evaluate_offline(file: Path, model: Path | None, console: Console, *, extra:
     except (HeadlineFileError, SentimentModelError) as e:
         raise _fail(str(e)) from None
     t0 = time.perf_counter()
-    pred = np.array(scorer.score([h.title for h in rows]), dtype=np.float64)
+    pred = np.array(scorer.score([h.title for h in rows], [h.company or None for h in rows]), dtype=np.float64)
     seconds = time.perf_counter() - t0
     gold = np.array([h.sentiment for h in rows], dtype=np.float64)
     table = Table(title=f"{file.name}: {scorer.version}")
@@ -86,6 +87,7 @@ def train_sentiment(
             out,
             E5Embedder(),
             lexicon=DEFAULT_LEXICON,
+            company_mask=DEFAULT_MASK,
             name=MODEL_NAME,
             params=HeadParams(),
             repeats=repeats,

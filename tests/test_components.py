@@ -19,7 +19,7 @@ from tapeline.bus.inprocess import InProcessRunner
 from tapeline.bus.lease import Lease, LeaseHeld
 from tapeline.bus.publisher import Publisher
 from tapeline.pipeline import Pipeline
-from tapeline.schemas.components import Component, Handler, draft
+from tapeline.schemas.components import Component, Handler, Snapshot, draft
 from tapeline.schemas.events import Alert, AnyEvent, DecisionEnvelope, Event, Notification
 from tapeline.schemas.subjects import DECISION, INTEL, MD, OPS
 from tapeline.system import COMPONENTS, build, durables
@@ -222,3 +222,47 @@ async def test_a_batch_retried_in_place_after_a_failed_publish_is_applied_once(n
     assert handler.seen == 5
     alerts = await stored(nc, OPS.stream(provisioned))
     assert sorted(a.message for a in alerts if isinstance(a, Alert)) == [f"seen {n}" for n in range(1, 6)]
+
+
+class _SnapshottedCount(_RunningCount):
+    name = "snapshotted_count"
+    state = Snapshot()
+
+    def snapshot(self) -> bytes:
+        return str(self.seen).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.seen = int(data)
+
+
+async def test_no_snapshot_holds_a_batch_whose_outputs_are_not_published(nc: Client, provisioned: str) -> None:
+    """A snapshot saved while a batch is handled but unpublished (retried in place, or given up at a stop)
+    would pair that batch's state with the older position: a restart would apply the batch twice."""
+    from tapeline.bus.components import ComponentRunner, HandlerSink, SnapshotStore
+    from tapeline.bus.consumer import Delivery
+    from tapeline.bus.jetstream import JetStreamApi
+    from tapeline.bus.publisher import PublishError
+    from tapeline.bus.runtime import Received
+    from tapeline.pipeline import provision_system
+
+    ticks = list(SimFeed(["A"], ticks=3, seed=3).generate())
+    batch = [Received(Delivery(t.subject(provisioned), b"", b"", "", i + 1, 1, 0, 0), [t]) for i, t in enumerate(ticks)]
+    handler = _SnapshottedCount()
+    publisher = await Publisher(nc, provisioned, role="snap-test", ack_timeout=0.5, max_attempts=2).start()
+    try:
+        runner = ComponentRunner(nc, publisher, handler, provisioned)
+        sink = HandlerSink(handler, publisher)
+        runner.sinks.append(sink)
+        await JetStreamApi(nc).call(f"STREAM.DELETE.{OPS.stream(provisioned)}")
+        with pytest.raises(PublishError):
+            await sink.process(batch)
+        assert sink.unfinished and handler.seen == 3
+        await runner._save_snapshot("snap-test", 0)
+        assert await SnapshotStore(nc, provisioned).load("snap-test") is None
+        await provision_system(nc, provisioned)
+        await sink.process(batch)  # published now
+        await runner._save_snapshot("snap-test", 3)
+    finally:
+        await publisher.close()
+    saved = await SnapshotStore(nc, provisioned).load("snap-test")
+    assert saved is not None and saved.seq == 3 and saved.state == b"3"

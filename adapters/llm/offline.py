@@ -1,8 +1,10 @@
 """The ``offline`` provider: the packaged sentiment model (models/sentiment.py) answering in the
 strict reply format, so the parser, the recorded ``LlmCall`` and replay work exactly as with an LLM.
 
-It scores the headline once and gives every asked ticker that score (it cannot tell tickers apart):
-``relevance`` 1.0, ``impact`` = |score|. Used when no LLM key is set, and by the demo.
+It scores the headline once per asked ticker, with that ticker masked in the text where it occurs
+("AAPL"/"$AAPL" -> the model's placeholder, as the training headlines' company names were); a headline
+that names none of them gets one score for all. ``relevance`` 1.0, ``impact`` = |score|. Used when no
+LLM key is set, and by the demo.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ class OfflineProvider:
 
     async def complete(self, request: LlmRequest) -> LlmReply:
         started = time.perf_counter()
-        [score] = await asyncio.to_thread(self._model.score, [request.title or request.article])
-        value = round(max(-1.0, min(1.0, score)), 4)
-        scores = [{"ticker": t, "score": value, "relevance": 1.0, "impact": abs(value)} for t in request.tickers]
+        text = request.title or request.article
+        raw = await asyncio.to_thread(self._model.score, [text] * len(request.tickers), list(request.tickers))
+        values = [round(max(-1.0, min(1.0, s)), 4) for s in raw]
+        scores = [
+            {"ticker": t, "score": v, "relevance": 1.0, "impact": abs(v)}
+            for t, v in zip(request.tickers, values, strict=True)
+        ]
         return LlmReply(text=json.dumps({"scores": scores}), latency_ms=(time.perf_counter() - started) * 1000)
 
     async def aclose(self) -> None:
