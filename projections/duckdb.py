@@ -393,7 +393,6 @@ class ProjectionSink:
         if native:  # only where the native table is the one read model of its event type here
             specs = [NATIVE[t.name] for t in self.tables if t.name in NATIVE and NATIVE[t.name].table == t]
             self.native = {s.table.name: s for s in specs if self.by_type[s.event] == [s.table]}
-        self.native_tables = tuple(self.native)
         specs = list(self.native.values())
         self.raw_filter: Callable[[bytes], bool] | None = (
             (specs[0].candidate if len(specs) == 1 else self._any_candidate) if specs else None
@@ -482,7 +481,7 @@ class ProjectionSink:
 
     def _plan(self, batch: list[Received], rejected: set[int]) -> _Plan:
         """The rows of ``batch`` per table (and, for native tables, the pieces in stream order)."""
-        plan = _Plan({t.name: [] for t in self.tables}, {name: [] for name in self.native_tables}, self.last_seq)
+        plan = _Plan({t.name: [] for t in self.tables}, {name: [] for name in self.native}, self.last_seq)
         plan.events = dict.fromkeys(plan.rows, 0)
         for j, rec in enumerate(batch):
             d = rec.delivery
