@@ -166,8 +166,6 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool | None)
 
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
     configs = s.components()
-    # The demo never calls a paid LLM API with its headlines, whatever keys the shell holds: offline scorer only.
-    configs["news_llm"] = msgspec.structs.replace(configs["news_llm"], provider="offline")
     configs.update(demo_overrides(configs, files=files))
     pipeline = Pipeline(nc, s.prefix, configs=configs, db_path=s.duckdb_path, selected=ROLES, retention=s.retention)
     await pipeline.start()
@@ -251,12 +249,16 @@ async def _caught_up(api: JetStreamApi, pipeline: Pipeline) -> bool:
 def demo_overrides(configs: dict[str, Any], *, files: bool) -> dict[str, Any]:
     """What the demo changes in the configured components, and why.
 
-    Its prices are simulated or historical, so its orders must never reach a real broker: execution is
-    always the paper broker (fills at the next tick). The simulator moves about 1% a minute (some 300% a
-    year), so the scanner's "calm" part scores near 0 and no candidate reaches grade A: with the simulator
-    the demo scans at grade B.
+    It never calls a paid LLM API with its headlines, whatever keys the shell holds: the offline scorer
+    only. Its prices are simulated or historical, so its orders must never reach a real broker: execution
+    is always the paper broker (fills at the next tick). The simulator moves about 1% a minute (some 300%
+    a year), so the scanner's "calm" part scores near 0 and no candidate reaches grade A: with the
+    simulator the demo scans at grade B.
     """
-    out = {"execution": msgspec.structs.replace(configs["execution"], broker="paper")}
+    out = {
+        "news_llm": msgspec.structs.replace(configs["news_llm"], provider="offline"),
+        "execution": msgspec.structs.replace(configs["execution"], broker="paper"),
+    }
     if not files:
         out["scanner"] = msgspec.structs.replace(configs["scanner"], min_grade="B")
     return out
