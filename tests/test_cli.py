@@ -266,5 +266,6 @@ def test_the_demo_never_reaches_a_real_broker_and_scans_the_simulator_at_grade_b
     assert configs["execution"].broker == "mt5"
     sim = demo_overrides(configs, files=False)
     assert sim["execution"].broker == "paper" and sim["scanner"].min_grade == "B"
+    assert sim["news_llm"].provider == "offline"  # never a paid LLM, whatever keys the shell holds
     files = demo_overrides(configs, files=True)
     assert files["execution"].broker == "paper" and "scanner" not in files  # real prices: the configured grade
