@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from tapeline.bus.components import SnapshotStore
+from tapeline.bus.components import HandlerSink, SnapshotStore
 from tapeline.bus.publisher import Publisher
 from tapeline.control import halt_event, publish_control, resume_events, tripped_now
 from tapeline.handlers.risk import CHECKS
@@ -38,7 +38,19 @@ async def test_the_risk_role_approves_rejects_halts_and_keeps_its_state_across_a
     await p.start()
     bars = sorted(walk("AAA", 100, seed=1) + walk("BBB", 100, seed=2), key=lambda b: b.ts_event)
     t = bars[-1].ts_event
-    await publisher.publish(bars)
+    last_bar = max((await publisher.publish(bars)).seqs)
+    # Across streams there is no order: a component may read the decision (or the intent) before its bars.
+    # Sizing prices the stop from its bars, risk checks it against its own: both must have seen them all.
+    md = MD.stream(prefix)
+    await wait_until(
+        lambda: all(
+            s.position >= last_bar
+            for r in p.runners
+            for spec, s in zip(r.specs, r.sinks, strict=False)
+            if spec.stream == md and isinstance(s, HandlerSink)
+        ),
+        timeout=60,
+    )
     d = decision("AAA", "BUY", 0.95, agree=3, ts=t + 1)
     await publisher.publish([d])
     coid = client_order_id("paper", d.event_id)
