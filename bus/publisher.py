@@ -106,6 +106,25 @@ class _Group:
             self.done.set_result(None)
 
 
+class Sent:
+    """A group of messages sent, its acks counted as they come: ``ok`` once all are stored, ``failed``
+    once JetStream refused any (finish it with :meth:`Publisher.finish` to learn which)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: _Group) -> None:
+        self.group = group
+
+    @property
+    def ok(self) -> bool:
+        g = self.group
+        return g.remaining == 0 and not g.refused
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.group.refused)
+
+
 class PublishResult(msgspec.Struct, frozen=True):
     stored: int
     duplicates: int
@@ -222,11 +241,21 @@ class Publisher:
 
     async def publish(self, events: Sequence[Event], *, extra_headers: dict[str, str] | None = None) -> PublishResult:
         """Publish each event as its own message; wait until JetStream has stored all of them."""
+        sent = await self.send(events, extra_headers=extra_headers)
+        return await self._wait(sent.group, events)
+
+    async def send(self, events: Sequence[Event], *, extra_headers: dict[str, str] | None = None) -> Sent:
+        """Send each event as its own message and return without waiting for the acks (:meth:`finish`
+        waits). Groups sent one after another go to the socket in that order."""
         group = _Group(len(events))
         for i, ev in enumerate(events):
             await self._send(_Out(ev.subject(self.prefix), encode(ev), headers_for(ev, 1, extra_headers), group, i))
         self.nc.write_pending()
-        return await self._wait(group, events)
+        return Sent(group)
+
+    async def finish(self, sent: Sent, events: Sequence[Event]) -> PublishResult:
+        """Wait for the acks of what :meth:`send` sent (re-sending after timeouts), like :meth:`publish`."""
+        return await self._wait(sent.group, events)
 
     async def publish_batch(self, events: Sequence[Event]) -> PublishResult:
         """Publish many events of one subject as one message (a JSON array; ids kept per event)."""
@@ -283,6 +312,10 @@ class Publisher:
                 unstored,
             )
         return PublishResult(group.stored, group.duplicates, group.seqs)
+
+    def count(self, sent: Sent) -> None:
+        """Count a group that :attr:`Sent.ok` says is stored, without :meth:`finish` (the metrics)."""
+        self._count(sent.group)
 
     def _count(self, group: _Group) -> None:
         EVENTS_PUBLISHED.labels(self.role).inc(group.stored)

@@ -27,7 +27,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -53,6 +53,7 @@ from tapeline.schemas.events import DeadLetter, Event
 from tapeline.schemas.ids import derive_event_id
 
 log = structlog.get_logger("tapeline.bus")
+T = TypeVar("T")
 
 
 _gc_frozen = False
@@ -99,7 +100,10 @@ class Sink(Protocol):
     A sink that waits out a full disk or store (``bus.stall``) has ``stop()``, which ends the
     wait by raising :class:`Stalled`; the runtime then gives the batch up unacked.
     A sink that buffers has ``committed_seq: int``: with ack policy ``all`` the runtime then
-    acks only deliveries at or below it, so nothing is acked before it is committed.
+    acks only deliveries at or below it, so nothing is acked before it is committed. Such a sink
+    may have ``async flush()``, which commits all it processed: the runtime calls it (retried like
+    a batch) when a pull comes back empty, before a snapshot (:meth:`ConsumerRuntime.settle`) and
+    before it repositions after a reconnect.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -220,6 +224,9 @@ class ConsumerRuntime:
         Messages in flight when it dropped would otherwise come back only after ``ack_wait``, behind newer ones.
         """
         if self.handled_seq:
+            flush = getattr(self.sink, "flush", None)
+            if flush is not None and self._held is not None:  # re-created past it = acked: store it all first
+                await flush()
             self.start_seq = self.handled_seq + 1
         await self.ensure_consumer()
 
@@ -250,6 +257,11 @@ class ConsumerRuntime:
                         self.pending = pending
                         self._pending_gauge.set(pending)
                     if self._held is not None:
+                        flush = getattr(self.sink, "flush", None)
+                        if flush is not None:
+                            await self._retrying(flush, 0)
+                        if self.abandoned:  # stopped while waiting for space
+                            break
                         await self._ack_committed([])
                     self.idle.set()
                 if self.loop.drained() or self.abandoned:
@@ -283,24 +295,15 @@ class ConsumerRuntime:
                 )
             received.append(Received(d, decoded.events))
             where.append(i)
-        attempt = 0
-        while True:
-            try:
-                failures = await self.sink.process(received)
-                break
-            except Exception as exc:
-                if isinstance(exc, Stalled) and self.loop.stopping:  # unacked: redone after a restart
-                    log.warning("stopped while waiting for space", consumer=self.durable, error=str(exc))
-                    self.abandoned = True
-                    return
-                log.warning("batch failed", consumer=self.durable, error=repr(exc), size=len(batch), attempt=attempt)
-                if self.ack_policy != "all":  # each message is nak'd and comes back on its own
-                    failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
-                    break
-                attempt += 1  # in order or not at all: retry in place, give up by crashing
-                if 0 < self.max_deliver <= attempt:
-                    raise
-                await asyncio.sleep(self.backoff_s * 2**attempt)
+        try:
+            failures = await self._retrying(lambda: self.sink.process(received), len(batch))
+        except Exception as exc:
+            if self.ack_policy == "all":
+                raise
+            # each message is nak'd and comes back on its own
+            failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
+        if failures is None:  # stopped while waiting for space: unacked, redone after a restart
+            return
         for j, f in failures.items():
             outcome[where[j]] = f if self.ack_policy != "all" else Failure(f.reason, retry=False)
 
@@ -339,7 +342,43 @@ class ConsumerRuntime:
         if received and received[-1].events:
             self._latency.observe(max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9))
 
-    async def _ack_committed(self, batch: list[Delivery]) -> None:
+    async def _retrying(self, work: Callable[[], Awaitable[T]], size: int) -> T | None:
+        """Ack policy ``all``: in order or not at all, so a failure is retried in place with a growing
+        delay and given up by raising after ``max_deliver`` attempts (other policies: raised at once).
+        None: stopped while the sink waited for space; the work is left unacked."""
+        attempt = 0
+        while True:
+            try:
+                return await work()
+            except Exception as exc:
+                if isinstance(exc, Stalled) and self.loop.stopping:  # unacked: redone after a restart
+                    log.warning("stopped while waiting for space", consumer=self.durable, error=str(exc))
+                    self.abandoned = True
+                    return None
+                log.warning("batch failed", consumer=self.durable, error=repr(exc), size=size, attempt=attempt)
+                if self.ack_policy != "all":
+                    raise
+                attempt += 1
+                if 0 < self.max_deliver <= attempt:
+                    raise
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+
+    async def settle(self) -> bool:
+        """Have a pipelining sink store all it processed, and ack it (a snapshot must match the ack).
+
+        False: it could not (the failure stays in the sink and is retried with the next batch)."""
+        flush = getattr(self.sink, "flush", None)
+        if flush is None or self._held is None:
+            return True
+        try:
+            await flush()
+        except Exception as exc:
+            log.warning("could not store all outputs yet", consumer=self.durable, error=repr(exc))
+            return False
+        await self._ack_committed([], notify=False)
+        return self._held is None
+
+    async def _ack_committed(self, batch: list[Delivery], *, notify: bool = True) -> None:
         """Ack policy ``all``: ack the newest processed delivery the sink has committed.
 
         A sink that buffers tells how far that is with ``committed_seq`` (others: all it processed).
@@ -356,7 +395,7 @@ class ConsumerRuntime:
         if done:
             await self.loop.ack(done[-1])
             self.last_acked = done[-1].stream_seq
-            if self.after_ack is not None:
+            if notify and self.after_ack is not None:
                 await self.after_ack(self.last_acked)
 
     def _exhausted(self, d: Delivery) -> bool:
