@@ -183,6 +183,7 @@ class HandlerSink:
         self.max_outputs = max_outputs  # and at most about this many outputs
         self._inflight: deque[_InFlight] = deque()
         self._inflight_outputs = 0
+        self.overlapped = 0  # batches handled while an earlier batch's outputs awaited their acks
         COMPONENT_EVENTS.labels(handler.name, "rejected")  # at 0 from the start
         self.stopping = asyncio.Event()
         self.stall = Stall(f"handler:{handler.name}", publisher, stop=self.stopping)
@@ -224,6 +225,7 @@ class HandlerSink:
     async def _process(self, batch: list[Received]) -> dict[int, Failure]:
         if self._inflight:  # room for this batch; after a failure, nothing new before it is stored
             await self._settle(self.pipeline - 1)
+            self.overlapped += bool(self._inflight)
         span = (batch[0].delivery.stream_seq, batch[-1].delivery.stream_seq) if batch else (0, 0)
         if self._unpublished is not None and self._unpublished[0] == span:
             _, pending, failures = self._unpublished  # the same batch again: publish what it produced

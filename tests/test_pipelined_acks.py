@@ -1,0 +1,160 @@
+"""Pipelined acks (bus.components, ``ComponentRunner(pipeline=...)``) on a real nats-server: the same
+outputs and acks as waiting for each batch, and a refused publish holds its input and is retried.
+
+The kill -9 and server-restart stories run the deployed processes, with pipelining on by default:
+tests/test_kill.py (handlers killed mid-stream) and tests/test_server_restart.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.client import Client
+
+from tapeline.adapters.sim import SimFeed
+from tapeline.bus.components import ComponentRunner, HandlerSink, SnapshotStore
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher
+from tapeline.pipeline import provision_system
+from tapeline.schemas.components import Consumes, Handler, Snapshot, draft
+from tapeline.schemas.events import Alert, AnyEvent, Event, Tick
+from tapeline.schemas.subjects import MD, OPS
+from tests.helpers import ack_floor, consumer_state, read_stream, stream_last_seq, wait_until
+
+TICKS = 1200
+
+
+class _Count(Handler):
+    """Ordered and stateful: output ``n`` says it is the n-th tick seen, so a batch applied twice shows,
+    and two outputs per tick make each batch a group of several publishes."""
+
+    name = "pipelined_count"
+    role = "test"
+    state = Snapshot(every_s=0.3)
+    consumes = (Consumes(Tick),)
+    emits = (Alert,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def handle(self, event: AnyEvent) -> list[Event]:
+        self.seen += 1
+        return [
+            draft(Alert, ts_event=event.ts_event, severity="warning", kind="count", key=k, message=f"seen {self.seen}")
+            for k in ("a", "b")
+        ]
+
+    def snapshot(self) -> bytes:
+        return str(self.seen).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.seen = int(data)
+
+
+async def _feed(publisher: Publisher, every: int = 10) -> None:
+    """Ticks in many small messages groups, so the handler gets many small batches."""
+    ticks = list(SimFeed(["A", "B"], ticks=TICKS, seed=8).generate())
+    for i in range(0, len(ticks), every):
+        await publisher.publish(ticks[i : i + every])
+        await asyncio.sleep(0)
+
+
+async def _run(nc: Client, prefix: str, pipeline: int) -> tuple[list[tuple[str, str, str]], int, HandlerSink, Any]:
+    """Run the handler over the feed; return its outputs in stream order, its input's last sequence,
+    its sink and its final snapshot."""
+    publisher = await Publisher(nc, prefix, role=f"pipelined-{pipeline}").start()
+    handler = _Count()
+    runner = ComponentRunner(nc, publisher, handler, prefix, standby=False, pipeline=pipeline)
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_until(runner.settled.is_set, timeout=60)
+        await _feed(publisher)
+        md = MD.stream(prefix)
+        last = await stream_last_seq(nc, md)
+        durable = runner.specs[0].durable
+
+        async def acked() -> bool:
+            info = await consumer_state(nc, md, durable)
+            return bool(info) and info["ack_floor"]["stream_seq"] == last and not info["num_ack_pending"]  # type: ignore[index]
+
+        await wait_until(acked, timeout=120)
+        runner.stop()
+        await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await publisher.close()
+    assert handler.seen == TICKS
+    out = [(e.event_id, e.key, e.message) for _, e in await read_stream(nc, OPS.stream(prefix)) if isinstance(e, Alert)]
+    saved = await SnapshotStore(nc, prefix).load(durable)
+    sink = runner.sinks[0]
+    assert isinstance(sink, HandlerSink)
+    return out, last, sink, saved
+
+
+async def test_pipelined_outputs_and_acks_are_those_of_waiting_for_each_batch(nc: Client, provisioned: str) -> None:
+    other = f"{provisioned}w"
+    await provision_system(nc, other)
+    waited, last_w, sink_w, saved_w = await _run(nc, other, pipeline=0)
+    piped, last_p, sink_p, saved_p = await _run(nc, provisioned, pipeline=4)
+
+    assert sink_w.overlapped == 0 and sink_p.overlapped > 0, "the pipelined run never had a batch in flight"
+    assert len(piped) == 2 * TICKS and len({i for i, _, _ in piped}) == 2 * TICKS
+    assert piped == waited, "same ids, same content, same stream order"
+    assert [m for _, _, m in piped[::2]] == [f"seen {n}" for n in range(1, TICKS + 1)]
+    assert last_p == last_w
+    # the final snapshot: the whole state with the whole input, acked
+    for saved, last in ((saved_w, last_w), (saved_p, last_p)):
+        assert saved is not None and saved.seq == last and saved.state == str(TICKS).encode()
+
+
+async def test_a_refused_publish_holds_its_input_unacked_and_is_retried(nc: Client, provisioned: str) -> None:
+    """The outputs' stream refuses new messages past a limit (discard new): the input of the first
+    refused output and everything after stays unacked, nothing new is handled past the failure, and
+    once the limit is raised the refused outputs are re-sent: every output exactly once, in order."""
+    api = JetStreamApi(nc)
+    ops = OPS.stream(provisioned)
+    cfg = (await api.stream_info(ops) or {})["config"]
+    limit = 2 * 300 + 1  # the 301st tick's second output is the first refused
+    await api.call(f"STREAM.UPDATE.{ops}", {**cfg, "max_msgs": limit, "discard": "new"})
+
+    publisher = await Publisher(nc, provisioned, role="pipelined-refused").start()
+    handler = _Count()
+    runner = ComponentRunner(nc, publisher, handler, provisioned, standby=False, pipeline=4)
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_until(runner.settled.is_set, timeout=60)
+        await _feed(publisher)
+        md = MD.stream(provisioned)
+        durable = runner.specs[0].durable
+        rt = runner.runtimes[0]
+        sink = runner.sinks[0]
+        assert isinstance(sink, HandlerSink)
+
+        async def refused() -> bool:  # the failure is known to the sink: it re-sends before anything new
+            return await stream_last_seq(nc, ops) == limit and any(f.sent is None for f in sink._inflight)
+
+        await wait_until(refused, timeout=120)
+        floor = await ack_floor(nc, md, durable)
+        assert floor < rt.handled_seq, "acked past a refused output"
+        assert handler.seen <= 300 + 4 * 10, "handled on while an earlier output was refused"
+        held = handler.seen
+        await api.call(f"STREAM.UPDATE.{ops}", {**cfg, "max_msgs": -1, "discard": "old"})
+        last = await stream_last_seq(nc, md)
+
+        async def done() -> bool:
+            return await ack_floor(nc, md, durable) == last
+
+        await wait_until(done, timeout=120)
+        runner.stop()
+        await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await publisher.close()
+    assert held < TICKS and handler.seen == TICKS
+    out = [e for _, e in await read_stream(nc, ops) if isinstance(e, Alert)]
+    assert len(out) == len({e.event_id for e in out}) == 2 * TICKS
+    assert [e.message for e in out[::2]] == [f"seen {n}" for n in range(1, TICKS + 1)]
