@@ -180,7 +180,7 @@ async def faststream(py: Path, url: str, n: int, durable: str, config: str, publ
     return float(json.loads(out.decode().strip().splitlines()[-1])["eps"])
 
 
-async def bench(url: str, py: Path, n: int, rounds: int, configs: Sequence[str]) -> dict[str, list[float]]:
+async def bench(url: str, py: Path | None, n: int, rounds: int, configs: Sequence[str]) -> dict[str, list[float]]:
     nc = await connect(NatsSettings(url=url, name="bench-peers"))
     await provision(nc, PREFIX)
     api = JetStreamApi(nc)
@@ -200,12 +200,13 @@ async def bench(url: str, py: Path, n: int, rounds: int, configs: Sequence[str])
             for work in ("ack", "pub"):
                 await api.ensure_consumer(STREAM, durable_config(f"fs_{cfg}_{work}_{r}", [SUBJECT]))
         await api.ensure_consumer(STREAM, durable_config(f"fetch_{r}", [SUBJECT]))
-        add("ack|plain nats-py fetch(500)", await nats_py_fetch(nc, n, f"fetch_{r}"))
+        if py is not None:
+            add("ack|plain nats-py fetch(500)", await nats_py_fetch(nc, n, f"fetch_{r}"))
         add("ack|ours: ConsumerRuntime", await ours_ack(nc, publisher, n, f"ours_ack_{r}"))
-        for cfg in configs:
+        for cfg in configs if py is not None else ():
             add(f"ack|FastStream {cfg}", await faststream(py, url, n, f"fs_{cfg}_ack_{r}", cfg, publish=False))
         add("pub|ours: ComponentRunner(Handler)", await ours_publish(nc, publisher, n, r))
-        for cfg in configs:
+        for cfg in configs if py is not None else ():
             add(f"pub|FastStream {cfg}", await faststream(py, url, n, f"fs_{cfg}_pub_{r}", cfg, publish=True))
     await publisher.close()
     await close_connection(nc)
@@ -262,9 +263,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000, help="messages in the stream (one tick each)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fs-configs", default=",".join(FS_CONFIGS), help=f"FastStream modes, of {FS_CONFIGS}")
+    ap.add_argument(
+        "--ours-only", action="store_true", help="only our side, with its CPU per message (A/B runs, profiling)"
+    )
     args = ap.parse_args()
     configs = [c for c in args.fs_configs.split(",") if c]
-    py = peers_python()
+    py = None if args.ours_only else peers_python()
     with tempfile.TemporaryDirectory() as d:
         server = EmbeddedNats(Path(d) / "nats")
         url = server.start()
@@ -273,6 +277,11 @@ def main() -> None:
         finally:
             server.stop()
     load = "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    if py is None:
+        for work, key in (("ack", "ack|ours: ConsumerRuntime"), ("pub", "pub|ours: ComponentRunner(Handler)")):
+            cpu = ", ".join(f"{x:.1f}" for x in OUR_CPU.get(work, []))
+            print(f"ours {work}: msg/s {', '.join(f'{x:,.0f}' for x in results[key])}; CPU µs/msg {cpu} ({load})")
+        return
     report(results, args.n, args.rounds, load)
 
 
