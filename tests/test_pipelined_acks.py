@@ -158,3 +158,16 @@ async def test_a_refused_publish_holds_its_input_unacked_and_is_retried(nc: Clie
     out = [e for _, e in await read_stream(nc, ops) if isinstance(e, Alert)]
     assert len(out) == len({e.event_id for e in out}) == 2 * TICKS
     assert [e.message for e in out[::2]] == [f"seen {n}" for n in range(1, TICKS + 1)]
+
+
+async def test_a_full_window_makes_senders_wait_and_stores_everything(nc: Client, provisioned: str) -> None:
+    """Window of 2 and three senders at once: each waits for a free slot; every message is stored once."""
+    publisher = await Publisher(nc, provisioned, role="small-window", window=2).start()
+    ticks = list(SimFeed(["A", "B"], ticks=300, seed=4).generate())
+    try:
+        await asyncio.gather(*(publisher.publish(ticks[i::3]) for i in range(3)))
+    finally:
+        await publisher.close()
+    assert publisher._free == 2 and not publisher._waiting
+    stored_ids = [e.event_id for _, e in await read_stream(nc, MD.stream(provisioned))]
+    assert sorted(stored_ids) == sorted(t.event_id for t in ticks)
