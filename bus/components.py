@@ -286,10 +286,12 @@ class HandlerSink:
     def _react(self, batch: list[Received]) -> tuple[list[Event], dict[int, Failure]]:
         failures: dict[int, Failure] = {}
         pending: list[Event] = []
+        skip = self.skip_ids  # empty but right after a restart: no filter then
         for j, rec in enumerate(batch):
             for ev in rec.events:
                 try:
-                    pending.extend(o for o in react(self.component, ev) if o.event_id not in self.skip_ids)
+                    outs = react(self.component, ev)
+                    pending.extend([o for o in outs if o.event_id not in skip] if skip else outs)
                 except Rejected as exc:  # bad data: dead-letter the message, keep its other events
                     COMPONENT_EVENTS.labels(self.component.name, "rejected").inc()
                     failures[j] = Failure(f"{ev.tag} {ev.event_id}: {exc}", retry=False)
