@@ -166,7 +166,7 @@ class HandlerSink:
         lock: asyncio.Lock | None = None,
         *,
         pipeline: int = 0,
-        max_outputs: int = 1000,
+        max_outputs: int = 2048,  # half the publisher's default window
     ) -> None:
         self.component = handler
         self.publisher = publisher

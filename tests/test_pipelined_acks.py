@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 
 from tapeline.adapters.sim import SimFeed
@@ -53,12 +54,21 @@ class _Count(Handler):
         self.seen = int(data)
 
 
-async def _feed(publisher: Publisher, every: int = 10) -> None:
-    """Ticks in many small messages groups, so the handler gets many small batches."""
+BATCH = 50  # the handler's pull batch: many batches, taken back to back from what is stored
+
+
+async def _feed(publisher: Publisher) -> None:
+    """Every tick stored before the handler starts: its batches follow each other without a wait, so a
+    pipelined run has earlier batches in flight whatever the machine's load."""
     ticks = list(SimFeed(["A", "B"], ticks=TICKS, seed=8).generate())
-    for i in range(0, len(ticks), every):
-        await publisher.publish(ticks[i : i + every])
-        await asyncio.sleep(0)
+    for i in range(0, len(ticks), 100):
+        await publisher.publish(ticks[i : i + 100])
+
+
+def _runner(nc: Client, publisher: Publisher, handler: Handler, prefix: str, pipeline: int) -> ComponentRunner:
+    runner = ComponentRunner(nc, publisher, handler, prefix, standby=False, pipeline=pipeline)
+    runner.specs = [msgspec.structs.replace(spec, batch=BATCH) for spec in runner.specs]
+    return runner
 
 
 async def _run(nc: Client, prefix: str, pipeline: int) -> tuple[list[tuple[str, str, str]], int, HandlerSink, Any]:
@@ -66,11 +76,11 @@ async def _run(nc: Client, prefix: str, pipeline: int) -> tuple[list[tuple[str, 
     its sink and its final snapshot."""
     publisher = await Publisher(nc, prefix, role=f"pipelined-{pipeline}").start()
     handler = _Count()
-    runner = ComponentRunner(nc, publisher, handler, prefix, standby=False, pipeline=pipeline)
+    await _feed(publisher)
+    runner = _runner(nc, publisher, handler, prefix, pipeline)
     task = asyncio.create_task(runner.run())
     try:
         await wait_until(runner.settled.is_set, timeout=60)
-        await _feed(publisher)
         md = MD.stream(prefix)
         last = await stream_last_seq(nc, md)
         durable = runner.specs[0].durable
@@ -122,11 +132,11 @@ async def test_a_refused_publish_holds_its_input_unacked_and_is_retried(nc: Clie
 
     publisher = await Publisher(nc, provisioned, role="pipelined-refused").start()
     handler = _Count()
-    runner = ComponentRunner(nc, publisher, handler, provisioned, standby=False, pipeline=4)
+    await _feed(publisher)
+    runner = _runner(nc, publisher, handler, provisioned, 4)
     task = asyncio.create_task(runner.run())
     try:
         await wait_until(runner.settled.is_set, timeout=60)
-        await _feed(publisher)
         md = MD.stream(provisioned)
         durable = runner.specs[0].durable
         rt = runner.runtimes[0]
@@ -139,7 +149,8 @@ async def test_a_refused_publish_holds_its_input_unacked_and_is_retried(nc: Clie
         await wait_until(refused, timeout=120)
         floor = await ack_floor(nc, md, durable)
         assert floor < rt.handled_seq, "acked past a refused output"
-        assert handler.seen <= 300 + 4 * 10, "handled on while an earlier output was refused"
+        # the refused batch and at most the three after it, sent before its refusal was known
+        assert handler.seen <= 300 + 4 * BATCH, "handled on while an earlier output was refused"
         held = handler.seen
         await api.call(f"STREAM.UPDATE.{ops}", {**cfg, "max_msgs": -1, "discard": "old"})
         last = await stream_last_seq(nc, md)
