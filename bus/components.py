@@ -23,7 +23,7 @@ streams there is no order: the component sees each stream in order and the strea
 batch by batch as they arrive; it must not rely on more.
 
 Pipelined acks (an ordered handler reading one stream, ``ComponentRunner(pipeline=...)``, default
-:data:`PIPELINE`, off for now): the handler takes its next batch while up to ``pipeline - 1`` earlier batches'
+:data:`PIPELINE`): the handler takes its next batch while up to ``pipeline - 1`` earlier batches'
 outputs still wait for their publish acks (and about ``max_outputs`` outputs at most). The input is
 acked only up to :attr:`HandlerSink.committed_seq`: the last input before the oldest batch with an
 output not known to be stored. Stateless handlers (explicit acks, a shared durable) and components
@@ -94,11 +94,7 @@ from tapeline.schemas.ids import derive_event_id, derive_event_id_joined
 
 log = structlog.get_logger("tapeline.bus")
 NO_MESSAGE = 10037
-# Batches of an ordered handler whose outputs may await their acks at once. Off by default for now:
-# with 4, a handlers process catching up on 30k stored ticks left the bars ack floor still for ~20k
-# ticks (0.9 s) before it jumped (tests/test_kill.py's mid-run kill then lands after the end); not
-# yet understood. ComponentRunner(pipeline=4) turns it on (tests/test_pipelined_acks.py).
-PIPELINE = 0
+PIPELINE = 4  # batches of an ordered handler whose outputs may await their acks at once
 
 
 def _stamped(component: Component, cause: AnyEvent, drafts: Sequence[Event], key: str, ts: int) -> list[Event]:

@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import gc
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -202,7 +203,9 @@ class ConsumerRuntime:
         self.after_ack: Callable[[int], Awaitable[None]] | None = None  # e.g. write a snapshot
         self.on_stop: Callable[[], Awaitable[None]] | None = None  # after the last batch, e.g. a final snapshot
         self.abandoned = False  # stopped while the sink waited for space: the rest is redone on restart
-        self._held: Delivery | None = None  # newest processed delivery the sink has not committed yet
+        # the last delivery of each processed batch the sink has not committed yet, oldest first: a
+        # pipelining sink commits batch by batch, behind the newest
+        self._held: deque[Delivery] = deque()
 
     async def ensure_consumer(self) -> None:
         api = JetStreamApi(self.nc)
@@ -225,7 +228,7 @@ class ConsumerRuntime:
         """
         if self.handled_seq:
             flush = getattr(self.sink, "flush", None)
-            if flush is not None and self._held is not None:  # re-created past it = acked: store it all first
+            if flush is not None and self._held:  # re-created past it = acked: store it all first
                 await flush()
             self.start_seq = self.handled_seq + 1
         await self.ensure_consumer()
@@ -256,7 +259,7 @@ class ConsumerRuntime:
                     if pending is not None:
                         self.pending = pending
                         self._pending_gauge.set(pending)
-                    if self._held is not None:
+                    if self._held:
                         flush = getattr(self.sink, "flush", None)
                         if flush is not None:
                             await self._retrying(flush, 0)
@@ -270,7 +273,7 @@ class ConsumerRuntime:
             on_close = getattr(self.sink, "close", None)
             if on_close is not None:
                 await on_close()
-            if self._held is not None and self.nc.is_connected:
+            if self._held and self.nc.is_connected:
                 await self._ack_committed([])
             if self.on_stop is not None:
                 await self.on_stop()
@@ -368,7 +371,7 @@ class ConsumerRuntime:
 
         False: it could not (the failure stays in the sink and is retried with the next batch)."""
         flush = getattr(self.sink, "flush", None)
-        if flush is None or self._held is None:
+        if flush is None or not self._held:
             return True
         try:
             await flush()
@@ -376,25 +379,36 @@ class ConsumerRuntime:
             log.warning("could not store all outputs yet", consumer=self.durable, error=repr(exc))
             return False
         await self._ack_committed([], notify=False)
-        return self._held is None
+        return not self._held
 
     async def _ack_committed(self, batch: list[Delivery], *, notify: bool = True) -> None:
         """Ack policy ``all``: ack the newest processed delivery the sink has committed.
 
         A sink that buffers tells how far that is with ``committed_seq`` (others: all it processed).
-        The newest processed delivery past it is held and acked once a later commit covers it (on the
-        next batch, on idle, on close).
+        The last delivery of each batch past it is held and acked once a later commit covers it (on
+        the next batch, on idle, on close).
         """
-        seen = [d for d in (self._held, *batch) if d is not None]
-        if not seen:
+        held = self._held
+        newest = batch[-1] if batch else (held[-1] if held else None)
+        if newest is None:
             return
         committed: int | None = getattr(self.sink, "committed_seq", None)
-        limit = seen[-1].stream_seq if committed is None else committed
-        done = [d for d in seen if d.stream_seq <= limit]
-        self._held = seen[-1] if seen[-1].stream_seq > limit else None
-        if done:
-            await self.loop.ack(done[-1])
-            self.last_acked = done[-1].stream_seq
+        limit = newest.stream_seq if committed is None else committed
+        ack: Delivery | None = None
+        while held and held[0].stream_seq <= limit:
+            ack = held.popleft()
+        if batch and batch[-1].stream_seq <= limit:
+            ack = batch[-1]
+        else:
+            for d in batch:
+                if d.stream_seq > limit:
+                    break
+                ack = d
+            if batch:
+                held.append(batch[-1])
+        if ack is not None:
+            await self.loop.ack(ack)
+            self.last_acked = ack.stream_seq
             if notify and self.after_ack is not None:
                 await self.after_ack(self.last_acked)
 

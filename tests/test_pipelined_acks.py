@@ -211,3 +211,32 @@ async def test_a_full_window_makes_senders_wait_and_stores_everything(nc: Client
     assert publisher._free == 2 and not publisher._waiting
     stored_ids = [e.event_id for _, e in await read_stream(nc, MD.stream(provisioned))]
     assert sorted(stored_ids) == sorted(t.event_id for t in ticks)
+
+
+async def test_the_ack_floor_follows_committed_batches_during_a_catch_up(nc: Client, provisioned: str) -> None:
+    """With batches in flight, what is committed is a batch behind the newest: the runtime must ack the
+    last delivery of that batch then, not wait until the handler catches up (a bars floor once stood
+    still for ~20k ticks that way)."""
+    publisher = await Publisher(nc, provisioned, role="pipelined-floor").start()
+    await _feed(publisher)
+    runner = _runner(nc, publisher, _Count(), provisioned, 4)
+    acked: list[int] = []
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_until(lambda: bool(runner.runtimes), timeout=60)
+        rt = runner.runtimes[0]
+        rt.after_ack = lambda seq: _record(acked, seq)
+        last = await stream_last_seq(nc, MD.stream(provisioned))
+        await wait_until(lambda: rt.last_acked == last, timeout=120)
+        runner.stop()
+        await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await publisher.close()
+    batches = TICKS // BATCH
+    assert acked == sorted(acked) and len(acked) >= batches // 2, f"acked only at {acked} over {batches} batches"
+
+
+async def _record(acked: list[int], seq: int) -> None:
+    acked.append(seq)
