@@ -22,12 +22,12 @@ stream, taken under that lock, so the state always belongs exactly to those posi
 streams there is no order: the component sees each stream in order and the streams interleaved
 batch by batch as they arrive; it must not rely on more.
 
-Pipelined acks (an ordered handler reading one stream, ``ComponentRunner(pipeline=...)``, default
-:data:`PIPELINE`): the handler takes its next batch while up to ``pipeline - 1`` earlier batches'
-outputs still wait for their publish acks (and about ``max_outputs`` outputs at most). The input is
-acked only up to :attr:`HandlerSink.committed_seq`: the last input before the oldest batch with an
-output not known to be stored. Stateless handlers (explicit acks, a shared durable) and components
-reading several streams wait for each batch's acks as before.
+Pipelined acks (an ordered handler reading one stream, ``ComponentRunner(pipeline=...)``; the
+default :data:`PIPELINE` is off, see there): the handler takes its next batch while up to ``pipeline
+- 1`` earlier batches' outputs still wait for their publish acks (and about ``max_outputs`` outputs
+at most). The input is acked only up to :attr:`HandlerSink.committed_seq`: the last input before the
+oldest batch with an output not known to be stored. Stateless handlers (explicit acks, a shared
+durable) and components reading several streams wait for each batch's acks as before.
 
 Failure story. One connection stores in send order, so outputs are stored in the order handled
 unless the server *refuses* one (store full, a limit with discard new, no stream for the subject)
@@ -94,7 +94,10 @@ from tapeline.schemas.ids import derive_event_id, derive_event_id_joined
 
 log = structlog.get_logger("tapeline.bus")
 NO_MESSAGE = 10037
-PIPELINE = 4  # batches of an ordered handler whose outputs may await their acks at once
+# Batches of an ordered handler whose outputs may await their acks at once; 0: wait for each batch.
+# Off by default: at low load it left tick->decision p99 higher (18.7-23.1 vs 13.6-14.6 ms, two A/B
+# pairs) and cost the handlers 1-6 us/event; it helped p50 only at load 14-18 (docs/performance.md).
+PIPELINE = 0
 
 
 def _stamped(component: Component, cause: AnyEvent, drafts: Sequence[Event], key: str, ts: int) -> list[Event]:
