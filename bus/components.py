@@ -23,8 +23,8 @@ streams there is no order: the component sees each stream in order and the strea
 batch by batch as they arrive; it must not rely on more.
 
 Pipelined acks (an ordered handler reading one stream, ``ComponentRunner(pipeline=...)``; the
-default :data:`PIPELINE` is off, see there): the handler takes its next batch while up to ``pipeline
-- 1`` earlier batches' outputs still wait for their publish acks (and about ``max_outputs`` outputs
+default :data:`PIPELINE` is off, see there): the handler takes its next batch while up to
+``pipeline - 1`` earlier batches' outputs still wait for their publish acks (and about ``max_outputs`` outputs
 at most). The input is acked only up to :attr:`HandlerSink.committed_seq`: the last input before the
 oldest batch with an output not known to be stored. Stateless handlers (explicit acks, a shared
 durable) and components reading several streams wait for each batch's acks as before.
