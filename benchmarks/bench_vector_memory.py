@@ -7,9 +7,10 @@ with forward-return updates of earlier bars, each with its checkpoint; every tab
 100 of its commits (``OPTIMIZE_EVERY_COMMITS``). Printed: RSS after the warm-up rounds and at the
 end, the growth per 1,000 rounds, glibc's arena count and the seconds per round.
 
-Variants: ``base`` (long-lived handles, no trim), ``reopen`` (fresh handles after each compaction),
-``trim`` (+ ``malloc_trim(0)`` after it), ``mallopt`` (+ ``mallopt(M_ARENA_MAX, 2)`` in the process,
-as ``tapeline up`` does), ``env`` (+ ``MALLOC_ARENA_MAX=2`` in the environment instead).
+Variants: ``base`` (one long-lived connection and handles, no trim), ``reconnect`` (a new connection
+and handles after each compaction), ``trim`` (+ ``malloc_trim(0)`` after it), ``mallopt`` (+
+``mallopt(M_ARENA_MAX, 2)`` in the process, as ``tapeline up`` does; all three: what ships), ``env``
+(+ ``MALLOC_ARENA_MAX=2`` in the environment instead).
 
     nice .venv/bin/python benchmarks/bench_vector_memory.py [--rounds 1000] [--variants base,trim,mallopt]
 """
@@ -31,9 +32,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = {  # name: (reopen, trim, mallopt, env)
+VARIANTS = {  # name: (reconnect, trim, mallopt, env)
     "base": (False, False, False, False),
-    "reopen": (True, False, False, False),
+    "reconnect": (True, False, False, False),
     "trim": (True, True, False, False),
     "mallopt": (True, True, True, False),
     "env": (True, True, False, True),
@@ -55,10 +56,10 @@ def child(variant: str, rounds: int) -> None:
     from tapeline.projections import vectors as v
     from tapeline.schemas.features import MARKET_DIM
 
-    reopen, trim, mallopt, _ = VARIANTS[variant]
+    reconnect, trim, mallopt, _ = VARIANTS[variant]
     if mallopt:
         limit_arenas()
-    v.REOPEN_AFTER_COMPACTION, v.TRIM_AFTER_COMPACTION = reopen, trim
+    v.REOPEN_AFTER_COMPACTION, v.TRIM_AFTER_COMPACTION = reconnect, trim
     tmp = tempfile.TemporaryDirectory(prefix="vecmem-")
     store = v.VectorStore(tmp.name)
     rng = np.random.default_rng(1)
