@@ -9,7 +9,8 @@ decode, no stamping, no publish: ``benchmarks/bench_pipeline.py`` measures those
 * momentum, monitor: per bar; decision: per momentum signal.
 
 Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_handlers.py [--ticks 200000] [--repeat 5]
-For an A/B, run this one script against either tree: ``PYTHONPATH=/work/main`` vs your worktree.
+For an A/B, run this one script against either tree: ``PYTHONPATH=/work/main`` vs another worktree
+(the tree is whatever PYTHONPATH names: the script does not put its own folder first).
 Prints the best of ``--repeat`` (the least disturbed by other processes).
 """
 
@@ -17,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from tapeline.adapters.sim import SimFeed
+from tapeline.handlers import enrichment
 from tapeline.handlers.bars import BarAggregator
 from tapeline.handlers.decision import DecisionSynthesis
 from tapeline.handlers.enrichment import MarketFeatures, bar_features
@@ -73,7 +72,8 @@ def main() -> None:
         return MomentumSignal(MomentumConfig(interval="1m"))
 
     print(f"handlers, {len(ticks):,} simulated ticks, {len(SYMBOLS)} symbols, {len(bars):,} 1m bars")
-    print(f"  ({len(ticks) / len(bars):.1f} ticks per bar; pid {os.getpid()}; load {os.getloadavg()[0]:.2f})")
+    tree = Path(enrichment.__file__).resolve().parents[1]  # the tree PYTHONPATH chose
+    print(f"  ({len(ticks) / len(bars):.1f} ticks per bar; tree {tree}; load {os.getloadavg()[0]:.2f})")
     rows: list[tuple[str, float, str]] = [
         ("bars", best_us(run(BarAggregator, ticks), len(ticks), args.repeat), "tick"),
         ("enrichment", best_us(run(MarketFeatures, bars), len(bars), args.repeat), "bar"),

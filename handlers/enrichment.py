@@ -66,6 +66,7 @@ def extra_features(
 
 _add = np.add.reduce  # np.sum and np.mean of a 1-d float array are this reduction, then a division
 _maximum = np.maximum
+_ZERO = np.float64(0.0)  # np.maximum(x, 0.0) converts its 0.0 to this on every call
 _SQRT5, _SQRT10, _SQRT20, _SQRT40, _SQRT50 = (math.sqrt(n) for n in (5, 10, 20, 40, 50))
 
 
@@ -73,8 +74,8 @@ def _std(x: NDArray[np.float64]) -> float:
     """``np.std(x)`` exactly: numpy's own steps (sum, divide, subtract, square, sum, divide, square
     root) with the same ufuncs on the same array, so the same bits, without its ~10 µs of Python."""
     n = x.shape[0]
-    d = x - _add(x) / n
-    return math.sqrt(_add(d * d) / n)
+    d = x - float(_add(x)) / n
+    return math.sqrt(float(_add(d * d)) / n)
 
 
 def _values(
@@ -102,7 +103,7 @@ def _values(
         s20 = _std(r[-20:])
         sig = max(s20, _EPS)
         h20, lo20, c20 = h[-20:], lo[-20:], c[-20:]
-        w = _maximum(v[-20:], 0.0)
+        w = _maximum(v[-20:], _ZERO)
         c_last = float(c[-1])
         if window:
             s5, s60 = _std(r[-5:]), _std(r[-60:])
@@ -130,7 +131,7 @@ def _values(
         if o_last is None:
             return f
         d = r[-14:]
-        up, down = float(_add(_maximum(d, 0.0)) / 14), float(_add(_maximum(-d, 0.0)) / 14)
+        up, down = float(_add(_maximum(d, _ZERO)) / 14), float(_add(_maximum(-d, _ZERO)) / 14)
         typical = (h20 + lo20 + c20) / 3
         w_sum = _add(w)
         vwap = float(_add(typical * w) / w_sum) if w_sum > 0 else float(_add(typical) / 20)
@@ -156,13 +157,15 @@ def _clip32(values: list[float]) -> list[float]:
     ).tolist()
 
 
-def _columns(bars: Sequence[Bar]) -> NDArray[np.float64]:
-    """Highs, lows, closes and volumes of the last :data:`WINDOW` bars, a contiguous row each (as in the handler)."""
+def _columns(bars: Sequence[Bar]) -> list[NDArray[np.float64]]:
+    """Highs, lows, closes and volumes of the last :data:`WINDOW` bars, a contiguous array each (as in the handler)."""
     tail = bars[-WINDOW:]
-    return np.array(
-        ([b.high for b in tail], [b.low for b in tail], [b.close for b in tail], [b.volume for b in tail]),
-        dtype=np.float64,
-    )
+    return _stack([b.high for b in tail], [b.low for b in tail], [b.close for b in tail], [b.volume for b in tail])
+
+
+def _stack(*cols: list[float]) -> list[NDArray[np.float64]]:
+    """Columns as float64 arrays, through ``array`` (about twice as fast as ``np.array`` of a list)."""
+    return [np.frombuffer(array("d", col)) for col in cols]
 
 
 def bar_features(bars: Sequence[Bar]) -> dict[str, float]:
@@ -248,7 +251,7 @@ class MarketFeatures(Handler):
         if len(s.close) < WINDOW:
             nudges = self.manifest.nudges[WARMUP]
             return [draft(Enrichment, **common, warmup=True, nudges=nudges, manifest_version=self.manifest.version)]
-        h, lo, c, v = np.array((s.high, s.low, s.close, s.volume), dtype=np.float64)
+        h, lo, c, v = _stack(s.high, s.low, s.close, s.volume)
         features = _features(s.open, h, lo, c, v)
         phase, confidence = classify(features)
         return [
