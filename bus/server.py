@@ -41,6 +41,20 @@ def find_nats_server() -> str:
     )
 
 
+def server_environment() -> dict[str, str]:
+    """The child's environment: ours, with ``GOMAXPROCS`` at half the cores we may use unless it is set.
+
+    The embedded server shares the machine with the Python processes that do most of the work. With
+    every core its Go scheduler spins idle threads looking for work at each hand-off: on 2 cores,
+    ``GOMAXPROCS=1`` cut its CPU per event by ~25% (bench_pipeline: 20-22 -> 15.5 µs on the §6 path,
+    37-41 -> 30.5 whole pipeline, 8.8-9.4 -> 6.5 batched) with no loss of throughput.
+    """
+    env = dict(os.environ)
+    if "GOMAXPROCS" not in env:
+        env["GOMAXPROCS"] = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    return env
+
+
 class EmbeddedNats:
     """A child nats-server with JetStream, its store under ``data_dir``."""
 
@@ -98,6 +112,7 @@ class EmbeddedNats:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=server_environment(),
         )
         log.close()
         deadline = time.monotonic() + timeout

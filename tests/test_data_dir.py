@@ -74,3 +74,18 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> No
     assert out.stderr.strip().splitlines() == [
         f"metrics port {port} is not free (Address already in use): pass --metrics-port N (0: off)"
     ]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_the_embedded_server_leaves_half_the_cores_to_python_unless_told(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    half = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert _environ(nats_server.pid)["GOMAXPROCS"] == half
+    monkeypatch.setenv("GOMAXPROCS", "3")
+    with EmbeddedNats(tmp_path / "nats") as server:
+        assert _environ(server.pid)["GOMAXPROCS"] == "3"
