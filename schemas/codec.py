@@ -51,6 +51,8 @@ class Decoded(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent | list[AnyEvent])  # type: ignore[arg-type]
 _raw_decoder = msgspec.json.Decoder()
+# keyed by class, not by ``Event.tag`` (a property): the check runs for every event decoded, 0.19 -> 0.03 µs
+_CURRENT_BY_CLASS: dict[type, int] = {cls: CURRENT_VERSION[tag] for tag, cls in BY_TAG.items()}
 
 
 def encode(event: Event | Sequence[Event]) -> bytes:
@@ -67,8 +69,9 @@ def decode(data: bytes) -> Decoded:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _decode_slow(data)
     events: list[AnyEvent] = obj if isinstance(obj, list) else [obj]
+    current = _CURRENT_BY_CLASS
     for ev in events:
-        if ev.version != CURRENT_VERSION[ev.tag]:
+        if ev.version != current[ev.__class__]:
             return _decode_slow(data)
     return Decoded(events, [])
 
