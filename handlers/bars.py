@@ -74,9 +74,10 @@ class BarAggregator(Handler):
     def handle(self, event: AnyEvent) -> list[Event]:
         if not isinstance(event, Tick):
             return []
-        if event.ts_init and event.ts_event - event.ts_init > self.max_future_ns:
+        ts = event.ts_event
+        if event.ts_init and ts - event.ts_init > self.max_future_ns:
             raise Rejected(
-                f"ts_event is {(event.ts_event - event.ts_init) / 3.6e12:.1f} h after ts_init "
+                f"ts_event is {(ts - event.ts_init) / 3.6e12:.1f} h after ts_init "
                 f"(limit bars.max_future_s = {self.max_future_ns / 1e9:g} s)"
             )
         price = event.price
@@ -85,21 +86,24 @@ class BarAggregator(Handler):
         out: list[Event] = []
         vol = event.volume_real or event.volume
         late = False
-        bars = self._s.open.get(event.symbol)
+        symbol = event.symbol
+        bars = self._s.open.get(symbol)
         if bars is None:
-            bars = self._s.open[event.symbol] = {}
-        for iv, ns in self.intervals:
-            start = event.ts_event - event.ts_event % ns
+            bars = self._s.open[symbol] = {}
+        for iv, ns in self.intervals:  # the per-tick path: locals, and comparisons where max()/min() would call
+            start = ts - ts % ns
             bar = bars.get(iv)
             if bar is None or start > bar.start:
                 if bar is not None:
-                    out.append(self._close(event.symbol, iv, ns, bar))
+                    out.append(self._close(symbol, iv, ns, bar))
                 bars[iv] = _Open(start, price, price, price, price, vol, 1, event.venue)
             elif start < bar.start:
                 late = True
             else:
-                bar.high = max(bar.high, price)
-                bar.low = min(bar.low, price)
+                if price > bar.high:  # max(bar.high, price), NaN included
+                    bar.high = price
+                if price < bar.low:
+                    bar.low = price
                 bar.close = price
                 bar.volume += vol
                 bar.ticks += 1

@@ -29,7 +29,16 @@ PROJECTOR = "projector"
 LINGER_S = 0.1
 """A read model's short batch waits up to this long for more: at most ~10 DuckDB commits a second per
 stream family instead of one per trickle of messages (a commit costs DuckDB 2-4 ms of CPU and was most of
-a projector's CPU per event; see docs/performance.md). Read models are at most this much staler."""
+a projector's CPU per event; see docs/performance.md). Read models are at most this much staler.
+The vector tables use it; the DuckDB families use :data:`PROJECTOR_LINGER_S`."""
+PROJECTOR_LINGER_S: dict[str, float] = {"md": 0.25}
+"""Per stream family of the DuckDB projector (the others: :data:`QUIET_LINGER_S`). A commit costs DuckDB
+~5 ms of CPU however few its rows, and the projector commits each family apart: with every family at
+100 ms, the families with a few events per commit (intel, decision, ops...) made three quarters of its
+commits and most of its CPU at a steady tick rate (docs/performance.md, session 6). Market data fills
+its batches fastest and is what queries look at most, so it waits least."""
+QUIET_LINGER_S = 0.5
+"""How long the other families' read models may lag: a few commits a second each instead of ten."""
 
 
 REBUILD_COMMIT_EVENTS = 50_000
@@ -44,7 +53,7 @@ class Binding(NamedTuple):
     start_seq: int
 
 
-def _spec(name: str, stream: str, subjects: list[str]) -> ConsumerSpec:
+def _spec(name: str, stream: str, subjects: list[str], linger_s: float = LINGER_S) -> ConsumerSpec:
     return ConsumerSpec(
         stream=stream,
         durable=name,
@@ -52,7 +61,7 @@ def _spec(name: str, stream: str, subjects: list[str]) -> ConsumerSpec:
         ordered=True,
         batch=5000,
         max_bytes=16 * 1024 * 1024,  # bigger commits: ~20% faster on batched ticks (bench_rebuild)
-        linger_s=LINGER_S,
+        linger_s=linger_s,
     )
 
 
@@ -83,7 +92,16 @@ def projection_bindings(
             native=native,
         )
         out.append(
-            Binding(_spec(durable_name(PROJECTOR, fam), stream, [fam.subjects(prefix)]), sink, sink.last_seq + 1)
+            Binding(
+                _spec(
+                    durable_name(PROJECTOR, fam),
+                    stream,
+                    [fam.subjects(prefix)],
+                    PROJECTOR_LINGER_S.get(fam.key, QUIET_LINGER_S),
+                ),
+                sink,
+                sink.last_seq + 1,
+            )
         )
     return out
 
