@@ -424,16 +424,22 @@ class ProjectionSink:
     ) -> None:
         """Commit; on a full disk keep the rows, wait for space (reopening an invalidated database), retry."""
         while True:
-            if self._cursor_of is not self.db.con:  # reopened, by this sink or another on the same file
-                self.cursor, self._cursor_of = self.db.con.cursor(), self.db.con
             try:
+                if self._cursor_of is not self.db.con:  # reopened, by this sink or another on the same file
+                    self.cursor, self._cursor_of = self.db.con.cursor(), self.db.con
                 await asyncio.to_thread(self.db.commit, self.stream, rows, last, events, self.cursor, native)
                 break
             except StorageFull as e:
-                DISK_FULL.labels(self.db.name).inc()
-                await self.stall.wait(e)
-                while not self.db.revive():
-                    await self.stall.wait(e)
+                full = e
+            except duckdb.Error as e:  # invalidated again by another family's failed checkpoint: even a cursor fails
+                if not any(reason in str(e) for reason in _NO_SPACE):
+                    raise
+                full = StorageFull(f"DuckDB {self.db.path}: no space to commit {self.stream} to seq {last}: {e}")
+            DISK_FULL.labels(self.db.name).inc()
+            await self.stall.wait(full)
+            while not self.db.revive():
+                await self.stall.wait(full)
+            with contextlib.suppress(duckdb.Error):  # invalidated again meanwhile: the next round stalls again
                 if rows and min(self.db.checkpoint(name) for name in rows) >= last:
                     break  # the failed commit was durable after all
         await self.stall.resolved()
