@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from timing import best_us
 
 from tapeline.adapters.sim import SimFeed
 from tapeline.handlers import enrichment
@@ -33,16 +34,6 @@ from tapeline.handlers.monitor import PriceMoveMonitor
 from tapeline.schemas.events import Bar, Signal
 
 SYMBOLS = ["NVDA", "ORCL", "AAPL", "MSFT", "BRK.B", "AMD", "INTC", "IBM"]
-
-
-def best_us(fn: Callable[[], Any], n: int, repeat: int) -> float:
-    """Best CPU µs per item of ``repeat`` runs of ``fn`` (which handles ``n`` items)."""
-    out = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        out.append((time.process_time() - t) * 1e6 / n)
-    return min(out)
 
 
 def main() -> None:

@@ -19,14 +19,12 @@ import argparse
 import asyncio
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nats.protocol.parser import Parser
+from timing import best_us
 
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.components import _stamped
@@ -49,16 +47,6 @@ class Echo(Handler):
 
     def handle(self, event: AnyEvent) -> list[Event]:
         return []
-
-
-def best_us(fn: Callable[[], Any], n: int, repeat: int) -> float:
-    """Best CPU µs per item of ``repeat`` runs of ``fn`` (which handles ``n`` items)."""
-    out = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        out.append((time.process_time() - t) * 1e6 / n)
-    return min(out)
 
 
 def bench_parser(parser: type[Parser], ticks: list[Tick], repeat: int) -> float:
