@@ -63,6 +63,11 @@ PUBLISH_TIMEOUTS = Counter(
 DISK_FULL = Counter(
     "tapeline_disk_full_total", "DuckDB commits that failed for lack of disk space, by projection", ["projection"]
 )
+PROJECTION_MEMORY = Gauge(
+    "tapeline_projection_memory_bytes",
+    "Memory DuckDB's buffer manager holds for a projection database (bounded by [projector] memory_limit_mb)",
+    ["projection"],
+)
 STALLED = Gauge(
     "tapeline_stalled",
     "1 while a component waits for space (kind: store_full, publish_timeout, disk_full) to store its work",

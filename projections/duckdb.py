@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import duckdb
 import structlog
 
-from tapeline.bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG
+from tapeline.bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG, PROJECTION_MEMORY
 from tapeline.bus.reader import Received
 from tapeline.bus.runtime import Failure
 from tapeline.bus.stall import Publishes, Stall, Stalled
@@ -49,6 +49,8 @@ log = structlog.get_logger(__name__)
 CHECKPOINTS = "_checkpoints"
 _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 Piece = list[Row] | Bodies
+MEMORY_SAMPLE_S = 10.0
+"""How often a projection samples DuckDB's memory for :data:`PROJECTION_MEMORY` (a query of its own)."""
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
@@ -93,18 +95,43 @@ class Tracking(NamedTuple):
     schema_hash: str
 
 
+class DbLimits(NamedTuple):
+    """How much memory a long-running writer's DuckDB may hold (the projector's ``[projector]`` settings).
+
+    DuckDB keeps every row committed since its last checkpoint in memory until the write-ahead log
+    reaches ``checkpoint_threshold`` (16 MiB by default: half an hour of the demo's rate), and then keeps
+    the file's blocks it wrote cached up to ``memory_limit`` (80% of RAM by default). A projector that
+    runs for weeks would grow to most of the machine's memory, and its RSS rose ~1 MiB/min in the soak
+    until the first checkpoint. A small threshold makes it checkpoint every few MiB of log (cheap: the
+    rows are compressed once), and the limit bounds the cache and the queries it serves, which spill to
+    disk beyond it. See docs/performance.md "The projector's memory".
+    """
+
+    memory_limit_mb: int
+    checkpoint_mb: int
+
+    def config(self) -> dict[str, str]:
+        return {"memory_limit": f"{self.memory_limit_mb}MiB", "checkpoint_threshold": f"{self.checkpoint_mb}MiB"}
+
+
 class ProjectionDb:
     """A DuckDB file holding a set of tables, views and their tracking records."""
 
     def __init__(
-        self, path: Path, tables: tuple[Table, ...] = TABLES, views: tuple[View, ...] = VIEWS, name: str = "main"
+        self,
+        path: Path,
+        tables: tuple[Table, ...] = TABLES,
+        views: tuple[View, ...] = VIEWS,
+        name: str = "main",
+        limits: DbLimits | None = None,
     ) -> None:
         self.path = path
         self.name = name
         self.tables = tables
         self.views = views
+        self._config: dict[str, str | bool | int | float | list[str]] = dict(limits.config()) if limits else {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(path))
+        self.con = duckdb.connect(str(path), config=self._config)
         try:
             self._open()
         except BaseException:
@@ -341,7 +368,7 @@ class ProjectionDb:
         with contextlib.suppress(duckdb.Error):
             self.con.close()  # closes every cursor of it; DuckDB must drop the invalid instance first
         try:
-            self.con = duckdb.connect(str(self.path))
+            self.con = duckdb.connect(str(self.path), config=self._config)
         except duckdb.Error:  # replaying the WAL on open needs space too
             return False
         return True
@@ -354,6 +381,11 @@ class ProjectionDb:
             n, h = self.con.execute(hash_sql(t.name, bound)).fetchone() or (0, 0)
             out[t.name] = f"{n}:{int(h):016x}"
         return out
+
+    def memory_bytes(self, cursor: duckdb.DuckDBPyConnection) -> int:
+        """What DuckDB's buffer manager holds now (cached blocks, rows not yet checkpointed, query state)."""
+        row = cursor.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()
+        return int(row[0] or 0) if row else 0
 
     def close(self) -> None:
         self.con.close()
@@ -411,6 +443,7 @@ class ProjectionSink:
         self.cursor = db.con.cursor()
         self._cursor_of = db.con
         self.events = 0
+        self._memory_at = 0.0  # monotonic time of the last PROJECTION_MEMORY sample
         self.done = asyncio.Event()
         self.stopping = asyncio.Event()
         self.stall = Stall(f"projection:{db.name}:{family.key}", alerts, stop=self.stopping)
@@ -428,6 +461,10 @@ class ProjectionSink:
                 if self._cursor_of is not self.db.con:  # reopened, by this sink or another on the same file
                     self.cursor, self._cursor_of = self.db.con.cursor(), self.db.con
                 await asyncio.to_thread(self.db.commit, self.stream, rows, last, events, self.cursor, native)
+                if time.monotonic() - self._memory_at >= MEMORY_SAMPLE_S:
+                    self._memory_at = time.monotonic()
+                    held = await asyncio.to_thread(self.db.memory_bytes, self.cursor)
+                    PROJECTION_MEMORY.labels(self.db.name).set(held)
                 break
             except StorageFull as e:
                 full = e

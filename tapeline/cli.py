@@ -167,7 +167,15 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool | None)
     nc = await connect(NatsSettings(url=url, name="tapeline-demo"))
     configs = s.components()
     configs.update(demo_overrides(configs, files=files))
-    pipeline = Pipeline(nc, s.prefix, configs=configs, db_path=s.duckdb_path, selected=ROLES, retention=s.retention)
+    pipeline = Pipeline(
+        nc,
+        s.prefix,
+        configs=configs,
+        db_path=s.duckdb_path,
+        selected=ROLES,
+        retention=s.retention,
+        projector=s.projector,
+    )
     await pipeline.start()
     publisher = await Publisher(nc, s.prefix, role="feed").start()
     feed: Any
@@ -372,6 +380,7 @@ async def _up(s: Settings, roles: tuple[str, ...], standby: bool, drain_s: float
                 selected=roles,
                 retention=s.retention,
                 standby=standby,
+                projector=s.projector,
             )
         except ValueError as e:
             console.print(f"[red]{e}[/]")

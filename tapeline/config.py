@@ -49,6 +49,13 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     mean_gap_ms: Annotated[float, msgspec.Meta(gt=0)] = 250.0
 
 
+class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The DuckDB projector's memory (``projections.duckdb.DbLimits`` says why both are needed)."""
+
+    memory_limit_mb: Annotated[int, msgspec.Meta(ge=32)] = 256
+    checkpoint_mb: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+
+
 DEFAULT_METRICS_PORT = 9464
 
 
@@ -62,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     batch_ticks: bool | None = None  # unset: feeds that replay identically batch their bursts; true/false forces
     retention: Retention = Retention()
+    projector: ProjectorConfig = ProjectorConfig()
     sim: SimConfig = SimConfig()
     feeds: FeedsConfig = FeedsConfig()
 

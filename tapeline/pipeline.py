@@ -26,8 +26,9 @@ from tapeline.bus.lease import Lease, leases_stream_config
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.runtime import ConsumerRuntime
 from tapeline.bus.topology import Retention, provision
+from tapeline.config import ProjectorConfig
 from tapeline.projections.decision_index import decision_index_binding
-from tapeline.projections.duckdb import ProjectionDb, ProjectionSink
+from tapeline.projections.duckdb import DbLimits, ProjectionDb, ProjectionSink
 from tapeline.projections.query import QueryService
 from tapeline.projections.runtimes import Binding, projection_bindings, vector_bindings
 from tapeline.schemas.components import Component, Feed, Gateway, Handler
@@ -71,6 +72,7 @@ class Pipeline:
         vectors_path: Path | None = None,
         retention: Retention | None = None,
         standby: bool = True,
+        projector: ProjectorConfig | None = None,
     ) -> None:
         check_selection(selected)
         self.nc = nc
@@ -80,6 +82,8 @@ class Pipeline:
         self.selected = tuple(selected)
         self.retention = retention
         self.standby = standby
+        p = projector or ProjectorConfig()  # tests and benchmarks run with the shipped defaults
+        self.db_limits = DbLimits(p.memory_limit_mb, p.checkpoint_mb)
         self.components: list[Component] = [c for c in build(configs, self.selected) if c.active()]
         self.runners: list[ComponentRunner] = []
         self.runtimes: list[ConsumerRuntime] = []  # read models (component runtimes live in their runners)
@@ -174,7 +178,7 @@ class Pipeline:
             await lease.release()
 
     def _open_projection(self) -> None:
-        self.db = ProjectionDb(self.db_path)
+        self.db = ProjectionDb(self.db_path, limits=self.db_limits)
         self.sinks = []
         for b in projection_bindings(self.prefix, self.db, alerts=self.publisher):
             self._projection.append(self._start_read_model(b))

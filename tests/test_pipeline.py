@@ -12,6 +12,7 @@ import duckdb
 import msgspec
 import pytest
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
 from tapeline.adapters.runner import run_feed
 from tapeline.adapters.sim import SimFeed
@@ -76,6 +77,11 @@ async def test_malformed_payload_is_dead_lettered_and_nothing_is_lost(
     assert db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (3000, 3000)
     bars = await read_stream(nc, f"{provisioned.upper()}_MD", f"{provisioned}.md.bar.>")
     assert len(bars) > 0 and db.con.execute("SELECT count(*) FROM bars").fetchone() == (len(bars),)
+    # The projector runs with its [projector] defaults and reports what its DuckDB holds.
+    limits = "SELECT current_setting('memory_limit'), current_setting('checkpoint_threshold')"
+    assert db.con.execute(limits).fetchone() == ("256.0 MiB", "4.0 MiB")
+    held = REGISTRY.get_sample_value("tapeline_projection_memory_bytes", {"projection": "main"})
+    assert held is not None and 0 < held < 256 * 1024 * 1024
     await p.stop()
 
 
