@@ -145,6 +145,7 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ack_wait_s: float = 30.0
     expires_s: float = 1.0
     linger_s: float = 0.0  # read models: wait this long to fill a short batch (fewer commits, see PullLoop)
+    urgent: bool = False  # on the tick -> decision path: see ConsumerRuntime.run (the others let it go first)
 
     @property
     def ack_policy(self) -> AckPolicy:
@@ -249,6 +250,11 @@ class ConsumerRuntime:
             while True:
                 batch = await self.loop.next_batch()
                 if batch:
+                    if not self.spec.urgent:
+                        # One socket read often wakes several consumers of this process (a bar close: momentum,
+                        # enrichment, monitor, ...): yielding once puts this one behind every consumer woken with
+                        # it, so the urgent ones (bars, momentum, decision) handle and publish first.
+                        await asyncio.sleep(0)
                     self.idle.clear()
                     await self._handle(batch)
                 else:
