@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -106,14 +108,52 @@ async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool
 
 
 class Hops(msgspec.Struct):
-    """Tick->decision latencies: end to end, per hop, and the publish-ack round trip of the same run (ms)."""
+    """Tick->decision latencies: end to end, per hop, and the publish-ack round trip of the same run (ms);
+    ``cpu_wait``: per decision, how long the handlers' event loop waited for a CPU (runnable, not running)
+    between its tick and its arrival here."""
 
     total: list[float]
     hops: dict[str, list[float]]
     ack_rtt: list[float]
+    cpu_wait: list[float] = []
 
 
-async def latency(url: str, prefix: str, rate: int, seconds: float) -> Hops:
+def run_queue_ns(pid: int, thread: bool = False) -> tuple[int, int]:
+    """(ns run on a CPU, ns waited runnable on a run queue) so far: of the main thread, or summed over all threads."""
+    tasks = [] if thread else list(Path(f"/proc/{pid}/task").iterdir())
+    paths = [f"/proc/{pid}/schedstat"] if thread else [str(t / "schedstat") for t in tasks]
+    run = wait = 0
+    for path in paths:
+        try:
+            fields = Path(path).read_text().split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        run += int(fields[0])
+        wait += int(fields[1])
+    return run, wait
+
+
+class WaitSampler(threading.Thread):
+    """Samples a process's main thread (its event loop) every 2 ms: was a slow chain waiting for a CPU?"""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[int, int]] = []  # (wall ns, cumulative ns waited runnable)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.002):
+            self.samples.append((time.time_ns(), run_queue_ns(self.pid, thread=True)[1]))
+
+    def waited_ms(self, start_ns: int, end_ns: int) -> float:
+        times = [t for t, _ in self.samples]
+        a = self.samples[min(bisect.bisect_left(times, start_ns), len(times) - 1)][1]
+        b = self.samples[min(bisect.bisect_left(times, end_ns), len(times) - 1)][1]
+        return (b - a) / 1e6
+
+
+async def latency(url: str, prefix: str, rate: int, seconds: float, handlers_pid: int) -> Hops:
     """Ticks paced at ``rate``; every bar, signal and decision is also seen here on a core subscription.
 
     Per hop: ``ts_init`` is stamped when a handler returns its outputs (before they are published), and
@@ -141,6 +181,8 @@ async def latency(url: str, prefix: str, rate: int, seconds: float) -> Hops:
     feed = SimFeed(SYMBOLS, ticks=int(rate * seconds), seed=2, mean_gap_ms=200_000 / rate / 1)
     step = max(1, rate // 100)
     ticks = list(feed.generate())
+    sampler = WaitSampler(handlers_pid)
+    sampler.start()
     start_t = time.perf_counter()
     for i in range(0, len(ticks), step):
         chunk = [msgspec.structs.replace(t, ts_init=time.time_ns()) for t in ticks[i : i + step]]
@@ -153,6 +195,8 @@ async def latency(url: str, prefix: str, rate: int, seconds: float) -> Hops:
         target = start_t + (i + step) / rate
         await asyncio.sleep(max(0.0, target - time.perf_counter()))
     await asyncio.sleep(2)
+    sampler.done.set()
+    sampler.join()
     await pub.close()
     await nc.drain()
     for now, data in raw:
@@ -169,6 +213,7 @@ async def latency(url: str, prefix: str, rate: int, seconds: float) -> Hops:
         if tick not in tick_init:
             continue
         out.total.append((seen[dec][3] - tick_init[tick]) / 1e6)
+        out.cpu_wait.append(sampler.waited_ms(tick_init[tick], seen[dec][3]))
         stamped_prev, name_prev = tick_init[tick], "tick"
         for eid in reversed(chain[:-1]):
             tag, _, ts_init, rx = seen[eid]
@@ -231,9 +276,11 @@ def main() -> None:
             asyncio.run(wait_ready(url, "lat", ("projector_md", "bars_md")))
             pids = {"nats-server": server.pid, "projector": procs[0].pid, "handlers": procs[1].pid}
             before = {k: cpu_seconds(p) for k, p in pids.items()}
-            lat = asyncio.run(latency(url, "lat", args.rate, args.seconds))
+            queued = {k: run_queue_ns(p) for k, p in pids.items()}
+            lat = asyncio.run(latency(url, "lat", args.rate, args.seconds, procs[1].pid))
             n_lat = int(args.rate * args.seconds)
             cpu["steady, 1 event/msg"] = {k: (cpu_seconds(p) - before[k]) / n_lat * 1e6 for k, p in pids.items()}
+            waits = {k: (run_queue_ns(p)[1] - queued[k][1]) / n_lat / 1e3 for k, p in pids.items()}
         finally:
             for p in procs:
                 p.terminate()
@@ -252,6 +299,16 @@ def main() -> None:
         f"tick→decision latency at {args.rate:,} ticks/s: n={len(lat.total)} "
         f"p50={pct(lat.total, 50):.1f} ms  p99={pct(lat.total, 99):.1f} ms  "
         f"max={max(lat.total, default=float('nan')):.1f} ms"
+    )
+    print(
+        "  waiting for a CPU (runnable, all threads), µs per tick: "
+        + "  ".join(f"{k} {v:.1f}" for k, v in waits.items())
+    )
+    slowest = sorted(zip(lat.total, lat.cpu_wait, strict=True))[-max(1, len(lat.total) // 100) :]
+    print(
+        f"  handlers event loop waiting for a CPU within a chain: p50={pct(lat.cpu_wait, 50):.1f} ms  "
+        f"p99={pct(lat.cpu_wait, 99):.1f} ms; slowest 1% of chains: {statistics.mean(t for t, _ in slowest):.1f} ms, "
+        f"of which waiting {statistics.mean(w for _, w in slowest):.1f} ms"
     )
     print(
         f"JetStream publish-ack round trip (one tick message, same run): n={len(lat.ack_rtt)} "

@@ -22,34 +22,10 @@ stream, taken under that lock, so the state always belongs exactly to those posi
 streams there is no order: the component sees each stream in order and the streams interleaved
 batch by batch as they arrive; it must not rely on more.
 
-Pipelined acks (an ordered handler reading one stream, ``ComponentRunner(pipeline=...)``; the
-default :data:`PIPELINE` is off, see there): the handler takes its next batch while up to
-``pipeline - 1`` earlier batches' outputs still wait for their publish acks (and about ``max_outputs`` outputs
-at most). The input is acked only up to :attr:`HandlerSink.committed_seq`: the last input before the
-oldest batch with an output not known to be stored. Stateless handlers (explicit acks, a shared
-durable) and components reading several streams wait for each batch's acks as before.
-
-Failure story. One connection stores in send order, so outputs are stored in the order handled
-unless the server *refuses* one (store full, a limit with discard new, no stream for the subject)
-or never answers it, while later groups, already sent, are accepted. Then:
-
-* the failed group is marked (its acks say which outputs were refused); the ack stays below its
-  batch: ``committed_seq`` never passes a batch whose outputs are not all stored;
-* the next batch is not handled (nor anything after it) before every earlier group is finished,
-  oldest first, and each failed output is re-sent with its own id (``Nats-Msg-Id``: JetStream
-  drops any copy it already has) until stored: a full store or no answer waits (``bus.stall``); any
-  other refusal raises, and the runtime retries in place with a growing delay and stops the
-  process after ``max_deliver`` attempts; the input stays unacked, so a restart redoes it;
-* a snapshot is saved only after :meth:`ConsumerRuntime.settle` has stored *and acked* all input the
-  state includes; a reconnect stores everything in flight before the durable is re-created past it;
-* kill -9 with outputs in flight: the ack floor is at most ``committed_seq``, so a restart re-handles
-  those inputs, skips outputs already stored (``skip_ids``) and re-sends the rest with the same ids.
-
-What order is left: every output is stored after its input, exactly once, with the same id as
-without pipelining; outputs are stored in handling order except after a refusal or a lost ack, when
-the re-sent outputs land after outputs of at most ``pipeline - 1`` later batches of the same
-handler. A reader that needs order across such a failure must order by the events' own times, not
-by stream sequence; ``pipeline=0`` keeps the strict order at the cost of one round trip per batch.
+A handler's outputs are stored (their publish acks in) before its input is acked and its next batch
+taken: one round trip per batch. Pipelined acks (the next batch handled while earlier outputs await
+their acks) were built, measured and removed: on a quiet machine they did not lower tick->decision,
+and the CPU they cost is what the p99 waits for on a loaded one (docs/performance.md, session 7).
 """
 
 from __future__ import annotations
@@ -58,7 +34,6 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -71,7 +46,7 @@ from nats.aio.client import Client
 from tapeline.bus.jetstream import JetStreamApi, JetStreamError
 from tapeline.bus.lease import Lease
 from tapeline.bus.metrics import COMPONENT_EVENTS, component_gauge
-from tapeline.bus.publisher import Publisher, PublishError, PublishTimeout, Sent, StoreFull
+from tapeline.bus.publisher import Publisher, PublishTimeout, StoreFull
 from tapeline.bus.reader import Received, read
 from tapeline.bus.runtime import ConsumerRuntime, ConsumerSpec, Failure
 from tapeline.bus.stall import Stall
@@ -94,10 +69,6 @@ from tapeline.schemas.ids import derive_event_id, derive_event_id_joined
 
 log = structlog.get_logger("tapeline.bus")
 NO_MESSAGE = 10037
-# Batches of an ordered handler whose outputs may await their acks at once; 0: wait for each batch.
-# Off by default: at low load it left tick->decision p99 higher (18.7-23.1 vs 13.6-14.6 ms, two A/B
-# pairs) and cost the handlers 1-6 us/event; it helped p50 only at load 14-18 (docs/performance.md).
-PIPELINE = 0
 
 
 def _stamped(component: Component, cause: AnyEvent, drafts: Sequence[Event], key: str, ts: int) -> list[Event]:
@@ -143,38 +114,14 @@ def stamp_results(gateway: Gateway, request: AnyEvent, results: Sequence[Event])
     return _stamped(gateway, request, results, gateway.request_key(request), request.ts_event)
 
 
-class _InFlight:
-    """One batch's outputs sent and not known to be stored; ``sent`` None: to be sent again."""
-
-    __slots__ = ("before", "events", "sent")
-
-    def __init__(self, before: int, events: list[Event], sent: Sent | None) -> None:
-        self.before = before  # stream sequence of the last input before the batch
-        self.events = events
-        self.sent = sent
-
-
 class HandlerSink:
-    """Runs a handler over a batch; outputs get deterministic ids and are stored before their input is acked.
+    """Runs a handler over a batch; outputs get deterministic ids and are stored before their input is acked."""
 
-    ``pipeline`` > 0 (single-stream ordered handlers, see the module docstring): up to that many
-    batches' outputs wait for their publish acks while the next batch is handled; ``committed_seq``
-    tells the runtime how far it may ack.
-    """
-
-    def __init__(
-        self,
-        handler: Handler,
-        publisher: Publisher,
-        lock: asyncio.Lock | None = None,
-        *,
-        pipeline: int = 0,
-        max_outputs: int = 2048,  # half the publisher's default window
-    ) -> None:
+    def __init__(self, handler: Handler, publisher: Publisher, lock: asyncio.Lock | None = None) -> None:
         self.component = handler
         self.publisher = publisher
         self.lock = lock  # shared by the consumers of a component reading several streams
-        self.position = 0  # stream sequence of the last message handled with its outputs sent
+        self.position = 0  # stream sequence of the last message handled with its outputs stored
         self.emitted = 0
         self.skip_ids: set[str] = set()  # outputs stored before a restart
         self._exported: dict[str, int] = {}
@@ -182,11 +129,6 @@ class HandlerSink:
         # outputs are kept here, keyed by the batch's first and last sequence, so a stateful handler
         # never applies the same events twice.
         self._unpublished: tuple[tuple[int, int], list[Event], dict[int, Failure]] | None = None
-        self.pipeline = pipeline  # batches whose outputs may be in flight at once (0: wait for each)
-        self.max_outputs = max_outputs  # and at most about this many outputs
-        self._inflight: deque[_InFlight] = deque()
-        self._inflight_outputs = 0
-        self.overlapped = 0  # batches handled while an earlier batch's outputs awaited their acks
         COMPONENT_EVENTS.labels(handler.name, "rejected")  # at 0 from the start
         self.stopping = asyncio.Event()
         self.stall = Stall(f"handler:{handler.name}", publisher, stop=self.stopping)
@@ -197,15 +139,7 @@ class HandlerSink:
     @property
     def unfinished(self) -> bool:
         """A batch was handled (the state moved past the ack) but its outputs are not all stored."""
-        return self._unpublished is not None or bool(self._inflight)
-
-    @property
-    def committed_seq(self) -> int:
-        """Every input up to here has all its outputs stored: the runtime acks up to it."""
-        for f in self._inflight:
-            if f.sent is None or not f.sent.ok:
-                return f.before
-        return self.position
+        return self._unpublished is not None
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]:
         if self.lock is None:
@@ -213,78 +147,19 @@ class HandlerSink:
         async with self.lock:
             return await self._process(batch)
 
-    async def flush(self) -> None:
-        """Wait until every output sent is stored, re-sending what failed (raises what the runtime retries)."""
-        await self._settle(0)
-
-    async def close(self) -> None:
-        """At a stop: store what is in flight if possible; what is not stays unacked (redone on restart)."""
-        if self._inflight:
-            try:
-                await self._settle(0)
-            except Exception as exc:
-                log.warning("outputs not all stored at stop", handler=self.component.name, error=repr(exc))
-
     async def _process(self, batch: list[Received]) -> dict[int, Failure]:
-        if self._inflight:  # room for this batch; after a failure, nothing new before it is stored
-            await self._settle(self.pipeline - 1)
-            self.overlapped += bool(self._inflight)
         span = (batch[0].delivery.stream_seq, batch[-1].delivery.stream_seq) if batch else (0, 0)
         if self._unpublished is not None and self._unpublished[0] == span:
             _, pending, failures = self._unpublished  # the same batch again: publish what it produced
         else:
             pending, failures = self._react(batch)
             self._unpublished = (span, pending, failures)
-        if not self.pipeline:
-            self.emitted += await publish_waiting_for_space(self.publisher, pending, self.stall)
-        elif pending:
-            if self._inflight_outputs + len(pending) > self.max_outputs:
-                await self._settle(0)
-            before = self.position
-            self._inflight.append(_InFlight(before, pending, await self.publisher.send(pending)))
-            self._inflight_outputs += len(pending)
-            self.emitted += len(pending)
+        self.emitted += await publish_waiting_for_space(self.publisher, pending, self.stall)
         self._unpublished = None
         self._export_counters()
         if batch:
             self.position = batch[-1].delivery.stream_seq
         return failures
-
-    async def _settle(self, keep: int) -> None:
-        """Finish in-flight batches, oldest first, until at most ``keep`` are left; all once any failed."""
-        q = self._inflight
-        while q and q[0].sent is not None and q[0].sent.ok:
-            self._done(q.popleft())
-        if any(f.sent is None or f.sent.failed for f in q):
-            keep = 0
-        while len(q) > keep:
-            await self._store(q[0])
-            self._done(q.popleft())
-
-    def _done(self, f: _InFlight) -> None:
-        if f.sent is not None:
-            self.publisher.count(f.sent)
-        self._inflight_outputs -= len(f.events)
-
-    async def _store(self, f: _InFlight) -> None:
-        """Wait for a batch's acks; re-send what JetStream did not store (same ids) until it is stored."""
-        if f.sent is not None:
-            sent, f.sent = f.sent, None
-            try:
-                await self.publisher.finish(sent, f.events)  # stored (and counted)
-                return
-            except PublishError as e:
-                self._inflight_outputs -= len(f.events) - len(e.unstored)
-                f.events = list(e.unstored)
-                if not isinstance(e, StoreFull | PublishTimeout):
-                    raise  # retried by the runtime: the next attempt re-sends f.events first
-                await self.stall.wait(e)
-        try:
-            await publish_waiting_for_space(self.publisher, f.events, self.stall)
-        except PublishError as e:
-            self._inflight_outputs -= len(f.events) - len(e.unstored)
-            f.events = list(e.unstored)
-            raise
 
     def _react(self, batch: list[Received]) -> tuple[list[Event], dict[int, Failure]]:
         failures: dict[int, Failure] = {}
@@ -478,7 +353,6 @@ class ComponentRunner:
         *,
         standby: bool = True,
         lease_ttl_s: float = 15.0,
-        pipeline: int = PIPELINE,
     ) -> None:
         self.nc = nc
         self.publisher = publisher
@@ -486,7 +360,6 @@ class ComponentRunner:
         self.prefix = prefix
         self.standby = standby
         self.lease_ttl_s = lease_ttl_s
-        self.pipeline = pipeline  # ordered handlers reading one stream: batches with outputs in flight
         self.api = JetStreamApi(nc)
         self.runtimes: list[ConsumerRuntime] = []
         self.sinks: list[HandlerSink | GatewaySink] = []
@@ -510,6 +383,7 @@ class ComponentRunner:
                 batch=component.batch if isinstance(component, Gateway) else 1000,
                 ack_wait_s=component.ack_wait_s if isinstance(component, Gateway) else 30.0,
                 max_deliver=component.max_deliver if isinstance(component, Gateway) else 5,
+                urgent=bool(getattr(component, "urgent", False)),
             )
             for fam, subjects in families.items()
         ]
@@ -577,8 +451,7 @@ class ComponentRunner:
     async def _prepare(self, spec: ConsumerSpec) -> ConsumerRuntime | None:
         c = self.component
         if isinstance(c, Handler):
-            pipeline = self.pipeline if spec.ordered and not self.multi else 0
-            sink: HandlerSink | GatewaySink = HandlerSink(c, self.publisher, self._lock, pipeline=pipeline)
+            sink: HandlerSink | GatewaySink = HandlerSink(c, self.publisher, self._lock)
         elif isinstance(c, Gateway):
             sink = GatewaySink(c, self.publisher)
         else:
@@ -603,7 +476,7 @@ class ComponentRunner:
         await self._skip_published(spec, sink, start)
         if isinstance(c.state, Snapshot):
             key = c.name if self.multi else spec.durable
-            rt.after_ack = self._snapshotter(key, c.state.every_s, rt)
+            rt.after_ack = self._snapshotter(key, c.state.every_s)
             rt.on_stop = self._final_snapshot(key, rt)
         self.sinks.append(sink)
         return rt
@@ -705,14 +578,12 @@ class ComponentRunner:
             if isinstance(sink, HandlerSink)
         }
 
-    def _snapshotter(self, key: str, every_s: float, rt: ConsumerRuntime) -> Any:
+    def _snapshotter(self, key: str, every_s: float) -> Any:
         last = [0.0]
 
         async def after_ack(seq: int) -> None:
             if self._stopping or time.monotonic() - last[0] >= every_s:
-                # a pipelining sink's state is ahead of the ack: store and ack all of it first
-                if await rt.settle():
-                    await self._save_snapshot(key, rt.last_acked)
+                await self._save_snapshot(key, seq)
                 last[0] = time.monotonic()
 
         return after_ack

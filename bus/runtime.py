@@ -103,8 +103,7 @@ class Sink(Protocol):
     A sink that buffers has ``committed_seq: int``: with ack policy ``all`` the runtime then
     acks only deliveries at or below it, so nothing is acked before it is committed. Such a sink
     may have ``async flush()``, which commits all it processed: the runtime calls it (retried like
-    a batch) when a pull comes back empty, before a snapshot (:meth:`ConsumerRuntime.settle`) and
-    before it repositions after a reconnect.
+    a batch) when a pull comes back empty and before it repositions after a reconnect.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -145,6 +144,7 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ack_wait_s: float = 30.0
     expires_s: float = 1.0
     linger_s: float = 0.0  # read models: wait this long to fill a short batch (fewer commits, see PullLoop)
+    urgent: bool = False  # on the tick -> decision path: see ConsumerRuntime.run (the others let it go first)
 
     @property
     def ack_policy(self) -> AckPolicy:
@@ -204,7 +204,7 @@ class ConsumerRuntime:
         self.on_stop: Callable[[], Awaitable[None]] | None = None  # after the last batch, e.g. a final snapshot
         self.abandoned = False  # stopped while the sink waited for space: the rest is redone on restart
         # the last delivery of each processed batch the sink has not committed yet, oldest first: a
-        # pipelining sink commits batch by batch, behind the newest
+        # buffering sink (a read model) may commit batch by batch, behind the newest
         self._held: deque[Delivery] = deque()
 
     async def ensure_consumer(self) -> None:
@@ -249,6 +249,11 @@ class ConsumerRuntime:
             while True:
                 batch = await self.loop.next_batch()
                 if batch:
+                    if not self.spec.urgent:
+                        # One socket read often wakes several consumers of this process (a bar close: momentum,
+                        # enrichment, monitor, ...): yielding once puts this one behind every consumer woken with
+                        # it, so the urgent ones (bars, momentum, decision) handle and publish first.
+                        await asyncio.sleep(0)
                     self.idle.clear()
                     await self._handle(batch)
                 else:
@@ -365,21 +370,6 @@ class ConsumerRuntime:
                 if 0 < self.max_deliver <= attempt:
                     raise
                 await asyncio.sleep(self.backoff_s * 2**attempt)
-
-    async def settle(self) -> bool:
-        """Have a pipelining sink store all it processed, and ack it (a snapshot must match the ack).
-
-        False: it could not (the failure stays in the sink and is retried with the next batch)."""
-        flush = getattr(self.sink, "flush", None)
-        if flush is None or not self._held:
-            return True
-        try:
-            await flush()
-        except Exception as exc:
-            log.warning("could not store all outputs yet", consumer=self.durable, error=repr(exc))
-            return False
-        await self._ack_committed([], notify=False)
-        return not self._held
 
     async def _ack_committed(self, batch: list[Delivery], *, notify: bool = True) -> None:
         """Ack policy ``all``: ack the newest processed delivery the sink has committed.
