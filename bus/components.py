@@ -383,7 +383,7 @@ class ComponentRunner:
                 batch=component.batch if isinstance(component, Gateway) else 1000,
                 ack_wait_s=component.ack_wait_s if isinstance(component, Gateway) else 30.0,
                 max_deliver=component.max_deliver if isinstance(component, Gateway) else 5,
-                urgent=bool(getattr(component, "urgent", False)),
+                urgent=isinstance(component, Handler) and component.urgent,
             )
             for fam, subjects in families.items()
         ]

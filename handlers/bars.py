@@ -62,7 +62,7 @@ class BarAggregator(Handler):
     emits: ClassVar[tuple[type[Event], ...]] = (Bar, Alert)
     consumes = (Consumes(Tick),)
     state = Snapshot()
-    urgent: ClassVar[bool] = True  # on the tick -> decision path: served first in its process
+    urgent = True  # on the tick -> decision path: served first in its process
 
     def __init__(self, config: BarsConfig | None = None) -> None:
         super().__init__(config)

@@ -98,7 +98,7 @@ class DecisionSynthesis(Handler):
     Config: ClassVar[type[msgspec.Struct]] = DecisionConfig
     emits: ClassVar[tuple[type[Event], ...]] = (DecisionEnvelope,)
     consumes = (Consumes(Signal),)
-    urgent: ClassVar[bool] = True  # on the tick -> decision path: served first in its process
+    urgent = True  # on the tick -> decision path: served first in its process
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         super().__init__(config)

@@ -41,7 +41,7 @@ class MomentumSignal(Handler):
     Config: ClassVar[type[msgspec.Struct]] = MomentumConfig
     emits: ClassVar[tuple[type[Event], ...]] = (Signal,)
     state = Snapshot()
-    urgent: ClassVar[bool] = True  # on the tick -> decision path: served first in its process
+    urgent = True  # on the tick -> decision path: served first in its process
 
     def __init__(self, config: MomentumConfig | None = None) -> None:
         super().__init__(config)

@@ -157,6 +157,7 @@ class Handler(Component):
 
     kind: ClassVar[Kind] = "handler"
     role: ClassVar[str] = "handlers"
+    urgent: ClassVar[bool] = False  # on the tick -> decision path: its consumer goes first in its process
 
     def handle(self, event: AnyEvent) -> Sequence[Event]:
         raise NotImplementedError
