@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import ClassVar
 
 import structlog
 
@@ -42,6 +43,8 @@ def vendor_ticker(symbol: str) -> str:
 
 class BarPollFeed:
     """Warm-up then polls of one vendor's bars for a set of symbols (the feed protocol)."""
+
+    batch_safe: ClassVar[bool] = True  # no ticks: nothing of it goes in batch messages (adapters.runner)
 
     def __init__(
         self,

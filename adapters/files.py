@@ -603,7 +603,7 @@ class FileFeed:
     :class:`FileImportError` at start, before anything is published.
     """
 
-    replays_identically: ClassVar[bool] = True  # the same start yields the same bursts: batch them
+    batch_safe: ClassVar[bool] = True  # it replays identically: the same start yields the same bursts
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from tapeline.adapters.alerts import make_alert
-from tapeline.adapters.runner import Feed, replays_identically
+from tapeline.adapters.runner import Feed, batch_safe
 from tapeline.schemas.events import Bar, Event
 from tapeline.schemas.ids import bar_id
 from tapeline.schemas.intervals import interval_ns
@@ -252,7 +252,7 @@ class HistoryFeed:
         name: str | None = None,
     ) -> None:
         self.live = live
-        self.replays_identically = live is None or replays_identically(live)  # stored bars replay the same
+        self.batch_safe = live is None or batch_safe(live)  # stored bars replay the same
         self.store = store
         self.series = list(series)
         self.fetch = fetch

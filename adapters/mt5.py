@@ -90,10 +90,15 @@ class TickCursor:
     count: int
 
 
+class StoredCursors(dict[str, TickCursor]):
+    """Cursors read from the stream (:func:`resume_cursors`), not made by hand: a feed started from
+    them continues after the ticks stored, never sends one again, and so may batch its bursts."""
+
+
 async def resume_cursors(
     nc: Any, prefix: str, venue: str, symbols: list[str], *, server_time_offset_s: int = 0
-) -> dict[str, TickCursor]:
-    """Cursors from the last tick stored on each symbol's subject (empty for a symbol with none)."""
+) -> StoredCursors:
+    """Cursors from the last tick stored on each symbol's subject (none for a symbol with none)."""
     import base64
 
     from tapeline.bus.jetstream import JetStreamApi, JetStreamError
@@ -101,7 +106,7 @@ async def resume_cursors(
     from tapeline.schemas.subjects import MD
 
     api = JetStreamApi(nc)
-    out: dict[str, TickCursor] = {}
+    out = StoredCursors()
     for sym in symbols:
         subject = Tick.subject_pattern(prefix, venue=venue, symbol=sym)
         try:
@@ -144,6 +149,8 @@ class Mt5Feed:
         self._mt5 = mt5
         self._password = password if password is not None else os.environ.get(cfg.password_var, "")
         self.cursors: dict[str, TickCursor] = dict(resume or {})
+        # resumed after what the stream holds, it never sends a stored tick again: its bursts may batch
+        self.batch_safe = isinstance(resume, StoredCursors)
         self.clock = clock
         self.sessions = {s: parse_session(cfg.sessions.get(s, cfg.default_session)) for s in cfg.symbols}
         self.latch = AlertLatch(self.name, clock)

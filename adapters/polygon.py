@@ -211,7 +211,7 @@ class PolygonSource:
 class PolygonFeed:
     """Publishes Polygon aggregate files once (the feed protocol), reporting bad rows like ``FileFeed``."""
 
-    replays_identically: ClassVar[bool] = True  # the same start yields the same bursts: batch them
+    batch_safe: ClassVar[bool] = True  # it replays identically: the same start yields the same bursts
 
     def __init__(self, sources: Sequence[PolygonSource], *, name: str = "polygon", chunk: int = 1000) -> None:
         self.sources = list(sources)

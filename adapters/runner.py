@@ -1,10 +1,10 @@
 """Runs a feed into the bus: the one way an adapter's events reach JetStream.
 
 A feed is anything with ``name`` and ``stream()``, an async iterator of event lists. By default a
-feed that replays identically (simulator, files, Polygon files, the history store) sends the ticks
-that arrive together for one subject — a burst — as one batch message (DESIGN §6); a tick alone in its
-list, and every other event, goes one per message. Live venue feeds (MT5, IBKR, polled bars) go one
-per message by default (see :func:`replays_identically`). The ``batch_ticks`` setting forces either.
+feed that is :func:`batch_safe` (simulator, files, Polygon files, the history store, MT5 resumed from
+the stream) sends the ticks that arrive together for one subject — a burst — as one batch message
+(DESIGN §6); a tick alone in its list, and every other event, goes one per message. IBKR's ticks go
+one per message by default. The ``batch_ticks`` setting forces either.
 If the feed raises, an alert event says so before the error propagates. If JetStream cannot store
 (its store is full, or it answers nothing), the feed keeps the events it holds, waits with backoff
 and retries only what was not stored, alerting once (``bus.stall``): it never dies of a full store.
@@ -32,13 +32,17 @@ class Feed(Protocol):
     def stream(self) -> AsyncIterator[Sequence[Event]]: ...
 
 
-def replays_identically(feed: Feed) -> bool:
-    """Whether the feed, started again from the same point, yields the same lists (a simulator with its
-    seed, a file, a stored history). Only then may its bursts go as batch messages by default: a batch
-    message's dedup id names its first tick and its size, so a re-send after a restart is dropped by
-    JetStream only if it is grouped the same way. A live venue's polls group ticks by timing (an MT5
-    poll after a restart that lost its cursor returns one bigger burst) and go one tick per message."""
-    return bool(getattr(feed, "replays_identically", False))
+def batch_safe(feed: Feed) -> bool:
+    """Whether the feed's bursts may go as batch messages by default (its ``batch_safe`` attribute).
+
+    A batch message's dedup id names its first tick and its size, so JetStream drops a re-send after
+    a restart only if it is grouped the same way. Safe is a feed that never sends a stored tick again
+    in another grouping: one that replays identically (a simulator with its seed, a file, a stored
+    history: the same start yields the same lists), one that resumes after the last tick stored on
+    each subject (MT5 started with :func:`adapters.mt5.resume_cursors`), or one without ticks (polled
+    bars). IBKR's stream is live: a re-subscription may repeat a tick in another burst, so its ticks
+    go one per message, where the tick's own id deduplicates it."""
+    return bool(getattr(feed, "batch_safe", False))
 
 
 class FeedStats:
@@ -114,9 +118,9 @@ async def publish_stored(publisher: Publisher, events: Sequence[Event], stall: S
 async def run_feed(
     feed: Feed, publisher: Publisher, *, batch_ticks: bool | None = None, stats: FeedStats | None = None
 ) -> FeedStats:
-    """Publish everything the feed yields. ``batch_ticks`` None: batches if it :func:`replays_identically`."""
+    """Publish everything the feed yields. ``batch_ticks`` None: batches if it is :func:`batch_safe`."""
     if batch_ticks is None:
-        batch_ticks = replays_identically(feed)
+        batch_ticks = batch_safe(feed)
     stats = stats or FeedStats()
     stall = Stall(feed.name, publisher)
     recall = getattr(feed, "recall", None)  # a feed that resumes from what is already stored (news polls)

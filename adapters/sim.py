@@ -31,7 +31,7 @@ class _Sym:
 class SimFeed:
     """Yields lists of ticks; ``ticks`` in total, ``chunk`` per list."""
 
-    replays_identically: ClassVar[bool] = True  # the same start yields the same bursts: batch them
+    batch_safe: ClassVar[bool] = True  # it replays identically: the same start yields the same bursts
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from tapeline.adapters.config import FeedConfigError, FeedsConfig, SourceChoice
-from tapeline.adapters.runner import Feed, replays_identically
+from tapeline.adapters.runner import Feed, batch_safe
 from tapeline.schemas.events import Event
 
 log = structlog.get_logger("tapeline.feed")
@@ -33,7 +33,7 @@ class MergedFeed:
     def __init__(self, feeds: Sequence[Feed], *, name: str | None = None) -> None:
         self.feeds = list(feeds)
         self.name = name or self.feeds[0].name
-        self.replays_identically = all(replays_identically(f) for f in self.feeds)
+        self.batch_safe = all(batch_safe(f) for f in self.feeds)
 
     async def stream(self) -> AsyncIterator[Sequence[Event]]:
         queue: asyncio.Queue[Sequence[Event] | BaseException | None] = asyncio.Queue(maxsize=8)

@@ -67,7 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     data_dir: Text = ".tapeline"
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_METRICS_PORT  # 0: off
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    batch_ticks: bool | None = None  # unset: feeds that replay identically batch their bursts; true/false forces
+    batch_ticks: bool | None = None  # unset: batch-safe feeds batch their bursts (adapters.runner); true/false forces
     retention: Retention = Retention()
     projector: ProjectorConfig = ProjectorConfig()
     sim: SimConfig = SimConfig()

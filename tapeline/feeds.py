@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import structlog
 import typer
 
 from tapeline.adapters.runner import Feed, run_feed
 from tapeline.config import ConfigError, Market, Settings, load_settings, require_config_file
+
+if TYPE_CHECKING:
+    from tapeline.adapters.config import Mt5TerminalConfig
+    from tapeline.adapters.mt5 import StoredCursors
 
 feed_app = typer.Typer(
     help="Run one market-data feed into NATS JetStream.", no_args_is_help=True, rich_markup_mode=None
@@ -96,6 +100,20 @@ def _go(settings: Settings, nats_url: str, feed: Feed) -> None:
         raise typer.Exit(2) from None
 
 
+async def _mt5_cursors(s: Settings, nats: str, term: Mt5TerminalConfig) -> StoredCursors:
+    """Where the terminal's ticks stop in the stream: the feed continues after them (never sends one twice)."""
+    from tapeline.adapters.mt5 import resume_cursors
+    from tapeline.bus.connection import NatsSettings, close_connection, connect
+
+    settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume", identity="feed")
+    nc = await connect(settings, retry_for=settings.start_retry_s)
+    try:
+        return await resume_cursors(nc, s.prefix, term.venue, term.symbols,
+                                    server_time_offset_s=term.server_time_offset_s)  # fmt: skip
+    finally:
+        await close_connection(nc)
+
+
 @feed_app.command("mt5")
 def mt5_cmd(
     nats: NatsOpt = "",
@@ -104,7 +122,7 @@ def mt5_cmd(
     terminal: Annotated[str | None, typer.Option("--terminal", help="[[feeds.mt5]] name")] = None,
 ) -> None:
     """MetaTrader 5 ticks of one terminal (Windows only; one terminal per process)."""
-    from tapeline.adapters.mt5 import Mt5Feed, Mt5Unavailable, load_mt5_module, resume_cursors
+    from tapeline.adapters.mt5 import Mt5Feed, Mt5Unavailable, load_mt5_module
     from tapeline.adapters.sources import pick_terminal
 
     s = _settings(config, prefix)
@@ -116,15 +134,7 @@ def mt5_cmd(
         raise typer.Exit(2) from None
 
     async def main() -> None:
-        from tapeline.bus.connection import NatsSettings, close_connection, connect
-
-        settings = NatsSettings.from_env(nats, name="tapeline-mt5-resume", identity="feed")
-        nc = await connect(settings, retry_for=settings.start_retry_s)
-        try:
-            cursors = await resume_cursors(nc, s.prefix, term.venue, term.symbols,
-                                           server_time_offset_s=term.server_time_offset_s)  # fmt: skip
-        finally:
-            await close_connection(nc)
+        cursors = await _mt5_cursors(s, nats, term)
         from tapeline.adapters.sources import with_history
 
         series = [(sym, term.bar_interval) for sym in term.symbols] if term.warmup_days else []
@@ -178,11 +188,20 @@ def sim_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefi
 @feed_app.command("auto")
 def auto_cmd(nats: NatsOpt = "", config: ConfigOpt = Path("tapeline.toml"), prefix: PrefixOpt = None) -> None:
     """The market feed of the active source set ([feeds.sources] active = legacy | live)."""
-    from tapeline.adapters.sources import market_feed
+    from tapeline.adapters.sources import active_sources, market_feed, pick_terminal
+    from tapeline.bus.connection import NatsConnectError
 
     s = _settings(config, prefix, feed="active")
     try:
-        feed = market_feed(s.feeds, data_dir=s.data_path)
+        resume = None
+        if active_sources(s.feeds).market == "mt5":  # continue after the stored ticks, as `feed mt5` does
+            term = pick_terminal(s.feeds, None)
+            try:
+                resume = asyncio.run(_mt5_cursors(s, nats, term))
+            except (ValueError, NatsConnectError) as e:
+                typer.echo(str(e), err=True)
+                raise typer.Exit(2) from None
+        feed = market_feed(s.feeds, data_dir=s.data_path, resume=resume)
     except (LookupError, ValueError) as e:  # no such terminal; a vendor key missing (PriceSourceError)
         typer.echo(f"configuration error: {e}", err=True)
         raise typer.Exit(2) from None

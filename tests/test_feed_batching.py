@@ -21,7 +21,7 @@ class ListFeed:
     """Yields the given lists as they are: one list is one burst, the same each time it runs."""
 
     name = "list"
-    replays_identically = True
+    batch_safe = True
 
     def __init__(self, bursts: Sequence[Sequence[Event]]) -> None:
         self.bursts = bursts
@@ -65,7 +65,7 @@ async def test_switch_off_and_lone_ticks_go_one_per_message(nc: Client, publishe
 class LiveFeed(ListFeed):
     """A live venue: after a restart its polls group ticks differently, so it must not batch by default."""
 
-    replays_identically = False
+    batch_safe = False
 
 
 async def test_a_live_feed_goes_one_tick_per_message_unless_forced(
