@@ -109,9 +109,11 @@ class DbLimits(NamedTuple):
 
     memory_limit_mb: int
     checkpoint_mb: int
+    threads: int = 0  # 0: DuckDB's default, one per core
 
     def config(self) -> dict[str, str]:
-        return {"memory_limit": f"{self.memory_limit_mb}MiB", "checkpoint_threshold": f"{self.checkpoint_mb}MiB"}
+        out = {"memory_limit": f"{self.memory_limit_mb}MiB", "checkpoint_threshold": f"{self.checkpoint_mb}MiB"}
+        return out | ({"threads": str(self.threads)} if self.threads else {})
 
 
 class ProjectionDb:

@@ -54,6 +54,7 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     memory_limit_mb: Annotated[int, msgspec.Meta(ge=32)] = 256
     checkpoint_mb: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0  # DuckDB's threads; 0: one per core (its default)
 
 
 DEFAULT_METRICS_PORT = 9464
