@@ -280,7 +280,7 @@ class ProjectionDb:
         The bodies go to DuckDB's JSON reader as one file in memory-backed storage (/dev/shm), deleted after.
         """
         with tempfile.NamedTemporaryFile(suffix=".json", dir=_SCRATCH) as f:
-            f.write(bodies.json_array())
+            f.writelines(bodies.json_array())
             f.flush()
             c.register("_seqs", bodies.event_seqs())
             try:

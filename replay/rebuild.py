@@ -16,9 +16,11 @@ Before a rebuild, :func:`check_space` refuses to start one that would fill the d
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,6 @@ import msgspec
 from nats.aio.client import Client
 
 from tapeline.bus.jetstream import JetStreamApi
-from tapeline.bus.runtime import frozen_gc
 from tapeline.projections.duckdb import ProjectionDb, columns_sql, hash_sql
 from tapeline.projections.query import QueryError, query_file, query_remote
 from tapeline.projections.runtimes import Binding, projection_bindings, replay_into, vector_bindings
@@ -45,6 +46,22 @@ VECTOR_TABLES = (
 )  # projections.vectors, imported lazily
 SPACE_FACTOR = 1.5  # a rebuild writes files about the size of the live ones, plus DuckDB's WAL while it builds
 SPACE_MARGIN = 256 * 1024**2  # and room for everything else on that disk (the live projector keeps writing)
+
+
+@contextmanager
+def _frozen_gc() -> Iterator[None]:
+    """Freeze what exists now for the length of the rebuild, unless something (a consumer's ``settle_gc``) froze
+    already. No ``gc.collect()`` first: a full collection costs 65-90 ms in a process that has imported DuckDB
+    and Arrow (0.7-0.9 µs per event of a 100k-event rebuild), and whatever garbage gets frozen is unfrozen, and
+    so collected, after."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class NotEnoughSpace(ValueError):
@@ -154,7 +171,7 @@ async def rebuild(
         if p is not None and p.exists():
             raise FileExistsError(f"{p} exists: a rebuild always starts from scratch")
     started = time.perf_counter()
-    with frozen_gc():  # what exists now lives on: the collector stops rescanning it (see _rebuild)
+    with _frozen_gc():  # what exists now lives on: the collector stops rescanning it (see _rebuild)
         return await _rebuild(
             nc, prefix, out_path, started, vectors_dir, embedder, until_ns, stop_at, vector_stop_at, progress, native
         )
@@ -194,13 +211,14 @@ async def _rebuild(
     bindings = [b for b, _ in work]
     tasks = [asyncio.create_task(replay_into(nc, b, stop_seq=stop, until_ns=until_ns)) for b, stop in work]
     try:
-        while not all(t.done() for t in tasks):
+        running = set(tasks)
+        while running:  # ends as the last one does (a fixed sleep cost a 100k-event rebuild ~25 ms on average)
             if progress:
                 progress(sum(getattr(b.sink, "events", 0) for b in bindings))
-            failed = [t for t in tasks if t.done() and t.exception()]
+            done, running = await asyncio.wait(running, timeout=0.05, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t.exception() for t in done if t.exception()]
             if failed:
-                raise failed[0].exception()  # type: ignore[misc]
-            await asyncio.sleep(0.05)
+                raise failed[0]  # type: ignore[misc]
     finally:
         for t in tasks:
             t.cancel()
