@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
+import pyarrow as pa
 import structlog
 
 from tapeline.bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG
@@ -82,6 +83,25 @@ def columns_sql(table: str) -> str:
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = current_database() "
         f"AND table_schema = current_schema() AND table_name = '{table}' ORDER BY ordinal_position"
     )
+
+
+_DUCKDB_TYPES = {
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("ns"): "TIMESTAMP_NS",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+"""The DuckDB type a table created from an empty Arrow table of each type gets (tests/test_open_ddl.py)."""
+
+
+def _column_ddl(t: Table) -> str | None:
+    """``t``'s columns as DDL with the types DuckDB gives them from Arrow; None if a type is not known here."""
+    types = [_DUCKDB_TYPES.get(dtype) for _, dtype in t.columns]
+    if None in types:
+        return None
+    return ", ".join(f'"{name}" {dtype}' for (name, _), dtype in zip(t.columns, types, strict=True))
 
 
 class Tracking(NamedTuple):
@@ -182,6 +202,10 @@ class ProjectionDb:
             ((n,),) = self.con.execute(f"SELECT count(*) FROM {t.name}").fetchall()
             if n:
                 log.warning("untracked read model rebuilt from the stream", table=t.name, rows_dropped=n)
+        ddl = _column_ddl(t)
+        if ddl is not None:  # ~0.4 ms; creating it from an empty Arrow table took ~2 ms (21 tables: most of opening)
+            self.con.execute(f"CREATE OR REPLACE TABLE {t.name} ({ddl})")
+            return True
         self.con.register("_empty", t.to_arrow([]))
         self.con.execute(f"CREATE OR REPLACE TABLE {t.name} AS SELECT * FROM _empty")
         self.con.unregister("_empty")
@@ -190,10 +214,10 @@ class ProjectionDb:
     def _all_columns(self) -> dict[str, list[tuple[str, str]]]:
         """(column, DuckDB type) pairs of every table in the file, in one query (opening stays fast)."""
         out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for table, column, dtype in self.con.execute(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_catalog = current_database() AND table_schema = current_schema() "
-            "ORDER BY table_name, ordinal_position"
+        for table, column, dtype in self.con.execute(  # duckdb_columns(): 1.7 ms; information_schema: 20-28 ms
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name = current_schema() "
+            "ORDER BY table_name, column_index"
         ).fetchall():
             out[str(table)].append((str(column), str(dtype)))
         return dict(out)
