@@ -82,17 +82,27 @@ def projection_bindings(
     stream reader (:func:`replay_into`); the live consumer hands them decoded events, as before.
     """
     out = []
-    for fam in sorted({t.family for t in db.tables}, key=lambda f: f.key):
-        stream = fam.stream(prefix)
-        sink = ProjectionSink(
-            db,
-            fam,
-            stream,
-            until_ns=until_ns,
-            stop_at_seq=(stop_at or {}).get(fam.key),
-            alerts=alerts,  # live: a full disk is reported on the bus
-            native=native,
-        )
+    sinks = []
+    db.con.execute("BEGIN TRANSACTION")  # each sink records its stream (an UPDATE): one commit for all of them
+    try:
+        for fam in sorted({t.family for t in db.tables}, key=lambda f: f.key):
+            sinks.append(
+                ProjectionSink(
+                    db,
+                    fam,
+                    fam.stream(prefix),
+                    until_ns=until_ns,
+                    stop_at_seq=(stop_at or {}).get(fam.key),
+                    alerts=alerts,  # live: a full disk is reported on the bus
+                    native=native,
+                )
+            )
+        db.con.execute("COMMIT")
+    except BaseException:
+        db.con.execute("ROLLBACK")
+        raise
+    for sink in sinks:
+        fam, stream = sink.family, sink.stream
         out.append(
             Binding(
                 _spec(
@@ -153,7 +163,15 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
     working: asyncio.Task[object] | None = None
     try:
         async for batch in read(
-            nc, spec.stream, spec.filter_subjects, start_seq=start, stop_seq=stop_seq, until_ns=until_ns, raw=raw
+            nc,
+            spec.stream,
+            spec.filter_subjects,
+            start_seq=start,
+            stop_seq=stop_seq,
+            until_ns=until_ns,
+            raw=raw,
+            batch=spec.batch,
+            max_bytes=spec.max_bytes,
         ):
             pending.extend(batch)
             events += sum(len(r.events) for r in batch)
