@@ -51,6 +51,7 @@ CHECKPOINTS = "_checkpoints"
 _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 Piece = list[Row] | Bodies
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+_IOV_MAX = 1024  # buffers per writev (POSIX guarantees at least 16; Linux allows 1024)
 
 
 class StorageFull(Stalled):
@@ -102,6 +103,18 @@ def _column_ddl(t: Table) -> str | None:
     if None in types:
         return None
     return ", ".join(f'"{name}" {dtype}' for (name, _), dtype in zip(t.columns, types, strict=True))
+
+
+def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """Write the pieces in order, ``IOV_MAX`` at a time (no copy; writing 200k one-tick pieces through the
+    file object's buffer cost ~7% of a one-event-per-message rebuild)."""
+    for i in range(0, len(pieces), _IOV_MAX):
+        chunk = pieces[i : i + _IOV_MAX]
+        done, size = os.writev(fd, chunk), sum(map(len, chunk))
+        if done < size:  # a short write (rare for a file): the rest, from where it stopped
+            rest = memoryview(b"".join(chunk))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
 
 class Tracking(NamedTuple):
@@ -304,8 +317,7 @@ class ProjectionDb:
         The bodies go to DuckDB's JSON reader as one file in memory-backed storage (/dev/shm), deleted after.
         """
         with tempfile.NamedTemporaryFile(suffix=".json", dir=_SCRATCH) as f:
-            f.writelines(bodies.json_array())
-            f.flush()
+            _write_all(f.fileno(), bodies.json_array())
             c.register("_seqs", bodies.event_seqs())
             try:
                 ((inserted,),) = c.execute(bodies.spec.insert_sql(f.name, "_seqs")).fetchall()
