@@ -32,6 +32,11 @@ class Received(NamedTuple):
     raw: bool = False  # not decoded (``events`` is empty): the reader's ``raw`` check took it
 
 
+_received = tuple.__new__
+"""Builds a :class:`Received` from its three fields without the NamedTuple's generated ``__new__`` (a Python
+call: ~6% of a one-event-per-message rebuild)."""
+
+
 class ReadStalled(RuntimeError):
     """The server stopped delivering before the end of the range."""
 
@@ -100,10 +105,10 @@ async def read(
                     done = True
                     break
                 if raw is not None and raw(d.data):
-                    out.append(Received(d, [], True))
+                    out.append(_received(Received, (d, [], True)))
                     continue
                 try:
-                    out.append(Received(d, decode(d.data).events))
+                    out.append(_received(Received, (d, decode(d.data).events, False)))
                 except MalformedEvent:
                     continue
             if out:

@@ -62,12 +62,13 @@ _gc_frozen = False
 
 @contextlib.contextmanager
 def frozen_gc() -> Iterator[None]:
-    """Freeze what exists now for the length of a long job (a rebuild), unless the process already
-    settled for good (:func:`settle_gc`): then its freeze stays as it is."""
-    if _gc_frozen:
+    """Freeze what exists now for the length of a long job (a rebuild), unless something froze already
+    (:func:`settle_gc`): then its freeze stays as it is. No ``gc.collect()`` first: a full collection
+    costs 65-90 ms in a process that has imported DuckDB and Arrow (0.7-0.9 µs per event of a 100k-event
+    rebuild), and whatever garbage gets frozen is unfrozen, and so collected, after."""
+    if _gc_frozen or gc.get_freeze_count():
         yield
         return
-    gc.collect()
     gc.freeze()
     try:
         yield

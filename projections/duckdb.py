@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
+import pyarrow as pa
 import structlog
 
 from tapeline.bus.metrics import DISK_FULL, PROJECTION_CHECKPOINT, PROJECTION_LAG, PROJECTION_MEMORY
@@ -52,6 +53,7 @@ Piece = list[Row] | Bodies
 MEMORY_SAMPLE_S = 10.0
 """How often a projection samples DuckDB's memory for :data:`PROJECTION_MEMORY` (a query of its own)."""
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+_IOV_MAX = 1024  # buffers per writev (POSIX guarantees at least 16; Linux allows 1024)
 
 
 class StorageFull(Stalled):
@@ -84,6 +86,37 @@ def columns_sql(table: str) -> str:
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = current_database() "
         f"AND table_schema = current_schema() AND table_name = '{table}' ORDER BY ordinal_position"
     )
+
+
+_DUCKDB_TYPES = {
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("ns"): "TIMESTAMP_NS",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+"""The DuckDB type a table created from an empty Arrow table of each type gets (tests/test_open_ddl.py)."""
+
+
+def _column_ddl(t: Table) -> str | None:
+    """``t``'s columns as DDL with the types DuckDB gives them from Arrow; None if a type is not known here."""
+    types = [_DUCKDB_TYPES.get(dtype) for _, dtype in t.columns]
+    if None in types:
+        return None
+    return ", ".join(f'"{name}" {dtype}' for (name, _), dtype in zip(t.columns, types, strict=True))
+
+
+def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """Write the pieces in order, ``IOV_MAX`` at a time (no copy; writing 200k one-tick pieces through the
+    file object's buffer cost ~7% of a one-event-per-message rebuild)."""
+    for i in range(0, len(pieces), _IOV_MAX):
+        chunk = pieces[i : i + _IOV_MAX]
+        done, size = os.writev(fd, chunk), sum(map(len, chunk))
+        if done < size:  # a short write (rare for a file): the rest, from where it stopped
+            rest = memoryview(b"".join(chunk))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
 
 class Tracking(NamedTuple):
@@ -211,6 +244,10 @@ class ProjectionDb:
             ((n,),) = self.con.execute(f"SELECT count(*) FROM {t.name}").fetchall()
             if n:
                 log.warning("untracked read model rebuilt from the stream", table=t.name, rows_dropped=n)
+        ddl = _column_ddl(t)
+        if ddl is not None:  # ~0.4 ms; creating it from an empty Arrow table took ~2 ms (21 tables: most of opening)
+            self.con.execute(f"CREATE OR REPLACE TABLE {t.name} ({ddl})")
+            return True
         self.con.register("_empty", t.to_arrow([]))
         self.con.execute(f"CREATE OR REPLACE TABLE {t.name} AS SELECT * FROM _empty")
         self.con.unregister("_empty")
@@ -219,10 +256,10 @@ class ProjectionDb:
     def _all_columns(self) -> dict[str, list[tuple[str, str]]]:
         """(column, DuckDB type) pairs of every table in the file, in one query (opening stays fast)."""
         out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for table, column, dtype in self.con.execute(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_catalog = current_database() AND table_schema = current_schema() "
-            "ORDER BY table_name, ordinal_position"
+        for table, column, dtype in self.con.execute(  # duckdb_columns(): 1.7 ms; information_schema: 20-28 ms
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name = current_schema() "
+            "ORDER BY table_name, column_index"
         ).fetchall():
             out[str(table)].append((str(column), str(dtype)))
         return dict(out)
@@ -309,8 +346,7 @@ class ProjectionDb:
         The bodies go to DuckDB's JSON reader as one file in memory-backed storage (/dev/shm), deleted after.
         """
         with tempfile.NamedTemporaryFile(suffix=".json", dir=_SCRATCH) as f:
-            f.write(bodies.json_array())
-            f.flush()
+            _write_all(f.fileno(), bodies.json_array())
             c.register("_seqs", bodies.event_seqs())
             try:
                 ((inserted,),) = c.execute(bodies.spec.insert_sql(f.name, "_seqs")).fetchall()

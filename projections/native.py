@@ -137,7 +137,7 @@ class NativeRows:
         return f"json_transform({body}, '{self._transform()}')"
 
     def insert_sql(self, path: str, seqs: str) -> str:
-        """INSERT the rows of the JSON array of events in the file ``path`` (:meth:`Bodies.json_array`) in
+        """INSERT the rows of the JSON array of events in the file ``path`` (written from :meth:`Bodies.json_array`) in
         order, each with its stream sequence from the same position of ``seqs`` (column ``_s``); raises
         inside DuckDB if one may not be taken.
 
@@ -183,10 +183,13 @@ class Bodies:
     def events(self) -> int:
         return sum(self.counts)
 
-    def json_array(self) -> bytes:
-        """One JSON array of every event (a batch's brackets dropped), in order."""
-        parts = [memoryview(b)[1:-1] if b[0] == 0x5B else b for b in self.bodies]
-        return b"[" + b",".join(parts) + b"]"
+    def json_array(self) -> list[bytes | memoryview]:
+        """One JSON array of every event (a batch's brackets dropped), in order, as the pieces to write one
+        after the other: joining them first cost a copy of every body (~0.5 µs per batched tick)."""
+        out: list[bytes | memoryview] = [b","] * (2 * len(self.bodies) + 1)
+        out[1::2] = [memoryview(b)[1:-1] if b[0] == 0x5B else b for b in self.bodies]
+        out[0], out[-1] = b"[", b"]"
+        return out
 
     def event_seqs(self) -> pa.Table:
         """Column ``_s``: the stream sequence of each event of :meth:`json_array`, position by position."""

@@ -9,6 +9,8 @@ DuckDB tables, ``<table>_<family>`` for each LanceDB table.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nats.aio.client import Client
@@ -80,17 +82,27 @@ def projection_bindings(
     stream reader (:func:`replay_into`); the live consumer hands them decoded events, as before.
     """
     out = []
-    for fam in sorted({t.family for t in db.tables}, key=lambda f: f.key):
-        stream = fam.stream(prefix)
-        sink = ProjectionSink(
-            db,
-            fam,
-            stream,
-            until_ns=until_ns,
-            stop_at_seq=(stop_at or {}).get(fam.key),
-            alerts=alerts,  # live: a full disk is reported on the bus
-            native=native,
-        )
+    sinks = []
+    db.con.execute("BEGIN TRANSACTION")  # each sink records its stream (an UPDATE): one commit for all of them
+    try:
+        for fam in sorted({t.family for t in db.tables}, key=lambda f: f.key):
+            sinks.append(
+                ProjectionSink(
+                    db,
+                    fam,
+                    fam.stream(prefix),
+                    until_ns=until_ns,
+                    stop_at_seq=(stop_at or {}).get(fam.key),
+                    alerts=alerts,  # live: a full disk is reported on the bus
+                    native=native,
+                )
+            )
+        db.con.execute("COMMIT")
+    except BaseException:
+        db.con.execute("ROLLBACK")
+        raise
+    for sink in sinks:
+        fam, stream = sink.family, sink.stream
         out.append(
             Binding(
                 _spec(
@@ -139,6 +151,8 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
     History needs no freshness: DuckDB read models get the reader's batches gathered up to
     :data:`REBUILD_COMMIT_EVENTS` events (or :data:`REBUILD_COMMIT_BYTES` of undecoded bodies) per commit
     (a commit has a fixed cost of a few ms). A sink with native tables takes their bodies undecoded.
+    The reader goes on while the sink works on the previous gathering (one at a time, in order): DuckDB
+    releases the GIL while it inserts, so reading the next one costs the rebuild no time.
     """
     spec, sink, start = binding
     projection = isinstance(sink, ProjectionSink)
@@ -146,15 +160,34 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
     raw = sink.raw_filter if projection else None
     pending: list[Received] = []
     events = size = 0
-    async for batch in read(
-        nc, spec.stream, spec.filter_subjects, start_seq=start, stop_seq=stop_seq, until_ns=until_ns, raw=raw
-    ):
-        pending.extend(batch)
-        events += sum(len(r.events) for r in batch)
-        size += sum(len(r.delivery.data) for r in batch if r.raw)
-        if events >= gather or size >= REBUILD_COMMIT_BYTES:
-            await sink.process(pending)
-            pending, events, size = [], 0, 0
+    working: asyncio.Task[object] | None = None
+    try:
+        async for batch in read(
+            nc,
+            spec.stream,
+            spec.filter_subjects,
+            start_seq=start,
+            stop_seq=stop_seq,
+            until_ns=until_ns,
+            raw=raw,
+            batch=spec.batch,
+            max_bytes=spec.max_bytes,
+        ):
+            pending.extend(batch)
+            events += sum(len(r.events) for r in batch)
+            size += sum(len(r.delivery.data) for r in batch if r.raw)
+            if events >= gather or size >= REBUILD_COMMIT_BYTES:
+                if working is not None:
+                    await working
+                working = asyncio.create_task(sink.process(pending))
+                pending, events, size = [], 0, 0
+        if working is not None:
+            await working
+    finally:
+        if working is not None:  # done unless the read failed or was cancelled: then so is the rebuild
+            working.cancel()
+            with contextlib.suppress(BaseException):
+                await working
     if pending:
         await sink.process(pending)
     close = getattr(sink, "close", None)

@@ -194,13 +194,14 @@ async def _rebuild(
     bindings = [b for b, _ in work]
     tasks = [asyncio.create_task(replay_into(nc, b, stop_seq=stop, until_ns=until_ns)) for b, stop in work]
     try:
-        while not all(t.done() for t in tasks):
+        running = set(tasks)
+        while running:  # ends as the last one does (a fixed sleep cost a 100k-event rebuild ~25 ms on average)
             if progress:
                 progress(sum(getattr(b.sink, "events", 0) for b in bindings))
-            failed = [t for t in tasks if t.done() and t.exception()]
+            done, running = await asyncio.wait(running, timeout=0.05, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t.exception() for t in done if t.exception()]
             if failed:
-                raise failed[0].exception()  # type: ignore[misc]
-            await asyncio.sleep(0.05)
+                raise failed[0]  # type: ignore[misc]
     finally:
         for t in tasks:
             t.cancel()
