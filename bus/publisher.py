@@ -71,6 +71,11 @@ class PublishTimeout(PublishError, Stalled):
 STORE_FULL_CODES = (10023, 10047)  # JSInsufficientResourcesErr, JSStorageResourcesExceededErr
 
 
+# A big group goes to the socket in pieces of this many messages: nats-server stores the first while
+# the publisher builds the next (bench_peers: 34-39k vs 31-33k published msg/s, one write per group).
+WRITE_EVERY = 256
+
+
 class _PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
@@ -290,7 +295,7 @@ class Publisher:
         while i < n:  # as many as the window has room for, queued at once: no coroutine per message
             if self._free <= 0:
                 await self._slot()
-            k = min(n, i + self._free)
+            k = min(n, i + self._free, i + WRITE_EVERY)
             nxt = self._next
             frames: list[bytes] = []
             size = 0
@@ -308,6 +313,8 @@ class Publisher:
             i = k
             if nc.queue_frames(frames, size):
                 await nc.flush_queued()
+            if i < n:  # the server stores these while we build the rest
+                nc.write_pending()
         self.nc.write_pending()
         return Sent(group)
 
