@@ -180,7 +180,9 @@ async def faststream(py: Path, url: str, n: int, durable: str, config: str, publ
     return float(json.loads(out.decode().strip().splitlines()[-1])["eps"])
 
 
-async def bench(url: str, py: Path | None, n: int, rounds: int, configs: Sequence[str]) -> dict[str, list[float]]:
+async def bench(
+    url: str, py: Path | None, n: int, rounds: int, configs: Sequence[str], works: Sequence[str] = ("ack", "pub")
+) -> dict[str, list[float]]:
     nc = await connect(NatsSettings(url=url, name="bench-peers"))
     await provision(nc, PREFIX)
     api = JetStreamApi(nc)
@@ -202,10 +204,12 @@ async def bench(url: str, py: Path | None, n: int, rounds: int, configs: Sequenc
         await api.ensure_consumer(STREAM, durable_config(f"fetch_{r}", [SUBJECT]))
         if py is not None:
             add("ack|plain nats-py fetch(500)", await nats_py_fetch(nc, n, f"fetch_{r}"))
-        add("ack|ours: ConsumerRuntime", await ours_ack(nc, publisher, n, f"ours_ack_{r}"))
+        if "ack" in works:
+            add("ack|ours: ConsumerRuntime", await ours_ack(nc, publisher, n, f"ours_ack_{r}"))
         for cfg in configs if py is not None else ():
             add(f"ack|FastStream {cfg}", await faststream(py, url, n, f"fs_{cfg}_ack_{r}", cfg, publish=False))
-        add("pub|ours: ComponentRunner(Handler)", await ours_publish(nc, publisher, n, r))
+        if "pub" in works:
+            add("pub|ours: ComponentRunner(Handler)", await ours_publish(nc, publisher, n, r))
         for cfg in configs if py is not None else ():
             add(f"pub|FastStream {cfg}", await faststream(py, url, n, f"fs_{cfg}_pub_{r}", cfg, publish=True))
     await publisher.close()
@@ -266,19 +270,23 @@ def main() -> None:
     ap.add_argument(
         "--ours-only", action="store_true", help="only our side, with its CPU per message (A/B runs, profiling)"
     )
+    ap.add_argument("--work", choices=("ack", "pub"), help="with --ours-only: only this workload (profiling)")
     args = ap.parse_args()
+    works = (args.work,) if args.work and args.ours_only else ("ack", "pub")
     configs = [c for c in args.fs_configs.split(",") if c]
     py = None if args.ours_only else peers_python()
     with tempfile.TemporaryDirectory() as d:
         server = EmbeddedNats(Path(d) / "nats")
         url = server.start()
         try:
-            results = asyncio.run(bench(url, py, args.n, args.rounds, configs))
+            results = asyncio.run(bench(url, py, args.n, args.rounds, configs, works))
         finally:
             server.stop()
     load = "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     if py is None:
         for work, key in (("ack", "ack|ours: ConsumerRuntime"), ("pub", "pub|ours: ComponentRunner(Handler)")):
+            if work not in works:
+                continue
             cpu = ", ".join(f"{x:.1f}" for x in OUR_CPU.get(work, []))
             print(f"ours {work}: msg/s {', '.join(f'{x:,.0f}' for x in results[key])}; CPU µs/msg {cpu} ({load})")
         return

@@ -175,27 +175,26 @@ class TapelineClient(Client):
                 out[key.decode("ascii")] = value.strip().decode("utf-8", "replace")
         return out
 
-    async def publish_prebuilt(self, subject: str, payload: bytes, reply: str, header_block: bytes) -> None:
-        """Publish with a header block built once by the caller (``NATS/1.0\\r\\n...\\r\\n\\r\\n``).
+    def queue_frames(self, frames: list[bytes], payload_bytes: int) -> bool:
+        """Queue complete protocol frames for the socket at once (the publisher's ``HPUB`` frames, built from
+        values it controls: no per-header validation), synchronously: no coroutine per message.
 
-        The publisher builds headers from values it controls (ids, tags), so the per-header
-        validation of ``publish`` is not needed on the hot path.
+        True when the caller must ``await flush_queued()`` (the flusher must be woken, or the buffer is
+        over its limit), as ``publish`` would have awaited.
         """
         if self.is_closed:
             raise ConnectionClosedError
-        hdr_len = len(header_block)
-        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-            subject.encode(),
-            reply.encode(),
-            hdr_len,
-            hdr_len + len(payload),
-            header_block,
-            payload,
+        self._pending.extend(frames)
+        self._pending_data_size += sum(map(len, frames))
+        self.stats["out_msgs"] += len(frames)
+        self.stats["out_bytes"] += payload_bytes
+        return 0 < self._max_pending_size < self._pending_data_size or (
+            self._flush_queue is not None and self._flush_queue.empty()
         )
-        self.stats["out_msgs"] += 1
-        self.stats["out_bytes"] += len(payload)
-        if self._queue(cmd):
-            await self._flush_queued()
+
+    async def flush_queued(self) -> None:
+        """What ``publish`` awaits after queueing: a forced flush over the limit, else wake the flusher."""
+        await self._flush_queued()
 
     def _queue(self, cmd: bytes) -> bool:
         """Queue ``cmd`` for the socket as ``_send_command`` does; True when the flusher must be woken or the

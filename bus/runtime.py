@@ -331,6 +331,8 @@ class ConsumerRuntime:
 
         if self.ack_policy == "all":
             await self._ack_committed(batch)
+        elif not outcome:  # all handled: one call queues the acks
+            await self.loop.ack_all(batch)
         else:
             for i, d in enumerate(batch):
                 fail = outcome.get(i)

@@ -18,27 +18,34 @@ _blake2b = hashlib.blake2b
 
 
 def _encode(ms: int, low: bytes) -> str:
-    """base32hex of the 16 bytes (48-bit ms + ``low``), unpadded: 26 digits, read two at a time off an int.
+    """base32hex of the 16 bytes (48-bit ms + ``low``), unpadded: 26 digits, read two at a time.
 
-    Same string as ``base64.b32hexencode(raw)[:26]`` at a half to a third of its cost: every event gets an id.
+    Same string as ``base64.b32hexencode(raw)[:26]`` at a fraction of its cost: every event gets an id.
+    The 130 bits (128 and two zero bits) are cut into four 30-bit pieces and a last 10 bits first, so
+    each two-digit lookup shifts a one-digit int instead of the whole 130-bit one (17% fewer instructions).
     """
-    n = (((ms & 0xFFFF_FFFF_FFFF) << 80) | int.from_bytes(low, "big")) << 2  # 130 bits: 26 digits of 5
+    ms &= 0xFFFF_FFFF_FFFF
+    tail = int.from_bytes(low, "big")  # 80 bits
+    a = ms >> 18  # bits 1-30 of the 130
+    b = ((ms & 0x3FFFF) << 12) | (tail >> 68)  # 31-60
+    c = (tail >> 38) & 0x3FFF_FFFF  # 61-90
+    d = (tail >> 8) & 0x3FFF_FFFF  # 91-120
     p = _PAIRS
     return "".join(
         (
-            p[n >> 120],
-            p[(n >> 110) & 1023],
-            p[(n >> 100) & 1023],
-            p[(n >> 90) & 1023],
-            p[(n >> 80) & 1023],
-            p[(n >> 70) & 1023],
-            p[(n >> 60) & 1023],
-            p[(n >> 50) & 1023],
-            p[(n >> 40) & 1023],
-            p[(n >> 30) & 1023],
-            p[(n >> 20) & 1023],
-            p[(n >> 10) & 1023],
-            p[n & 1023],
+            p[a >> 20],
+            p[(a >> 10) & 1023],
+            p[a & 1023],
+            p[b >> 20],
+            p[(b >> 10) & 1023],
+            p[b & 1023],
+            p[c >> 20],
+            p[(c >> 10) & 1023],
+            p[c & 1023],
+            p[d >> 20],
+            p[(d >> 10) & 1023],
+            p[d & 1023],
+            p[(tail & 255) << 2],  # the last byte and the two zero bits
         )
     )
 
@@ -65,9 +72,11 @@ def tick_id(venue: str, symbol: str, ts_ns: int, seq: int, account: str = "") ->
 
     Any feed that sees the same tick again (a restart, a re-import) gives it the same id.
     """
+    # derive_event_id(ts_ns, venue[, account], symbol, ts_ns, seq), its key joined by one f-string (a feed
+    # stamps every tick): the same text, since f"{x}" is str(x) for the str and int parts
     if account:
-        return derive_event_id(ts_ns, venue, account, symbol, ts_ns, seq)
-    return derive_event_id(ts_ns, venue, symbol, ts_ns, seq)
+        return derive_event_id_joined(ts_ns, f"{venue}\x1f{account}\x1f{symbol}\x1f{ts_ns}\x1f{seq}")
+    return derive_event_id_joined(ts_ns, f"{venue}\x1f{symbol}\x1f{ts_ns}\x1f{seq}")
 
 
 def bar_id(symbol: str, interval: str, start_ns: int, ts_event: int) -> str:

@@ -155,6 +155,9 @@ async def test_large_payloads_across_many_reads() -> None:
         b"MSG a 1 3 \r\nabc\r\n",  # space after the size: the base regex refuses it
         b"MSG a 1 r s 3\r\nabc\r\n",  # too many tokens
         b"HMSG a 1 9 3\r\nabc\r\n",  # headers longer than the message
+        b"MSG a\r1 3\r\nabc\r\n",  # a lone CR in the line
+        b"MSG a 1\n3\r\nabc\r\n",  # a lone LF in the line
+        b"MSG a 1 3\r\rabc\r\n",  # CR CR
     ],
 )
 async def test_malformed_lines_behave_as_before(bad: bytes) -> None:
