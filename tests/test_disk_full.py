@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
@@ -175,8 +176,10 @@ async def test_full_duckdb_volume_stalls_only_the_projection_then_resumes(
     tmpfs: Path, nc: Client, provisioned: str, publisher: Publisher, checkpoint: str
 ) -> None:
     """``wal``: the WAL write fails (the transaction is rolled back, the connection stays usable).
-    ``checkpoint``: checkpoints after every commit, so the checkpoint fails and DuckDB invalidates
-    the database: the sink reopens it."""
+    ``checkpoint``: checkpoints after every commit, so mostly the checkpoint fails and DuckDB
+    invalidates the database: the sink reopens it. Which write meets the full disk first is a race
+    (the WAL write won in 2 of 12 runs with DuckDB's defaults and about a third with the projector's
+    ``[projector]`` limits); then the connection stays usable, as in the ``wal`` case."""
     pipeline = Pipeline(nc, provisioned, configs=FAST, db_path=tmpfs / "p.duckdb")
     await pipeline.start()
     waiter = asyncio.create_task(pipeline.wait())
@@ -211,8 +214,12 @@ async def test_full_duckdb_volume_stalls_only_the_projection_then_resumes(
     assert pipeline.db is not None
     assert pipeline.db.con.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (ticks, ticks)
     assert [a.resolved for a in await _wait_alerts(nc, provisioned, component, 2)] == [False, True]
-    if checkpoint == "checkpoint":
-        assert pipeline.db.con is not first  # reopened after DuckDB invalidated it
+    try:
+        first.execute("SELECT 1")
+        invalidated = False
+    except duckdb.Error:  # DuckDB invalidated it (a checkpoint failed), or the sink closed it to reopen
+        invalidated = True
+    assert invalidated == (pipeline.db.con is not first)  # reopened exactly when it had to be
     assert not waiter.done()
     await pipeline.stop()
 
