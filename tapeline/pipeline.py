@@ -83,7 +83,7 @@ class Pipeline:
         self.retention = retention
         self.standby = standby
         p = projector or ProjectorConfig()  # tests and benchmarks run with the shipped defaults
-        self.db_limits: DbLimits | None = DbLimits(p.memory_limit_mb, p.checkpoint_mb, p.threads)
+        self.db_limits = DbLimits(p.memory_limit_mb, p.checkpoint_mb, p.threads)
         self.components: list[Component] = [c for c in build(configs, self.selected) if c.active()]
         self.runners: list[ComponentRunner] = []
         self.runtimes: list[ConsumerRuntime] = []  # read models (component runtimes live in their runners)
