@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nats.protocol.parser import Parser
-from timing import best_us
+from timing import Echo, best_us
 
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.components import _stamped
@@ -33,20 +33,10 @@ from tapeline.bus.consumer import parse_delivery
 from tapeline.bus.protocol import LeanParser
 from tapeline.bus.publisher import headers_for
 from tapeline.schemas.codec import encode
-from tapeline.schemas.components import Consumes, Handler, draft
-from tapeline.schemas.events import Alert, AnyEvent, Event, Tick
+from tapeline.schemas.components import draft
+from tapeline.schemas.events import Alert, Tick
 
 ACK = b"$JS.ACK.PEER_MD.ours_ack_0.1.%d.%d.1763850000000000000.%d"
-
-
-class Echo(Handler):
-    name = "bench_echo"
-    role = "bench"
-    emits = (Alert,)
-    consumes = (Consumes(Tick),)
-
-    def handle(self, event: AnyEvent) -> list[Event]:
-        return []
 
 
 def bench_parser(parser: type[Parser], ticks: list[Tick], repeat: int) -> float:

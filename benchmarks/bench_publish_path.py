@@ -24,25 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import best_us
+from timing import Echo, best_us
 
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.components import _stamped
 from tapeline.bus.connection import TapelineClient
 from tapeline.bus.publisher import Publisher
-from tapeline.schemas.components import Consumes, Handler, draft
-from tapeline.schemas.events import Alert, AnyEvent, Event, Tick
+from tapeline.schemas.components import draft
+from tapeline.schemas.events import Alert, Event
 from tapeline.schemas.ids import tick_id
-
-
-class Echo(Handler):
-    name = "bench_echo"
-    role = "bench"
-    emits = (Alert,)
-    consumes = (Consumes(Tick),)
-
-    def handle(self, event: AnyEvent) -> list[Event]:
-        return []
 
 
 def bench_send_ack(outputs: list[Event], group: int, repeat: int) -> tuple[float, float]:
