@@ -185,12 +185,15 @@ async def latency(url: str, prefix: str, rate: int, seconds: float, handlers_pid
     sampler.start()
     start_t = time.perf_counter()
     for i in range(0, len(ticks), step):
-        chunk = [msgspec.structs.replace(t, ts_init=time.time_ns()) for t in ticks[i : i + step]]
+        # Each tick is stamped just before it is sent, as a feed does: the rest of the chunk only after
+        # the first one's round trip has been timed (stamped before it, they counted that wait as latency).
+        probe = [msgspec.structs.replace(ticks[i], ts_init=time.time_ns())]
+        t0 = time.perf_counter()
+        await pub.publish(probe)
+        rtt.append((time.perf_counter() - t0) * 1e3)
+        chunk = probe + [msgspec.structs.replace(t, ts_init=time.time_ns()) for t in ticks[i + 1 : i + step]]
         for t in chunk:
             tick_init[t.event_id] = t.ts_init
-        t0 = time.perf_counter()
-        await pub.publish(chunk[:1])
-        rtt.append((time.perf_counter() - t0) * 1e3)
         await pub.publish(chunk[1:])
         target = start_t + (i + step) / rate
         await asyncio.sleep(max(0.0, target - time.perf_counter()))
