@@ -50,14 +50,7 @@ def signals(n_ticks: int) -> list[Signal]:
             extra = [("model", "technical", 0.31, {"p_up": 0.655, "horizon": 5.0, "model_version": 3.0e9})]
             if i % 10 == 0:
                 extra.append(("price_move", "event", 0.5, {"move": 0.0512, "window_s": 900.0}))
-                extra.append(
-                    (
-                        "sentiment",
-                        "news",
-                        0.42,
-                        SOURCES,
-                    )
-                )
+                extra.append(("sentiment", "news", 0.42, SOURCES))
             for j, (agent, domain, strength, metrics) in enumerate(extra):
                 out.append(
                     Signal(
