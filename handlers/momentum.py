@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, cast
 
 import msgspec
 
@@ -53,23 +53,33 @@ class MomentumSignal(Handler):
         self.neutral_band = cfg.neutral_band
         self.consumes = (Consumes(Bar, {"interval": cfg.interval}),)
         self._closes: dict[str, list[float]] = {}
+        self._rets: dict[str, list[float | None]] = {}  # log returns of the closes (derived, not snapshotted)
 
     def handle(self, event: AnyEvent) -> list[Event]:
         if not isinstance(event, Bar) or event.interval != self.interval or event.close <= 0:
             return []
         closes = self._closes.setdefault(event.symbol, [])
+        rets = self._rets.setdefault(event.symbol, [])
         closes.append(event.close)
+        if len(closes) > 1:
+            rets.append(_log_return(closes[-2], event.close))
         if len(closes) > self.window + 1:
             del closes[0]
+            del rets[0]
         if len(closes) <= self.window:
             return []
-        rets = [math.log(b / a) for a, b in itertools.pairwise(closes)]
+        if None in rets:  # a ratio math.log refuses (0 by underflow): raise what it raises, as before
+            rets = [math.log(b / a) for a, b in itertools.pairwise(closes)]
+        return self._signal(event, closes, cast(list[float], rets))
+
+    def _signal(self, event: Bar, closes: list[float], rets: list[float]) -> list[Event]:
         mean = sum(rets) / len(rets)
-        sigma = math.sqrt(sum((r - mean) ** 2 for r in rets) / max(1, len(rets) - 1))
+        sigma = math.sqrt(sum([(r - mean) ** 2 for r in rets]) / max(1, len(rets) - 1))
         total = math.log(closes[-1] / closes[0])
         z = total / (sigma * math.sqrt(self.window)) if sigma > 0 else 0.0
         strength = math.tanh(z / 2)
         direction = "NEUTRAL" if abs(strength) < self.neutral_band else ("BULLISH" if strength > 0 else "BEARISH")
+        ret = math.expm1(total)
         return [
             draft(
                 Signal,
@@ -80,9 +90,9 @@ class MomentumSignal(Handler):
                 direction=direction,
                 strength=round(strength, 6),
                 confidence=round(min(1.0, abs(z) / 3), 6),
-                summary=f"{self.window}-bar return {math.expm1(total):+.2%}, z={z:+.2f}",
-                key_factors=[f"return_{self.window}={math.expm1(total):+.4f}", f"volatility={sigma:.5f}"],
-                metrics={"z": round(z, 6), "return": round(math.expm1(total), 8), "volatility": round(sigma, 8)},
+                summary=f"{self.window}-bar return {ret:+.2%}, z={z:+.2f}",
+                key_factors=[f"return_{self.window}={ret:+.4f}", f"volatility={sigma:.5f}"],
+                metrics={"z": round(z, 6), "return": round(ret, 8), "volatility": round(sigma, 8)},
             )
         ]
 
@@ -91,3 +101,16 @@ class MomentumSignal(Handler):
 
     def restore(self, data: bytes) -> None:
         self._closes = msgspec.msgpack.decode(data, type=dict[str, list[float]])
+        self._rets = {
+            symbol: [_log_return(a, b) for a, b in itertools.pairwise(closes)]
+            for symbol, closes in self._closes.items()
+        }
+
+
+def _log_return(a: float, b: float) -> float | None:
+    """``math.log(b / a)``, kept per bar so each close's return is computed once, not once per window;
+    None where math.log raises (the window's computation then raises it)."""
+    try:
+        return math.log(b / a)
+    except ValueError:
+        return None

@@ -18,6 +18,7 @@ runner rebuilds it by replaying ``max(window_s, cooldown_s)`` of bars.
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from typing import Annotated, ClassVar
 
 import msgspec
@@ -25,6 +26,8 @@ import msgspec
 from tapeline.schemas.components import Consumes, Handler, Window, draft
 from tapeline.schemas.events import Alert, AnyEvent, Bar, Event, Signal
 from tapeline.schemas.intervals import interval_ns
+
+_close = itemgetter(1)  # of a (time, close) pair
 
 
 class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -75,7 +78,7 @@ class PriceMoveMonitor(Handler):
         closes.append((t, event.close))
         while closes and closes[0][0] < t - self.window_ns:
             del closes[0]
-        low, high = min(c for _, c in closes), max(c for _, c in closes)
+        low, high = min(closes, key=_close)[1], max(closes, key=_close)[1]  # a C key, not a generator each
         up, down = event.close / low - 1, event.close / high - 1
         move = up if up >= -down else down
         if abs(move) < cfg.threshold:
