@@ -105,7 +105,7 @@ async def read(
                     done = True
                     break
                 if raw is not None and raw(d.data):
-                    out.append(_received(Received, (d, (), True)))  # (): untracked, as the tuple then is
+                    out.append(_received(Received, (d, (), True)))  # (): no list per message for the collector
                     continue
                 try:
                     out.append(_received(Received, (d, decode(d.data).events, False)))
