@@ -115,19 +115,30 @@ async def settled(api: JetStreamApi, durable: str) -> None:
 
 
 OUR_CPU: dict[str, list[float]] = {}  # workload -> CPU µs per message of this process (ours), per round
+SERVER_CPU: dict[str, list[float]] = {}  # workload -> nats-server's CPU µs per message during ours, per round
+SERVER_PID = 0
+
+
+def server_cpu() -> float:
+    """nats-server's user + system CPU seconds so far (Linux /proc; 0 if unknown)."""
+    if not SERVER_PID:
+        return 0.0
+    fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def ours_ack(nc: Any, publisher: Publisher, n: int, durable: str) -> float:
     sink = CountSink(n)
     rt = ConsumerRuntime(nc, publisher, ConsumerSpec(stream=STREAM, durable=durable, filter_subjects=(SUBJECT,)), sink)
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, srv0 = time.perf_counter(), time.process_time(), server_cpu()
     task = asyncio.create_task(rt.run())
     await sink.done.wait()
     await settled(JetStreamApi(nc), durable)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    elapsed, cpu, srv = time.perf_counter() - t0, time.process_time() - cpu0, server_cpu() - srv0
     rt.stop()
     await task
     OUR_CPU.setdefault("ack", []).append(cpu / n * 1e6)
+    SERVER_CPU.setdefault("ack", []).append(srv / n * 1e6)
     return n / elapsed
 
 
@@ -139,16 +150,17 @@ async def ours_publish(nc: Any, publisher: Publisher, n: int, round_: int) -> fl
     # Timed from when its consumer runs: at start a runner first reads which outputs are already
     # stored (here every earlier round's and FastStream's alerts), a one-off that is not throughput.
     await runner.settled.wait()
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, srv0 = time.perf_counter(), time.process_time(), server_cpu()
     rt = runner.runtimes[0]
     before = rt.processed
     while rt.processed < n:  # noqa: ASYNC110 - the runner has no event for "n handled"
         await asyncio.sleep(0.005)
     await settled(JetStreamApi(nc), rt.durable)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    elapsed, cpu, srv = time.perf_counter() - t0, time.process_time() - cpu0, server_cpu() - srv0
     runner.stop()
     await task
     OUR_CPU.setdefault("pub", []).append(cpu / (n - before) * 1e6)
+    SERVER_CPU.setdefault("pub", []).append(srv / (n - before) * 1e6)
     return (n - before) / elapsed
 
 
@@ -257,6 +269,8 @@ def report(results: dict[str, list[float]], n: int, rounds: int, load: str) -> N
     for work, label in (("ack", "ours consume-decode-ack"), ("pub", "ours consume-decode-publish-ack")):
         per = ", ".join(f"{x:.1f}" for x in OUR_CPU.get(work, []))
         ratios.add_row(f"{label}: CPU µs per message (this process)", per, "")
+        per = ", ".join(f"{x:.1f}" for x in SERVER_CPU.get(work, []))
+        ratios.add_row(f"{label}: nats-server CPU µs per message", per, "")
     console = Console(width=120)
     console.print(table)
     console.print(ratios)
@@ -278,6 +292,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         server = EmbeddedNats(Path(d) / "nats")
         url = server.start()
+        global SERVER_PID
+        SERVER_PID = server.pid
         try:
             results = asyncio.run(bench(url, py, args.n, args.rounds, configs, works))
         finally:
@@ -288,7 +304,9 @@ def main() -> None:
             if work not in works:
                 continue
             cpu = ", ".join(f"{x:.1f}" for x in OUR_CPU.get(work, []))
-            print(f"ours {work}: msg/s {', '.join(f'{x:,.0f}' for x in results[key])}; CPU µs/msg {cpu} ({load})")
+            srv = ", ".join(f"{x:.1f}" for x in SERVER_CPU.get(work, []))
+            rates = ", ".join(f"{x:,.0f}" for x in results[key])
+            print(f"ours {work}: msg/s {rates}; CPU µs/msg {cpu}, nats-server {srv} ({load})")
         return
     report(results, args.n, args.rounds, load)
 

@@ -52,35 +52,27 @@ class _Request:
     lapses: float  # monotonic time after which we stop counting on it
 
 
-class Delivery:
+class Delivery(msgspec.Struct, gc=False, eq=False):
     """One JetStream message and where it sits in its stream (headers kept raw, parsed on demand).
 
     Every message needs its ``stream_seq`` and ``reply`` (the ack); the subject, delivery count,
     pending count and time are read from the raw tokens when first asked for (dead letters, lag,
     ``until`` bounds), which spares three ``int()`` and a decode per message.
+
+    A msgspec Struct without garbage-collector tracking (it holds only bytes, str and int: never in a
+    cycle), compared by identity as before: built in C at a third of a ``__slots__`` class's cost, and
+    the collector no longer walks the deliveries a batch or a rebuild's gathering holds (the collector was
+    ~2.5-3 µs of a one-event-per-message rebuild's 17-19 µs per event).
     """
 
-    __slots__ = ("_deliveries", "_pending", "_subject", "_ts_ns", "data", "headers", "reply", "stream_seq")
-
-    def __init__(
-        self,
-        subject: str | bytes,
-        data: bytes,
-        headers: bytes,
-        reply: str,
-        stream_seq: int,
-        deliveries: int | bytes,
-        pending: int | bytes,
-        ts_ns: int | bytes,
-    ) -> None:
-        self._subject = subject
-        self.data = data
-        self.headers = headers
-        self.reply = reply
-        self.stream_seq = stream_seq
-        self._deliveries = deliveries
-        self._pending = pending
-        self._ts_ns = ts_ns
+    _subject: str | bytes
+    data: bytes
+    headers: bytes
+    reply: str
+    stream_seq: int
+    _deliveries: int | bytes
+    _pending: int | bytes
+    _ts_ns: int | bytes
 
     @property
     def subject(self) -> str:
@@ -115,10 +107,10 @@ class Delivery:
 
 
 def parse_delivery(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Delivery:
-    if reply.count(b".") == 8:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        _, d, s, _, ts, p = reply.rsplit(b".", 5)  # the five numbers only: no tokens for the names
+    t = reply.split(b".")  # one call: cheaper than counting the dots first and splitting off the numbers
+    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        d, s, ts, p = t[4], t[5], t[7], t[8]
     else:  # $JS.ACK.<domain>.<acc>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<rnd>]
-        t = reply.split(b".")
         d, s, ts, p = t[6], t[7], t[9], t[10]
     return Delivery(subject, data, headers or b"", reply.decode(), int(s), d, p, ts)
 

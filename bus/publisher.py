@@ -44,7 +44,7 @@ from tapeline.bus.metrics import (
     zero_publisher_counters,
 )
 from tapeline.bus.stall import Stalled
-from tapeline.schemas.codec import encode
+from tapeline.schemas.codec import _encoder, encode
 from tapeline.schemas.events import Event
 
 
@@ -86,7 +86,7 @@ class _PubAck(msgspec.Struct):
 _ack_decoder = msgspec.json.Decoder(_PubAck)
 
 
-class _Out(msgspec.Struct):
+class _Out(msgspec.Struct, gc=False):  # no cycle through it: untracked, like Delivery
     subject: str
     payload: bytes
     headers: str  # a complete NATS header block (``header_text``)
@@ -272,6 +272,7 @@ class Publisher:
         waits). Groups sent one after another go to the socket in that order."""
         group = _Group(len(events))
         prefix, inflight, inbox, nc = self.prefix, self._inflight, self._inbox, self.nc
+        typed_of, enc, out = _TYPE_HEADERS, _encoder.encode, _Out
         i, n = 0, len(events)
         while i < n:  # as many as the window has room for, queued at once: no coroutine per message
             if self._free <= 0:
@@ -280,12 +281,21 @@ class Publisher:
             nxt = self._next
             frames: list[bytes] = []
             size = 0
-            for j in range(i, k):  # _frame, inlined
+            for j in range(i, k):  # _frame and, without extra headers, header_text: inlined
                 ev = events[j]
-                subject, payload, h = ev.subject(prefix), encode(ev), header_text(ev, 1, extra_headers)
+                subject, payload = ev._subject.render(ev, prefix), enc(ev)
+                if extra_headers is None and (typed := typed_of.get(ev.__class__)) is not None:
+                    h = f"NATS/1.0\r\nNats-Msg-Id: {ev.event_id}{typed}"
+                    if ev.correlation_id:
+                        h += f"Correlation-Id: {ev.correlation_id}\r\n"
+                    if ev.causation_id:
+                        h += f"Causation-Id: {ev.causation_id}\r\n"
+                    h += "\r\n"
+                else:
+                    h = header_text(ev, 1, extra_headers)
                 nxt += 1
                 reply = f"{inbox}.{nxt}"
-                inflight[reply.encode()] = _Out(subject, payload, h, group, j)
+                inflight[reply.encode()] = out(subject, payload, h, group, j)
                 hl = len(h) if h.isascii() else len(h.encode())
                 frames.append(f"HPUB {subject} {reply} {hl} {hl + len(payload)}\r\n{h}".encode() + payload + b"\r\n")
                 size += len(payload)

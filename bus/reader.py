@@ -28,7 +28,7 @@ from tapeline.schemas.events import AnyEvent
 
 class Received(NamedTuple):
     delivery: Delivery
-    events: list[AnyEvent]
+    events: Sequence[AnyEvent]
     raw: bool = False  # not decoded (``events`` is empty): the reader's ``raw`` check took it
 
 
@@ -105,7 +105,7 @@ async def read(
                     done = True
                     break
                 if raw is not None and raw(d.data):
-                    out.append(_received(Received, (d, [], True)))
+                    out.append(_received(Received, (d, (), True)))  # (): no list per message for the collector
                     continue
                 try:
                     out.append(_received(Received, (d, decode(d.data).events, False)))

@@ -46,7 +46,7 @@ from tapeline.bus.metrics import (
     zero_consumer_counters,
 )
 from tapeline.bus.publisher import Publisher
-from tapeline.bus.reader import Received
+from tapeline.bus.reader import Received, _received
 from tapeline.bus.stall import Stalled
 from tapeline.bus.topology import AckPolicy, durable_config
 from tapeline.schemas.codec import MalformedEvent, decode
@@ -302,7 +302,7 @@ class ConsumerRuntime:
                 log.warning(
                     "skipped unknown schema version", consumer=self.durable, seq=d.stream_seq, events=decoded.skipped
                 )
-            received.append(Received(d, decoded.events))
+            received.append(_received(Received, (d, decoded.events, False)))  # no NamedTuple __new__ call
             where.append(i)
         try:
             failures = await self._retrying(lambda: self.sink.process(received), len(batch))

@@ -192,8 +192,14 @@ class Bodies:
         return out
 
     def event_seqs(self) -> pa.Table:
-        """Column ``_s``: the stream sequence of each event of :meth:`json_array`, position by position."""
-        return pa.table({"_s": np.repeat(np.asarray(self.seqs, dtype=np.int64), self.counts)})
+        """Column ``_s``: the stream sequence of each event of :meth:`json_array`, position by position.
+
+        Made from the array's buffer: ``pa.array``/``pa.table`` import pandas on their first call (0.4-0.5 s,
+        a fixed cost a rebuild of ticks alone pays nowhere else: ~20% of a 100k-tick one-per-message one).
+        """
+        seqs = np.repeat(np.asarray(self.seqs, dtype=np.int64), self.counts)
+        column = pa.Array.from_buffers(pa.int64(), len(seqs), [None, pa.py_buffer(seqs)])
+        return pa.Table.from_arrays([column], names=["_s"])
 
     def arrow(self) -> pa.Table:
         """Columns seq, body (text: the byte checks made sure it is ASCII), n (events in the body)."""

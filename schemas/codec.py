@@ -68,12 +68,15 @@ def decode(data: bytes) -> Decoded:
         obj = _decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _decode_slow(data)
-    events: list[AnyEvent] = obj if isinstance(obj, list) else [obj]
     current = _CURRENT_BY_CLASS
-    for ev in events:
+    if obj.__class__ is not list:  # one event per message: no loop
+        if obj.version != current[obj.__class__]:
+            return _decode_slow(data)
+        return Decoded([obj], [])
+    for ev in obj:
         if ev.version != current[ev.__class__]:
             return _decode_slow(data)
-    return Decoded(events, [])
+    return Decoded(obj, [])
 
 
 def _decode_slow(data: bytes) -> Decoded:
