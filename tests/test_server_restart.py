@@ -21,7 +21,7 @@ from tapeline.bus.connection import NatsSettings, TapelineClient, close_connecti
 from tapeline.bus.jetstream import JetStreamApi, JetStreamError
 from tapeline.bus.server import EmbeddedNats
 from tapeline.schemas.subjects import FAMILIES
-from tests.helpers import TAPELINE, projected, start_tapeline, wait_until, write_config
+from tests.helpers import TAPELINE, start_tapeline, wait_until, write_config
 
 DRAIN_S = 10.0  # `up --drain-timeout`, default
 TICKS = 60_000
@@ -32,7 +32,6 @@ class Pipeline:
     """What the test watches, over its own connection (which rides out the restarts like the rest)."""
 
     def __init__(self, nc: TapelineClient, prefix: str) -> None:
-        self.nc = nc
         self.api = JetStreamApi(nc, timeout=1.0)
         self.prefix = prefix
         self.md = f"{prefix.upper()}_MD"
@@ -48,13 +47,15 @@ class Pipeline:
         return int(info["state"]["last_seq"]) if info else -1
 
     async def projected(self) -> int:
-        """The projector's tick checkpoint on market data, from its query service (its consumer does not
-        ack); -1 while unknown."""
-        return await projected(self.nc, self.prefix, self.md)
+        """The projector's ack floor on market data; -1 while unknown. Its consumer has ack policy none, so
+        the floor follows deliveries: it moves again once the projector has re-created its durable after a
+        restart. What it committed is checked in the file at the end."""
+        info = await self._ask(self.api.consumer_info(self.md, "projector_md"))
+        return int(info["ack_floor"]["stream_seq"]) if info else -1
 
     async def running(self) -> bool:
         """The projector's consumer exists: `up` has started."""
-        return await self._ask(self.api.consumer_info(self.md, "projector_md")) is not None
+        return await self.projected() >= 0
 
     async def caught_up(self) -> bool:
         """Every consumer of every stream has nothing pending, and the projector has all market data."""
