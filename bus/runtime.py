@@ -15,7 +15,7 @@ dead-lettered at once, since a pure function fails the same way every time). Rea
 ordered too, with ``none``: their position is their own checkpoint, where their durable is
 re-created on every start and reconnect, so an ack would tell the server nothing they need; the
 runtime handles them exactly as ``all`` but sends no ack frames (nats-server then keeps no pending
-map for them either: ~0.6-1.2 µs less per message, docs/performance.md).
+map for them either: ~1.5 µs less per message, benchmarks/bench_acks.py).
 
 Order after a crash: JetStream redelivers a dead process's unacked messages only after
 ``ack_wait``, *after* newer ones. Ordered consumers therefore re-create their durable on start at
