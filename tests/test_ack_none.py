@@ -5,8 +5,10 @@ for it: after a SIGKILL, and with a poison event among good ones."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tapeline.projections.runtimes import projection_bindings
 from tapeline.schemas.events import DeadLetter
 from tapeline.schemas.subjects import MD
 from tests.helpers import (
+    TAPELINE,
     consumer_state,
     kill_when,
     projected,
@@ -105,6 +108,17 @@ async def test_the_projector_sends_no_acks_and_a_kill_mid_stream_leaves_each_row
         await wait_until(done, timeout=120)
         info = await consumer_state(nc, stream, "projector_md")
         assert info is not None and info["num_ack_pending"] == 0 and info["num_pending"] == 0
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [*TAPELINE, "status", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert status.returncode == 0, status.stderr
+        row = next(line for line in status.stdout.splitlines() if "projector_md" in line)
+        assert "n/a (ack none)" in row, row  # not a floor that follows deliveries
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "projector.log").read_text()[-3000:]
