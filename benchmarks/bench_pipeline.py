@@ -36,6 +36,7 @@ from tapeline.bus.jetstream import JetStreamApi
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.server import EmbeddedNats
 from tapeline.bus.topology import provision
+from tapeline.projections.query import query_remote
 from tapeline.schemas.codec import decode
 from tapeline.schemas.events import Tick
 
@@ -64,6 +65,20 @@ async def wait_consumed(api: JetStreamApi, stream: str, durable: str, limit_s: f
             return time.perf_counter()
         await asyncio.sleep(0.01)
     raise TimeoutError(f"{durable} did not finish")
+
+
+async def wait_committed(nc: TapelineClient, prefix: str, stream: str, last: int, consumed: float) -> float:
+    """When the projector has committed every tick up to ``last``. Its consumer has ack policy none, so
+    ``wait_consumed`` sees deliveries, not commits (with ``all`` an ack followed the commit): ask the
+    projector's query service for its checkpoint. Returns ``consumed`` if it was committed by then."""
+    sql = f"SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = '{stream}'"
+    first = True
+    while True:
+        res = await query_remote(nc, prefix, sql, timeout=10.0)
+        if res.rows and int(res.rows[0][0]) >= last:
+            return consumed if first else time.perf_counter()
+        first = False
+        await asyncio.sleep(0.01)
 
 
 async def wait_ready(url: str, prefix: str, durables: tuple[str, ...], limit_s: float = 120) -> None:
@@ -96,6 +111,7 @@ async def throughput(url: str, prefix: str, ticks: list[Tick], batch_ticks: bool
     info = await api.stream_info(stream)
     last = int(info["state"]["last_seq"]) if info else 0
     t_proj = await wait_consumed(api, stream, "projector_md")
+    t_proj = await wait_committed(nc, prefix, stream, last, t_proj)
     t_bars = await wait_consumed(api, stream, "bars_md") if handlers else float("nan")
     await pub.close()
     await nc.drain()

@@ -8,10 +8,14 @@ that ``bus.components`` derives from a component's declaration; reading history 
 ``bus.reader``'s job, not this loop's.
 
 Ack policies: ``explicit`` for stateless consumers, which may share a durable across processes
-(each message acked, nak'd or terminated on its own), and ``all`` for ordered consumers (read
-models and stateful components: acking the last message of a batch acks it all; a failed batch is
-retried in place, never nak'd, so sequences are applied strictly in order; a message that fails on
-its own is dead-lettered at once, since a pure function fails the same way every time).
+(each message acked, nak'd or terminated on its own), and ``all`` for ordered consumers (stateful
+components: acking the last message of a batch acks it all; a failed batch is retried in place,
+never nak'd, so sequences are applied strictly in order; a message that fails on its own is
+dead-lettered at once, since a pure function fails the same way every time). Read models are
+ordered too, with ``none``: their position is their own checkpoint, where their durable is
+re-created on every start and reconnect, so an ack would tell the server nothing they need; the
+runtime handles them exactly as ``all`` but sends no ack frames (nats-server then keeps no pending
+map for them either: ~1.5 µs less per message, benchmarks/bench_acks.py).
 
 Order after a crash: JetStream redelivers a dead process's unacked messages only after
 ``ack_wait``, *after* newer ones. Ordered consumers therefore re-create their durable on start at
@@ -101,10 +105,10 @@ class Sink(Protocol):
     ``async close()`` (called once after the last batch), e.g. to commit what it buffers.
     A sink that waits out a full disk or store (``bus.stall``) has ``stop()``, which ends the
     wait by raising :class:`Stalled`; the runtime then gives the batch up unacked.
-    A sink that buffers has ``committed_seq: int``: with ack policy ``all`` the runtime then
-    acks only deliveries at or below it, so nothing is acked before it is committed. Such a sink
-    may have ``async flush()``, which commits all it processed: the runtime calls it (retried like
-    a batch) when a pull comes back empty and before it repositions after a reconnect.
+    A sink that buffers has ``committed_seq: int``: with ack policy ``all`` (or ``none``) the runtime
+    then acks (or counts as acked) only deliveries at or below it, so nothing is acked before it is
+    committed. Such a sink may have ``async flush()``, which commits all it processed: the runtime calls
+    it (retried like a batch) when a pull comes back empty and before it repositions after a reconnect.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -130,8 +134,11 @@ def dead_letter(d: Delivery, stream: str, consumer: str, reason: str) -> DeadLet
 class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Everything about one durable consumer; built from a component's declaration (``bus.components``).
 
-    ``ordered``: one active instance (a lease), ack policy ``all``, and the durable re-created at
-    ``start_seq`` (the position its owner trusts) on every start.
+    ``ordered``: one active instance (a lease), and the durable re-created at ``start_seq`` (the
+    position its owner trusts) on every start and after a reconnect.
+    ``ack_policy``: ``all`` if ordered, ``explicit`` otherwise, unless given; ``none`` only for an
+    ordered consumer whose owner keeps its position (a read model's checkpoint): nothing is
+    redelivered, so only re-creating the durable where the owner stands makes up for what is lost.
     """
 
     stream: str
@@ -146,10 +153,15 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     expires_s: float = 1.0
     linger_s: float = 0.0  # read models: wait this long to fill a short batch (fewer commits, see PullLoop)
     urgent: bool = False  # on the tick -> decision path: see ConsumerRuntime.run (the others let it go first)
+    ack_policy: AckPolicy = None  # type: ignore[assignment]  # set in __post_init__: see the docstring
 
-    @property
-    def ack_policy(self) -> AckPolicy:
-        return "all" if self.ordered else "explicit"
+    def __post_init__(self) -> None:
+        if self.ack_policy is None:
+            msgspec.structs.force_setattr(self, "ack_policy", "all" if self.ordered else "explicit")
+        if self.ack_policy == "none" and not self.ordered:
+            raise ValueError(
+                f"consumer {self.durable}: ack policy none needs an ordered consumer (one that keeps its position)"
+            )
 
 
 class ConsumerRuntime:
@@ -180,6 +192,7 @@ class ConsumerRuntime:
         self.filter_subjects = list(spec.filter_subjects)
         self.sink = sink
         self.ack_policy = spec.ack_policy
+        self.in_order = spec.ack_policy != "explicit"  # all, none: retried in place, never nak'd, acked up to a point
         self.max_deliver = spec.max_deliver
         self.backoff_s = spec.backoff_s
         self.ack_wait_s = spec.ack_wait_s
@@ -197,7 +210,9 @@ class ConsumerRuntime:
         self.processed = 0
         self.dead = 0
         self.skipped = 0
-        self.last_acked = 0  # stream sequence of the last message acked (ordered consumers: all before it too)
+        # stream sequence of the last message acked (ordered consumers: all before it too); ack policy none:
+        # the last one committed (what ``all`` would have acked)
+        self.last_acked = 0
         self.idle = asyncio.Event()  # set whenever a pull comes back empty
         self.started = asyncio.Event()  # the durable exists and the loop pulls
         self.pending: int | None = None  # stream messages not yet delivered, as of the last batch
@@ -233,6 +248,14 @@ class ConsumerRuntime:
                 await flush()
             self.start_seq = self.handled_seq + 1
         await self.ensure_consumer()
+
+    @property
+    def committed(self) -> bool:
+        """Everything handled so far is committed (acked, with an acking policy): no delivery is held.
+
+        With ack policy ``none`` the server's ``num_ack_pending`` is always 0, so this is how to tell
+        that a read model has stored what it was delivered."""
+        return not self._held
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand (and any already requested), then return."""
@@ -307,14 +330,14 @@ class ConsumerRuntime:
         try:
             failures = await self._retrying(lambda: self.sink.process(received), len(batch))
         except Exception as exc:
-            if self.ack_policy == "all":
+            if self.in_order:
                 raise
             # each message is nak'd and comes back on its own
             failures = {j: Failure(f"{type(exc).__name__}: {exc}", retry=True) for j in range(len(received))}
         if failures is None:  # stopped while waiting for space: unacked, redone after a restart
             return
         for j, f in failures.items():
-            outcome[where[j]] = f if self.ack_policy != "all" else Failure(f.reason, retry=False)
+            outcome[where[j]] = f if not self.in_order else Failure(f.reason, retry=False)
 
         letters: list[Event] = []
         for i, f in outcome.items():
@@ -329,7 +352,7 @@ class ConsumerRuntime:
             for ev in letters:
                 log.error("dead letter", consumer=self.durable, seq=ev.stream_seq, reason=ev.reason)  # type: ignore[attr-defined]
 
-        if self.ack_policy == "all":
+        if self.in_order:
             await self._ack_committed(batch)
         elif not outcome:  # all handled: one call queues the acks
             await self.loop.ack_all(batch)
@@ -354,7 +377,7 @@ class ConsumerRuntime:
             self._latency.observe(max(0.0, (time.time_ns() - received[-1].events[-1].ts_init) / 1e9))
 
     async def _retrying(self, work: Callable[[], Awaitable[T]], size: int) -> T | None:
-        """Ack policy ``all``: in order or not at all, so a failure is retried in place with a growing
+        """Ack policies ``all`` and ``none``: in order or not at all, so a failure is retried in place with a growing
         delay and given up by raising after ``max_deliver`` attempts (other policies: raised at once).
         None: stopped while the sink waited for space; the work is left unacked."""
         attempt = 0
@@ -367,7 +390,7 @@ class ConsumerRuntime:
                     self.abandoned = True
                     return None
                 log.warning("batch failed", consumer=self.durable, error=repr(exc), size=size, attempt=attempt)
-                if self.ack_policy != "all":
+                if not self.in_order:
                     raise
                 attempt += 1
                 if 0 < self.max_deliver <= attempt:
@@ -379,7 +402,8 @@ class ConsumerRuntime:
 
         A sink that buffers tells how far that is with ``committed_seq`` (others: all it processed).
         The last delivery of each batch past it is held and acked once a later commit covers it (on
-        the next batch, on idle, on close).
+        the next batch, on idle, on close). Ack policy ``none``: the same, without the ack frame, so
+        :attr:`last_acked` and ``after_ack`` still follow what is committed.
         """
         held = self._held
         newest = batch[-1] if batch else (held[-1] if held else None)
@@ -400,7 +424,8 @@ class ConsumerRuntime:
             if batch:
                 held.append(batch[-1])
         if ack is not None:
-            await self.loop.ack(ack)
+            if self.ack_policy != "none":
+                await self.loop.ack(ack)
             self.last_acked = ack.stream_seq
             if notify and self.after_ack is not None:
                 await self.after_ack(self.last_acked)

@@ -4,7 +4,8 @@ read model skips what it already has, so one added to a stream with history back
 the same sinks fed by the stream reader (rebuild).
 
 Consumer names come from :func:`schemas.components.durable_name`: ``projector_<family>`` for the
-DuckDB tables, ``<table>_<family>`` for each LanceDB table.
+DuckDB tables, ``<table>_<family>`` for each LanceDB table. They consume with ack policy ``none``: the
+checkpoint (in the read model's own store, committed with its rows) is the only position that counts.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _spec(name: str, stream: str, subjects: list[str], linger_s: float = LINGER_
         durable=name,
         filter_subjects=tuple(subjects),
         ordered=True,
+        ack_policy="none",  # the position is the checkpoint: the durable starts there on every start and reconnect
         batch=5000,
         max_bytes=16 * 1024 * 1024,  # bigger commits: ~20% faster on batched ticks (bench_rebuild)
         linger_s=linger_s,

@@ -240,8 +240,11 @@ async def _demo(s: Settings, url: str, *, files: bool, batch_ticks: bool | None)
 
 
 async def _caught_up(api: JetStreamApi, pipeline: Pipeline) -> bool:
-    """Every handler idle with nothing pending, every projection at its stream's last sequence."""
-    if not all(r.idle.is_set() for r in pipeline.consumers):
+    """Every handler idle with nothing pending, every projection at its stream's last sequence.
+
+    Read models do not ack (ack policy ``none``: ``num_ack_pending`` is always 0), so each runtime also
+    says it has committed all it was delivered."""
+    if not all(r.idle.is_set() and r.committed for r in pipeline.consumers):
         return False
     for sink in pipeline.sinks:
         info = await api.stream_info(sink.stream)
@@ -493,7 +496,7 @@ async def _status(s: Settings) -> None:
                         f"{ci['num_pending']:,}",
                         f"{ci['num_ack_pending']:,}",
                         f"{ci['num_redelivered']:,}",
-                        str(ci["ack_floor"]["stream_seq"]),
+                        _ack_floor(ci),
                     )
         console.print(streams)
         console.print(consumers)
@@ -508,6 +511,14 @@ async def _status(s: Settings) -> None:
             when = datetime.fromtimestamp(int(str(updated)) / 1e9, UTC).strftime("%H:%M:%S")
             cps.add_row(str(model), str(stream), str(seq), f"{lag:,}", f"{int(str(events)):,}", when)
         console.print(cps)
+
+
+def _ack_floor(ci: dict[str, Any]) -> str:
+    """A consumer's ack floor; a read model's (ack policy none) would only follow deliveries: its position is
+    its checkpoint (the table below for DuckDB)."""
+    if (ci.get("config") or {}).get("ack_policy") == "none":
+        return "n/a (ack none)"
+    return str(ci["ack_floor"]["stream_seq"])
 
 
 async def _query(nc: Any, s: Settings, sql: str) -> QueryResult:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tapeline.bus.reader import read_stream
 from tapeline.handlers.bars import BarsConfig
 from tapeline.handlers.momentum import MomentumConfig
 from tapeline.pipeline import Pipeline
-from tapeline.projections.query import open_read_only
+from tapeline.projections.query import open_read_only, query_remote
 from tapeline.schemas.events import AnyEvent
 from tapeline.system import build, durables
 
@@ -94,28 +94,76 @@ async def ack_floor(nc: Client, stream: str, durable: str) -> int:
     return int(info["ack_floor"]["stream_seq"]) if info else 0
 
 
-async def kill_when_acked(
-    nc: Client, proc: subprocess.Popen[bytes], stream: str, durable: str, *, above: int, within: float = 120.0
+async def projected(nc: Client, prefix: str, stream: str, read_model: str = "ticks") -> int:
+    """The projector's committed checkpoint of ``read_model`` on ``stream``, asked through its query service
+    (its consumers do not ack: ack policy none); 0 before its first commit, -1 while it does not answer."""
+    sql = f"SELECT last_seq FROM _checkpoints WHERE read_model = '{read_model}' AND stream = '{stream}'"
+    try:
+        res = await query_remote(nc, prefix, sql, timeout=2.0)
+    except Exception:  # not up yet (no responders), or busy past the timeout
+        return -1
+    if res.error:
+        return -1
+    return int(res.rows[0][0]) if res.rows else 0
+
+
+async def kill_when(
+    proc: subprocess.Popen[bytes], progress: Callable[[], Awaitable[int]], what: str, *, above: int, within: float
 ) -> int:
-    """SIGKILL ``proc`` as soon as its consumer's ack floor passes ``above``; returns that floor.
+    """SIGKILL ``proc`` as soon as ``progress()`` passes ``above``; returns the last value seen.
 
     The kill is timed by the process's own progress, not by the clock, so a slow machine only
     makes the test slower. Fails if the process dies first or never gets there within ``within``.
     """
     deadline = time.monotonic() + within
-    floor = await ack_floor(nc, stream, durable)
-    while floor <= above:
+    seen = await progress()
+    while seen <= above:
         if proc.poll() is not None:
-            raise AssertionError(f"{durable}: the process exited ({proc.returncode}) at ack floor {floor}")
+            raise AssertionError(f"{what}: the process exited ({proc.returncode}) at {seen}")
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"{durable}: ack floor {floor} never passed {above} within {within}s")
+            raise AssertionError(f"{what}: {seen} never passed {above} within {within}s")
         await asyncio.sleep(0.01)
-        floor = await ack_floor(nc, stream, durable)  # the old floor until the process re-creates it
+        seen = await progress()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return floor
+    return seen
+
+
+async def kill_when_acked(
+    nc: Client, proc: subprocess.Popen[bytes], stream: str, durable: str, *, above: int, within: float = 120.0
+) -> int:
+    """SIGKILL ``proc`` as soon as its consumer's ack floor passes ``above``; returns that floor.
+    (The old floor until the process re-creates the consumer.)"""
+    return await kill_when(
+        proc, lambda: ack_floor(nc, stream, durable), f"{durable} ack floor", above=above, within=within
+    )
+
+
+def projected_durably(nc: Client, prefix: str, stream: str) -> Callable[[], Awaitable[int]]:
+    """A :func:`projected` that answers only what is surely in the file, even if the projector is SIGKILLed
+    next: the checkpoint before the newest one seen. A commit can be visible to a query a moment before
+    COMMIT returns (and a kill then loses it); the family's commits run one after another, so by the time a
+    newer one shows, the one before it has returned."""
+    seen = [-1]
+
+    async def durable() -> int:
+        now = await projected(nc, prefix, stream)
+        if now > seen[-1]:
+            seen.append(now)
+        return seen[-2] if len(seen) > 2 else -1
+
+    return durable
+
+
+async def kill_when_projected(
+    nc: Client, proc: subprocess.Popen[bytes], prefix: str, stream: str, *, above: int, within: float = 120.0
+) -> int:
+    """SIGKILL the projector ``proc`` as soon as its tick checkpoint on ``stream`` is past ``above`` in its
+    file (:func:`projected_durably`); returns that checkpoint."""
+    progress = projected_durably(nc, prefix, stream)
+    return await kill_when(proc, progress, "projector checkpoint", above=above, within=within)
 
 
 HANDLER_CHAIN = ("bars", "momentum", "decision")  # in the order events flow

@@ -18,9 +18,10 @@ from tapeline.projections.duckdb import ProjectionDb
 from tapeline.projections.query import QueryError, query_file
 from tapeline.schemas.events import Bar
 from tests.helpers import (
-    ack_floor,
     handlers_drained,
     kill_when_acked,
+    kill_when_projected,
+    projected,
     random_point,
     read_db,
     read_killed,
@@ -42,20 +43,20 @@ async def test_projector_killed_mid_run_loses_and_duplicates_nothing(
         await publisher.publish(ticks[i : i + 5000])
     stream = f"{provisioned.upper()}_MD"
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
-    # Kill it while it is committing: once its consumer has acknowledged past a random point, not all.
+    # Kill it while it is committing: once it has committed past a random point, not all.
     target = random_point(random.Random(5), 0, len(ticks))
-    floor = await kill_when_acked(nc, proc, stream, "projector_md", above=target - 1)
-    assert 0 < target <= floor < len(ticks), f"the kill did not land mid-run (ack floor {floor})"
+    floor = await kill_when_projected(nc, proc, provisioned, stream, above=target - 1)
+    assert 0 < target <= floor < len(ticks), f"the kill did not land mid-run (checkpoint {floor})"
     (killed_at,) = read_killed(
         db, "SELECT last_seq FROM _checkpoints WHERE read_model = 'ticks' AND stream = ?", [stream]
     )
-    assert floor <= killed_at < len(ticks), "committed before acked, and not everything"
+    assert floor <= killed_at < len(ticks), "what it said it committed is in the file, and not everything"
 
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "projector.log")
     try:
 
         async def done() -> bool:
-            return await ack_floor(nc, stream, "projector_md") == len(ticks)
+            return await projected(nc, provisioned, stream) == len(ticks)
 
         await wait_until(done, timeout=120)
     finally:

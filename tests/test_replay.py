@@ -30,10 +30,10 @@ from tapeline.system import build
 from tests.helpers import (
     FAST,
     TAPELINE,
-    ack_floor,
     caught_up,
     handlers_drained,
-    kill_when_acked,
+    kill_when_projected,
+    projected,
     random_point,
     read_db,
     read_killed,
@@ -154,7 +154,7 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
 ) -> None:
     """Twenty SIGKILLs, each once the projector has committed past a random point of work in hand.
 
-    Every kill waits for the projector's own progress (its ack floor passing a point drawn at
+    Every kill waits for the projector's own progress (its checkpoint passing a point drawn at
     random between its checkpoint and the middle of the ticks still ahead of it), so each run
     ends at a new point of the stream, with work outstanding, however slow the machine is.
     """
@@ -174,7 +174,7 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
             await publisher.publish(chunk)
             published += len(chunk)
         target = random_point(rng, checkpoint, published)
-        floor = await kill_when_acked(nc, proc, stream, "projector_md", above=target - 1)
+        floor = await kill_when_projected(nc, proc, provisioned, stream, above=target - 1)
         rows, distinct, max_seq, cp = read_killed(
             db,
             "SELECT count(*), count(DISTINCT event_id), max(seq), "
@@ -190,7 +190,7 @@ async def test_projector_sigkilled_at_random_points_twenty_times(
     try:
 
         async def done() -> bool:
-            return await ack_floor(nc, stream, "projector_md") == published
+            return await projected(nc, provisioned, stream) == published
 
         await wait_until(done, timeout=120)
     finally:
@@ -207,14 +207,10 @@ async def test_query_answers_while_up_runs(
     proc = start_tapeline("up", "-c", str(cfg), "--only", "projector", log=tmp_path / "up.log")
     try:
 
-        async def projected() -> bool:
-            try:
-                info = await nc.jetstream().consumer_info(f"{provisioned.upper()}_MD", "projector_md")
-            except Exception:
-                return False
-            return bool(info.ack_floor and info.ack_floor.stream_seq == 500)
+        async def committed() -> bool:
+            return await projected(nc, provisioned, f"{provisioned.upper()}_MD") == 500
 
-        await wait_until(projected, timeout=60)
+        await wait_until(committed, timeout=60)
         out = await asyncio.to_thread(
             subprocess.run,
             [*TAPELINE, "query", "-c", str(cfg), "--json", "SELECT symbol, count(*) AS n FROM ticks GROUP BY 1"],

@@ -27,7 +27,7 @@ from tapeline.bus.server import EmbeddedNats
 from tapeline.projections.duckdb import ProjectionDb
 from tapeline.projections.query import QueryError, open_read_only, query_file, run_query
 from tapeline.schemas.subjects import FAMILIES, MD
-from tests.helpers import TAPELINE, ack_floor, start_tapeline, stored, stream_last_seq, wait_until
+from tests.helpers import TAPELINE, projected, start_tapeline, stored, stream_last_seq, wait_until
 from tests.test_alerts_webhook import WebhookServer
 from tests.test_cli import _free_port
 
@@ -173,10 +173,10 @@ async def test_no_secret_reaches_outputs_events_tables_files_metrics_or_webhooks
             md = MD.stream("tape")
             assert await stream_last_seq(nc, md) >= 3000
 
-            async def projected() -> bool:
-                return bool(hook.bodies) and await ack_floor(nc, md, "projector_md") == await stream_last_seq(nc, md)
+            async def all_projected() -> bool:
+                return bool(hook.bodies) and await projected(nc, "tape", md) == await stream_last_seq(nc, md)
 
-            await wait_until(projected, timeout=120)
+            await wait_until(all_projected, timeout=120)
             assert all(hook_token in p for p in hook.paths)  # the notifier used the URL from the environment
             metrics = await asyncio.to_thread(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()

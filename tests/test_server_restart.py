@@ -47,7 +47,9 @@ class Pipeline:
         return int(info["state"]["last_seq"]) if info else -1
 
     async def projected(self) -> int:
-        """The projector's ack floor on market data (it acks after each commit); -1 while unknown."""
+        """The projector's ack floor on market data; -1 while unknown. Its consumer has ack policy none, so
+        the floor follows deliveries: it moves again once the projector has re-created its durable after a
+        restart. What it committed is checked in the file at the end."""
         info = await self._ask(self.api.consumer_info(self.md, "projector_md"))
         return int(info["ack_floor"]["stream_seq"]) if info else -1
 
