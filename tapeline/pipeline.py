@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -178,6 +179,9 @@ class Pipeline:
             await lease.release()
 
     def _open_projection(self) -> None:
+        # pyarrow imports pandas the first time it builds an array (~0.35 s of CPU): pay it now, not in
+        # the first commit, where it competed with the handlers' first chains for the cores
+        pa.array([0])
         self.db = ProjectionDb(self.db_path, limits=self.db_limits)
         self.sinks = []
         for b in projection_bindings(self.prefix, self.db, alerts=self.publisher):
