@@ -100,10 +100,21 @@ async def _run(tmp_path: Path, *, restarts: int, graceful: bool, stop_up_while_d
         for _ in range(restarts):
 
             async def grown(base: int = grown_from) -> bool:
-                return await watch.md_last_seq() >= base + STEP
+                if await watch.md_last_seq() >= base + STEP:
+                    return True
+                assert feed.poll() is None, (
+                    f"the feed ended before the restart: raise TICKS\n{feed_log.read_text()[-3000:]}"
+                )
+                return False
 
-            await wait_until(grown, timeout=60)
-            assert feed.poll() is None, "the feed ended before the restart: raise TICKS"
+            try:
+                await wait_until(grown, timeout=60)
+            except AssertionError as exc:  # which side stalled: the feed, or the stream as the test sees it
+                seen = await watch.md_last_seq()
+                tail = feed_log.read_text()[-2000:]
+                raise AssertionError(
+                    f"{exc}: stream at {seen}, waiting for {grown_from + STEP}; feed log:\n{tail}"
+                ) from None
             before = await watch.projected()
             server.stop() if graceful else server.kill()
             server.start()
