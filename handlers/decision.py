@@ -70,6 +70,18 @@ def _clamp(x: float, lo: float, hi: float) -> float:
     return min(hi, max(lo, x))
 
 
+def _summed(by_source: dict[str, int], failed: int, total_bytes: int) -> SourceMetrics:
+    total = sum(by_source.values())
+    failed = min(failed, total)
+    return SourceMetrics(
+        total_calls=total,
+        successful=total - failed,
+        failed=failed,
+        total_bytes=total_bytes,
+        by_source=dict(sorted(by_source.items())),
+    )
+
+
 def source_metrics(signals: list[Signal]) -> SourceMetrics:
     """Sum the calls the signals report in their metrics (see the module docstring)."""
     by_source: dict[str, int] = {}
@@ -81,15 +93,7 @@ def source_metrics(signals: list[Signal]) -> SourceMetrics:
                 by_source[name] = by_source.get(name, 0) + int(value)
         failed += int(s.metrics.get(SOURCE_FAILED, 0))
         total_bytes += int(s.metrics.get(SOURCE_BYTES, 0))
-    total = sum(by_source.values())
-    failed = min(failed, total)
-    return SourceMetrics(
-        total_calls=total,
-        successful=total - failed,
-        failed=failed,
-        total_bytes=total_bytes,
-        by_source=dict(sorted(by_source.items())),
-    )
+    return _summed(by_source, failed, total_bytes)
 
 
 class _Vote:
@@ -175,15 +179,7 @@ def _source_metrics(fresh: list[_Vote]) -> SourceMetrics:
         total_bytes += b
     if not reported:
         return SourceMetrics()  # all zero, no providers
-    total = sum(by_source.values())
-    failed = min(failed, total)
-    return SourceMetrics(
-        total_calls=total,
-        successful=total - failed,
-        failed=failed,
-        total_bytes=total_bytes,
-        by_source=dict(sorted(by_source.items())),
-    )
+    return _summed(by_source, failed, total_bytes)
 
 
 class DecisionSynthesis(Handler):
