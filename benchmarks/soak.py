@@ -352,6 +352,10 @@ async def soak(args: argparse.Namespace) -> bool:
                 recovered_s = time.monotonic() - start - fed_s
                 break
             await asyncio.sleep(0.5)
+        while time.monotonic() < drain_deadline:  # read models do not ack: lag 0 is delivered, not yet committed
+            if await projected_ticks(nc) >= published:
+                break
+            await asyncio.sleep(0.5)
         for name, pid in pids.items():
             if name != "feed":
                 rss[name].samples.append((time.monotonic() - start, rss_kib(pid)))
