@@ -135,6 +135,24 @@ def test_json_schema_export_validates_shape(tmp_path: Path) -> None:
     assert "close" in bar["$defs"]["Bar"]["required"]
 
 
+def test_events_are_not_tracked_by_the_garbage_collector() -> None:
+    """A projector holds thousands of decoded events until its commit; tracked, they lengthen every collection."""
+    import gc
+
+    env = DecisionEnvelope(
+        event_id="d",
+        ts_event=1,
+        ts_init=1,
+        source="s",
+        target=Target(ticker="NVDA", trade_date="2026-01-02", exchange="", asset_class="equity"),
+        synthesis=Synthesis(verdict="HOLD", confidence=0.5, ensemble_score=0.0, reasoning=""),
+    )
+    decoded = decode(encode([_tick(), env])).events
+    assert [gc.is_tracked(e) for e in decoded] == [False, False]
+    assert not gc.is_tracked(decoded[1].target)
+    assert [cls.__name__ for cls in EVENT_TYPES if cls.__struct_config__.gc] == []
+
+
 def test_events_are_frozen() -> None:
     b = Bar(
         event_id="x",
