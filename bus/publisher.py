@@ -44,7 +44,7 @@ from tapeline.bus.metrics import (
     zero_publisher_counters,
 )
 from tapeline.bus.stall import Stalled
-from tapeline.schemas.codec import _encoder, encode
+from tapeline.schemas.codec import encode, encode_event
 from tapeline.schemas.events import Event
 
 
@@ -272,7 +272,7 @@ class Publisher:
         waits). Groups sent one after another go to the socket in that order."""
         group = _Group(len(events))
         prefix, inflight, inbox, nc = self.prefix, self._inflight, self._inbox, self.nc
-        typed_of, enc, out = _TYPE_HEADERS, _encoder.encode, _Out
+        typed_of, enc, out = _TYPE_HEADERS, encode_event, _Out
         i, n = 0, len(events)
         while i < n:  # as many as the window has room for, queued at once: no coroutine per message
             if self._free <= 0:

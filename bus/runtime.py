@@ -50,7 +50,7 @@ from tapeline.bus.metrics import (
     zero_consumer_counters,
 )
 from tapeline.bus.publisher import Publisher
-from tapeline.bus.reader import Received, _received
+from tapeline.bus.reader import Received, new_received
 from tapeline.bus.stall import Stalled
 from tapeline.bus.topology import AckPolicy, durable_config
 from tapeline.schemas.codec import MalformedEvent, decode
@@ -325,7 +325,7 @@ class ConsumerRuntime:
                 log.warning(
                     "skipped unknown schema version", consumer=self.durable, seq=d.stream_seq, events=decoded.skipped
                 )
-            received.append(_received(Received, (d, decoded.events, False)))  # no NamedTuple __new__ call
+            received.append(new_received(Received, (d, decoded.events, False)))  # no NamedTuple __new__ call
             where.append(i)
         try:
             failures = await self._retrying(lambda: self.sink.process(received), len(batch))

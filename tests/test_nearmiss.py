@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from tapeline.bus.consumer import parse_delivery
-from tapeline.bus.reader import Received, _received
+from tapeline.bus.reader import Received, new_received
 
 
 def test_a_delivery_is_untracked_compared_by_identity_and_hashable() -> None:
@@ -27,7 +27,7 @@ def test_a_delivery_is_untracked_compared_by_identity_and_hashable() -> None:
     )
     domain = parse_delivery(b"s", b"$JS.ACK.dom.acc.T_MD.c.3.42.8.1763850000000000001.5.rnd", b"", b"NATS/1.0\r\n\r\n")
     assert (domain.stream_seq, domain.deliveries, domain.pending, domain.ts_ns) == (42, 3, 5, 1763850000000000001)
-    raw = _received(Received, (d, (), True))  # what the reader yields for a body it hands over undecoded
+    raw = new_received(Received, (d, (), True))  # what the reader yields for a body it hands over undecoded
     assert raw.delivery is d and raw.raw and raw.events == ()
 
 
