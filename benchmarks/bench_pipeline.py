@@ -8,7 +8,8 @@ Processes, as deployed: nats-server (file store), `tapeline up --only projector`
 * latency: ticks paced at a fixed rate; for each decision, (time it arrives on the decision
   subject) - (ts_init of the tick that closed its bar). Reported as p50/p99.
 
-Run: .venv/bin/python benchmarks/bench_pipeline.py [--ticks 200000] [--rate 2000]
+Run: .venv/bin/python benchmarks/bench_pipeline.py [--ticks 200000] [--rate 2000] [--budget]
+(``--budget`` adds both pipeline modes with daily bars: ticks alone, so the rest is the derived events.)
 """
 
 from __future__ import annotations
@@ -252,6 +253,12 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=2000, help="ticks/s for the latency run")
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument(
+        "--budget",
+        action="store_true",
+        help="also run both pipeline modes with daily bars (no bar closes in the run): what ticks alone cost, so the "
+        "rest of the pipeline's CPU per tick is its derived events (bars, features, signals, decisions)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -268,11 +275,20 @@ def main() -> None:
                 ("pipeline, 1 event/msg", "b1", False, ("projector", "handlers")),
                 ("pipeline, batched", "b2", True, ("projector", "handlers")),
             ]
+            if args.budget:  # the same, but no 1-minute bar closes: ticks alone (bars handler included)
+                modes += [
+                    ("ticks only, 1 event/msg", "b3", False, ("projector", "handlers")),
+                    ("ticks only, batched", "b4", True, ("projector", "handlers")),
+                ]
             for name, prefix, batch, roles in [] if args.latency_only else modes:
                 cfg = tmp / f"{prefix}.toml"
                 cfg.write_text(
                     f'prefix = "{prefix}"\nnats_url = "{url}"\ndata_dir = "{tmp / prefix}"\nmetrics_port = 0\n'
-                    '[momentum]\ninterval = "1m"\n'  # simulated ticks make 1-minute bars
+                    + (  # simulated ticks make 1-minute bars; daily ones close not once in a run
+                        '[momentum]\ninterval = "1d"\n[bars]\nintervals = ["1d"]\n'
+                        if prefix in ("b3", "b4")
+                        else '[momentum]\ninterval = "1m"\n'
+                    )
                 )
                 procs = [start(r, cfg, tmp / f"{prefix}-{r}.log") for r in roles]
                 durables = tuple("projector_md" if r == "projector" else "bars_md" for r in roles)
@@ -314,6 +330,12 @@ def main() -> None:
     print(f"CPU per event (µs), by process (steady: the latency run, {args.rate:,} ticks/s, incl. 2 s idle after):")
     for name, per in cpu.items():
         print(f"  {name:<22}" + "  ".join(f"{k} {v:.1f}" for k, v in per.items()) + f"  total {sum(per.values()):.1f}")
+    for mode in ("1 event/msg", "batched") if args.budget else ():
+        whole, ticks = sum(cpu[f"pipeline, {mode}"].values()), sum(cpu[f"ticks only, {mode}"].values())
+        print(
+            f"  budget, {mode}: ticks alone {ticks:.1f} µs per tick (§6 path and the bars handler's reading), "
+            f"derived events {whole - ticks:.1f} ({whole:.1f} in all)"
+        )
     print(
         f"tick→decision latency at {args.rate:,} ticks/s: n={len(lat.total)} "
         f"p50={pct(lat.total, 50):.1f} ms  p99={pct(lat.total, 99):.1f} ms  "
