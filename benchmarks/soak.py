@@ -57,6 +57,8 @@ from tapeline.projections.query import query_remote
 from tapeline.schemas.subjects import FAMILIES, MD
 from tapeline.system import ROLES
 
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parents[1]  # the roles run from here: the default configuration's paths are relative to it
 PREFIX = "soak"
 DEMO_RATE = 1000 / SimConfig().mean_gap_ms  # ticks per second of market time in the demo's simulator
 STATUS_S = 30.0  # progress line
@@ -113,10 +115,14 @@ async def feed(url: str, rate: float, seconds: float, batch_ticks: bool) -> None
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """This Python with ``args``; stderr (and stdout but for the feed, whose result is read) to ``log``."""
+    """This Python with ``args``; stderr (and stdout but for the feed, whose result is read) to ``log``.
+
+    From the repository's root, wherever the soak was started: the default configuration's news files
+    (``../shared/data``) are relative to it, and started elsewhere the news role found none and the soak
+    ran without news, LLM calls and sentiment (session 9: projector ~215 MiB without them, ~470 with)."""
     with open(log, "ab") as f:
         out = subprocess.PIPE if "--feed" in args else f
-        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=f)
+        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=f, cwd=ROOT)
 
 
 @dataclass
@@ -288,7 +294,7 @@ async def wait_started(procs: dict[str, subprocess.Popen[bytes]], logs: dict[str
 async def soak(args: argparse.Namespace) -> bool:
     rate, minutes, sample_s = float(args.rate), float(args.minutes), float(args.sample)
     seconds = minutes * 60
-    tmp = args.keep or Path(tempfile.mkdtemp(prefix="tapeline-soak-"))
+    tmp = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="tapeline-soak-"))
     server = EmbeddedNats(tmp / "nats")
     url = server.start()
     cfg = tmp / "tapeline.toml"
@@ -307,7 +313,7 @@ async def soak(args: argparse.Namespace) -> bool:
     ok = False
     try:
         await wait_started(procs, logs, limit_s=300)
-        feed_args = [__file__, "--feed", url, "--rate", str(rate), "--minutes", str(minutes)]
+        feed_args = [str(SCRIPT), "--feed", url, "--rate", str(rate), "--minutes", str(minutes)]
         feeder = spawn(feed_args + (["--one-per-message"] if not batch else []), tmp / "feed.log")
         pids = {"nats-server": server.pid, **{r: p.pid for r, p in procs.items()}, "feed": feeder.pid}
         rss = {name: Rss() for name in pids}
