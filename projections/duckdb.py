@@ -429,14 +429,20 @@ class ProjectionDb:
         out: dict[str, str] = {}
         for t in self.tables:
             bound = upto.get(t.name) if upto is not None else None
-            n, h = self.con.execute(hash_sql(t.name, bound)).fetchone() or (0, 0)
+            ((n, h),) = self.con.execute(hash_sql(t.name, bound)).fetchall() or [(0, 0)]
             out[t.name] = f"{n}:{int(h):016x}"
         return out
 
     def memory_bytes(self, cursor: duckdb.DuckDBPyConnection) -> int:
-        """What DuckDB's buffer manager holds now (cached blocks, rows not yet checkpointed, query state)."""
-        row = cursor.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()
-        return int(row[0] or 0) if row else 0
+        """What DuckDB's buffer manager holds now (cached blocks, rows not yet checkpointed, query state).
+
+        ``fetchall``, never ``fetchone`` on a cursor that lives on: a result not read to its end keeps its
+        transaction open, and while it is open DuckDB keeps every later commit's old versions and undo
+        (``IN_MEMORY_TABLE``, ``TRANSACTION``) and skips its automatic checkpoints. The sink of a family
+        that then went quiet (news, after its import) pinned it for good: the projector grew to its
+        ``memory_limit`` (~470 MiB RSS in the soak; tests/test_memory.py)."""
+        rows = cursor.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()
+        return int(rows[0][0] or 0) if rows else 0
 
     def close(self) -> None:
         self.con.close()

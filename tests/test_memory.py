@@ -16,8 +16,8 @@ from tapeline.bus.reader import Received
 from tapeline.projections.duckdb import DbLimits, ProjectionDb, ProjectionSink
 from tapeline.projections.vectors import CHECKPOINTS, FWD_COLUMNS, MARKET_RETURNS, VectorStore
 from tapeline.schemas import encode
-from tapeline.schemas.events import Tick
-from tapeline.schemas.subjects import MD
+from tapeline.schemas.events import Heartbeat, Tick
+from tapeline.schemas.subjects import MD, OPS
 
 THREADS_MAKING_ARENAS = """
 import sys, threading
@@ -94,14 +94,22 @@ def test_commits_racing_compactions_are_all_seen_through_the_new_handles(tmp_pat
     assert VectorStore(tmp_path / "v").count(MARKET_RETURNS) == commits * rows_each
 
 
-def _projected_memory(path: Path, limits: DbLimits | None) -> int:
-    """Project 60k ticks in 300 commits; the most DuckDB held at any commit (buffer manager, bytes)."""
+def _projected_memory(path: Path, limits: DbLimits | None, *, quiet_family: bool = False) -> int:
+    """Project 60k ticks in 300 commits; the most DuckDB held at any commit (buffer manager, bytes).
+
+    ``quiet_family``: first one commit of another family, whose sink samples the memory as the projector
+    does after a commit, and then has nothing more to commit (news after its import)."""
     db = ProjectionDb(path, limits=limits)
     sink = ProjectionSink(db, MD, "MD")
     most = 0
 
     async def run() -> None:
         nonlocal most
+        if quiet_family:
+            ops = ProjectionSink(db, OPS, "OPS")
+            beat = Heartbeat(event_id="H1", ts_event=1, ts_init=1, source="sim", feed="sim", interval_s=5.0)
+            await ops.process([Received(Delivery("t.ops.heartbeat.sim", encode(beat), b"", "", 1, 1, 0, 0), [beat])])
+            db.memory_bytes(ops.cursor)
         seq = 0
         for _ in range(300):
             batch = []
@@ -137,6 +145,15 @@ def test_the_projector_checkpoints_often_enough_to_hold_little(tmp_path: Path) -
     assert unbounded > 6 * mib, f"the workload is too small to show the default's growth ({unbounded / mib:.1f} MiB)"
     bounded = _projected_memory(tmp_path / "limited.duckdb", DbLimits(memory_limit_mb=64, checkpoint_mb=1))
     assert bounded < 6 * mib, f"held {bounded / mib:.1f} MiB with a 1 MiB checkpoint threshold"
+
+
+def test_a_quiet_family_does_not_pin_old_versions(tmp_path: Path) -> None:
+    """A family that committed once, sampled the memory and went quiet must not keep a transaction open:
+    DuckDB would keep every later commit's old versions and skip its checkpoints (in the soak the projector
+    grew to its memory limit once news had been imported)."""
+    mib = 1024 * 1024
+    held = _projected_memory(tmp_path / "p.duckdb", DbLimits(memory_limit_mb=64, checkpoint_mb=1), quiet_family=True)
+    assert held < 6 * mib, f"held {held / mib:.1f} MiB with a quiet family beside the ticks"
 
 
 def test_the_projection_db_keeps_its_limits_when_reopened(tmp_path: Path) -> None:
