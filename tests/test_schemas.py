@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -137,8 +138,6 @@ def test_json_schema_export_validates_shape(tmp_path: Path) -> None:
 
 def test_events_are_not_tracked_by_the_garbage_collector() -> None:
     """A projector holds thousands of decoded events until its commit; tracked, they lengthen every collection."""
-    import gc
-
     env = DecisionEnvelope(
         event_id="d",
         ts_event=1,
