@@ -20,6 +20,8 @@ from typing import Any
 import msgspec
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from tapeline.bus.jetstream import JetStreamApi, JetStreamError
 from tapeline.bus.topology import latest_kv_config
@@ -28,6 +30,7 @@ log = structlog.get_logger("tapeline.bus")
 
 WRONG_LAST_SEQUENCE = 10071
 NO_MESSAGE = 10037
+NO_RESPONDERS_PATIENCE_S = 10.0  # a cluster electing the bucket's leader, or a stream update propagating
 _json = msgspec.json.Decoder()
 
 
@@ -76,6 +79,8 @@ class Lease:
         self.ttl_s = ttl_s
         self.holder = holder_id()
         self.revision = 0
+        self.unanswered = 0  # puts met by "no responders" and asked again (see _request)
+        self.patience_s = NO_RESPONDERS_PATIENCE_S
 
     async def _last(self) -> tuple[int, str, bool]:
         """(revision, holder, live) of the key's last message; (0, "", False) if none."""
@@ -91,11 +96,11 @@ class Lease:
         holder = base64.b64decode(msg.get("data") or b"").decode("utf-8", "replace")
         return int(msg["seq"]), holder, not deleted
 
-    async def _put(self, expected: int, data: bytes, op: str = "") -> int | None:
+    async def _put(self, expected: int, data: bytes, op: str = "", *, patient: bool = True) -> int | None:
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)}
         if op:
             headers["KV-Operation"] = op
-        reply = await self.nc.request(self.subject, data, timeout=5.0, headers=headers)
+        reply = await self._request(data, headers, self.patience_s if patient else 0.0)
         ack = _json.decode(reply.data)
         err = ack.get("error")
         if err:
@@ -103,6 +108,25 @@ class Lease:
                 return None
             raise JetStreamError(self.subject, err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
         return int(ack["seq"])
+
+    async def _request(self, data: bytes, headers: dict[str, str], patience_s: float) -> Msg:
+        """Publish to the bucket and wait for its ack, asking again while nothing answers.
+
+        "No responders" is transient where the bucket lives on a cluster: its stream's interest
+        is briefly unknown to this node after a leader election or a stream update. The put is
+        conditional on the revision, so asking again can never write twice.
+        """
+        deadline = asyncio.get_running_loop().time() + patience_s
+        pause = 0.05
+        while True:
+            try:
+                return await self.nc.request(self.subject, data, timeout=5.0, headers=headers)
+            except NoRespondersError:
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+                self.unanswered += 1
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     async def try_acquire(self) -> str:
         """Take the lease if free; returns "" on success, else who holds it.
@@ -172,6 +196,6 @@ class Lease:
         if not self.nc.is_connected:
             return  # it ages out
         try:
-            await self._put(self.revision, b"", op="DEL")
+            await self._put(self.revision, b"", op="DEL", patient=False)  # stopping: no waiting
         except Exception as exc:  # it ages out anyway
             log.debug("lease release failed", lease=self.name, error=str(exc))

@@ -16,7 +16,8 @@ from tapeline.adapters.alerts import make_alert
 from tapeline.adapters.runner import run_feed
 from tapeline.adapters.sim import SimFeed
 from tapeline.bus.inprocess import InProcessRunner
-from tapeline.bus.lease import Lease, LeaseHeld
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.lease import Lease, LeaseHeld, leases_bucket, leases_stream_config
 from tapeline.bus.publisher import Publisher
 from tapeline.pipeline import Pipeline
 from tapeline.schemas.components import Component, Handler, Snapshot, draft
@@ -90,6 +91,21 @@ async def test_a_second_holder_waits_as_a_standby_and_takes_over(nc: Client, pro
     await first.release()
     assert await asyncio.wait_for(waiting, 30)
     await second.release()
+
+
+async def test_taking_a_lease_outlasts_a_moment_when_its_bucket_does_not_answer(nc: Client, provisioned: str) -> None:
+    """A cluster electing the bucket's leader answers "no responders" for a moment (CI, stop 23)."""
+    api = JetStreamApi(nc)
+    await api.call(f"STREAM.DELETE.KV_{leases_bucket(provisioned)}")
+    lease = Lease(nc, provisioned, "bars_md", ttl_s=5.0)
+    lease.patience_s = 300.0  # a busy machine must not turn this test into a race with the patience
+    put = asyncio.create_task(lease._put(0, lease.holder.encode()))
+    await wait_until(lambda: lease.unanswered >= 1, timeout=60)  # asked, and asked again
+    assert not put.done()
+    await api.ensure_stream(leases_stream_config(provisioned, 5.0))
+    revision = await asyncio.wait_for(put, 30)
+    assert revision == 1
+    assert (await lease._last())[1:] == (lease.holder, True)
 
 
 async def test_two_up_processes_share_an_ordered_role_safely(
