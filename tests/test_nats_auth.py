@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -50,6 +52,7 @@ ALLOWED = {
     "admin": set(ACTIONS) - {"publish orders"},
 }
 DEADLINE_S = 90.0
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -81,19 +84,33 @@ async def _as(url: str, user: str, password: str) -> tuple[Client, list[str]]:
     return nc, errors
 
 
-async def _outcome(errors: list[str], attempt: Callable[[], Awaitable[bool]]) -> bool:
+async def _within(what: str, aw: Awaitable[T], seconds: float = DEADLINE_S) -> T:
+    """``aw``'s result, or the test fails naming ``what`` after ``seconds``.
+
+    The task is cancelled but not awaited: a step that swallows its cancellation (asyncio's
+    ``wait_for`` can, in a race) must not hang the test past pytest's timeout with no clue.
+    """
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        raise AssertionError(f"{what}: no outcome within {seconds:.0f}s")
+    return task.result()
+
+
+async def _outcome(what: str, errors: list[str], attempt: Callable[[], Awaitable[bool]]) -> bool:
     """True when ``attempt`` succeeds, False on a permissions violation, whichever comes first."""
     task = asyncio.ensure_future(attempt())
-    denied = False
-    async with asyncio.timeout(DEADLINE_S):
-        while not task.done() and not denied:
-            denied = any("permissions violation" in e.lower() for e in errors)
-            if not denied:
-                await asyncio.sleep(0.01)
-    if denied:  # cancelled outside the deadline: a denial seen at its last moment is still a denial
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return False
+    deadline = time.monotonic() + DEADLINE_S
+    while not task.done():
+        if any("permissions violation" in e.lower() for e in errors):
+            task.cancel()  # not awaited past a bound (see _within)
+            await asyncio.wait({task}, timeout=5.0)
+            return False
+        if time.monotonic() > deadline:
+            task.cancel()
+            raise AssertionError(f"{what}: neither done nor denied within {DEADLINE_S:.0f}s")
+        await asyncio.sleep(0.01)
     return task.result()
 
 
@@ -105,14 +122,20 @@ async def _api_ok(nc: Client, subject: str, body: dict[str, object] | None = Non
 async def _received(nc: Client, admin: Client, subject: str, publish_on: str) -> bool:
     """Subscribe to ``subject``; the admin publishes until one arrives (a denied one never does)."""
     sub = await nc.subscribe(subject)
-    await nc.flush()
-    while True:
-        await admin.publish(publish_on, b"probe")
-        try:
-            await sub.next_msg(timeout=0.2)
-            return True
-        except TimeoutError:
-            continue
+    try:
+        await nc.flush()
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            await admin.publish(publish_on, b"probe")
+            try:
+                await sub.next_msg(timeout=0.2)
+                return True
+            except TimeoutError:
+                continue
+        raise AssertionError(f"no probe on {publish_on} reached a subscriber of {subject}")
+    finally:
+        if not nc.is_closed:
+            await sub.unsubscribe()  # no probe left pending in its queue for the drain to wait on
 
 
 def _actions(nc: Client, admin: Client, p: str) -> dict[str, Callable[[], Awaitable[bool]]]:
@@ -143,14 +166,14 @@ async def test_every_identity_can_do_exactly_what_it_is_allowed(secured: tuple[s
         await wait_until(lambda: _api_ok(admin, f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.NVDA"))
         got: dict[str, dict[str, bool]] = {}
         for identity in IDENTITIES:
-            nc, errors = await _as(url, identity, pw[identity])
+            nc, errors = await _within(f"connect as {identity}", _as(url, identity, pw[identity]))
             try:
                 got[identity] = {}
                 for action, attempt in _actions(nc, admin, p).items():
                     errors.clear()
-                    got[identity][action] = await _outcome(errors, attempt)
+                    got[identity][action] = await _outcome(f"{identity}: {action}", errors, attempt)
             finally:
-                await close_connection(nc)
+                await _within(f"close {identity}", close_connection(nc))
         wrong = [(i, a) for i in IDENTITIES for a in ACTIONS if got[i][a] != (a in ALLOWED[i])]
         if wrong:
             t = Table("identity", *ACTIONS, title="NATS permission matrix (got; ! = not as expected)")
@@ -164,8 +187,8 @@ async def test_every_identity_can_do_exactly_what_it_is_allowed(secured: tuple[s
         with pytest.raises(NatsConnectError, match="authorization failed"):
             await connect(NatsSettings(url=url, user="reader", password="wrong", name="guess"))
     finally:
-        await close_connection(execution)
-        await close_connection(admin)
+        await _within("close execution", close_connection(execution))
+        await _within("close admin", close_connection(admin))
 
 
 async def test_the_pipeline_runs_with_each_process_on_its_own_identity(
