@@ -53,7 +53,7 @@ async def one(url: str, prefix: str, policy: AckPolicy, n: int, server_pid: int)
         durable=f"reader_{policy}",
         filter_subjects=(f"{prefix}.md.>",),
         ordered=True,
-        ack_policy=policy,
+        acks=policy,
         batch=5000,
         max_bytes=16 * 1024 * 1024,
     )

@@ -109,6 +109,10 @@ class Sink(Protocol):
     then acks (or counts as acked) only deliveries at or below it, so nothing is acked before it is
     committed. Such a sink may have ``async flush()``, which commits all it processed: the runtime calls
     it (retried like a batch) when a pull comes back empty and before it repositions after a reconnect.
+    A sink with ``raw_filter(body) -> bool`` is handed the bodies it accepts undecoded (``Received.raw``,
+    e.g. ticks DuckDB parses itself); it decodes any it then cannot take, and fails the undecodable ones
+    (``retry=False``: dead-lettered). The runtime sets its ``on_skipped(seq, events)``, to count the
+    events of unknown versions the sink's decoding skips as its own.
     """
 
     async def process(self, batch: list[Received]) -> dict[int, Failure]: ...
@@ -136,9 +140,10 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     ``ordered``: one active instance (a lease), and the durable re-created at ``start_seq`` (the
     position its owner trusts) on every start and after a reconnect.
-    ``ack_policy``: ``all`` if ordered, ``explicit`` otherwise, unless given; ``none`` only for an
+    ``acks``: ``all`` if ordered, ``explicit`` otherwise, unless given; ``none`` only for an
     ordered consumer whose owner keeps its position (a read model's checkpoint): nothing is
     redelivered, so only re-creating the durable where the owner stands makes up for what is lost.
+    ``ack_policy`` is what applies.
     """
 
     stream: str
@@ -153,15 +158,18 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     expires_s: float = 1.0
     linger_s: float = 0.0  # read models: wait this long to fill a short batch (fewer commits, see PullLoop)
     urgent: bool = False  # on the tick -> decision path: see ConsumerRuntime.run (the others let it go first)
-    ack_policy: AckPolicy = None  # type: ignore[assignment]  # set in __post_init__: see the docstring
+    acks: AckPolicy | None = None  # None: by ``ordered`` (see the docstring)
 
     def __post_init__(self) -> None:
-        if self.ack_policy is None:
-            msgspec.structs.force_setattr(self, "ack_policy", "all" if self.ordered else "explicit")
-        if self.ack_policy == "none" and not self.ordered:
+        if self.acks == "none" and not self.ordered:
             raise ValueError(
                 f"consumer {self.durable}: ack policy none needs an ordered consumer (one that keeps its position)"
             )
+
+    @property
+    def ack_policy(self) -> AckPolicy:
+        """The policy that applies: ``acks`` if given, else ``all`` for an ordered consumer, ``explicit`` otherwise."""
+        return self.acks or ("all" if self.ordered else "explicit")
 
 
 class ConsumerRuntime:
@@ -191,6 +199,10 @@ class ConsumerRuntime:
         self.ordered = spec.ordered
         self.filter_subjects = list(spec.filter_subjects)
         self.sink = sink
+        self._raw: Callable[[bytes], bool] | None = getattr(sink, "raw_filter", None)
+        """Bodies the sink takes undecoded (``Received.raw``); it decodes, or fails as undecodable, the rest."""
+        if self._raw is not None:
+            sink.on_skipped = self._skipped_events  # type: ignore[attr-defined]
         self.ack_policy = spec.ack_policy
         self.in_order = spec.ack_policy != "explicit"  # all, none: retried in place, never nak'd, acked up to a point
         self.max_deliver = spec.max_deliver
@@ -308,23 +320,29 @@ class ConsumerRuntime:
                 await self.on_stop()
             await self.loop.stop()
 
+    def _skipped_events(self, seq: int, skipped: list[str]) -> None:
+        self.skipped += len(skipped)
+        EVENTS_SKIPPED.labels(self.durable).inc(len(skipped))
+        log.warning("skipped unknown schema version", consumer=self.durable, seq=seq, events=skipped)
+
     async def _handle(self, batch: list[Delivery]) -> None:
         started = time.perf_counter()
         received: list[Received] = []
         where: list[int] = []  # index in batch of each received entry
         outcome: dict[int, Failure] = {}
+        raw = self._raw
         for i, d in enumerate(batch):
+            if raw is not None and raw(d.data):  # the sink makes these rows itself (a projection's native tables)
+                received.append(new_received(Received, (d, (), True)))
+                where.append(i)
+                continue
             try:
                 decoded = decode(d.data)
             except MalformedEvent as exc:
                 outcome[i] = Failure(f"undecodable: {exc}", retry=False)
                 continue
             if decoded.skipped:
-                self.skipped += len(decoded.skipped)
-                EVENTS_SKIPPED.labels(self.durable).inc(len(decoded.skipped))
-                log.warning(
-                    "skipped unknown schema version", consumer=self.durable, seq=d.stream_seq, events=decoded.skipped
-                )
+                self._skipped_events(d.stream_seq, decoded.skipped)
             received.append(new_received(Received, (d, decoded.events, False)))  # no NamedTuple __new__ call
             where.append(i)
         try:

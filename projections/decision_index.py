@@ -69,7 +69,7 @@ async def decision_index_binding(nc: Client, prefix: str) -> tuple[ConsumerSpec,
         durable=sink.durable,
         filter_subjects=(DecisionEnvelope.subject_pattern(prefix),),
         ordered=True,
-        ack_policy="none",  # its position is the saved snapshot, where the durable is re-created: no acks
+        acks="none",  # its position is the saved snapshot, where the durable is re-created: no acks
         batch=1000,
     )
     return spec, sink, await sink.start_seq()

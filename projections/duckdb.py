@@ -22,9 +22,12 @@ if DuckDB invalidated it; nothing is acked meanwhile, so the process and other c
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import errno
+import functools
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -53,6 +56,47 @@ Piece = list[Row] | Bodies
 MEMORY_SAMPLE_S = 10.0
 """How often a projection samples DuckDB's memory for :data:`PROJECTION_MEMORY` (a query of its own)."""
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+LIVE_NATIVE_MIN_BYTES = 2 * 1024 * 1024
+"""The live projector makes tick rows natively only from batches with this many bytes of bodies (~9k ticks).
+A ``read_json`` INSERT costs ~5 ms of CPU more than an Arrow one whatever its size (100-500 ticks per commit:
+10.4-12.6 vs 5.8-8.9 ms), and saves ~1 µs per tick of decoding and rows: it pays in catch-up and batched
+feeds, not at a steady rate's small commits (docs/performance.md, eighth pass). Rebuilds gather far more."""
+
+
+_SCRATCH_PREFIX = "tapeline-duckdb-"  # + pid + "-" + random
+
+
+@functools.cache
+def scratch_dir() -> str:
+    """This process's private directory (mode 0700, in memory where there is /dev/shm) for the bodies
+    DuckDB's JSON reader parses (``projections.native``), removed at exit.
+
+    It is the one directory a confined database (``projections.query.confine``: no file access from SQL)
+    may still read, so the live projector keeps its fast path. A query could read a file there while it
+    exists: tick bodies, the same data as the ``ticks`` table. One per process, not per database: DuckDB
+    shares its settings among every connection to one file, and the last one set would win.
+    """
+    _sweep_scratch()
+    path = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=_SCRATCH)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _sweep_scratch() -> None:
+    """Remove the scratch directories of processes that are gone: a killed one (SIGKILL, OOM) leaves its
+    directory, with a body file (up to 16 MiB) if it died inside a commit, in memory."""
+    for d in Path(_SCRATCH or tempfile.gettempdir()).glob(f"{_SCRATCH_PREFIX}*-*"):
+        pid = d.name.removeprefix(_SCRATCH_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or d.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
+
+
 _IOV_MAX = 1024  # buffers per writev (POSIX guarantees at least 16; Linux allows 1024)
 
 
@@ -181,6 +225,9 @@ class ProjectionDb:
         try:
             for name, value in self._settings.items():
                 con.execute(f"SET {name} = '{value}'")
+            (locked,) = con.execute("SELECT current_setting('lock_configuration')").fetchall()[0]
+            if not locked:  # locked: another connection to this file confined it after setting this
+                con.execute("SET allowed_directories = ?", [[scratch_dir() + os.sep]])
         except BaseException:
             con.close()
             raise
@@ -358,7 +405,7 @@ class ProjectionDb:
 
         The bodies go to DuckDB's JSON reader as one file in memory-backed storage (/dev/shm), deleted after.
         """
-        with tempfile.NamedTemporaryFile(suffix=".json", dir=_SCRATCH) as f:
+        with tempfile.NamedTemporaryFile(suffix=".json", dir=scratch_dir()) as f:
             _write_all(f.fileno(), bodies.json_array())
             c.register("_seqs", bodies.event_seqs())
             try:
@@ -466,6 +513,7 @@ class ProjectionSink:
         stop_at_seq: int | None = None,
         alerts: Publishes | None = None,
         native: bool = False,
+        native_min_bytes: int = 0,
     ) -> None:
         self.db = db
         self.family = family
@@ -482,6 +530,8 @@ class ProjectionSink:
         if native:  # only where the native table is the one read model of its event type here
             specs = [NATIVE[t.name] for t in self.tables if t.name in NATIVE and NATIVE[t.name].table == t]
             self.native = {s.table.name: s for s in specs if self.by_type[s.event] == [s.table]}
+        self.native_min_bytes = native_min_bytes
+        """A batch with fewer bytes of raw bodies is decoded in Python (see :data:`LIVE_NATIVE_MIN_BYTES`)."""
         specs = list(self.native.values())
         self.raw_filter: Callable[[bytes], bool] | None = (
             (specs[0].candidate if len(specs) == 1 else self._any_candidate) if specs else None
@@ -489,6 +539,8 @@ class ProjectionSink:
         """For the stream reader: hand over undecoded what may be a body this sink's tables make natively."""
         self.native_events = 0  # events whose rows DuckDB made from raw bodies
         self.declined = 0  # bodies the byte checks passed but the SQL guard refused (then decoded in Python)
+        self.on_skipped: Callable[[int, list[str]], None] | None = None
+        """Told of events of unknown versions in bodies this sink decodes (the live runtime counts them)."""
         tracked = db.tracking()
         for t in self.tables:
             tr = tracked.get(t.name)
@@ -583,6 +635,9 @@ class ProjectionSink:
         """The rows of ``batch`` per table (and, for native tables, the pieces in stream order)."""
         plan = _Plan({t.name: [] for t in self.tables}, {name: [] for name in self.native}, self.last_seq)
         plan.events = dict.fromkeys(plan.rows, 0)
+        natively = bool(self.native) and (
+            not self.native_min_bytes or sum(len(r.delivery.data) for r in batch if r.raw) >= self.native_min_bytes
+        )
         for j, rec in enumerate(batch):
             d = rec.delivery
             if d.stream_seq <= self.last_seq:
@@ -594,13 +649,17 @@ class ProjectionSink:
                 break
             events = rec.events
             if rec.raw:
-                if d.stream_seq not in rejected and self._take_natively(plan, d.stream_seq, d.data):
+                if natively and d.stream_seq not in rejected and self._take_natively(plan, d.stream_seq, d.data):
                     plan.last = d.stream_seq
                     continue
                 try:
-                    events = decode(d.data).events
-                except MalformedEvent:
-                    continue  # the reader's rule: the live consumer dead-lettered it
+                    decoded = decode(d.data)
+                except MalformedEvent as exc:  # live: dead-lettered by the runtime; a rebuild skips it
+                    plan.failures[j] = Failure(f"undecodable: {exc}", retry=False)
+                    continue
+                events = decoded.events
+                if decoded.skipped and self.on_skipped is not None:
+                    self.on_skipped(d.stream_seq, decoded.skipped)
             try:
                 made = [
                     (t.name, list(t.rows(e, d.stream_seq)))

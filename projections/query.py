@@ -69,7 +69,8 @@ def confine(cur: duckdb.DuckDBPyConnection) -> None:
     """No file or network access from SQL on ``cur``'s database, locked so a query cannot undo it.
 
     The settings hold for the whole database instance, the projector's writes included: those
-    insert registered Arrow batches and need no file access (DuckDB's own files are not "external").
+    insert registered Arrow batches (DuckDB's own files are not "external"), and ticks from bodies in
+    the one directory ``ProjectionDb`` allows before this locks it (``projections.duckdb.scratch_dir``).
     """
     with _confining:  # two first queries at once (the web page's) must not both try to lock it
         (locked,) = cur.execute("SELECT current_setting('lock_configuration')").fetchone() or (False,)

@@ -62,7 +62,7 @@ def _spec(name: str, stream: str, subjects: list[str], linger_s: float = LINGER_
         durable=name,
         filter_subjects=tuple(subjects),
         ordered=True,
-        ack_policy="none",  # the position is the checkpoint: the durable starts there on every start and reconnect
+        acks="none",  # the position is the checkpoint: the durable starts there on every start and reconnect
         batch=5000,
         max_bytes=16 * 1024 * 1024,  # bigger commits: ~20% faster on batched ticks (bench_rebuild)
         linger_s=linger_s,
@@ -77,11 +77,13 @@ def projection_bindings(
     stop_at: dict[str, int] | None = None,
     alerts: Publishes | None = None,
     native: bool = False,
+    native_min_bytes: int = 0,
 ) -> list[Binding]:
     """The DuckDB tables: one consumer per stream family they read.
 
-    ``native``: the sinks make the tables of ``projections.native`` from raw bodies when fed by the
-    stream reader (:func:`replay_into`); the live consumer hands them decoded events, as before.
+    ``native``: the sinks make the tables of ``projections.native`` from raw bodies, both when fed by the
+    stream reader (:func:`replay_into`) and live (the consumer runtime hands them undecoded), for
+    batches of at least ``native_min_bytes`` of bodies (live: :data:`LIVE_NATIVE_MIN_BYTES`).
     """
     out = []
     sinks = []
@@ -97,6 +99,7 @@ def projection_bindings(
                     stop_at_seq=(stop_at or {}).get(fam.key),
                     alerts=alerts,  # live: a full disk is reported on the bus
                     native=native,
+                    native_min_bytes=native_min_bytes,
                 )
             )
         db.con.execute("COMMIT")

@@ -29,7 +29,7 @@ from tapeline.bus.runtime import ConsumerRuntime
 from tapeline.bus.topology import Retention, provision
 from tapeline.config import ProjectorConfig
 from tapeline.projections.decision_index import decision_index_binding
-from tapeline.projections.duckdb import DbLimits, ProjectionDb, ProjectionSink
+from tapeline.projections.duckdb import LIVE_NATIVE_MIN_BYTES, DbLimits, ProjectionDb, ProjectionSink
 from tapeline.projections.query import QueryService
 from tapeline.projections.runtimes import Binding, projection_bindings, vector_bindings
 from tapeline.schemas.components import Component, Feed, Gateway, Handler
@@ -184,7 +184,9 @@ class Pipeline:
         pa.array([0])
         self.db = ProjectionDb(self.db_path, limits=self.db_limits)
         self.sinks = []
-        for b in projection_bindings(self.prefix, self.db, alerts=self.publisher):
+        for b in projection_bindings(
+            self.prefix, self.db, alerts=self.publisher, native=True, native_min_bytes=LIVE_NATIVE_MIN_BYTES
+        ):
             self._projection.append(self._start_read_model(b))
             self.sinks.append(b.sink)
         if self.query is None:

@@ -54,7 +54,7 @@ async def test_every_read_model_spec_says_none_and_none_needs_an_ordered_consume
     assert ConsumerSpec(stream="S", durable="a", filter_subjects=("s.>",), ordered=True).ack_policy == "all"
     assert ConsumerSpec(stream="S", durable="b", filter_subjects=("s.>",)).ack_policy == "explicit"
     with pytest.raises(ValueError, match="ack policy none needs an ordered consumer"):
-        ConsumerSpec(stream="S", durable="c", filter_subjects=("s.>",), ack_policy="none")
+        ConsumerSpec(stream="S", durable="c", filter_subjects=("s.>",), acks="none")
 
 
 async def test_the_projector_sends_no_acks_and_a_kill_mid_stream_leaves_each_row_once(

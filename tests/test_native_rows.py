@@ -7,7 +7,9 @@ order included, and identical tracking records.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,26 @@ import duckdb
 from nats.aio.client import Client
 
 from tapeline.adapters.sim import SimFeed
+from tapeline.bus.jetstream import JetStreamApi
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.reader import read
-from tapeline.projections.duckdb import CHECKPOINTS, ProjectionDb, ProjectionSink
+from tapeline.bus.runtime import ConsumerRuntime
+from tapeline.projections.duckdb import (
+    CHECKPOINTS,
+    LIVE_NATIVE_MIN_BYTES,
+    ProjectionDb,
+    ProjectionSink,
+    _sweep_scratch,
+    scratch_dir,
+)
 from tapeline.projections.native import TICKS_NATIVE
 from tapeline.projections.runtimes import projection_bindings, replay_into
 from tapeline.replay.rebuild import rebuild
 from tapeline.schemas import encode
-from tapeline.schemas.events import Bar, Tick
+from tapeline.schemas.codec import MalformedEvent, decode
+from tapeline.schemas.events import Bar, DeadLetter, Tick
+from tapeline.schemas.subjects import MD
+from tests.helpers import read_stream, wait_until
 
 
 def _tick(**changes: Any) -> dict[str, Any]:
@@ -206,3 +220,61 @@ async def test_small_commits_give_the_same_tables(
             db.close()
     assert commits["native"] > 20
     assert _contents(tmp_path / "native.duckdb") == _contents(tmp_path / "python.duckdb")
+
+
+async def test_the_live_projector_takes_raw_ticks_with_the_same_tables_and_dead_letters(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    """Live, the projector's consumer hands tick bodies to the sink undecoded; what the sink cannot take
+    natively it decodes, and what does not decode is dead-lettered with the runtime's reason. The tables
+    and tracking records equal those of the runtime decoding every delivery."""
+    await _publish_mix(nc, provisioned, publisher)
+    stream = MD.stream(provisioned)
+    info = await JetStreamApi(nc).stream_info(stream)
+    assert info is not None
+    last = int(info["state"]["last_seq"])
+    expected = []  # what decoding each stored body in Python refuses
+    async for batch in read(nc, stream, raw=lambda _: True):
+        for r in batch:
+            try:
+                decode(r.delivery.data)
+            except MalformedEvent as exc:
+                expected.append((r.delivery.stream_seq, f"undecodable: {exc}"))
+    assert len(expected) >= 10  # not json, truncated, bad types...
+    # "small": as deployed, batches under LIVE_NATIVE_MIN_BYTES of bodies (all of these) are decoded in the sink
+    for name, native, min_bytes in (("native", True, 0), ("python", False, 0), ("small", True, LIVE_NATIVE_MIN_BYTES)):
+        db = ProjectionDb(tmp_path / f"{name}.duckdb")
+        try:
+            bindings = projection_bindings(provisioned, db, native=native, native_min_bytes=min_bytes)
+            (binding,) = [b for b in bindings if b.sink.family.key == "md"]
+            sink = binding.sink
+            assert isinstance(sink, ProjectionSink)
+            rt = ConsumerRuntime(nc, publisher, binding.spec, sink, start_seq=binding.start_seq)
+            task = asyncio.create_task(rt.run())
+            await wait_until(lambda rt=rt: rt.last_acked == last, timeout=60)
+            rt.stop()
+            await task
+            assert (sink.native_events >= 400) == (name == "native")
+            assert rt.dead == len(expected)
+        finally:
+            db.close()
+        if name == "native":  # the other runs' letters have the same ids: JetStream drops them as duplicates
+            ops = [e for _, e in await read_stream(nc, f"{provisioned.upper()}_OPS") if isinstance(e, DeadLetter)]
+            assert [(e.stream_seq, e.reason) for e in ops] == expected
+    python = _contents(tmp_path / "python.duckdb")
+    assert _contents(tmp_path / "native.duckdb") == python
+    assert _contents(tmp_path / "small.duckdb") == python
+
+
+def test_scratch_directories_of_dead_processes_are_swept() -> None:
+    """A killed process leaves its scratch directory (and maybe a body file, in memory): the next one removes it."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    base = Path(scratch_dir()).parent
+    stale = base / f"tapeline-duckdb-{gone.pid}-test"
+    stale.mkdir()
+    (stale / "left.json").write_bytes(b"[]")
+    mine = Path(scratch_dir())
+    _sweep_scratch()
+    assert not stale.exists()
+    assert mine.is_dir()  # this process is alive: its directory stays
