@@ -136,22 +136,26 @@ class NativeRows:
         body = "CASE WHEN starts_with(body, '[') THEN body ELSE '[' || body || ']' END"
         return f"json_transform({body}, '{self._transform()}')"
 
-    def insert_sql(self, path: str, seqs: str) -> str:
-        """INSERT the rows of the JSON array of events in the file ``path`` (written from :meth:`Bodies.json_array`) in
-        order, each with its stream sequence from the same position of ``seqs`` (column ``_s``); raises
-        inside DuckDB if one may not be taken.
+    def insert_sql(self, parts: list[tuple[str, str]]) -> str:
+        """INSERT the rows of the JSON arrays of events in the files of ``parts`` (each written from
+        :meth:`Bodies.json_array`, with the name of its ``seqs`` relation: column ``_s``, each event's stream
+        sequence at its position); raises inside DuckDB if one may not be taken.
 
         ``read_json`` parses straight into columns: ~3x less CPU than ``json_transform`` over a column of
-        bodies (docs/performance.md). The caller compares the count it returns with the events it gave.
+        bodies (docs/performance.md). Several parts are a UNION ALL that DuckDB parses on as many threads
+        when its connection need not preserve insertion order. The caller compares the count it returns
+        with the events it gave.
         """
         columns = {name: STRING if kind == STRING else "JSON" for name, kind in self.fields}
         spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
-        quoted = path.replace("'", "''")
-        source = f"read_json('{quoted}', format = 'array', columns = {spec})"
         conv = ", ".join(f"{self._convert(name, kind, name)} AS {name}" for name, kind in self.fields)
+        sources = []
+        for path, seqs in parts:
+            quoted = path.replace("'", "''")
+            source = f"read_json('{quoted}', format = 'array', columns = {spec})"
+            sources.append(f"SELECT s._s, {conv} FROM {source} POSITIONAL JOIN {seqs} s")
         return (
-            f"INSERT INTO {self.table.name} SELECT {', '.join(self.select)} FROM (SELECT s._s, {conv} FROM {source} "
-            f"POSITIONAL JOIN {seqs} s) e "
+            f"INSERT INTO {self.table.name} SELECT {', '.join(self.select)} FROM ({' UNION ALL '.join(sources)}) e "
             f"WHERE CASE WHEN e._s IS NOT NULL AND {self._ok('e')} THEN true "
             f"ELSE error('not a {self.tag} the fast path may take') END"
         )
@@ -182,6 +186,16 @@ class Bodies:
     @property
     def events(self) -> int:
         return sum(self.counts)
+
+    def split(self, parts: int) -> list[Bodies]:
+        """This run cut into up to ``parts`` runs of about equal events, in order (whole bodies each)."""
+        total, taken, out = self.events, 0, [Bodies(self.spec)]
+        for seq, body, n in zip(self.seqs, self.bodies, self.counts, strict=True):
+            if out[-1].counts and len(out) < parts and taken + n / 2 > total * len(out) / parts:  # nearest cut
+                out.append(Bodies(self.spec))
+            out[-1].add(seq, body, n)
+            taken += n
+        return out
 
     def json_array(self) -> list[bytes | memoryview]:
         """One JSON array of every event (a batch's brackets dropped), in order, as the pieces to write one

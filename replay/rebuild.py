@@ -16,6 +16,7 @@ Before a rebuild, :func:`check_space` refuses to start one that would fill the d
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ VECTOR_TABLES = (
     "decision_vectors",
     "market_returns",
 )  # projections.vectors, imported lazily
+INSERT_PARTS = max(1, min(4, os.cpu_count() or 1))
+"""A rebuild's big native inserts are parsed on this many threads (projections.duckdb.PARALLEL_MIN_EVENTS)."""
 SPACE_FACTOR = 1.5  # a rebuild writes files about the size of the live ones, plus DuckDB's WAL while it builds
 SPACE_MARGIN = 256 * 1024**2  # and room for everything else on that disk (the live projector keeps writing)
 
@@ -175,7 +178,7 @@ async def _rebuild(
 ) -> RebuildStats:
     """The rebuild proper. It decodes and drops millions of short-lived objects; each full collection
     would rescan every long-lived object of the process (modules, DuckDB, Arrow): frozen, they are skipped."""
-    db = ProjectionDb(out_path)
+    db = ProjectionDb(out_path, insert_parts=INSERT_PARTS)
     families = {t.family.key for t in db.tables}
     targets = stop_at if stop_at is not None else await stream_last_seqs(nc, prefix, families)
     work: list[tuple[Binding, int | None]] = [

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 from nats.aio.client import Client
 
 from tapeline.adapters.sim import SimFeed
@@ -21,6 +22,7 @@ from tapeline.bus.jetstream import JetStreamApi
 from tapeline.bus.publisher import Publisher
 from tapeline.bus.reader import read
 from tapeline.bus.runtime import ConsumerRuntime
+from tapeline.projections import duckdb as projections_duckdb
 from tapeline.projections.duckdb import (
     CHECKPOINTS,
     LIVE_NATIVE_MIN_BYTES,
@@ -29,7 +31,7 @@ from tapeline.projections.duckdb import (
     _sweep_scratch,
     scratch_dir,
 )
-from tapeline.projections.native import TICKS_NATIVE
+from tapeline.projections.native import TICKS_NATIVE, Bodies
 from tapeline.projections.runtimes import projection_bindings, replay_into
 from tapeline.replay.rebuild import rebuild
 from tapeline.schemas import encode
@@ -220,6 +222,48 @@ async def test_small_commits_give_the_same_tables(
             db.close()
     assert commits["native"] > 20
     assert _contents(tmp_path / "native.duckdb") == _contents(tmp_path / "python.duckdb")
+
+
+async def test_inserts_cut_into_parallel_parts_give_the_same_tables(
+    nc: Client, provisioned: str, publisher: Publisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild's big native inserts are cut into parts DuckDB parses on threads: the same rows (stored in
+    stream order within a part only), and a declined body in any part still sends its run to Python."""
+    await _publish_mix(nc, provisioned, publisher)
+    monkeypatch.setattr(projections_duckdb, "PARALLEL_MIN_EVENTS", 2)  # every gathering of 2+ ticks is cut
+    cut = []
+    split = Bodies.split
+    monkeypatch.setattr(Bodies, "split", lambda self, parts: cut.append(len(r := split(self, parts))) or r)
+    for name, native, parts in (("parts", True, 3), ("python", False, 1)):
+        db = ProjectionDb(tmp_path / f"{name}.duckdb", insert_parts=parts)
+        try:
+            (binding,) = [b for b in projection_bindings(provisioned, db, native=native) if b.sink.family.key == "md"]
+            await replay_into(nc, binding, stop_seq=None)
+            assert isinstance(binding.sink, ProjectionSink)
+            assert (binding.sink.declined >= 5) == native
+            assert (binding.sink.native_events >= 400) == native  # the parts were taken, not all redone in Python
+        finally:
+            db.close()
+    assert cut and max(cut) == 3
+    parts, python = _contents(tmp_path / "parts.duckdb"), _contents(tmp_path / "python.duckdb")
+    assert {k: sorted(v) for k, v in parts.items()} == {k: sorted(v) for k, v in python.items()}
+    con = duckdb.connect(str(tmp_path / "parts.duckdb"))
+    try:  # the setting was for the insert only
+        assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchall() == [(True,)]
+    finally:
+        con.close()
+
+
+def test_bodies_are_split_in_order_into_parts_of_about_equal_events() -> None:
+    bodies = Bodies(TICKS_NATIVE)
+    for seq, n in enumerate((500, 1, 1, 500, 500, 3, 500), start=1):
+        bodies.add(seq, _j(_tick()), n)
+    parts = bodies.split(3)
+    assert [p.seqs for p in parts] == [[1, 2, 3], [4, 5], [6, 7]]
+    assert [s for p in parts for s in p.seqs] == bodies.seqs
+    assert [p.events for p in parts] == [502, 1000, 503]
+    assert [len(p.seqs) for p in bodies.split(10)] == [1] * 7
+    assert [p.seqs for p in bodies.split(1)] == [bodies.seqs]
 
 
 async def test_the_live_projector_takes_raw_ticks_with_the_same_tables_and_dead_letters(
