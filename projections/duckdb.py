@@ -63,9 +63,11 @@ A ``read_json`` INSERT costs ~5 ms of CPU more than an Arrow one whatever its si
 feeds, not at a steady rate's small commits (docs/performance.md, eighth pass). Rebuilds gather far more."""
 
 
-PARALLEL_MIN_EVENTS = 20_000
-"""A native insert of this many events or more is cut into ``ProjectionDb.insert_parts`` (a rebuild's gathered
-commits): below it, a second file and thread cost more than they save."""
+PARALLEL_MIN_EVENTS = 100_000
+"""A native insert of this many events or more is cut into ``ProjectionDb.insert_parts``: a rebuild's commits
+gathered while the sink was busy (``projections.runtimes.REBUILD_GATHER_MAX``). Smaller ones are the commits
+of a rebuild whose reading is the slower side, and DuckDB's second thread would take a core from it
+(bench_rebuild one per message: 99-104k events/s cut from 20k events, 102-114k from 100k)."""
 
 
 _SCRATCH_PREFIX = "tapeline-duckdb-"  # + pid + "-" + random
