@@ -9,7 +9,9 @@ Processes, as deployed: nats-server (file store), `tapeline up --only projector`
   subject) - (ts_init of the tick that closed its bar). Reported as p50/p99.
 
 Run: .venv/bin/python benchmarks/bench_pipeline.py [--ticks 200000] [--rate 2000] [--budget]
-(``--budget`` adds both pipeline modes with daily bars: ticks alone, so the rest is the derived events.)
+(``--budget`` adds both pipeline modes with daily bars: ticks alone, so the rest is the derived events.
+``--mode b2`` runs one throughput mode alone on a fresh server: for A/B runs, alternate the two trees'
+``--mode`` runs rather than comparing whole runs, whose modes share one server and its history.)
 """
 
 from __future__ import annotations
@@ -247,6 +249,18 @@ def pct(xs: list[float], q: int) -> float:
     return statistics.quantiles(xs, n=100)[q - 1] if len(xs) >= 2 else float("nan")
 
 
+MODES = [  # (name, prefix, batched ticks, roles)
+    # DESIGN §6's path: publish -> JetStream file store -> handler -> DuckDB (the projector).
+    ("§6 path, 1 event/msg", "b0", False, ("projector",)),
+    # The whole pipeline: the bars handler also reads every tick, then momentum, decisions.
+    ("pipeline, 1 event/msg", "b1", False, ("projector", "handlers")),
+    ("pipeline, batched", "b2", True, ("projector", "handlers")),
+    # --budget: the same, but no 1-minute bar closes: ticks alone (bars handler included)
+    ("ticks only, 1 event/msg", "b3", False, ("projector", "handlers")),
+    ("ticks only, batched", "b4", True, ("projector", "handlers")),
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ticks", type=int, default=200_000)
@@ -259,7 +273,14 @@ def main() -> None:
         help="also run both pipeline modes with daily bars (no bar closes in the run): what ticks alone cost, so the "
         "rest of the pipeline's CPU per tick is its derived events (bars, features, signals, decisions)",
     )
+    ap.add_argument(
+        "--mode",
+        choices=[prefix for _, prefix, _, _ in MODES],
+        help="run this throughput mode alone, on a fresh server, without the latency run: far steadier "
+        "figures for A/B runs (b0 §6 path, b1 pipeline 1/msg, b2 pipeline batched, b3/b4 ticks only)",
+    )
     args = ap.parse_args()
+    modes = [m for m in MODES if m[1] == args.mode] if args.mode else MODES[: 5 if args.budget else 3]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         server = EmbeddedNats(tmp / "nats")
@@ -268,18 +289,6 @@ def main() -> None:
         try:
             results = {}
             cpu: dict[str, dict[str, float]] = {}
-            modes = [
-                # DESIGN §6's path: publish -> JetStream file store -> handler -> DuckDB (the projector).
-                ("§6 path, 1 event/msg", "b0", False, ("projector",)),
-                # The whole pipeline: the bars handler also reads every tick, then momentum, decisions.
-                ("pipeline, 1 event/msg", "b1", False, ("projector", "handlers")),
-                ("pipeline, batched", "b2", True, ("projector", "handlers")),
-            ]
-            if args.budget:  # the same, but no 1-minute bar closes: ticks alone (bars handler included)
-                modes += [
-                    ("ticks only, 1 event/msg", "b3", False, ("projector", "handlers")),
-                    ("ticks only, batched", "b4", True, ("projector", "handlers")),
-                ]
             for name, prefix, batch, roles in [] if args.latency_only else modes:
                 cfg = tmp / f"{prefix}.toml"
                 cfg.write_text(
@@ -302,20 +311,21 @@ def main() -> None:
                 for p in procs:
                     p.terminate()
                     p.wait()
-            cfg = tmp / "lat.toml"
-            cfg.write_text(
-                f'prefix = "lat"\nnats_url = "{url}"\ndata_dir = "{tmp / "lat"}"\nmetrics_port = 0\n'
-                '[momentum]\ninterval = "1m"\n'
-            )
-            procs = [start(r, cfg, tmp / f"lat-{r}.log") for r in ("projector", "handlers")]
-            asyncio.run(wait_ready(url, "lat", ("projector_md", "bars_md")))
-            pids = {"nats-server": server.pid, "projector": procs[0].pid, "handlers": procs[1].pid}
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            queued = {k: run_queue_ns(p) for k, p in pids.items()}
-            lat = asyncio.run(latency(url, "lat", args.rate, args.seconds, procs[1].pid))
-            n_lat = int(args.rate * args.seconds)
-            cpu["steady, 1 event/msg"] = {k: (cpu_seconds(p) - before[k]) / n_lat * 1e6 for k, p in pids.items()}
-            waits = {k: (run_queue_ns(p)[1] - queued[k][1]) / n_lat / 1e3 for k, p in pids.items()}
+            if not args.mode:  # the latency run
+                cfg = tmp / "lat.toml"
+                cfg.write_text(
+                    f'prefix = "lat"\nnats_url = "{url}"\ndata_dir = "{tmp / "lat"}"\nmetrics_port = 0\n'
+                    '[momentum]\ninterval = "1m"\n'
+                )
+                procs = [start(r, cfg, tmp / f"lat-{r}.log") for r in ("projector", "handlers")]
+                asyncio.run(wait_ready(url, "lat", ("projector_md", "bars_md")))
+                pids = {"nats-server": server.pid, "projector": procs[0].pid, "handlers": procs[1].pid}
+                before = {k: cpu_seconds(p) for k, p in pids.items()}
+                queued = {k: run_queue_ns(p) for k, p in pids.items()}
+                lat = asyncio.run(latency(url, "lat", args.rate, args.seconds, procs[1].pid))
+                n_lat = int(args.rate * args.seconds)
+                cpu["steady, 1 event/msg"] = {k: (cpu_seconds(p) - before[k]) / n_lat * 1e6 for k, p in pids.items()}
+                waits = {k: (run_queue_ns(p)[1] - queued[k][1]) / n_lat / 1e3 for k, p in pids.items()}
         finally:
             for p in procs:
                 p.terminate()
@@ -327,9 +337,12 @@ def main() -> None:
         print(
             f"{name:<24}{r['publish_eps']:>14,.0f}{r['e2e_eps']:>15,.0f}{r['handler_eps']:>13,.0f}{r['messages']:>10,.0f}"
         )
-    print(f"CPU per event (µs), by process (steady: the latency run, {args.rate:,} ticks/s, incl. 2 s idle after):")
+    steady = "" if args.mode else f" (steady: the latency run, {args.rate:,} ticks/s, incl. 2 s idle after)"
+    print(f"CPU per event (µs), by process{steady}:")
     for name, per in cpu.items():
         print(f"  {name:<22}" + "  ".join(f"{k} {v:.1f}" for k, v in per.items()) + f"  total {sum(per.values()):.1f}")
+    if args.mode:
+        return
     for mode in ("1 event/msg", "batched") if args.budget else ():
         whole, ticks = sum(cpu[f"pipeline, {mode}"].values()), sum(cpu[f"ticks only, {mode}"].values())
         print(
