@@ -55,7 +55,22 @@ _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 Piece = list[Row] | Bodies
 MEMORY_SAMPLE_S = 10.0
 """How often a projection samples DuckDB's memory for :data:`PROJECTION_MEMORY` (a query of its own)."""
-_SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+SCRATCH_MIN_FREE = 256 * 1024 * 1024
+"""Scratch files go to /dev/shm only if it has this much free: a rebuild's commit writes up to ~64 MiB of
+bodies there at once, and a container's /dev/shm is often 64 MiB (Docker's default); else the temp dir."""
+
+
+def _scratch_base(shm: str = "/dev/shm", min_free: int = SCRATCH_MIN_FREE) -> str | None:
+    """Where scratch directories go: memory-backed /dev/shm when it is writable and big enough, else the
+    system's temp dir (None)."""
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    return shm if os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize >= min_free else None
+
+
+_SCRATCH = _scratch_base()
 LIVE_NATIVE_MIN_BYTES = 2 * 1024 * 1024
 """The live projector makes tick rows natively only from batches with this many bytes of bodies (~9k ticks).
 A ``read_json`` INSERT costs ~5 ms of CPU more than an Arrow one whatever its size (100-500 ticks per commit:
@@ -91,7 +106,7 @@ def scratch_dir() -> str:
 
 def _sweep_scratch() -> None:
     """Remove the scratch directories of processes that are gone: a killed one (SIGKILL, OOM) leaves its
-    directory, with a body file (up to 16 MiB) if it died inside a commit, in memory."""
+    directory, with body files (up to ~64 MiB) if it died inside a commit, in memory."""
     for d in Path(_SCRATCH or tempfile.gettempdir()).glob(f"{_SCRATCH_PREFIX}*-*"):
         pid = d.name.removeprefix(_SCRATCH_PREFIX).split("-", 1)[0]
         if not pid.isdigit() or d.stat().st_uid != os.getuid():

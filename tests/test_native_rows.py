@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,20 @@ from tapeline.projections import duckdb as projections_duckdb
 from tapeline.projections.duckdb import (
     CHECKPOINTS,
     LIVE_NATIVE_MIN_BYTES,
+    SCRATCH_MIN_FREE,
     ProjectionDb,
     ProjectionSink,
+    _scratch_base,
     _sweep_scratch,
     scratch_dir,
 )
 from tapeline.projections.native import TICKS_NATIVE, Bodies
-from tapeline.projections.runtimes import projection_bindings, replay_into
+from tapeline.projections.runtimes import (
+    REBUILD_COMMIT_BYTES,
+    REBUILD_GATHER_MAX,
+    projection_bindings,
+    replay_into,
+)
 from tapeline.replay.rebuild import rebuild
 from tapeline.schemas import encode
 from tapeline.schemas.codec import MalformedEvent, decode
@@ -308,6 +316,16 @@ async def test_the_live_projector_takes_raw_ticks_with_the_same_tables_and_dead_
     python = _contents(tmp_path / "python.duckdb")
     assert _contents(tmp_path / "native.duckdb") == python
     assert _contents(tmp_path / "small.duckdb") == python
+
+
+def test_scratch_goes_to_memory_only_where_it_fits(tmp_path: Path) -> None:
+    """A container's small /dev/shm (Docker's default is 64 MiB) would fail a rebuild's commit: the temp dir then."""
+    assert _scratch_base(str(tmp_path / "missing")) is None
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    assert _scratch_base(str(tmp_path), min_free=free // 2) == str(tmp_path)
+    assert _scratch_base(str(tmp_path), min_free=free * 2) is None
+    assert SCRATCH_MIN_FREE >= 4 * REBUILD_COMMIT_BYTES * REBUILD_GATHER_MAX // 2  # a gathering's files, with room
 
 
 def test_scratch_directories_of_dead_processes_are_swept() -> None:
