@@ -156,6 +156,13 @@ def vector_bindings(
     return out
 
 
+def gathered(events: int, size: int, gather: int, *, idle: bool) -> bool:
+    """Enough is gathered to hand to the sink: ``gather`` events or :data:`REBUILD_COMMIT_BYTES` of bodies
+    when the sink is idle, :data:`REBUILD_GATHER_MAX` times as much while it works on the previous ones."""
+    scale = 1 if idle else REBUILD_GATHER_MAX
+    return events >= gather * scale or size >= REBUILD_COMMIT_BYTES * scale
+
+
 async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, until_ns: int | None = None) -> None:
     """Feed a read model from the stream reader (rebuilds): no consumer state, no acks.
 
@@ -188,10 +195,7 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
             pending.extend(batch)
             events += sum(len(r.events) for r in batch)
             size += sum(len(r.delivery.data) for r in batch if r.raw)
-            idle = working is None or working.done()
-            if (idle and (events >= gather or size >= REBUILD_COMMIT_BYTES)) or (
-                events >= gather * REBUILD_GATHER_MAX or size >= REBUILD_COMMIT_BYTES * REBUILD_GATHER_MAX
-            ):
+            if gathered(events, size, gather, idle=working is None or working.done()):
                 if working is not None:
                     await working
                 working = asyncio.create_task(sink.process(pending))

@@ -22,6 +22,18 @@ from tapeline.projections.runtimes import Binding, projection_bindings, replay_i
 from tests.test_native_rows import _contents, _publish_mix
 
 
+def test_a_busy_sink_gets_bigger_gatherings_up_to_a_cap() -> None:
+    mib, cap = runtimes.REBUILD_COMMIT_BYTES, runtimes.REBUILD_GATHER_MAX
+    assert cap > 1
+    assert runtimes.gathered(0, mib, 100, idle=True)  # idle: the base size of bodies...
+    assert runtimes.gathered(100, 0, 100, idle=True)  # ... or of decoded events
+    assert not runtimes.gathered(99, mib - 1, 100, idle=True)
+    assert not runtimes.gathered(100 * cap - 1, mib * cap - 1, 100, idle=False)  # busy: more, up to the cap
+    assert runtimes.gathered(0, mib * cap, 100, idle=False)
+    assert runtimes.gathered(100 * cap, 0, 100, idle=False)
+    assert runtimes.gathered(1, 0, 0, idle=False)  # no gathering (vector sinks): every read
+
+
 def _md(prefix: str, db: ProjectionDb, native: bool) -> Binding:
     (b,) = [b for b in projection_bindings(prefix, db, native=native) if b.sink.family.key == "md"]
     return b._replace(spec=msgspec.structs.replace(b.spec, batch=7))
@@ -31,6 +43,7 @@ def _md(prefix: str, db: ProjectionDb, native: bool) -> Binding:
 def small_commits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtimes, "REBUILD_COMMIT_EVENTS", 60)
     monkeypatch.setattr(runtimes, "REBUILD_COMMIT_BYTES", 8000)  # undecoded bodies count by size
+    monkeypatch.setattr(runtimes, "REBUILD_GATHER_MAX", 1)  # as small while the sink works: many commits
 
 
 @pytest.mark.usefixtures("small_commits")
