@@ -49,11 +49,12 @@ REBUILD_COMMIT_EVENTS = 50_000
 REBUILD_COMMIT_BYTES = 16 * 1024 * 1024
 """... or of this many bytes of bodies handed over undecoded (``projections.native``: ~50k ticks)."""
 REBUILD_GATHER_MAX = 4
-"""While the sink still works on the previous commit, the reader gathers on, up to this many times the sizes
-above: when reading outruns DuckDB (batched ticks), commits grow past a DuckDB row group (122,880 rows),
-which DuckDB writes straight to the file rather than through its WAL (~1.4 µs a row less); when reading is
-the slower side (one event per message), the sink is idle by then and commits stay small, and so does
-the last one, which nothing overlaps (bench_rebuild: batched 223-254k -> 303-390k events/s)."""
+"""While the sink still works on the previous commit, the reader gathers undecoded bodies on, up to this many
+times :data:`REBUILD_COMMIT_BYTES`: when reading outruns DuckDB (batched ticks), commits grow past a DuckDB
+row group (122,880 rows), which DuckDB writes straight to the file rather than through its WAL and a
+checkpoint (~70 ms less per 50k ticks); when reading is the slower side (one event per message), the sink
+is idle by then and commits stay small, and so does the last one, which nothing overlaps (bench_rebuild,
+300k ticks: batched 201-253k -> 310-345k events/s)."""
 
 
 class Binding(NamedTuple):
@@ -157,10 +158,10 @@ def vector_bindings(
 
 
 def gathered(events: int, size: int, gather: int, *, idle: bool) -> bool:
-    """Enough is gathered to hand to the sink: ``gather`` events or :data:`REBUILD_COMMIT_BYTES` of bodies
-    when the sink is idle, :data:`REBUILD_GATHER_MAX` times as much while it works on the previous ones."""
-    scale = 1 if idle else REBUILD_GATHER_MAX
-    return events >= gather * scale or size >= REBUILD_COMMIT_BYTES * scale
+    """Enough is gathered to hand to the sink: ``gather`` decoded events, or :data:`REBUILD_COMMIT_BYTES` of
+    undecoded bodies when the sink is idle and :data:`REBUILD_GATHER_MAX` times that while it works on the
+    previous ones. Decoded events do not grow: as Python objects they take several times their bytes."""
+    return events >= gather or size >= REBUILD_COMMIT_BYTES * (1 if idle else REBUILD_GATHER_MAX)
 
 
 async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, until_ns: int | None = None) -> None:
@@ -168,10 +169,10 @@ async def replay_into(nc: Client, binding: Binding, *, stop_seq: int | None, unt
 
     History needs no freshness: DuckDB read models get the reader's batches gathered to
     :data:`REBUILD_COMMIT_EVENTS` events (or :data:`REBUILD_COMMIT_BYTES` of undecoded bodies) per commit,
-    more while the sink is busy (:data:`REBUILD_GATHER_MAX`); a commit has a fixed cost of a few ms. A sink
-    with native tables takes their bodies undecoded. The reader goes on while the sink works on the previous
-    gathering (one at a time, in order): DuckDB releases the GIL while it inserts, so reading the next one
-    costs the rebuild no time.
+    bodies up to :data:`REBUILD_GATHER_MAX` times more while the sink is busy (:func:`gathered`); a commit
+    has a fixed cost of a few ms. A sink with native tables takes their bodies undecoded. The reader goes
+    on while the sink works on the previous gathering (one at a time, in order): DuckDB releases the GIL
+    while it inserts, so reading the next one costs the rebuild no time.
     """
     spec, sink, start = binding
     projection = isinstance(sink, ProjectionSink)
