@@ -434,6 +434,7 @@ class ProjectionDb:
         2.0-2.2 -> 1.4-1.6 µs a tick of wall time in two parts on two cores, 2.2-2.7 µs of CPU).
         """
         parts = bodies.split(self.insert_parts) if bodies.events >= PARALLEL_MIN_EVENTS else [bodies]
+        parallel = len(parts) > 1  # DuckDB runs the parts on threads only if its row order is free
         names = [f"_seqs{i}" for i in range(len(parts))]
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(tempfile.NamedTemporaryFile(suffix=".json", dir=scratch_dir())) for _ in parts]
@@ -442,13 +443,13 @@ class ProjectionDb:
                 c.register(name, part.event_seqs())
             try:
                 sql = bodies.spec.insert_sql([(f.name, name) for f, name in zip(files, names, strict=True)])
-                if len(parts) > 1:  # DuckDB runs the parts on threads only if its row order is free
+                if parallel:
                     c.execute("SET preserve_insertion_order = false")
                 ((inserted,),) = c.execute(sql).fetchall()
             except duckdb.InvalidInputException as exc:  # malformed JSON, or the fast path's guard (error())
                 raise NativeRejected(f"{bodies.spec.table.name}: {exc}") from exc
             finally:
-                if len(parts) > 1:
+                if parallel:
                     with contextlib.suppress(duckdb.Error):
                         c.execute("RESET preserve_insertion_order")
                 for name in names:
