@@ -49,6 +49,38 @@ def test_limit_arenas_caps_the_arenas_threads_make() -> None:
     assert _arenas("cap", MALLOC_ARENA_MAX="2") == ("False", 2)  # the environment already says it
 
 
+FREED_BIG_BLOCK_THEN_SMALLER = """
+import sys
+from tapeline.alloc import fix_mmap_threshold, mmapped_blocks
+fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
+big = bytearray(4 << 20)  # mmap-ed; freeing it makes glibc raise its threshold to 4 MiB
+del big
+before = mmapped_blocks()
+body = bytearray(1 << 20)  # a 1 MiB body: mmap-ed again, or carved from the heap
+print(fixed, mmapped_blocks() - before)
+"""
+
+
+def _mmapped(mode: str, **env: str) -> tuple[str, int]:
+    run_env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"} | env
+    out = subprocess.run(
+        [sys.executable, "-c", FREED_BIG_BLOCK_THEN_SMALLER, mode],
+        env=run_env,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split()
+    return out[0], int(out[1])
+
+
+def test_fixed_mmap_threshold_keeps_big_blocks_out_of_the_heap_after_a_bigger_one_was_freed() -> None:
+    """glibc's raised threshold puts the next 1 MiB block in the heap (whose pages stay after the free);
+    fixed at 128 KiB, it is mmap-ed and given back when freed."""
+    assert _mmapped("free") == ("False", 0)
+    assert _mmapped("fix") == ("True", 1)
+    assert _mmapped("fix", MALLOC_MMAP_THRESHOLD_="131072") == ("False", 1)  # the environment already says it
+
+
 def _bar_rows(store: VectorStore, first: int, n: int) -> pa.Table:
     seqs = list(range(first, first + n))
     cols = {
