@@ -22,19 +22,36 @@ import os
 M_ARENA_MAX = -8  # glibc malloc.h
 M_MMAP_THRESHOLD = -3
 ARENAS = 2
-MALLINFO2_FIELDS = (
-    "arena",
-    "ordblks",
-    "smblks",
-    "hblks",
-    "hblkhd",
-    "usmblks",
-    "fsmblks",
-    "uordblks",
-    "fordblks",
-    "keepcost",
-)
 MMAP_THRESHOLD = 128 * 1024  # glibc's default, fixed: blocks at least this big are mmap-ed and unmapped on free
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h), every field a ``size_t``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
+    ]
+
+
+def _mallopt(param: int, value: int, env: str) -> bool:
+    """``mallopt(param, value)`` unless the environment variable ``env`` already sets it; True if applied
+    (False outside glibc, where there is nothing to do)."""
+    if os.environ.get(env):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return mallopt is not None and bool(mallopt(param, value))
 
 
 def limit_arenas(n: int = ARENAS) -> bool:
@@ -43,19 +60,13 @@ def limit_arenas(n: int = ARENAS) -> bool:
     Arenas already made stay, so call it before the process's threads allocate much (glibc fixes its
     limit when it first needs a 9th arena, and ``mallopt`` takes effect only before that).
     """
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # absent outside glibc: nothing to do
-    return mallopt is not None and bool(mallopt(M_ARENA_MAX, n))
+    return _mallopt(M_ARENA_MAX, n, "MALLOC_ARENA_MAX")
 
 
 def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     """Keep blocks of ``size`` bytes and more out of the heap, for good, unless ``MALLOC_MMAP_THRESHOLD_``
     is set; True if it was applied. Costs a mmap and a munmap per such block (µs; they are rare)."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, size))
+    return _mallopt(M_MMAP_THRESHOLD, size, "MALLOC_MMAP_THRESHOLD_")
 
 
 def mmapped_blocks() -> int:
@@ -63,10 +74,6 @@ def mmapped_blocks() -> int:
     mallinfo2 = getattr(ctypes.CDLL(None), "mallinfo2", None)
     if mallinfo2 is None:
         return 0
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in MALLINFO2_FIELDS]
-
     mallinfo2.restype = MallInfo2
     return int(mallinfo2().hblks)
 
