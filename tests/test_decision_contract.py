@@ -176,7 +176,12 @@ async def test_sentiment_score_to_decision_a_contract_consumer_reads(
     async def indexed() -> bool:
         return await contract.on_date(kv, "BRK.B", "2025-12-31") is not None
 
+    async def latest_sourced() -> bool:  # the server sources the latest key from the stream in its own time
+        got = await contract.latest(kv, "BRK.B")
+        return got is not None and got.correlation_id == envelopes[-1].correlation_id
+
     await wait_until(indexed, timeout=60)
+    await wait_until(latest_sourced, timeout=60)
     now = await contract.latest(kv, "BRK.B")
     assert now is not None and now.correlation_id == envelopes[-1].correlation_id
 
