@@ -6,9 +6,10 @@ Processes, as deployed: nats-server (file store), `tapeline up --only projector`
 * throughput: N ticks published as fast as the publisher goes; events/s = N / (time until the
   projector's MD checkpoint reaches the last tick). One event per message, then batched.
 * latency: ticks paced at a fixed rate; for each decision, (time it arrives on the decision
-  subject) - (ts_init of the tick that closed its bar). Reported as p50/p99.
+  subject) - (ts_init of the tick that closed its bar). Reported as p50/p99. Ticks go one per message
+  (a live venue's feed); ``--batched-feed`` sends them as a batching feed does (the simulator's default).
 
-Run: .venv/bin/python benchmarks/bench_pipeline.py [--ticks 200000] [--rate 2000] [--budget]
+Run: .venv/bin/python benchmarks/bench_pipeline.py [--ticks 200000] [--rate 2000] [--budget] [--batched-feed]
 (``--budget`` adds both pipeline modes with daily bars: ticks alone, so the rest is the derived events.
 ``--mode b2`` runs one throughput mode alone on a fresh server: for A/B runs, alternate the two trees'
 ``--mode`` runs rather than comparing whole runs, whose modes share one server and its history.)
@@ -172,13 +173,14 @@ class WaitSampler(threading.Thread):
         return (b - a) / 1e6
 
 
-async def latency(url: str, prefix: str, rate: int, seconds: float, handlers_pid: int) -> Hops:
+async def latency(url: str, prefix: str, rate: int, seconds: float, handlers_pid: int, batch_ticks: bool) -> Hops:
     """Ticks paced at ``rate``; every bar, signal and decision is also seen here on a core subscription.
 
     Per hop: ``ts_init`` is stamped when a handler returns its outputs (before they are published), and
     this process notes when each output reaches it from the server, so a hop splits into *out* (stamped ->
     through the server) and *in* (through the server -> the next handler's output stamped: stored, pulled,
     decoded, handled). The publish-ack round trip is timed on one tick message of every chunk.
+    ``batch_ticks``: the rest of a chunk goes as a feed that batches sends it (a batch message per symbol).
     """
     nc = await connect(NatsSettings(url=url))
     assert isinstance(nc, TapelineClient)
@@ -213,7 +215,7 @@ async def latency(url: str, prefix: str, rate: int, seconds: float, handlers_pid
         chunk = probe + [msgspec.structs.replace(t, ts_init=time.time_ns()) for t in ticks[i + 1 : i + step]]
         for t in chunk:
             tick_init[t.event_id] = t.ts_init
-        await pub.publish(chunk[1:])
+        await publish_events(pub, chunk[1:], batch_ticks=batch_ticks)
         target = start_t + (i + step) / rate
         await asyncio.sleep(max(0.0, target - time.perf_counter()))
     await asyncio.sleep(2)
@@ -267,6 +269,12 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=2000, help="ticks/s for the latency run")
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument(
+        "--batched-feed",
+        action="store_true",
+        help="latency run: send each 10 ms chunk of ticks as a batching feed does (one message per symbol; the "
+        "simulator's and the file feeds' default) instead of one tick per message (IBKR's)",
+    )
     ap.add_argument(
         "--budget",
         action="store_true",
@@ -322,9 +330,11 @@ def main() -> None:
                 pids = {"nats-server": server.pid, "projector": procs[0].pid, "handlers": procs[1].pid}
                 before = {k: cpu_seconds(p) for k, p in pids.items()}
                 queued = {k: run_queue_ns(p) for k, p in pids.items()}
-                lat = asyncio.run(latency(url, "lat", args.rate, args.seconds, procs[1].pid))
+                lat = asyncio.run(latency(url, "lat", args.rate, args.seconds, procs[1].pid, args.batched_feed))
                 n_lat = int(args.rate * args.seconds)
-                cpu["steady, 1 event/msg"] = {k: (cpu_seconds(p) - before[k]) / n_lat * 1e6 for k, p in pids.items()}
+                cpu["steady, batched feed" if args.batched_feed else "steady, 1 event/msg"] = {
+                    k: (cpu_seconds(p) - before[k]) / n_lat * 1e6 for k, p in pids.items()
+                }
                 waits = {k: (run_queue_ns(p)[1] - queued[k][1]) / n_lat / 1e3 for k, p in pids.items()}
         finally:
             for p in procs:

@@ -313,11 +313,53 @@ class Publisher:
         """Publish many events of one subject as one message (a JSON array; ids kept per event)."""
         if not events:
             return PublishResult(0, 0, [])
+        group = await self._send_batch(events)
+        self.nc.write_pending()
+        return await self._wait(group, events, batch=True)
+
+    async def _send_batch(self, events: Sequence[Event]) -> _Group:
         group = _Group(1)
         first = events[0]
         await self._send(_Out(first.subject(self.prefix), encode(events), header_text(first, len(events)), group, 0))
+        return group
+
+    async def publish_units(self, units: Sequence[tuple[bool, Sequence[Event]]]) -> None:
+        """Publish units in order, each a batch message (True) or its events one per message (False), and wait
+        until all are stored: all go to the socket first, then their acks are awaited together, so n units cost
+        one round trip, not n (a feed's burst over several symbols is one batch message per symbol).
+
+        On a failure the first error is raised, its ``unstored`` listing every event of every unit not stored.
+        """
+        sent: list[tuple[_Group, Sequence[Event], bool]] = []
+        for batch, events in units:
+            if events:
+                sent.append((await (self._send_batch(events) if batch else self.send(events)), events, batch))
+        if not sent:
+            return
         self.nc.write_pending()
-        return await self._wait(group, events, batch=True)
+        if len(sent) == 1:
+            group, events, batch = sent[0]
+            await self._wait(group, events, batch=batch)
+            return
+        # The common case costs no task: wait for the last ack (they come in order), then collect each group
+        # at once. A group still open after that is waited out with the rest concurrently, so a server that
+        # answers nothing costs the attempts of one group, not of each in turn.
+        await asyncio.wait([sent[-1][0].done], timeout=self.ack_timeout)
+        if all(g.done.done() for g, _, _ in sent):
+            outcomes: list[PublishResult | BaseException] = []
+            for g, events, batch in sent:
+                try:
+                    outcomes.append(await self._wait(g, events, batch=batch))
+                except PublishError as e:
+                    outcomes.append(e)
+        else:
+            outcomes = await asyncio.gather(*(self._wait(g, ev, batch=b) for g, ev, b in sent), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            first = next((e for e in errors if not isinstance(e, PublishError)), errors[0])
+            if isinstance(first, PublishError):
+                first.unstored = [ev for e in errors if isinstance(e, PublishError) for ev in e.unstored]
+            raise first
 
     async def _wait(self, group: _Group, events: Sequence[Event], *, batch: bool = False) -> PublishResult:
         attempts = 0

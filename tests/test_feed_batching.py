@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
 from nats.aio.client import Client
 
 from tapeline.adapters.alerts import make_alert
-from tapeline.adapters.runner import run_feed
+from tapeline.adapters.runner import publish_events, run_feed
 from tapeline.adapters.sim import SimFeed
-from tapeline.bus.publisher import Publisher
+from tapeline.bus.jetstream import JetStreamApi
+from tapeline.bus.publisher import Publisher, PublishError
 from tapeline.config import Settings
 from tapeline.schemas.events import Event, Tick
 from tapeline.schemas.subjects import MD, OPS
@@ -80,3 +82,21 @@ async def test_a_live_feed_goes_one_tick_per_message_unless_forced(
     assert await stream_last_seq(nc, stream) == 150 and len(await stored(nc, stream)) == 150
     stats = await run_feed(LiveFeed([ticks[150:]]), publisher, batch_ticks=True)  # forced: batches
     assert stats.messages == 1 and len(await stored(nc, stream)) == 300
+
+
+async def test_a_burst_goes_to_the_socket_whole_and_a_refused_message_keeps_only_itself_unstored(
+    nc: Client, provisioned: str
+) -> None:
+    """A burst's units (one batch message per symbol, other events one per message) are all sent before any ack
+    is awaited, one round trip for the burst: so a unit JetStream refuses does not hold back the units after it,
+    and the error lists exactly what is not stored."""
+    await JetStreamApi(nc).call(f"STREAM.DELETE.{OPS.stream(provisioned)}")  # alerts now have no stream
+    pub = await Publisher(nc, provisioned, role="test", ack_timeout=0.3, max_attempts=2).start()
+    ticks = list(SimFeed(["A", "B"], ticks=200, seed=7, venue="units").generate())
+    alert = make_alert("units", "test", "between bursts")
+    with pytest.raises(PublishError, match="no stream captures this subject") as refused:
+        await publish_events(pub, [*ticks[:100], alert, *ticks[100:]], batch_ticks=True)
+    assert refused.value.unstored == [alert]
+    got = await stored(nc, MD.stream(provisioned))
+    assert sorted(e.event_id for e in got) == sorted(t.event_id for t in ticks)  # both bursts, after the refusal
+    await pub.close()
