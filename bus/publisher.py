@@ -309,15 +309,8 @@ class Publisher:
         self.nc.write_pending()
         return group
 
-    async def publish_batch(self, events: Sequence[Event]) -> PublishResult:
-        """Publish many events of one subject as one message (a JSON array; ids kept per event)."""
-        if not events:
-            return PublishResult(0, 0, [])
-        group = await self._send_batch(events)
-        self.nc.write_pending()
-        return await self._wait(group, events, batch=True)
-
     async def _send_batch(self, events: Sequence[Event]) -> _Group:
+        """Send many events of one subject as one message (a JSON array; ids kept per event)."""
         group = _Group(1)
         first = events[0]
         await self._send(_Out(first.subject(self.prefix), encode(events), header_text(first, len(events)), group, 0))
