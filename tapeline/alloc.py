@@ -5,7 +5,7 @@ arena's freed pages are seldom returned. The vectors role commits LanceDB batche
 (and LanceDB's own Rust threads allocate through the same malloc), so its RSS grew with arenas each
 holding their own free memory. Two arenas are enough for these processes. ``MALLOC_ARENA_MAX`` in the
 environment does the same from the first allocation on; :func:`limit_arenas` is for a process started
-without it (``tapeline up`` calls it first thing).
+without it (``tapeline up`` and ``tapeline feed`` call both settings first thing, :func:`for_long_running`).
 
 glibc also raises its mmap threshold each time a large block it had mmap-ed is freed (up to 32 MiB),
 so later message bodies, gathered commit buffers and query results of that size come from the main
@@ -67,6 +67,13 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     """Keep blocks of ``size`` bytes and more out of the heap, for good, unless ``MALLOC_MMAP_THRESHOLD_``
     is set; True if it was applied. Costs a mmap and a munmap per such block (µs; they are rare)."""
     return _mallopt(M_MMAP_THRESHOLD, size, "MALLOC_MMAP_THRESHOLD_")
+
+
+def for_long_running() -> None:
+    """Both settings, for a process that runs until stopped (``tapeline up``, ``tapeline feed``): call it first
+    thing, before the runtime's threads allocate."""
+    limit_arenas()
+    fix_mmap_threshold()
 
 
 def mmapped_blocks() -> int:

@@ -343,10 +343,9 @@ def up(
     Metrics: on metrics_port; with `--only ROLE` and the default port (9464), on 9465 + the role's place
     in the role list, so one process per role on a host needs no flags; --metrics-port overrides.
     """
-    from tapeline.alloc import fix_mmap_threshold, limit_arenas
+    from tapeline.alloc import for_long_running
 
-    limit_arenas()  # before the runtime's threads allocate: RSS flat in the soak (tapeline/alloc.py)
-    fix_mmap_threshold()
+    for_long_running()  # RSS flat in the soak (tapeline/alloc.py)
     s = _settings(config, prefix=prefix, nats_url=nats or None, metrics_port=metrics_port)
     try:  # the NATS identity of these roles (bus.auth)
         identity = identity_for(only or ROLES)

@@ -89,11 +89,10 @@ async def _run(settings: Settings, nats_url: str, feed: Feed) -> None:
 
 
 def _go(settings: Settings, nats_url: str, feed: Feed) -> None:
-    from tapeline.alloc import fix_mmap_threshold, limit_arenas
+    from tapeline.alloc import for_long_running
     from tapeline.bus.connection import NatsConnectError
 
-    limit_arenas()  # a feed runs as long as `tapeline up` does: the same allocator settings (tapeline/alloc.py)
-    fix_mmap_threshold()
+    for_long_running()  # a feed runs as long as `tapeline up` does
     try:
         asyncio.run(_run(settings, nats_url, feed))
     except KeyboardInterrupt:
