@@ -206,6 +206,31 @@ async def test_files_feed_publishes_fnspid_and_semeval_with_alerts(
     assert sorted(ids) == sorted(e.event_id for e in news)  # a rerun gives the same ids
 
 
+async def test_a_restarted_files_feed_imports_only_new_rows_after_the_duplicate_window(
+    nc: Client, prefix: str, tmp_path: Path
+) -> None:
+    await provision_system(nc, prefix, Retention(record_duplicate_window_s=1))  # JetStream forgets ids after 1 s
+    path = tmp_path / "nvda.csv"
+    path.write_text(FNSPID, encoding="utf-8")
+    cfg = msgspec.convert({"providers": ["files"], "files": {"fnspid": [str(path)]}}, NewsConfig)
+    pub = await Publisher(nc, prefix, role="test").start()
+    try:
+        first = NewsFeed(cfg)
+        await run_feed(first, pub)
+        imported = first.counters["published"]
+        await asyncio.sleep(1.5)  # past the duplicate window: only the feed itself can tell what is stored
+        with path.open("a", encoding="utf-8") as f:  # one new story appended to the file
+            f.write("2023-12-17 08:00:00 UTC,Nvidia ships a new chip,NVDA,https://www.nasdaq.com/a/8,Nasdaq,,,,,,\n")
+        again = NewsFeed(cfg)
+        await run_feed(again, pub)
+    finally:
+        await pub.close()
+    assert imported >= 3 and again.counters["stored_before"] == imported and again.counters["published"] == 1
+    news = [e for e in await stored(nc, f"{prefix.upper()}_NEWS") if isinstance(e, NewsItem)]
+    assert len(news) == imported + 1 == len({e.event_id for e in news})
+    assert news[-1].title == "Nvidia ships a new chip"
+
+
 def test_source_switch_selects_news(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     live = tmp_path / "live.toml"
     live.write_text('[feeds.sources]\nactive = "live"\n')

@@ -1,6 +1,7 @@
 """The news feed component: the active providers, de-duplicated, as NewsItems on ``news.<provider>``.
 
-``files`` imports the FNSPID CSVs and the SemEval headlines once (sorted by time, then done);
+``files`` imports the FNSPID CSVs and the SemEval headlines once (sorted by time, then done; a restart
+publishes only the rows the stream does not hold yet);
 ``marketaux`` and ``tiingo`` poll their APIs every ``poll_interval_s``, each from ``lookback_s``
 before the start (or, after a restart, from the newest article of that provider already stored: see
 :meth:`NewsFeed.recall`) and then from the newest article it returned. Every item passes one
@@ -27,8 +28,10 @@ from tapeline.adapters.config import FilesConfig, SourceChoice
 from tapeline.adapters.files import FileImportError, FileSource, file_alert, parse_time_ns, read_source
 from tapeline.adapters.news.config import NewsConfig, PriceFile, Provider, SemevalConfig
 from tapeline.adapters.news.dedup import Deduper
+from tapeline.adapters.news.fnspid import PROVIDER as FNSPID
 from tapeline.adapters.news.fnspid import NewsImport, read_fnspid
 from tapeline.adapters.news.http import NewsUnavailable
+from tapeline.adapters.news.semeval import PROVIDER as SEMEVAL
 from tapeline.adapters.news.semeval import read_semeval
 from tapeline.bus.reader import read
 from tapeline.schemas.components import Feed
@@ -36,6 +39,7 @@ from tapeline.schemas.events import Alert, Event, NewsItem
 from tapeline.schemas.subjects import NEWS
 
 log = structlog.get_logger("tapeline.news")
+FILE_PROVIDERS = (FNSPID, SEMEVAL)  # the providers of the news files' items (their subjects: news.<provider>)
 
 
 class Client(Protocol):
@@ -119,6 +123,7 @@ class NewsFeed(Feed):
         self.polls = polls  # stop after this many polls per provider (tests, one-shot backfills)
         self.imports: list[NewsImport] = []
         self.resume_ns: dict[str, int] = {}  # provider -> newest published time already stored (see recall)
+        self.stored_file_ids: set[str] = set()  # the news files' items already on the stream (see recall)
 
     def active(self) -> bool:
         return bool(self.cfg.selected)
@@ -130,12 +135,20 @@ class NewsFeed(Feed):
             self.resume_ns[it.provider] = max(self.resume_ns.get(it.provider, 0), it.published_ns)
 
     async def recall(self, nc: NatsClient, prefix: str) -> int:
-        """Before a restarted feed polls: remember what was stored within the polls' look-back and the dedup
-        window, so nothing is published twice even after JetStream's duplicate window (an hour on record
-        streams) has passed. Returns how many items it read."""
+        """Before a restarted feed imports or polls, read back what the news stream already holds, so nothing
+        is published twice even after JetStream's duplicate window (an hour on record streams): every item
+        the news files gave before (their ids are deterministic, so an id says it is stored), and for the
+        live providers what was stored within their look-back and the dedup window (each provider's cursor
+        resumes at its newest stored article). Returns how many items it read."""
+        count = 0
+        if "files" in self.cfg.selected:
+            filter_ = [NewsItem.subject_pattern(prefix, provider=p) for p in FILE_PROVIDERS]
+            async for batch in read(nc, NEWS.stream(prefix), filter_):
+                self.stored_file_ids.update(e.event_id for r in batch for e in r.events if isinstance(e, NewsItem))
+            count += len(self.stored_file_ids)
         live = [p for p in self.cfg.selected if p != "files"]
         if not live:
-            return 0  # the files are imported once (their items have deterministic ids)
+            return count
         horizon_s = max(self.cfg.dedup_window_s, *(getattr(self.cfg, p).lookback_s for p in live))
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - horizon_s))
         items: list[NewsItem] = []
@@ -143,7 +156,7 @@ class NewsFeed(Feed):
             items += (e for r in batch for e in r.events if isinstance(e, NewsItem))
         self.remember(items)
         log.info("news feed resumed", feed=self.name, stored=len(items), cursors=self.resume_ns)
-        return len(items)
+        return count + len(items)
 
     def _admit(self, items: list[NewsItem]) -> list[Event]:
         out: list[Event] = [it for it in items if self.dedup.admit(it)]
@@ -199,6 +212,12 @@ class NewsFeed(Feed):
                     log.warning("news row rejected", feed=self.name, path=imp.path, line=r.line, reason=r.reason)
                 alerts.append(file_alert(self.name, imp.path, "rows_rejected", imp.report(),
                                          rejected=len(imp.rejected), rows=imp.rows))  # fmt: skip
+        if self.stored_file_ids:
+            fresh = [it for it in items if it.event_id not in self.stored_file_ids]
+            self.counters["stored_before"] = len(items) - len(fresh)
+            log.info("news files already imported", feed=self.name, stored_before=len(items) - len(fresh),
+                     new=len(fresh))  # fmt: skip
+            items = fresh
         items.sort(key=lambda it: (it.published_ns, it.provider, it.event_id))
         admitted = self._admit(items)
         chunk = self.cfg.files.chunk
