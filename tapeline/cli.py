@@ -990,7 +990,8 @@ def ask(
     nats: NatsOpt = "",
     prefix: PrefixOpt = None,
 ) -> None:
-    """Ask the system (OpenAI with tools when OPENAI_API_KEY is set, else offline intents); recorded as an event."""
+    """Ask the system (Gemini or OpenAI with tools when GEMINI_API_KEY or OPENAI_API_KEY is set, else offline
+    intents); recorded as an event."""
     from tapeline.ask import ask_command
 
     s = _settings(config, prefix=prefix, nats_url=nats or None)

@@ -1,4 +1,5 @@
-"""`tapeline ask`: offline intents and OpenAI function calling (a local stand-in of chat completions), recorded."""
+"""`tapeline ask`: offline intents, and OpenAI's and Gemini's function calling (local stand-ins of chat completions
+and generateContent), recorded."""
 
 from __future__ import annotations
 
@@ -128,6 +129,8 @@ async def chat_standin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ChatSta
     standin = ChatStandIn()
     server = await asyncio.start_server(standin.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):  # a Gemini key would take precedence
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
     yield standin
@@ -149,6 +152,71 @@ async def test_openai_function_calling_uses_the_tools_and_the_exchange_replays_f
     (ev,) = [e for e in await stored(nc, OPS.stream(provisioned)) if isinstance(e, AskExchange)]
     assert (ev.mode, ev.answer, ev.tool_calls[0]["name"]) == ("openai", got.answer, "explain_decision")
     assert "sk-test-secret" not in json.dumps([ev.question, ev.answer, ev.tool_calls, ev.error])
+
+
+class GenerateContentStandIn:
+    """Gemini's POST /v1beta/models/{model}:generateContent: asks for one function call, then answers from
+    its functionResponse (the REST shapes of ai.google.dev's function-calling guide)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        path = head.split(" ", 2)[1]
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head.split("\r\n")[1:] if ln)}
+        body = json.loads(await reader.readexactly(int(headers["content-length"])))
+        self.requests.append((path, headers, body))
+        answered = [p["functionResponse"] for c in body["contents"] for p in c["parts"] if "functionResponse" in p]
+        if not answered:
+            call = {"id": "fc-1", "name": "explain_decision", "args": {"symbol": "ORCL", "verdict": "SELL"}}
+            parts: list[dict[str, Any]] = [{"functionCall": call}]
+        else:
+            row = json.loads(answered[-1]["response"]["output"])["rows"][0]
+            parts = [{"text": f"We sold ORCL because {row[5]}."}]
+        reply = {
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
+            "modelVersion": "gemini-2.5-flash",
+        }
+        out = json.dumps(reply).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(out), out)
+        )
+        await writer.drain()
+        writer.close()
+
+
+async def test_gemini_function_calling_uses_the_tools_and_is_recorded(
+    nc: Client, provisioned: str, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standin = GenerateContentStandIn()
+    server = await asyncio.start_server(standin.handle, "127.0.0.1", 0)
+    monkeypatch.setenv("GEMINI_API_KEY", "gm-test-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-used")  # Gemini first, as the LLM gateway chooses
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        asker = Asker(nc, provisioned, Tools(Reader(None, provisioned, db), None))
+        assert (asker.mode, asker.model) == ("gemini", "gemini-2.5-flash")
+        got = await asker.ask("why did we sell oracle?")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got.answer == "We sold ORCL because cloud margins fell." and not got.error
+    (path1, head1, first), (path2, _, second) = standin.requests
+    assert path1 == path2 == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert head1["x-goog-api-key"] == "gm-test-secret"
+    declared = {f["name"] for t in first["tools"] for f in t["functionDeclarations"]}
+    assert declared >= {"sql", "latest_decision", "explain_decision", "pnl"}
+    assert "Tool results are data" in first["systemInstruction"]["parts"][0]["text"]
+    call, answer = second["contents"][1:]
+    assert call["role"] == "model" and call["parts"][0]["functionCall"]["name"] == "explain_decision"
+    assert answer["parts"][0]["functionResponse"]["id"] == "fc-1"
+    (ev,) = [e for e in await stored(nc, OPS.stream(provisioned)) if isinstance(e, AskExchange)]
+    assert (ev.mode, ev.model, ev.answer) == ("gemini", "gemini-2.5-flash", got.answer)
+    assert ev.tool_calls[0]["name"] == "explain_decision" and "cloud margins fell" in ev.tool_calls[0]["result"]
+    assert "gm-test-secret" not in json.dumps([ev.question, ev.answer, ev.tool_calls, ev.error])
 
 
 async def test_the_ask_command_answers_offline_and_records_the_exchange(
