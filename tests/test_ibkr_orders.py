@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
 from tapeline.adapters.brokers.base import ExecutionConfig, IbkrBrokerConfig
 from tapeline.adapters.brokers.gateway import ExecutionGateway
@@ -127,6 +128,39 @@ async def test_unreachable_tws_is_retried_never_submitted(
         tws.refuse = False  # back, nothing of ours there: the one submit
         await wait_stored(nc, ORDER.stream(provisioned), "", lambda e: "order_filled" in tags(e, "dec-5:0"))
     assert tws.places == ["dec-5:0"]
+
+
+def retries() -> float:
+    """Deliveries the runtime gave back to be retried (a handler raised), over every consumer of this process."""
+    return sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "tapeline_events_failed"
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels.get("outcome") == "retry"
+    )
+
+
+@pytest.mark.parametrize("restores", [[True], [False], [False, None, True]], ids=["1101", "1102", "flapping"])
+async def test_orders_wait_while_tws_has_lost_the_ib_servers_and_go_once_after(
+    nc: Client, publisher: Publisher, provisioned: str, tws: TwsStandIn, restores: list[bool | None]
+) -> None:
+    """Error 1100: approvals are retried, never sent; 1101/1102: TWS's book is read afresh, then one submit.
+    Flapping (1102, 1100, 1101 back to back, a relink's read overlapping the second loss) ends linked too."""
+    gateway = ibkr_gateway(tws)
+    async with Running(nc, publisher, gateway):
+        tws.lose()
+        await wait_until(lambda: not gateway.broker.linked)  # type: ignore[attr-defined]
+        before = retries()
+        await publisher.publish([approval("dec-7:0", symbol="NVDA")])
+        await wait_until(lambda: retries() > before)  # the request was tried while lost, and given back
+        assert tws.places == []
+        for data_lost in restores:
+            tws.lose() if data_lost is None else tws.restore(data_lost=data_lost)
+        evs = await wait_stored(nc, ORDER.stream(provisioned), "", lambda e: "order_filled" in tags(e, "dec-7:0"))
+        await wait_until(lambda: drained(nc, provisioned))
+    assert tws.places == ["dec-7:0"] and tws.orders_with("dec-7:0") == 1
+    assert tags(evs, "dec-7:0").count("order_submitted") == 1 and len(of(evs, "dec-7:0", OrderFilled)) == 1
 
 
 async def test_halt_cancels_working_orders(nc: Client, publisher: Publisher, provisioned: str, tws: TwsStandIn) -> None:

@@ -83,6 +83,8 @@ class IbkrBroker(Broker):
         self._lost = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
         self._relinker: asyncio.Task[None] | None = None
+        self._losses = 0  # 1100s seen: a relink whose read overlapped a new one does not trust it
+        self._restored = False  # the latest of 1100 / 1101-1102 was a restore
 
     # --- connection
     async def start(self, nc: Any, prefix: str) -> None:
@@ -154,22 +156,33 @@ class IbkrBroker(Broker):
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
         if code == CONNECTIVITY_LOST:
-            self.linked = False
+            self.linked, self._restored = False, False
+            self._losses += 1
         elif code in (RESTORED_DATA_LOST, RESTORED_DATA_KEPT):
-            self._relinker = asyncio.get_running_loop().create_task(self._relink())
+            self._restored = True
+            if self._relinker is None or self._relinker.done():
+                self._relinker = asyncio.get_running_loop().create_task(self._relink())
 
     async def _relink(self) -> None:
-        """TWS is back with the IB servers: read orders and executions afresh before trusting the book."""
-        try:
-            await self._refresh()
-        except BrokerUnavailable as e:
-            log.warning("ibkr refresh after 1101/1102 failed", error=str(e))
-            return
-        self.linked = True
-        self._reconcile()
+        """TWS is back with the IB servers: read orders and executions afresh before trusting the book.
+        A failed read is tried again with backoff; if the socket goes meanwhile, the reconnect reads it all."""
+        delay = self.cfg.reconnect_initial_s
+        while self._restored and not self.linked and self.synced:
+            losses = self._losses
+            try:
+                await self._refresh(relinking=True)
+            except BrokerUnavailable as e:
+                log.warning("ibkr refresh after 1101/1102 failed", error=str(e), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                continue
+            if self._losses == losses:
+                self.linked = True
+                self._reconcile()
+            # else 1100 came again while reading: read again if a 1101/1102 followed it, else wait for one
 
-    def _ready(self) -> Any:
-        if not (self.synced and self.linked and self.ib is not None and self.ib.isConnected()):
+    def _ready(self, *, relinking: bool = False) -> Any:
+        if not (self.synced and (self.linked or relinking) and self.ib is not None and self.ib.isConnected()):
             where = f"{self.cfg.host}:{self.cfg.port} client id {self.cfg.client_id}"
             raise BrokerUnavailable(f"ibkr: TWS at {where} not connected or not synchronised: order state unknown")
         return self.ib
@@ -180,9 +193,10 @@ class IbkrBroker(Broker):
         except (TimeoutError, ConnectionError) as e:
             raise BrokerUnavailable(f"ibkr: {what} got no answer: {e!r}") from e
 
-    async def _refresh(self) -> tuple[list[Any], list[Any]]:
-        """Every open and completed order, and every execution, as TWS has them now."""
-        ib = self._ready()
+    async def _refresh(self, *, relinking: bool = False) -> tuple[list[Any], list[Any]]:
+        """Every open and completed order, and every execution, as TWS has them now (``relinking``: after
+        1101/1102, before ``linked`` is set again: the refresh is what makes the book trustworthy)."""
+        ib = self._ready(relinking=relinking)
         async with self._query:
             trades = list(await self._ask(ib.reqAllOpenOrdersAsync(), "reqAllOpenOrders"))
             trades += await self._ask(ib.reqCompletedOrdersAsync(False), "reqCompletedOrders")

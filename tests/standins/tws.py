@@ -159,6 +159,23 @@ class TwsStandIn:
                 with contextlib.suppress(OSError):
                     c.sock.shutdown(socket.SHUT_RDWR)
 
+    def lose(self) -> None:
+        """TWS loses the IB servers (error 1100); the sockets stay up."""
+        self._tell(1100, "Connectivity between IB and Trader Workstation has been lost.")
+
+    def restore(self, *, data_lost: bool) -> None:
+        """TWS has the IB servers again: 1101 (data lost: subscriptions must be re-made) or 1102 (data kept)."""
+        kept = "data lost." if data_lost else "data maintained."
+        self._tell(
+            1101 if data_lost else 1102, f"Connectivity between IB and Trader Workstation has been restored - {kept}"
+        )
+
+    def _tell(self, code: int, message: str) -> None:
+        with self.lock:
+            for c in self._conns:
+                if c.alive:
+                    c.send(4, 2, -1, code, message, "")
+
     def close(self) -> None:
         self.drop()
         self._server.shutdown()
