@@ -81,6 +81,24 @@ async def test_offline_answers_the_common_questions_and_records_each_exchange(
     assert json.loads(recorded[1].tool_calls[0]["result"])["rows"][0][2] == "SELL"
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """One HTTP/1.1 request of a stand-in: its path, headers (lower-case names) and JSON body."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head.split("\r\n")[1:] if ln)}
+    body = json.loads(await reader.readexactly(int(headers["content-length"])))
+    return head.split(" ", 2)[1], headers, body
+
+
+async def send_json(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+    out = json.dumps(reply).encode()
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (len(out), out)
+    )
+    await writer.drain()
+    writer.close()
+
+
 class ChatStandIn:
     """OpenAI's POST /v1/chat/completions: asks for one tool call, then answers from the tool's result."""
 
@@ -89,9 +107,7 @@ class ChatStandIn:
         self.auth: list[str] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head.split("\r\n")[1:] if ln)}
-        body = json.loads(await reader.readexactly(int(headers["content-length"])))
+        _, headers, body = await read_request(reader)
         self.requests.append(body)
         self.auth.append(headers.get("authorization", ""))
         tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]
@@ -115,13 +131,7 @@ class ChatStandIn:
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
-        out = json.dumps(reply).encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (len(out), out)
-        )
-        await writer.drain()
-        writer.close()
+        await send_json(writer, reply)
 
 
 @pytest.fixture
@@ -162,10 +172,7 @@ class GenerateContentStandIn:
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        path = head.split(" ", 2)[1]
-        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head.split("\r\n")[1:] if ln)}
-        body = json.loads(await reader.readexactly(int(headers["content-length"])))
+        path, headers, body = await read_request(reader)
         self.requests.append((path, headers, body))
         answered = [p["functionResponse"] for c in body["contents"] for p in c["parts"] if "functionResponse" in p]
         if not answered:
@@ -179,13 +186,7 @@ class GenerateContentStandIn:
             "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
             "modelVersion": "gemini-2.5-flash",
         }
-        out = json.dumps(reply).encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (len(out), out)
-        )
-        await writer.drain()
-        writer.close()
+        await send_json(writer, reply)
 
 
 async def test_gemini_function_calling_uses_the_tools_and_is_recorded(
